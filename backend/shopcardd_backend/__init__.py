@@ -1,0 +1,1 @@
+"""The ShopCardd backend: the claim API and its queue workers."""

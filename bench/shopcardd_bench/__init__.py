@@ -1,0 +1,1 @@
+"""Benchmark commands: they print figures (medians of several runs), they assert nothing."""

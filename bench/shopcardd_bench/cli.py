@@ -1,0 +1,42 @@
+"""``shopcardd-bench``: measure the voucher format, the counter device and the claim API.
+
+Each benchmark is a module of this package with ``add_arguments(parser)`` and
+``run(args) -> int``; it is imported only when chosen, so benchmarking the voucher on a
+counter device needs none of the backend's libraries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+BENCHMARKS = {
+    "voucher": "sign and verify operations per second per algorithm, token length and QR version",
+    "device": "per-frame cost of decode, verify and record on the counter, and scans per second",
+    "claims": "claim throughput and latency of the claim API on a chosen profile",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shopcardd-bench",
+        description="Measure ShopCardd and print the figures as a table. "
+        "Every figure is the median of several runs on this machine.",
+    )
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, summary in BENCHMARKS.items():
+        module = importlib.import_module(f"shopcardd_bench.{name}")
+        sub_parser = sub.add_parser(name, help=summary, description=module.__doc__)
+        module.add_arguments(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(f"shopcardd_bench.{args.benchmark}")
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Sign and verify vouchers: compact JWS tokens that a counter checks offline.
+
+Framing is done here rather than through ``jwt.decode`` for three reasons the counter
+cares about: the algorithm must come from the key (looked up by ``kid``), never from the
+token; every base64url segment must be canonical, so that no two spellings of one token
+exist (a changed character can never still verify); and time is judged against the clock
+the caller trusts, which on a Pi is not always the system clock. The cryptography itself is
+pyjwt's algorithm objects over ``cryptography``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Final
+
+import jwt
+from jwt.algorithms import Algorithm as JWTAlgorithm
+from jwt.utils import base64url_decode, base64url_encode
+
+from .keys import KeySet, SigningKey
+from .reasons import Reason
+
+MAX_TOKEN_LENGTH: Final = 4096
+"""Longer input is ``bad_format`` before any parsing: a QR code cannot hold more anyway."""
+
+MAX_ID_LENGTH: Final = 64
+DEFAULT_LEEWAY_SECONDS: Final = 60
+
+
+@cache
+def _algorithm(name: str) -> JWTAlgorithm:
+    return jwt.get_algorithm_by_name(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Voucher:
+    """The claims of a voucher whose signature verified."""
+
+    voucher_id: str
+    deal: str
+    user: str
+    merchant: str
+    issued_at: int
+    expires_at: int
+    not_before: int | None = None
+    kid: str = ""
+
+    def to_claims(self) -> dict[str, Any]:
+        """The JWT claims, short names in a fixed order (every byte makes the QR denser)."""
+        claims: dict[str, Any] = {
+            "jti": self.voucher_id,
+            "deal": self.deal,
+            "sub": self.user,
+            "mid": self.merchant,
+            "iat": self.issued_at,
+        }
+        if self.not_before is not None:
+            claims["nbf"] = self.not_before
+        claims["exp"] = self.expires_at
+        return claims
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of checking one token: a reason code, and the voucher when it was genuine."""
+
+    reason: Reason
+    voucher: Voucher | None = None
+    detail: str = ""
+
+    @property
+    def is_accepted(self) -> bool:
+        return self.reason is Reason.ACCEPTED
+
+
+def new_voucher_id() -> str:
+    """128 random bits, base64url without padding (22 characters)."""
+    return base64url_encode(secrets.token_bytes(16)).decode()
+
+
+def _check_id(name: str, value: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"{name} must be a string of 1 to {MAX_ID_LENGTH} characters")
+    if any(ch.isspace() or ord(ch) < 0x20 for ch in value):
+        raise ValueError(f"{name} must not contain whitespace or control characters")
+    return value
+
+
+def _compact_json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def issue(
+    key: SigningKey,
+    *,
+    deal: str,
+    merchant: str,
+    user: str,
+    ttl: int,
+    now: float | None = None,
+    not_before: int | None = None,
+    voucher_id: str | None = None,
+) -> str:
+    """Sign a new voucher valid for ``ttl`` seconds and return the compact token."""
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
+        raise ValueError("ttl must be a positive whole number of seconds")
+    issued_at = int(time.time() if now is None else now)
+    voucher = Voucher(
+        voucher_id=_check_id("voucher id", voucher_id or new_voucher_id()),
+        deal=_check_id("deal", deal),
+        user=_check_id("user", user),
+        merchant=_check_id("merchant", merchant),
+        issued_at=issued_at,
+        expires_at=issued_at + ttl,
+        not_before=not_before,
+        kid=key.kid,
+    )
+    return sign(key, voucher)
+
+
+def sign(key: SigningKey, voucher: Voucher) -> str:
+    """Sign already-built voucher claims (the backend builds them inside its claim step)."""
+    header = base64url_encode(_compact_json({"alg": key.alg, "kid": key.kid}))
+    payload = base64url_encode(_compact_json(voucher.to_claims()))
+    signing_input = header + b"." + payload
+    signature = _algorithm(key.alg).sign(signing_input, key.private_key)
+    return (signing_input + b"." + base64url_encode(signature)).decode("ascii")
+
+
+def _segment(text: str) -> bytes:
+    """Decode one base64url segment, refusing any spelling but the canonical one."""
+    raw = text.encode("ascii")
+    decoded = base64url_decode(raw)
+    if base64url_encode(decoded) != raw:
+        raise ValueError("non-canonical base64url")
+    return decoded
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    value = json.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _int_claim(claims: dict[str, Any], name: str, required: bool = True) -> int | None:
+    value = claims.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"claim {name} must be an integer timestamp")
+    return value
+
+
+def _str_claim(claims: dict[str, Any], name: str) -> str:
+    value = claims.get(name)
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"claim {name} must be a short non-empty string")
+    return value
+
+
+def verify(
+    token: str | bytes,
+    keys: KeySet,
+    *,
+    now: float | None = None,
+    leeway: float = DEFAULT_LEEWAY_SECONDS,
+    merchant: str | None = None,
+) -> Verdict:
+    """Check a token against the trusted ``keys``; never raises for bad input.
+
+    Checks run from cheap to costly, and the first failure is the verdict: format, key,
+    signature, claims, key window, merchant (when given), then ``nbf``/``exp`` against
+    ``now`` (the system clock when None) with ``leeway`` seconds of grace.
+    Revocation and "already redeemed" are the device's to judge; they need its ledger.
+    """
+    if isinstance(token, bytes):
+        try:
+            token = token.decode("ascii")
+        except UnicodeDecodeError:
+            return Verdict(Reason.BAD_FORMAT, detail="not ASCII")
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        return Verdict(Reason.BAD_FORMAT, detail=f"not a string of at most {MAX_TOKEN_LENGTH} characters")
+    token = token.strip()
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        return Verdict(Reason.BAD_FORMAT, detail="not a compact JWS (three dot-separated parts)")
+    try:
+        header = _json_object(_segment(parts[0]))
+        signature = _segment(parts[2])
+    except (ValueError, UnicodeError, binascii.Error):
+        return Verdict(Reason.BAD_FORMAT, detail="header or signature is not canonical base64url JSON")
+    kid, alg = header.get("kid"), header.get("alg")
+    if not isinstance(kid, str) or not isinstance(alg, str) or "crit" in header:
+        return Verdict(Reason.BAD_FORMAT, detail="header needs string alg and kid, and no crit")
+    key = keys.get(kid)
+    if key is None:
+        return Verdict(Reason.UNKNOWN_KEY, detail=f"no key {kid!r} in the key set")
+    if alg != key.alg:
+        return Verdict(Reason.BAD_SIGNATURE, detail=f"token says {alg!r} but key {kid!r} is {key.alg}")
+    signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
+    try:
+        genuine = _algorithm(key.alg).verify(signing_input, key.public_key, signature)
+    except (ValueError, TypeError):
+        genuine = False
+    if not genuine:
+        return Verdict(Reason.BAD_SIGNATURE, detail="signature does not match")
+    try:
+        claims = _json_object(_segment(parts[1]))
+        voucher = Voucher(
+            voucher_id=_str_claim(claims, "jti"),
+            deal=_str_claim(claims, "deal"),
+            user=_str_claim(claims, "sub"),
+            merchant=_str_claim(claims, "mid"),
+            issued_at=_int_claim(claims, "iat"),  # type: ignore[arg-type]
+            expires_at=_int_claim(claims, "exp"),  # type: ignore[arg-type]
+            not_before=_int_claim(claims, "nbf", required=False),
+            kid=kid,
+        )
+    except (ValueError, UnicodeError, binascii.Error) as exc:
+        return Verdict(Reason.BAD_FORMAT, detail=f"claims: {exc}")
+    if not key.signed_within_window(voucher.issued_at):
+        return Verdict(Reason.UNKNOWN_KEY, voucher, f"key {kid!r} was not valid when this was issued")
+    if merchant is not None and voucher.merchant != merchant:
+        return Verdict(Reason.WRONG_MERCHANT, voucher, f"for merchant {voucher.merchant!r}")
+    return check_time(voucher, time.time() if now is None else now, leeway)
+
+
+def check_time(voucher: Voucher, now: float, leeway: float = DEFAULT_LEEWAY_SECONDS) -> Verdict:
+    """Judge ``nbf``/``exp`` against a clock the caller trusts."""
+    if voucher.not_before is not None and now + leeway < voucher.not_before:
+        return Verdict(Reason.NOT_YET_VALID, voucher, f"valid from {voucher.not_before}")
+    if now - leeway >= voucher.expires_at:
+        return Verdict(Reason.EXPIRED, voucher, f"expired at {voucher.expires_at}")
+    return Verdict(Reason.ACCEPTED, voucher)

@@ -1,0 +1,1 @@
+"""Provisioning: voucher signing keys, manual issue, QR rendering (device enrolment later)."""

@@ -1,0 +1,88 @@
+"""Make signing keys and keep the public key set beside them.
+
+The private key is written 0600 and never overwritten: losing a key that signed live
+vouchers strands them, so replacing one is a deliberate act (delete it first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from shopcardd_voucher import Algorithm, KeySet, SigningKey, VerificationKey
+
+
+class ProvisionError(Exception):
+    """A provisioning step that cannot be done as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class KeygenResult:
+    private_key_path: Path
+    jwks_path: Path
+    key: VerificationKey
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600 from the start; refuse to replace an existing file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ProvisionError(f"{path} already exists; refusing to overwrite a private key") from None
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` in one rename, so a reader never sees half a key set."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def keygen(alg: Algorithm, kid: str, out: Path) -> KeygenResult:
+    """Generate a key: ``out/KID.private.pem`` (0600) and its public half added to ``out/jwks.json``."""
+    if not kid or "/" in kid or kid.startswith("."):
+        raise ProvisionError(f"kid {kid!r} is not usable as a file name")
+    out.mkdir(parents=True, exist_ok=True)
+    jwks_path = out / "jwks.json"
+    keyset = load_keyset(jwks_path) if jwks_path.exists() else KeySet()
+    if kid in keyset:
+        raise ProvisionError(f"{jwks_path} already holds a key with kid {kid!r}")
+    private_key_path = out / f"{kid}.private.pem"
+    signing_key = SigningKey.generate(kid, alg)
+    write_private(private_key_path, signing_key.to_pem())
+    public = signing_key.verification_key()
+    keyset.add(public)
+    write_atomically(jwks_path, keyset.to_json())
+    return KeygenResult(private_key_path, jwks_path, public)
+
+
+def load_keyset(path: Path) -> KeySet:
+    try:
+        return KeySet.load(path)
+    except ValueError as exc:
+        raise ProvisionError(str(exc)) from exc
+
+
+def load_signing_key(path: Path, kid: str) -> SigningKey:
+    try:
+        return SigningKey.load(kid, path)
+    except OSError as exc:
+        raise ProvisionError(f"cannot read private key {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ProvisionError(f"{path}: {exc}") from exc

@@ -1,0 +1,124 @@
+"""Fixtures shared by every suite: the real services of the machine, found or started.
+
+A test that needs Redis, RabbitMQ or MongoDB asks for the fixture; where the service is
+missing it is skipped with the reason, except under ``CI=true``, where it fails: CI
+machines have these services and a silent skip would hide a broken setup.
+Nothing here touches whatever database a developer's settings point to: every test builds
+its own settings on temporary paths, its own Redis key prefix, its own database name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+REDIS_URL = os.environ.get("SHOPCARDD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("SHOPCARDD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def service_missing(reason: str) -> None:
+    """Skip on a laptop without the service; fail in CI, where it must be there."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: the CI machine must provide it)", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The machine's Redis (127.0.0.1:6379), checked with a PING."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_missing(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test uses, so tests never see each other's keys."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The machine's RabbitMQ (127.0.0.1:5672, guest/guest), checked with a connection."""
+    import pika
+
+    try:
+        params = pika.URLParameters(AMQP_URL + "?connection_attempts=1&socket_timeout=2")
+        pika.BlockingConnection(params).close()
+    except pika.exceptions.AMQPError as exc:
+        service_missing(f"RabbitMQ is not reachable at {AMQP_URL}: {exc!r}")
+    return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def mongodb_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB server: ``SHOPCARDD_MONGODB_URI`` when set, else SecantusDB started here.
+
+    SecantusDB speaks the real wire protocol, so pymongo cannot tell it from ``mongod``.
+    """
+    given = os.environ.get("SHOPCARDD_MONGODB_URI")
+    if given:
+        yield given
+        return
+    exe = shutil.which("secantusd-py") or str(Path(sys.executable).with_name("secantusd-py"))
+    if not Path(exe).exists():
+        service_missing("SecantusDB (secantusd-py) is not installed; `make test` installs it")
+    port = free_port()
+    storage = tmp_path_factory.mktemp("secantus")
+    log = (storage.parent / "secantusd.log").open("wb")
+    proc = subprocess.Popen(
+        [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage / "db")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _port_open("127.0.0.1", port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                service_missing(f"SecantusDB did not start; see {log.name}")
+            time.sleep(0.1)
+        yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def mongodb_database_name() -> str:
+    """A database name of this test's own, so a real server's data is never touched."""
+    return f"shopcardd_test_{uuid.uuid4().hex[:10]}"
