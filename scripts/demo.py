@@ -1,6 +1,115 @@
 """`make demo`: ShopCardd end to end on the embedded profile, narrated as it runs.
 
-Each part of the product adds its chapter as a module ``scripts/demo_*.py`` with a
-``run(demo: Demo) -> None`` function; chapters run in the order of ``CHAPTERS`` and the
-ones not yet written are skipped.
+Each part of the product tells its chapter from a module ``scripts/demo_*.py`` with a
+``run(demo: Demo) -> None`` function; chapters run in the order of ``CHAPTERS``.
+Everything the demo makes goes under ``demo-out/`` (made afresh on each run), and every
+command is printed as a user would type it, so the demo doubles as a tutorial.
 """
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = ["demo_voucher", "demo_device", "demo_backend"]
+
+BOLD, DIM, GREEN, RED, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m"
+
+
+class DemoFailed(Exception):
+    """A step did not do what the demo said it would."""
+
+
+@dataclass
+class Demo:
+    out: Path
+    color: bool = True
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    facts: dict[str, object] = field(default_factory=dict)
+    """What one chapter hands to the next (key paths, a voucher, the backend's URL)."""
+
+    def _paint(self, code: str, text: str) -> str:
+        return f"{code}{text}{RESET}" if self.color else text
+
+    def chapter(self, title: str) -> None:
+        print("\n" + self._paint(BOLD, f"== {title} =="), flush=True)
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def ok(self, text: str) -> None:
+        print(self._paint(GREEN, f"  ok: {text}"), flush=True)
+
+    def refused(self, text: str) -> None:
+        print(self._paint(RED, f"  refused: {text}"), flush=True)
+
+    def run(
+        self, *args: str | Path, expect: int | set[int] = 0, stdin: str | None = None, show: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command as a user would type it, print it and its output, check its exit code."""
+        argv = [str(a) for a in args]
+        exe = shutil.which(argv[0], path=str(Path(sys.executable).parent)) or argv[0]
+        print(self._paint(DIM, "$ " + " ".join(shlex.quote(a) for a in argv)), flush=True)
+        proc = subprocess.run(
+            [exe, *argv[1:]], input=stdin, capture_output=True, text=True, env=self.env, cwd=self.out
+        )
+        if show:
+            for line in (proc.stdout + proc.stderr).rstrip().splitlines():
+                print("  " + line)
+        allowed = {expect} if isinstance(expect, int) else expect
+        if proc.returncode not in allowed:
+            raise DemoFailed(
+                f"{argv[0]} exited {proc.returncode}, expected {sorted(allowed)}:\n{proc.stderr}"
+            )
+        return proc
+
+    def spawn(self, *args: str | Path, log: Path) -> subprocess.Popen[bytes]:
+        """Start a long-running command (a server) in the background, its output in ``log``."""
+        argv = [str(a) for a in args]
+        exe = shutil.which(argv[0], path=str(Path(sys.executable).parent)) or argv[0]
+        print(self._paint(DIM, "$ " + " ".join(shlex.quote(a) for a in argv) + " &"), flush=True)
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                [exe, *argv[1:]], stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.out
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the ShopCardd demo end to end.")
+    parser.add_argument("--out", type=Path, default=ROOT / "demo-out", help="folder for what the demo makes")
+    parser.add_argument("--no-color", action="store_true", help="plain output")
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+    demo = Demo(out=args.out.resolve(), color=not args.no_color and sys.stdout.isatty())
+    demo.env["SHOPCARDD_DATA_DIR"] = str(demo.out / "backend-data")
+    sys.path.insert(0, str(Path(__file__).parent))
+    started = time.monotonic()
+    for name in CHAPTERS:
+        try:
+            chapter = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        try:
+            chapter.run(demo)
+        except DemoFailed as exc:
+            print(f"\ndemo failed in {name}: {exc}", file=sys.stderr)
+            return 1
+    print(f"\nDemo finished in {time.monotonic() - started:.1f} s; everything it made is in {demo.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

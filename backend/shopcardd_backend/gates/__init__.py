@@ -1,0 +1,1 @@
+"""The claim gate: the one atomic step that decides a claim (see ``base.py``)."""

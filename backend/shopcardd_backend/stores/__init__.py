@@ -1,0 +1,1 @@
+"""The document store: deals, merchants, vouchers (see ``base.py``)."""

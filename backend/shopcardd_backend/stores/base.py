@@ -1,0 +1,99 @@
+"""The document store port: the durable record of merchants, deals and vouchers.
+
+The claim gate decides claims; this store remembers what was decided, for reads, audits
+and for rebuilding the gate's counters. Adapters: ``mongo.py`` (pymongo; indexes created
+at start-up; a voucher's ``_id`` is its ``jti``) and ``sqlite.py`` (the embedded profile).
+Both pass ``tests/backend/test_store_contract.py``. Writes are idempotent: saving the same
+voucher twice (a redelivered message) changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """Root of the store's errors."""
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """The store cannot be reached now; transient, the caller answers 503 + Retry-After."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DuplicateError(StoreError, ValueError):
+    """A record with that id already exists with other contents."""
+
+
+class DealStatus(StrEnum):
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantRecord:
+    merchant_id: str
+    api_key_hash: str
+    """A hash of the merchant's API key; the key itself is shown once and never stored."""
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DealRecord:
+    deal_id: str
+    merchant_id: str
+    title: str
+    stock: int
+    per_user_limit: int
+    voucher_ttl_seconds: int
+    starts_at: datetime | None
+    ends_at: datetime | None
+    status: DealStatus
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class VoucherRecord:
+    """One issued voucher (one successful claim). ``voucher_id`` is the token's ``jti``."""
+
+    voucher_id: str
+    deal_id: str
+    merchant_id: str
+    user_id: str
+    idempotency_key: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+class DocumentStore(Protocol):
+    def add_merchant(self, merchant: MerchantRecord) -> None:
+        """Register a merchant; DuplicateError when the id is taken."""
+
+    def merchant_for_key_hash(self, api_key_hash: str) -> str | None:
+        """The merchant id whose API key has this hash, or None."""
+
+    def add_deal(self, deal: DealRecord) -> None:
+        """Store a new deal; DuplicateError when the id is taken."""
+
+    def get_deal(self, deal_id: str) -> DealRecord | None: ...
+
+    def set_deal_status(self, deal_id: str, status: DealStatus) -> DealRecord | None:
+        """Change a deal's status; the updated deal, or None when there is no such deal."""
+
+    def save_voucher(self, voucher: VoucherRecord) -> bool:
+        """Record an issued voucher idempotently; True when it was new."""
+
+    def vouchers_of_deal(self, deal_id: str) -> Sequence[VoucherRecord]:
+        """Every voucher of a deal, for rebuilding the gate's counters."""
+
+    def check(self) -> None:
+        """Prove the store answers (for ``/readyz``); StoreUnavailable when it does not."""
+
+    def close(self) -> None: ...
