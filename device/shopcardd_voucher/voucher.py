@@ -187,6 +187,8 @@ def verify(
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
         return Verdict(Reason.BAD_FORMAT, detail=f"not a string of at most {MAX_TOKEN_LENGTH} characters")
     token = token.strip()
+    if not token.isascii():
+        return Verdict(Reason.BAD_FORMAT, detail="not ASCII")
     parts = token.split(".")
     if len(parts) != 3 or not all(parts):
         return Verdict(Reason.BAD_FORMAT, detail="not a compact JWS (three dot-separated parts)")

@@ -59,11 +59,13 @@ def keygen(alg: Algorithm, kid: str, out: Path) -> KeygenResult:
     if not kid or "/" in kid or kid.startswith("."):
         raise ProvisionError(f"kid {kid!r} is not usable as a file name")
     out.mkdir(parents=True, exist_ok=True)
+    private_key_path = out / f"{kid}.private.pem"
+    if private_key_path.exists():
+        raise ProvisionError(f"{private_key_path} already exists; refusing to overwrite a private key")
     jwks_path = out / "jwks.json"
     keyset = load_keyset(jwks_path) if jwks_path.exists() else KeySet()
     if kid in keyset:
         raise ProvisionError(f"{jwks_path} already holds a key with kid {kid!r}")
-    private_key_path = out / f"{kid}.private.pem"
     signing_key = SigningKey.generate(kid, alg)
     write_private(private_key_path, signing_key.to_pem())
     public = signing_key.verification_key()

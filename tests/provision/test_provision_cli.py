@@ -1,0 +1,169 @@
+"""`shopcardd-provision` as an operator uses it: keys on disk, a voucher on stdout, a QR image."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zxingcpp
+from PIL import Image
+
+from shopcardd_voucher import ALGORITHMS, KeySet, Reason, verify
+
+PROVISION = str(Path(sys.executable).with_name("shopcardd-provision"))
+
+
+def provision(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([PROVISION, *map(str, args)], capture_output=True, text=True)
+    assert (result.returncode == 0) is ok, result.stderr
+    return result
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_keygen_issue_and_verify(tmp_path: Path, alg: str) -> None:
+    provision("keygen", "--alg", alg, "--kid", "k1", "--out", tmp_path / "keys")
+    private = tmp_path / "keys" / "k1.private.pem"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    keys = KeySet.load(tmp_path / "keys" / "jwks.json")
+    assert [(k.kid, k.alg) for k in keys] == [("k1", alg)]
+
+    token = provision(
+        "issue",
+        "--key",
+        private,
+        "--kid",
+        "k1",
+        "--deal",
+        "d1",
+        "--merchant",
+        "m1",
+        "--user",
+        "u1",
+        "--ttl",
+        "600",
+    ).stdout.strip()
+    verdict = verify(token, keys, merchant="m1")
+    assert verdict.reason is Reason.ACCEPTED
+    assert verdict.voucher is not None and verdict.voucher.deal == "d1"
+
+
+def test_keygen_adds_keys_and_never_overwrites(tmp_path: Path) -> None:
+    provision("keygen", "--kid", "k1", "--out", tmp_path)
+    before = (tmp_path / "k1.private.pem").read_bytes()
+    provision("keygen", "--alg", "ES256", "--kid", "k2", "--out", tmp_path)
+    assert KeySet.load(tmp_path / "jwks.json").kids == ["k1", "k2"]
+
+    again = provision("keygen", "--kid", "k1", "--out", tmp_path, ok=False)
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+    assert (tmp_path / "k1.private.pem").read_bytes() == before
+    assert KeySet.load(tmp_path / "jwks.json").kids == ["k1", "k2"]
+
+
+def test_keygen_refuses_a_kid_already_published(tmp_path: Path) -> None:
+    provision("keygen", "--kid", "k1", "--out", tmp_path)
+    (tmp_path / "k1.private.pem").unlink()
+    result = provision("keygen", "--kid", "k1", "--out", tmp_path, ok=False)
+    assert "already holds a key with kid 'k1'" in result.stderr
+    assert not (tmp_path / "k1.private.pem").exists()
+
+
+def test_keygen_refuses_a_broken_key_set_rather_than_replacing_it(tmp_path: Path) -> None:
+    (tmp_path / "jwks.json").write_text("{broken")
+    result = provision("keygen", "--kid", "k1", "--out", tmp_path, ok=False)
+    assert "not valid JSON" in result.stderr
+    assert (tmp_path / "jwks.json").read_text() == "{broken"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            [
+                "issue",
+                "--key",
+                "missing.pem",
+                "--kid",
+                "k1",
+                "--deal",
+                "d",
+                "--merchant",
+                "m",
+                "--user",
+                "u",
+                "--ttl",
+                "60",
+            ],
+            "cannot read private key",
+        ),
+        (["keygen", "--alg", "HS256", "--kid", "k1", "--out", "x"], "invalid choice"),
+        (
+            [
+                "issue",
+                "--key",
+                "KEY",
+                "--kid",
+                "k1",
+                "--deal",
+                "d",
+                "--merchant",
+                "m",
+                "--user",
+                "u",
+                "--ttl",
+                "0",
+            ],
+            "ttl must be a positive",
+        ),
+    ],
+)
+def test_mistakes_get_a_clear_message_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
+    provision("keygen", "--kid", "k1", "--out", tmp_path)
+    args = [str(tmp_path / "k1.private.pem") if a == "KEY" else a for a in args]
+    result = provision(*args, ok=False)
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_qr_renders_a_code_that_decodes_to_the_voucher(tmp_path: Path) -> None:
+    provision("keygen", "--kid", "k1", "--out", tmp_path)
+    token = provision(
+        "issue",
+        "--key",
+        tmp_path / "k1.private.pem",
+        "--kid",
+        "k1",
+        "--deal",
+        "d1",
+        "--merchant",
+        "m1",
+        "--user",
+        "u1",
+        "--ttl",
+        "600",
+    ).stdout.strip()
+    result = provision("qr", token, "--out", tmp_path / "v.png")
+    assert "QR version" in result.stderr
+    image = np.asarray(Image.open(tmp_path / "v.png").convert("L"))
+    decoded = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
+    assert [code.text for code in decoded] == [token]
+
+
+def test_qr_reads_the_token_from_stdin(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [PROVISION, "qr", "-", "--out", str(tmp_path / "v.svg")],
+        input="abc.def.ghi\n",
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "<svg" in (tmp_path / "v.svg").read_text()
+
+
+def test_help_shows_the_examples() -> None:
+    out = provision("--help").stdout
+    assert "keygen" in out and "issue" in out and "qr" in out and "examples:" in out

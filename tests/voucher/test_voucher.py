@@ -1,0 +1,267 @@
+"""The voucher format: what a genuine voucher passes and what a forged one can never pass."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shopcardd_voucher import (
+    ALGORITHMS,
+    MAX_TOKEN_LENGTH,
+    KeySet,
+    Reason,
+    SigningKey,
+    Voucher,
+    issue,
+    sign,
+    verify,
+)
+
+NOW = 1_800_000_000
+MERCHANT = "m-cafe01"
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@pytest.fixture(scope="module", params=ALGORITHMS)
+def key(request: pytest.FixtureRequest) -> SigningKey:
+    return SigningKey.generate("k1", request.param)
+
+
+@pytest.fixture(scope="module")
+def keys(key: SigningKey) -> KeySet:
+    return KeySet([key.verification_key()])
+
+
+@pytest.fixture(scope="module")
+def token(key: SigningKey) -> str:
+    return issue(key, deal="deal0001", merchant=MERCHANT, user="user0001", ttl=3600, now=NOW)
+
+
+def check(token: str | bytes, keys: KeySet, now: float = NOW + 10, merchant: str | None = MERCHANT) -> Reason:
+    return verify(token, keys, now=now, leeway=60, merchant=merchant).reason
+
+
+def test_round_trip_gives_back_the_claims(key: SigningKey, keys: KeySet, token: str) -> None:
+    verdict = verify(token, keys, now=NOW + 10, merchant=MERCHANT)
+    assert verdict.reason is Reason.ACCEPTED and verdict.is_accepted
+    voucher = verdict.voucher
+    assert voucher is not None
+    assert (voucher.deal, voucher.user, voucher.merchant, voucher.kid) == (
+        "deal0001",
+        "user0001",
+        MERCHANT,
+        "k1",
+    )
+    assert (voucher.issued_at, voucher.expires_at) == (NOW, NOW + 3600)
+    assert len(unb64(voucher.voucher_id)) == 16  # 128 random bits
+
+
+def test_header_names_alg_and_kid_only(key: SigningKey, token: str) -> None:
+    header = json.loads(unb64(token.split(".")[0]))
+    assert header == {"alg": key.alg, "kid": "k1"}
+    claims = json.loads(unb64(token.split(".")[1]))
+    assert set(claims) == {"jti", "deal", "sub", "mid", "iat", "exp"}
+
+
+def test_round_trip_through_published_jwks(key: SigningKey, token: str) -> None:
+    published = KeySet([key.verification_key()]).to_json()
+    assert check(token, KeySet.from_jwks(published)) is Reason.ACCEPTED
+
+
+def test_every_voucher_gets_its_own_id(key: SigningKey) -> None:
+    ids = {
+        verify(
+            issue(key, deal="d", merchant="m", user="u", ttl=60, now=NOW),
+            KeySet([key.verification_key()]),
+            now=NOW,
+        ).voucher.voucher_id  # type: ignore[union-attr]
+        for _ in range(50)
+    }
+    assert len(ids) == 50
+
+
+def test_expired_and_not_yet_valid_respect_the_leeway(key: SigningKey, keys: KeySet, token: str) -> None:
+    assert check(token, keys, now=NOW + 3600 + 59) is Reason.ACCEPTED
+    assert check(token, keys, now=NOW + 3600 + 60) is Reason.EXPIRED
+    later = sign(key, Voucher("v1", "d1", "u1", MERCHANT, NOW, NOW + 600, not_before=NOW + 300))
+    assert check(later, keys, now=NOW + 239) is Reason.NOT_YET_VALID
+    assert check(later, keys, now=NOW + 240) is Reason.ACCEPTED
+
+
+def test_wrong_merchant(keys: KeySet, token: str) -> None:
+    assert check(token, keys, merchant="m-other") is Reason.WRONG_MERCHANT
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "",
+        "hello",
+        "a.b",
+        "a.b.c.d",
+        "..",
+        "a.b.c",
+        "ey.ey.ey",
+        "\x00\x01.\x02.\x03",
+        "é.é.é",
+        b"\xff\xfe.a.b",
+    ],
+)
+def test_garbage_is_bad_format(keys: KeySet, garbage: str | bytes) -> None:
+    assert check(garbage, keys) is Reason.BAD_FORMAT
+
+
+def test_oversized_input_is_bad_format_before_parsing(keys: KeySet, token: str) -> None:
+    assert check(token + "A" * (MAX_TOKEN_LENGTH - len(token) + 1), keys) is Reason.BAD_FORMAT
+    assert check("x" * 10_000_000, keys) is Reason.BAD_FORMAT
+
+
+def test_token_with_crit_header_is_refused(key: SigningKey, keys: KeySet, token: str) -> None:
+    header = b64(json.dumps({"alg": key.alg, "kid": "k1", "crit": ["exp"]}).encode())
+    _, payload, signature = token.split(".")
+    assert check(f"{header}.{payload}.{signature}", keys) is Reason.BAD_FORMAT
+
+
+def test_unknown_kid_is_unknown_key(token: str) -> None:
+    other = KeySet([SigningKey.generate("k2").verification_key()])
+    assert check(token, other) is Reason.UNKNOWN_KEY
+
+
+def test_same_kid_other_key_is_bad_signature(key: SigningKey, token: str) -> None:
+    impostor = KeySet([SigningKey.generate("k1", key.alg).verification_key()])
+    assert check(token, impostor) is Reason.BAD_SIGNATURE
+
+
+def test_key_outside_its_signing_window_is_unknown_key(key: SigningKey, token: str) -> None:
+    retired = KeySet([key.verification_key(expires=NOW - 1)])
+    assert check(token, retired) is Reason.UNKNOWN_KEY
+    not_yet = KeySet([key.verification_key(not_before=NOW + 1)])
+    assert check(token, not_yet) is Reason.UNKNOWN_KEY
+    rotating = KeySet([key.verification_key(not_before=NOW - 10, expires=NOW + 10)])
+    assert check(token, rotating) is Reason.ACCEPTED
+
+
+def test_several_live_keys_each_verify_their_own_vouchers() -> None:
+    old, new = SigningKey.generate("2025-a", "RS256"), SigningKey.generate("2026-a")
+    keys = KeySet([old.verification_key(expires=NOW), new.verification_key(not_before=NOW)])
+    for signer, issued in ((old, NOW - 100), (new, NOW + 100)):
+        token = issue(signer, deal="d", merchant=MERCHANT, user="u", ttl=3600, now=issued)
+        assert check(token, keys, now=NOW + 200) is Reason.ACCEPTED
+
+
+# --- algorithm confusion: the algorithm comes from the key, never from the token ---
+
+
+def resigned(token: str, header: dict[str, str], signature: bytes) -> str:
+    payload = token.split(".")[1]
+    return f"{b64(json.dumps(header, separators=(',', ':')).encode())}.{payload}.{b64(signature)}"
+
+
+def test_alg_none_is_refused(keys: KeySet, token: str) -> None:
+    payload = token.split(".")[1]
+    header = b64(b'{"alg":"none","kid":"k1"}')
+    assert check(f"{header}.{payload}.", keys) is Reason.BAD_FORMAT
+    assert check(f"{header}.{payload}.{b64(b'x')}", keys) is Reason.BAD_SIGNATURE
+
+
+def test_hs256_with_the_public_key_as_secret_is_refused(key: SigningKey, keys: KeySet, token: str) -> None:
+    public_pem = key.verification_key().public_key.public_bytes(
+        encoding=__import__(
+            "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
+        ).Encoding.PEM,
+        format=__import__(
+            "cryptography.hazmat.primitives.serialization", fromlist=["x"]
+        ).PublicFormat.SubjectPublicKeyInfo,
+    )
+    jwk_secret = json.dumps(keys.to_jwks()["keys"][0]).encode()
+    for secret in (public_pem, jwk_secret):
+        header = b64(b'{"alg":"HS256","kid":"k1"}')
+        payload = token.split(".")[1]
+        mac = hmac.new(secret, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+        assert check(f"{header}.{payload}.{b64(mac)}", keys) is Reason.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    ("alg", "other_alg"), [(a, b) for a in ALGORITHMS for b in ALGORITHMS if a != b], ids=lambda alg: alg
+)
+def test_switch_to_another_asymmetric_algorithm_is_refused(alg: str, other_alg: str) -> None:
+    key = SigningKey.generate("k1", alg)  # type: ignore[arg-type]
+    keys = KeySet([key.verification_key()])
+    token = issue(key, deal="deal0001", merchant=MERCHANT, user="user0001", ttl=3600, now=NOW)
+    attacker = SigningKey.generate("k1", other_alg)  # type: ignore[arg-type]
+    forged = issue(attacker, deal="deal0001", merchant=MERCHANT, user="user0001", ttl=3600, now=NOW)
+    assert check(forged, keys) is Reason.BAD_SIGNATURE
+    # The genuine signature under a header that claims another algorithm.
+    relabelled = resigned(token, {"alg": other_alg, "kid": "k1"}, unb64(token.split(".")[2]))
+    assert check(relabelled, keys) is Reason.BAD_SIGNATURE
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_changed_character_never_verifies(keys: KeySet, token: str, data: st.DataObject) -> None:
+    position = data.draw(st.integers(0, len(token) - 1), label="position")
+    replacement = data.draw(
+        st.characters(min_codepoint=0, max_codepoint=0x2FF).filter(lambda c: c != token[position]),
+        label="replacement",
+    )
+    tampered = token[:position] + replacement + token[position + 1 :]
+    assert check(tampered, keys) is not Reason.ACCEPTED
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_flipped_bit_in_any_part_never_verifies(keys: KeySet, token: str, data: st.DataObject) -> None:
+    parts = [unb64(p) for p in token.split(".")]
+    which = data.draw(st.integers(0, 2), label="part")
+    position = data.draw(st.integers(0, len(parts[which]) - 1), label="byte")
+    bit = data.draw(st.integers(0, 7), label="bit")
+    damaged = bytearray(parts[which])
+    damaged[position] ^= 1 << bit
+    parts[which] = bytes(damaged)
+    assert check(".".join(b64(p) for p in parts), keys) is not Reason.ACCEPTED
+
+
+def test_non_canonical_base64_spelling_of_the_signature_is_refused(keys: KeySet, token: str) -> None:
+    # Ed25519 and P-256 signatures leave spare bits in the last base64url character:
+    # a decoder that ignores them would accept two spellings of one token.
+    header, payload, signature = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for replacement in alphabet:
+        if replacement != signature[-1]:
+            variant = f"{header}.{payload}.{signature[:-1]}{replacement}"
+            assert check(variant, keys) is not Reason.ACCEPTED
+
+
+def test_whitespace_around_a_scanned_token_is_tolerated(keys: KeySet, token: str) -> None:
+    assert check(f"  {token}\r\n", keys) is Reason.ACCEPTED
+
+
+def test_eddsa_voucher_fits_a_small_qr_code() -> None:
+    from shopcardd_provision.qr import qr_version
+
+    key = SigningKey.generate("k1")
+    token = issue(key, deal="deal0001", merchant="merch001", user="user0001", ttl=86_400)
+    assert len(token) <= 300
+    assert qr_version(token) <= 13
+
+
+@pytest.mark.parametrize(
+    "bad", [{"ttl": 0}, {"ttl": -5}, {"deal": ""}, {"user": "a b"}, {"merchant": "x" * 65}]
+)
+def test_issue_refuses_bad_claims(bad: dict[str, object]) -> None:
+    args: dict[str, object] = {"deal": "d", "merchant": "m", "user": "u", "ttl": 60, **bad}
+    with pytest.raises(ValueError):
+        issue(SigningKey.generate("k1"), **args)  # type: ignore[arg-type]
