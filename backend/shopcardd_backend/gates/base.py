@@ -9,10 +9,16 @@ same slot) and ``sqlite.py`` (one transaction). Both pass ``tests/backend/test_g
 The gate decides; it does not sign. The voucher's claims (id, issue and expiry time) are
 fixed inside the atomic step and stored with the idempotency key, so a replay gets the same
 voucher back and the API signs it again (EdDSA signatures are deterministic: the same token).
+
+The outbox is drained, not tailed: the relay reads the oldest events, publishes them, then
+``ack_outbox`` removes them. A bare "after this id" cursor cannot be trusted on Redis, where
+each deal has its own stream (one cluster slot per deal) and no id orders events across
+streams written concurrently; acknowledging is what guarantees no event is skipped.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -91,6 +97,37 @@ class OutboxEvent:
     payload: dict[str, Any]
 
 
+CHECK_DEAL_ID = "_shopcardd_check"
+"""The deal ``check()`` claims against: never loaded, so the step runs and answers UNKNOWN_DEAL."""
+
+CLAIM_EVENT_TYPE = "claim.issued"
+
+
+def claim_event_payload(voucher: Voucher, idempotency_key: str) -> dict[str, Any]:
+    """The outbox payload of one issued claim; every adapter builds it here, so they agree."""
+    return {
+        "type": CLAIM_EVENT_TYPE,
+        "voucher_id": voucher.voucher_id,
+        "deal_id": voucher.deal,
+        "merchant_id": voucher.merchant,
+        "user_id": voucher.user,
+        "idempotency_key": idempotency_key,
+        "issued_at": int(voucher.issued_at),
+        "expires_at": int(voucher.expires_at),
+    }
+
+
+def check_decision(decision: ClaimDecision) -> None:
+    """What ``check()`` expects of its claim on ``CHECK_DEAL_ID``; anything else is a broken step."""
+    if decision.outcome is not Outcome.UNKNOWN_DEAL:
+        raise GateUnavailable(f"claim step answered {decision.outcome} for the check deal")
+
+
+def check_attempt() -> ClaimAttempt:
+    """The claim ``check()`` runs through the real step, against ``CHECK_DEAL_ID``."""
+    return ClaimAttempt(CHECK_DEAL_ID, "_check", "_check", "_check", int(time.time()))
+
+
 class ClaimGate(Protocol):
     def load_deal(self, terms: DealTerms, claimed: Iterable[tuple[str, Voucher]] = ()) -> None:
         """Make the gate ready for ``terms``; ``claimed`` is (idempotency key, voucher) already
@@ -98,7 +135,14 @@ class ClaimGate(Protocol):
         the gate already holds leaves its counters alone unless ``claimed`` is given."""
 
     def claim(self, attempt: ClaimAttempt) -> ClaimDecision:
-        """Decide one claim atomically. Raises ``GateUnavailable`` when the store is down."""
+        """Decide one claim atomically. Raises ``GateUnavailable`` when the store is down.
+
+        The order of the rules, the same in every adapter: UNKNOWN_DEAL; REPLAYED (the same
+        user and idempotency key on this deal: the stored voucher, even when the deal has since
+        sold out or closed); SALE_NOT_OPEN; SOLD_OUT; LIMIT_REACHED; else ISSUED. The voucher
+        of an ISSUED claim is ``attempt.voucher_id``, issued at ``attempt.now``, expiring
+        ``voucher_ttl_seconds`` later. After a ``GateUnavailable`` the claim may or may not
+        have been applied (never half): retrying with the same key answers either way."""
 
     def stock_left(self, deal_id: str) -> int | None:
         """Vouchers left, or None when the gate does not know the deal."""
@@ -107,7 +151,11 @@ class ClaimGate(Protocol):
         """Close the sale: every later claim is SALE_NOT_OPEN."""
 
     def read_outbox(self, after: str | None = None, limit: int = 100) -> Sequence[OutboxEvent]:
-        """Events in order, after ``after`` (an ``event_id``), for the relay and for tests."""
+        """The oldest events not yet acknowledged, in order, after ``after`` (an ``event_id`` of
+        this same pass, to page through it). Each deal's events keep their claim order."""
+
+    def ack_outbox(self, event_ids: Iterable[str]) -> None:
+        """Forget events the relay has published (confirmed); unknown ids are ignored."""
 
     def check(self) -> None:
         """Prove the gate works end to end (runs the claim step's code), for ``/readyz``.

@@ -5,15 +5,18 @@ and for rebuilding the gate's counters. Adapters: ``mongo.py`` (pymongo; indexes
 at start-up; a voucher's ``_id`` is its ``jti``) and ``sqlite.py`` (the embedded profile).
 Both pass ``tests/backend/test_store_contract.py``. Writes are idempotent: saving the same
 voucher twice (a redelivered message) changes nothing the second time.
+
+Times go in as aware datetimes (naive ones are taken as UTC) and come back in UTC with
+millisecond precision, the precision of a BSON date: every adapter answers alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 
 class StoreError(Exception):
@@ -97,3 +100,40 @@ class DocumentStore(Protocol):
         """Prove the store answers (for ``/readyz``); StoreUnavailable when it does not."""
 
     def close(self) -> None: ...
+
+
+Record = TypeVar("Record", MerchantRecord, DealRecord, VoucherRecord)
+
+
+def utc_ms(value: datetime) -> datetime:
+    """A time as every store gives it back: UTC, whole milliseconds."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def record_fields(record: MerchantRecord | DealRecord | VoucherRecord) -> dict[str, Any]:
+    """A record as plain values (times normalised with ``utc_ms``, enums as strings)."""
+    values: dict[str, Any] = {}
+    for field in fields(record):
+        value = getattr(record, field.name)
+        if isinstance(value, datetime):
+            value = utc_ms(value)
+        elif isinstance(value, StrEnum):
+            value = str(value)
+        values[field.name] = value
+    return values
+
+
+def record_from_fields(kind: type[Record], values: Mapping[str, Any]) -> Record:
+    """The inverse of ``record_fields``; extra keys (such as Mongo's ``_id``) are ignored."""
+    kwargs: dict[str, Any] = {}
+    for field in fields(kind):
+        value = values[field.name]
+        if isinstance(value, datetime):
+            value = utc_ms(value)
+        elif field.name == "status":
+            value = DealStatus(value)
+        kwargs[field.name] = value
+    return kind(**kwargs)

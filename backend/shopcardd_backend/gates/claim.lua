@@ -1,0 +1,47 @@
+-- The claim step of the Redis gate (gates/redis.py): decide one claim and record it, atomically.
+-- Every key is of one deal, under its hash tag {deal_id}: the script is single-slot and runs
+-- unchanged on Redis Cluster. Rules in the port's order (gates/base.py, ClaimGate.claim).
+--
+-- KEYS[1] terms hash   merchant_id, per_user_limit, voucher_ttl_seconds, starts_at, ends_at
+--                      ("" when open-ended), cancelled ("1" once cancelled)
+-- KEYS[2] stock        vouchers left (a string integer)
+-- KEYS[3] users hash   user_id -> vouchers issued to that user
+-- KEYS[4] claims hash  idempotency field (user and key) -> "issued_at expires_at voucher_id"
+-- KEYS[5] outbox       stream of claim events
+-- ARGV: user_id, idempotency field, idempotency key, voucher_id, now (epoch seconds)
+-- Returns {outcome, voucher record or "", stock left, merchant_id}.
+
+local terms = redis.call('HMGET', KEYS[1], 'merchant_id', 'per_user_limit', 'voucher_ttl_seconds',
+  'starts_at', 'ends_at', 'cancelled')
+local merchant = terms[1]
+if not merchant then
+  return {'unknown_deal', '', -1, ''}
+end
+local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
+
+local prior = redis.call('HGET', KEYS[4], ARGV[2])
+if prior then
+  return {'replayed', prior, stock, merchant}
+end
+
+local now = tonumber(ARGV[5])
+local starts_at, ends_at = tonumber(terms[4]), tonumber(terms[5])
+if terms[6] == '1' or (starts_at and now < starts_at) or (ends_at and now >= ends_at) then
+  return {'sale_not_open', '', stock, merchant}
+end
+if stock <= 0 then
+  return {'sold_out', '', 0, merchant}
+end
+local claimed = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+if claimed >= tonumber(terms[2]) then
+  return {'limit_reached', '', stock, merchant}
+end
+
+local expires_at = now + tonumber(terms[3])
+local record = ARGV[5] .. ' ' .. expires_at .. ' ' .. ARGV[4]
+stock = redis.call('DECR', KEYS[2])
+redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.call('HSET', KEYS[4], ARGV[2], record)
+redis.call('XADD', KEYS[5], '*', 'voucher_id', ARGV[4], 'merchant_id', merchant, 'user_id', ARGV[1],
+  'idempotency_key', ARGV[3], 'issued_at', ARGV[5], 'expires_at', expires_at)
+return {'issued', record, stock, merchant}

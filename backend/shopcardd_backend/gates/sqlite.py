@@ -1,0 +1,217 @@
+"""The embedded claim gate: one SQLite transaction decides a claim and writes its event.
+
+Each claim is one ``BEGIN IMMEDIATE`` transaction (see ``storage.py``): the write lock is
+held from the first read to the commit, so the checks and the updates cannot interleave with
+another thread's or another process's claim. ``stock_left`` has a ``CHECK (>= 0)``
+constraint as a last line of defence. Schema:
+
+- ``deals``: the terms, ``stock_left`` and ``cancelled``;
+- ``user_claims``: vouchers per (deal, user), for the per-user limit;
+- ``claims``: the voucher of each (deal, user, idempotency key), replayed on retries;
+- ``outbox``: claim events (JSON payload), ``event_id`` an increasing integer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from shopcardd_voucher import Voucher
+
+from ..storage import Closing, SqliteFile
+from .base import (
+    ClaimAttempt,
+    ClaimDecision,
+    DealTerms,
+    GateUnavailable,
+    OutboxEvent,
+    Outcome,
+    check_attempt,
+    check_decision,
+    claim_event_payload,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deals (
+    deal_id TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    stock INTEGER NOT NULL,
+    per_user_limit INTEGER NOT NULL,
+    voucher_ttl_seconds INTEGER NOT NULL,
+    starts_at INTEGER,
+    ends_at INTEGER,
+    stock_left INTEGER NOT NULL CHECK (stock_left >= 0),
+    cancelled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS user_claims (
+    deal_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    claimed INTEGER NOT NULL,
+    PRIMARY KEY (deal_id, user_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS claims (
+    deal_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    voucher_id TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (deal_id, user_id, idempotency_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    event_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload TEXT NOT NULL
+);
+"""
+
+COUNT_USER_CLAIM = "INSERT INTO user_claims VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET claimed = claimed + 1"
+
+EVENT_ID_DIGITS = 20
+"""Event ids are zero-padded so that they also sort as strings."""
+
+
+class SqliteClaimGate(Closing):
+    """``ClaimGate`` on one SQLite file; threads and processes may share the file."""
+
+    def __init__(self, path: Path | str, busy_timeout: float = 5.0) -> None:
+        self._db = SqliteFile(path, SCHEMA, GateUnavailable, busy_timeout)
+
+    def load_deal(self, terms: DealTerms, claimed: Iterable[tuple[str, Voucher]] = ()) -> None:
+        claimed = list(claimed)
+        with self._db.transaction() as tx:
+            known = tx.execute("SELECT 1 FROM deals WHERE deal_id = ?", (terms.deal_id,)).fetchone()
+            values = (
+                terms.merchant_id,
+                terms.stock,
+                terms.per_user_limit,
+                terms.voucher_ttl_seconds,
+                terms.starts_at,
+                terms.ends_at,
+                terms.deal_id,
+            )
+            if known:
+                tx.execute(
+                    "UPDATE deals SET merchant_id = ?, stock = ?, per_user_limit = ?,"
+                    " voucher_ttl_seconds = ?, starts_at = ?, ends_at = ? WHERE deal_id = ?",
+                    values,
+                )
+            else:
+                tx.execute(
+                    "INSERT INTO deals (merchant_id, stock, per_user_limit, voucher_ttl_seconds,"
+                    " starts_at, ends_at, deal_id, stock_left) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*values, terms.stock),
+                )
+            if known and not claimed:
+                return
+            tx.execute("DELETE FROM user_claims WHERE deal_id = ?", (terms.deal_id,))
+            tx.execute("DELETE FROM claims WHERE deal_id = ?", (terms.deal_id,))
+            tx.execute(
+                "UPDATE deals SET stock_left = ? WHERE deal_id = ?",
+                (max(terms.stock - len(claimed), 0), terms.deal_id),
+            )
+            for key, voucher in claimed:
+                tx.execute(
+                    COUNT_USER_CLAIM,
+                    (terms.deal_id, voucher.user),
+                )
+                tx.execute(
+                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        terms.deal_id,
+                        voucher.user,
+                        key,
+                        voucher.voucher_id,
+                        voucher.issued_at,
+                        voucher.expires_at,
+                    ),
+                )
+
+    def claim(self, attempt: ClaimAttempt) -> ClaimDecision:
+        with self._db.transaction() as tx:
+            deal = tx.execute(
+                "SELECT merchant_id, per_user_limit, voucher_ttl_seconds, starts_at, ends_at, stock_left,"
+                " cancelled FROM deals WHERE deal_id = ?",
+                (attempt.deal_id,),
+            ).fetchone()
+            if deal is None:
+                return ClaimDecision(Outcome.UNKNOWN_DEAL)
+            merchant_id, limit, ttl, starts_at, ends_at, stock_left, cancelled = deal
+
+            def voucher(voucher_id: str, issued_at: int, expires_at: int) -> Voucher:
+                return Voucher(
+                    voucher_id, attempt.deal_id, attempt.user_id, merchant_id, issued_at, expires_at
+                )
+
+            prior = tx.execute(
+                "SELECT voucher_id, issued_at, expires_at FROM claims"
+                " WHERE deal_id = ? AND user_id = ? AND idempotency_key = ?",
+                (attempt.deal_id, attempt.user_id, attempt.idempotency_key),
+            ).fetchone()
+            if prior is not None:
+                return ClaimDecision(Outcome.REPLAYED, voucher(*prior), stock_left)
+            now = attempt.now
+            if (
+                cancelled
+                or (starts_at is not None and now < starts_at)
+                or (ends_at is not None and now >= ends_at)
+            ):
+                return ClaimDecision(Outcome.SALE_NOT_OPEN, stock_left=stock_left)
+            if stock_left <= 0:
+                return ClaimDecision(Outcome.SOLD_OUT, stock_left=0)
+            row = tx.execute(
+                "SELECT claimed FROM user_claims WHERE deal_id = ? AND user_id = ?",
+                (attempt.deal_id, attempt.user_id),
+            ).fetchone()
+            if row is not None and row[0] >= limit:
+                return ClaimDecision(Outcome.LIMIT_REACHED, stock_left=stock_left)
+            issued = voucher(attempt.voucher_id, now, now + ttl)
+            tx.execute("UPDATE deals SET stock_left = stock_left - 1 WHERE deal_id = ?", (attempt.deal_id,))
+            tx.execute(
+                COUNT_USER_CLAIM,
+                (attempt.deal_id, attempt.user_id),
+            )
+            tx.execute(
+                "INSERT INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    attempt.deal_id,
+                    attempt.user_id,
+                    attempt.idempotency_key,
+                    issued.voucher_id,
+                    now,
+                    now + ttl,
+                ),
+            )
+            payload = claim_event_payload(issued, attempt.idempotency_key)
+            tx.execute("INSERT INTO outbox (payload) VALUES (?)", (json.dumps(payload),))
+            return ClaimDecision(Outcome.ISSUED, issued, stock_left - 1)
+
+    def stock_left(self, deal_id: str) -> int | None:
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT stock_left FROM deals WHERE deal_id = ?", (deal_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def cancel(self, deal_id: str) -> None:
+        with self._db.transaction() as tx:
+            tx.execute("UPDATE deals SET cancelled = 1 WHERE deal_id = ?", (deal_id,))
+
+    def read_outbox(self, after: str | None = None, limit: int = 100) -> Sequence[OutboxEvent]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT event_id, payload FROM outbox WHERE event_id > ? ORDER BY event_id LIMIT ?",
+                (int(after) if after else 0, limit),
+            ).fetchall()
+        return [
+            OutboxEvent(f"{event_id:0{EVENT_ID_DIGITS}d}", json.loads(payload)) for event_id, payload in rows
+        ]
+
+    def ack_outbox(self, event_ids: Iterable[str]) -> None:
+        ids = [(int(event_id),) for event_id in event_ids]
+        with self._db.transaction() as tx:
+            tx.executemany("DELETE FROM outbox WHERE event_id = ?", ids)
+
+    def check(self) -> None:
+        check_decision(self.claim(check_attempt()))
+
+    def close(self) -> None:
+        self._db.close()

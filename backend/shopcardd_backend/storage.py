@@ -1,0 +1,107 @@
+"""What the storage adapters (``gates/*``, ``stores/*``) share: ``Closing``, and ``SqliteFile``.
+
+``Closing`` makes anything with ``close()`` a context manager. Both SQLite adapters
+(``gates/sqlite.py``, ``stores/sqlite.py``) open their file through ``SqliteFile``, so the
+durability and locking choices are made once: WAL (readers never block the writer),
+``synchronous=FULL`` (a committed claim survives a power cut: in the embedded profile the
+outbox is the claim's only durable record), a busy timeout (another process holding the
+write lock makes us wait, not fail at once), and ``BEGIN IMMEDIATE`` for every write (the
+write lock is taken before the first read, so a read-decide-write step can never be
+overtaken). Inside one process a lock serialises the threads of FastAPI's pool on one
+connection: cheaper than SQLite's busy-wait between many connections.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+Unavailable = Callable[[str], Exception]
+"""Builds the caller's own transient error (GateUnavailable, StoreUnavailable) from a message."""
+
+
+class Closing:
+    """Mixin: ``with adapter:`` closes it at the end, whatever happened."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class SqliteFile(Closing):
+    """A connection to ``path`` with the pragmas above; ``schema`` is run once at opening."""
+
+    def __init__(
+        self, path: Path | str, schema: str, unavailable: Unavailable, busy_timeout: float = 5.0
+    ) -> None:
+        self.path = Path(path)
+        self._unavailable = unavailable
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise unavailable(f"cannot open {self.path}: {exc}") from exc
+        conn.row_factory = sqlite3.Row  # rows unpack like tuples and are read by column name
+        self._conn: sqlite3.Connection | None = conn
+        with self._mapped_errors():
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        with self.transaction() as tx:
+            for statement in schema.split(";"):
+                if statement.strip():
+                    tx.execute(statement)
+
+    @contextmanager
+    def _mapped_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            # "database is locked" past the busy timeout, disk I/O errors, a full disk: transient.
+            raise self._unavailable(f"SQLite {self.path}: {exc}") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error, nothing half-applied."""
+        with self._lock, self._mapped_errors():
+            conn = self._conn
+            if conn is None:
+                raise self._unavailable(f"SQLite {self.path} is closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for one read; WAL gives it a consistent snapshot per statement."""
+        with self._lock, self._mapped_errors():
+            if self._conn is None:
+                raise self._unavailable(f"SQLite {self.path} is closed")
+            yield self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

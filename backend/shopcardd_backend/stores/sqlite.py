@@ -1,0 +1,150 @@
+"""The embedded document store: merchants, deals and vouchers in one SQLite file.
+
+Opened through ``storage.py`` (WAL, ``synchronous=FULL``, busy timeout, a lock for the
+threads of one process), so several API processes may share the file. Times are stored as
+ISO 8601 text in UTC with milliseconds, which also sorts in time order. Tables mirror the
+Mongo collections: ``merchants`` (``api_key_hash`` unique), ``deals`` (indexed by merchant),
+``vouchers`` (indexed by deal; one voucher per deal, user and idempotency key).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..storage import Closing, SqliteFile
+from .base import (
+    DealRecord,
+    DealStatus,
+    DuplicateError,
+    MerchantRecord,
+    Record,
+    StoreUnavailable,
+    VoucherRecord,
+    record_fields,
+    record_from_fields,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS merchants (
+    merchant_id TEXT PRIMARY KEY,
+    api_key_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deals (
+    deal_id TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    stock INTEGER NOT NULL,
+    per_user_limit INTEGER NOT NULL,
+    voucher_ttl_seconds INTEGER NOT NULL,
+    starts_at TEXT,
+    ends_at TEXT,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deals_by_merchant ON deals (merchant_id);
+CREATE TABLE IF NOT EXISTS vouchers (
+    voucher_id TEXT PRIMARY KEY,
+    deal_id TEXT NOT NULL,
+    merchant_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    UNIQUE (deal_id, user_id, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS vouchers_by_deal ON vouchers (deal_id, issued_at);
+"""
+
+
+def _row(record: MerchantRecord | DealRecord | VoucherRecord) -> dict[str, Any]:
+    return {
+        name: value.isoformat(timespec="milliseconds") if isinstance(value, datetime) else value
+        for name, value in record_fields(record).items()
+    }
+
+
+def _record(kind: type[Record], row: sqlite3.Row) -> Record:
+    values = {
+        name: datetime.fromisoformat(row[name]) if name.endswith("_at") and row[name] else row[name]
+        for name in row.keys()  # noqa: SIM118 (a Row is not a dict)
+    }
+    return record_from_fields(kind, values)
+
+
+def _insert(table: str, row: dict[str, Any]) -> str:
+    return f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join(':' + name for name in row)})"
+
+
+class SqliteDocumentStore(Closing):
+    """``DocumentStore`` on one SQLite file."""
+
+    def __init__(self, path: Path | str, busy_timeout: float = 5.0) -> None:
+        self._db = SqliteFile(path, SCHEMA, StoreUnavailable, busy_timeout)
+
+    def _add(self, table: str, record: MerchantRecord | DealRecord) -> None:
+        try:
+            with self._db.transaction() as tx:
+                tx.execute(_insert(table, _row(record)), _row(record))
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateError(f"{table}: {exc}") from exc
+
+    def _one(self, kind: type[Record], sql: str, *args: Any) -> Record | None:
+        with self._db.reading() as conn:
+            row = conn.execute(sql, args).fetchone()
+        return None if row is None else _record(kind, row)
+
+    def add_merchant(self, merchant: MerchantRecord) -> None:
+        self._add("merchants", merchant)
+
+    def merchant_for_key_hash(self, api_key_hash: str) -> str | None:
+        with self._db.reading() as conn:
+            row = conn.execute(
+                "SELECT merchant_id FROM merchants WHERE api_key_hash = ?", (api_key_hash,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def add_deal(self, deal: DealRecord) -> None:
+        self._add("deals", deal)
+
+    def get_deal(self, deal_id: str) -> DealRecord | None:
+        return self._one(DealRecord, "SELECT * FROM deals WHERE deal_id = ?", deal_id)
+
+    def set_deal_status(self, deal_id: str, status: DealStatus) -> DealRecord | None:
+        with self._db.transaction() as tx:
+            tx.execute("UPDATE deals SET status = ? WHERE deal_id = ?", (str(status), deal_id))
+        return self.get_deal(deal_id)
+
+    def save_voucher(self, voucher: VoucherRecord) -> bool:
+        row = _row(voucher)
+        try:
+            with self._db.transaction() as tx:
+                tx.execute(_insert("vouchers", row), row)
+            return True
+        except sqlite3.IntegrityError:
+            existing = self._one(
+                VoucherRecord, "SELECT * FROM vouchers WHERE voucher_id = ?", voucher.voucher_id
+            )
+            if existing is not None and record_fields(existing) == record_fields(voucher):
+                return False
+            raise DuplicateError(
+                f"voucher {voucher.voucher_id} (or its idempotency key) exists otherwise"
+            ) from None
+
+    def vouchers_of_deal(self, deal_id: str) -> Sequence[VoucherRecord]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT * FROM vouchers WHERE deal_id = ? ORDER BY issued_at, voucher_id", (deal_id,)
+            ).fetchall()
+        return [_record(VoucherRecord, row) for row in rows]
+
+    def check(self) -> None:
+        with self._db.reading() as conn:
+            conn.execute("SELECT 1 FROM merchants LIMIT 1").fetchall()
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,139 @@
+"""Fixtures of the backend suites: claim gates and document stores of every kind, on the
+machine's real services, each test on its own files, key prefix or database.
+
+- ``gate`` / ``store``: parametrized over every adapter (``GATE_KINDS``, ``STORE_KINDS``), so
+  a test written once runs against each.
+- ``make_gate(kind)`` / ``make_store(kind)``: factories for tests that need more than one
+  (two gates on one SQLite file, a gate next to a store); each call gives a new gate on
+  fresh storage unless ``path`` is passed. Everything made is closed, and its Redis keys or
+  Mongo database removed, when the test ends.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shopcardd_backend.gates.base import ClaimGate
+from shopcardd_backend.stores.base import DocumentStore
+
+GATE_KINDS = ["sqlite", "redis"]
+STORE_KINDS = ["sqlite", "mongo"]
+_MARKS = {"redis": [pytest.mark.redis], "mongo": [pytest.mark.mongo]}
+
+MakeGate = Callable[..., ClaimGate]
+MakeStore = Callable[..., DocumentStore]
+
+
+@pytest.fixture
+def make_gate(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeGate]:
+    """``make_gate("sqlite", path=None)`` or ``make_gate("redis", prefix=None, url=None)``."""
+    made: list[Any] = []
+    prefixes: list[tuple[str, str]] = []
+
+    def make(
+        kind: str, *, path: Path | None = None, prefix: str | None = None, url: str | None = None
+    ) -> Any:
+        if kind == "sqlite":
+            from shopcardd_backend.gates.sqlite import SqliteClaimGate
+
+            gate: Any = SqliteClaimGate(path or tmp_path / f"gate-{len(made)}.sqlite3")
+        elif kind == "redis":
+            from shopcardd_backend.gates.redis import RedisClaimGate
+
+            url = url or request.getfixturevalue("redis_url")
+            prefix = prefix or f"{request.getfixturevalue('redis_prefix')}-{len(made)}"
+            prefixes.append((url, prefix))
+            gate = RedisClaimGate(url, prefix=prefix)
+        else:
+            raise ValueError(f"no gate of kind {kind!r}")
+        made.append(gate)
+        return gate
+
+    yield make
+    for gate in made:
+        gate.close()
+    for url, prefix in prefixes:
+        _delete_redis_keys(url, prefix)
+
+
+def _delete_redis_keys(url: str, prefix: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1) as client:
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+        except redis.ConnectionError:
+            pass  # a test's own server that is gone: nothing left to clean
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A TCP port nobody listens on (the root conftest's ``free_port`` is not importable here)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(params=[pytest.param(kind, marks=_MARKS.get(kind, [])) for kind in GATE_KINDS])
+def gate_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def gate(make_gate: MakeGate, gate_kind: str) -> ClaimGate:
+    """A fresh, empty claim gate of each kind."""
+    return make_gate(gate_kind)
+
+
+@pytest.fixture
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
+    """``make_store("sqlite", path=None)`` or ``make_store("mongo", database=None)``; stores made
+    with the same ``path`` or ``database`` share their records (``database`` is a name within
+    this test's own database name, never a database outside the test)."""
+    made: list[Any] = []
+    databases: list[tuple[str, str]] = []
+
+    def make(kind: str, *, path: Path | None = None, database: str | None = None) -> Any:
+        if kind == "sqlite":
+            from shopcardd_backend.stores.sqlite import SqliteDocumentStore
+
+            store: Any = SqliteDocumentStore(path or tmp_path / f"store-{len(made)}.sqlite3")
+        elif kind == "mongo":
+            from shopcardd_backend.stores.mongo import MongoDocumentStore
+
+            uri = request.getfixturevalue("mongodb_uri")
+            database = f"{request.getfixturevalue('mongodb_database_name')}_{database or len(made)}"
+            databases.append((uri, database))
+            store = MongoDocumentStore(uri, database)
+            store.ensure_indexes()
+        else:
+            raise ValueError(f"no store of kind {kind!r}")
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+    for uri, database in databases:
+        import pymongo
+
+        with pymongo.MongoClient(uri, serverSelectionTimeoutMS=2000) as client:
+            client.drop_database(database)
+
+
+@pytest.fixture(params=[pytest.param(kind, marks=_MARKS.get(kind, [])) for kind in STORE_KINDS])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store(make_store: MakeStore, store_kind: str) -> DocumentStore:
+    """A fresh, empty document store of each kind (Mongo: SecantusDB or SHOPCARDD_MONGODB_URI)."""
+    return make_store(store_kind)

@@ -1,0 +1,290 @@
+"""The claim gate's contract: every behaviour of the port, the same on every adapter."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from shopcardd_backend.gates.base import (
+    ClaimAttempt,
+    ClaimDecision,
+    ClaimGate,
+    DealTerms,
+    GateUnavailable,
+    Outcome,
+)
+from shopcardd_voucher import Voucher
+
+MakeGate = Callable[..., Any]
+NOW = 1_790_000_000
+_ids = itertools.count()
+
+
+def terms(deal_id: str = "d1", **changes: Any) -> DealTerms:
+    values: dict[str, Any] = {
+        "deal_id": deal_id,
+        "merchant_id": "m1",
+        "stock": 3,
+        "per_user_limit": 2,
+        "voucher_ttl_seconds": 3600,
+    }
+    return DealTerms(**(values | changes))
+
+
+def claim(
+    gate: ClaimGate, user: str = "u1", key: str | None = None, deal: str = "d1", now: int = NOW
+) -> ClaimDecision:
+    """One claim with a fresh voucher id (and a fresh idempotency key unless given)."""
+    n = next(_ids)
+    return gate.claim(ClaimAttempt(deal, user, key or f"key-{n}", f"voucher-{n}", now))
+
+
+def all_events(gate: ClaimGate) -> list[dict[str, Any]]:
+    return [event.payload for event in gate.read_outbox(limit=10_000)]
+
+
+def test_a_claim_issues_a_voucher_takes_stock_and_records_an_event(gate: ClaimGate) -> None:
+    gate.load_deal(terms(voucher_ttl_seconds=600))
+    decision = gate.claim(ClaimAttempt("d1", "u1", "k1", "v1", NOW))
+    assert decision == ClaimDecision(Outcome.ISSUED, Voucher("v1", "d1", "u1", "m1", NOW, NOW + 600), 2)
+    assert gate.stock_left("d1") == 2
+    assert all_events(gate) == [
+        {
+            "type": "claim.issued",
+            "voucher_id": "v1",
+            "deal_id": "d1",
+            "merchant_id": "m1",
+            "user_id": "u1",
+            "idempotency_key": "k1",
+            "issued_at": NOW,
+            "expires_at": NOW + 600,
+        }
+    ]
+
+
+def test_the_same_key_replays_the_same_voucher_and_changes_nothing(gate: ClaimGate) -> None:
+    gate.load_deal(terms())
+    first = gate.claim(ClaimAttempt("d1", "u1", "k1", "v1", NOW))
+    again = gate.claim(ClaimAttempt("d1", "u1", "k1", "v2", NOW + 30))
+    assert again.outcome is Outcome.REPLAYED
+    assert again.voucher == first.voucher
+    assert gate.stock_left("d1") == 2
+    assert len(all_events(gate)) == 1
+
+
+def test_the_same_key_from_another_user_is_another_claim(gate: ClaimGate) -> None:
+    gate.load_deal(terms())
+    assert claim(gate, "u1", key="k1").outcome is Outcome.ISSUED
+    decision = claim(gate, "u2", key="k1")
+    assert decision.outcome is Outcome.ISSUED
+    assert decision.voucher is not None and decision.voucher.user == "u2"
+
+
+def test_a_replay_still_answers_after_the_deal_sold_out_or_closed(gate: ClaimGate) -> None:
+    gate.load_deal(terms(stock=1))
+    first = claim(gate, "u1", key="k1")
+    assert claim(gate, "u2").outcome is Outcome.SOLD_OUT
+    assert claim(gate, "u1", key="k1").voucher == first.voucher
+    gate.cancel("d1")
+    assert claim(gate, "u1", key="k1").voucher == first.voucher
+
+
+def test_sold_out_when_the_stock_is_gone(gate: ClaimGate) -> None:
+    gate.load_deal(terms(stock=2, per_user_limit=5))
+    assert [claim(gate, f"u{i}").outcome for i in range(4)] == [
+        Outcome.ISSUED,
+        Outcome.ISSUED,
+        Outcome.SOLD_OUT,
+        Outcome.SOLD_OUT,
+    ]
+    assert gate.stock_left("d1") == 0
+    assert len(all_events(gate)) == 2
+
+
+def test_a_deal_with_no_stock_never_goes_below_zero(gate: ClaimGate) -> None:
+    gate.load_deal(terms(stock=0))
+    decisions = [claim(gate, f"u{i}") for i in range(3)]
+    assert {d.outcome for d in decisions} == {Outcome.SOLD_OUT}
+    assert {d.stock_left for d in decisions} == {0}
+    assert gate.stock_left("d1") == 0
+    assert all_events(gate) == []
+
+
+def test_limit_reached_after_per_user_limit_vouchers(gate: ClaimGate) -> None:
+    gate.load_deal(terms(stock=10, per_user_limit=2))
+    assert [claim(gate, "u1").outcome for _ in range(3)] == [
+        Outcome.ISSUED,
+        Outcome.ISSUED,
+        Outcome.LIMIT_REACHED,
+    ]
+    assert claim(gate, "u2").outcome is Outcome.ISSUED
+    assert gate.stock_left("d1") == 7
+
+
+@pytest.mark.parametrize(
+    ("now", "outcome"),
+    [
+        (NOW - 1, Outcome.SALE_NOT_OPEN),
+        (NOW, Outcome.ISSUED),
+        (NOW + 99, Outcome.ISSUED),
+        (NOW + 100, Outcome.SALE_NOT_OPEN),
+    ],
+    ids=["before-start", "at-start", "last-second", "at-end"],
+)
+def test_claims_only_inside_the_sale_window(gate: ClaimGate, now: int, outcome: Outcome) -> None:
+    gate.load_deal(terms(starts_at=NOW, ends_at=NOW + 100))
+    decision = claim(gate, now=now)
+    assert decision.outcome is outcome
+    assert gate.stock_left("d1") == (2 if outcome is Outcome.ISSUED else 3)
+
+
+def test_cancel_closes_the_sale(gate: ClaimGate) -> None:
+    gate.load_deal(terms())
+    claim(gate)
+    gate.cancel("d1")
+    assert claim(gate, "u2").outcome is Outcome.SALE_NOT_OPEN
+    assert gate.stock_left("d1") == 2
+    gate.load_deal(terms())  # a restart reloading the deal does not reopen it
+    assert claim(gate, "u3").outcome is Outcome.SALE_NOT_OPEN
+
+
+def test_an_unknown_deal(gate: ClaimGate) -> None:
+    assert claim(gate, deal="nope") == ClaimDecision(Outcome.UNKNOWN_DEAL)
+    assert gate.stock_left("nope") is None
+    gate.cancel("nope")
+    assert gate.stock_left("nope") is None
+    gate.load_deal(terms("nope"))
+    assert claim(gate, deal="nope").outcome is Outcome.ISSUED
+
+
+def test_reloading_a_deal_keeps_its_counters(gate: ClaimGate) -> None:
+    gate.load_deal(terms(stock=3, per_user_limit=1))
+    claim(gate, "u1")
+    gate.load_deal(terms(stock=3, per_user_limit=1))
+    assert gate.stock_left("d1") == 2
+    assert claim(gate, "u1").outcome is Outcome.LIMIT_REACHED
+
+
+def test_counters_rebuild_from_claimed_vouchers(gate: ClaimGate) -> None:
+    """After the gate's data is lost, the durable store's vouchers rebuild stock, limits, replays."""
+    claimed = [
+        ("k1", Voucher("v1", "d1", "u1", "m1", NOW, NOW + 60)),
+        ("k2", Voucher("v2", "d1", "u1", "m1", NOW, NOW + 60)),
+        ("k3", Voucher("v3", "d1", "u2", "m1", NOW, NOW + 60)),
+    ]
+    gate.load_deal(terms(stock=5, per_user_limit=2))
+    for i in range(3):
+        claim(gate, "u9", now=NOW + i)  # counters that the rebuild replaces
+    gate.load_deal(terms(stock=5, per_user_limit=2), claimed)
+    assert gate.stock_left("d1") == 2
+    assert claim(gate, "u1").outcome is Outcome.LIMIT_REACHED
+    replay = gate.claim(ClaimAttempt("d1", "u2", "k3", "other", NOW + 5))
+    assert replay == ClaimDecision(Outcome.REPLAYED, claimed[2][1], 2)
+    assert claim(gate, "u2").outcome is Outcome.ISSUED
+    assert claim(gate, "u9").outcome is Outcome.ISSUED
+    assert claim(gate, "u8").outcome is Outcome.SOLD_OUT
+
+
+def test_the_outbox_pages_in_claim_order_and_forgets_acknowledged_events(gate: ClaimGate) -> None:
+    gate.load_deal(terms("d1", stock=10, per_user_limit=10))
+    gate.load_deal(terms("d2", stock=10, per_user_limit=10))
+    order = [claim(gate, "u1", deal=deal).voucher for deal in ["d1", "d2", "d1", "d2", "d1"]]
+    first = gate.read_outbox(limit=2)
+    rest = gate.read_outbox(after=first[-1].event_id, limit=10)
+    events = [*first, *rest]
+    assert len(first) == 2 and len(events) == 5
+    for deal in ["d1", "d2"]:
+        assert [e.payload["voucher_id"] for e in events if e.payload["deal_id"] == deal] == [
+            v.voucher_id for v in order if v is not None and v.deal == deal
+        ]
+    gate.ack_outbox([e.event_id for e in first])
+    assert [e.event_id for e in gate.read_outbox()] == [e.event_id for e in rest]
+    gate.ack_outbox([e.event_id for e in rest])
+    assert gate.read_outbox() == []
+    claim(gate, "u2", deal="d2")
+    assert [e.payload["user_id"] for e in gate.read_outbox()] == ["u2"]
+
+
+@pytest.mark.redis
+def test_outbox_payloads_are_identical_across_adapters(make_gate: MakeGate) -> None:
+    payloads = []
+    for kind in ["sqlite", "redis"]:
+        gate = make_gate(kind)
+        gate.load_deal(terms(starts_at=NOW - 10, ends_at=NOW + 10))
+        gate.claim(ClaimAttempt("d1", "u1", "k1", "v1", NOW))
+        payloads.append([(type(v), k, v) for e in gate.read_outbox() for k, v in e.payload.items()])
+    assert payloads[0] == payloads[1]
+
+
+def test_check_passes_on_a_working_gate_and_fails_on_a_closed_one(
+    make_gate: MakeGate, gate_kind: str
+) -> None:
+    gate = make_gate(gate_kind)
+    gate.check()
+    gate.close()
+    with pytest.raises(GateUnavailable):
+        gate.check()
+
+
+def test_the_gate_is_a_context_manager(make_gate: MakeGate, gate_kind: str) -> None:
+    with make_gate(gate_kind) as gate:
+        gate.load_deal(terms())
+        assert gate.stock_left("d1") == 3
+    with pytest.raises(GateUnavailable):
+        gate.stock_left("d1")
+
+
+# Redis only: the layout that lets the script run on Redis Cluster, and the script cache.
+
+
+@pytest.fixture
+def redis_gate(make_gate: MakeGate) -> Any:
+    return make_gate("redis")
+
+
+@pytest.mark.redis
+def test_every_key_of_a_deal_is_in_one_cluster_slot(redis_gate: Any, redis_url: str) -> None:
+    import redis
+    from redis.crc import key_slot
+
+    for deal in ["d1", "deal-with:colons", "{braces}"]:
+        redis_gate.load_deal(terms(deal))
+        redis_gate.claim(ClaimAttempt(deal, "u1", "k1", "v1", NOW))
+        script_keys = redis_gate.deal_keys(deal)
+        assert len({key_slot(key.encode()) for key in script_keys}) == 1
+        with redis.Redis.from_url(redis_url) as client:
+            stored = {k.decode() for k in client.scan_iter(match=f"{redis_gate.prefix}:*", count=1000)}
+        stored.discard(redis_gate.registry_key)
+        assert {k for k in stored if deal in k} == set(script_keys)
+
+
+@pytest.mark.redis
+def test_the_script_survives_a_flushed_script_cache(redis_gate: Any, redis_url: str) -> None:
+    """NOSCRIPT after a Redis restart: the gate reloads its script; check() stays honest."""
+    import redis
+
+    redis_gate.load_deal(terms())
+    with redis.Redis.from_url(redis_url) as client:
+        client.script_flush()
+    redis_gate.check()
+    with redis.Redis.from_url(redis_url) as client:
+        client.script_flush()
+    assert claim(redis_gate).outcome is Outcome.ISSUED
+
+
+def test_an_unreachable_redis_raises_gate_unavailable(make_gate: MakeGate, unused_port: int) -> None:
+    gate = make_gate("redis", url=f"redis://127.0.0.1:{unused_port}/0", prefix="nowhere")
+    calls: list[Callable[[], object]] = [
+        gate.check,
+        lambda: claim(gate),
+        lambda: gate.stock_left("d1"),
+        lambda: gate.load_deal(terms()),
+        lambda: gate.read_outbox(),
+    ]
+    for call in calls:
+        with pytest.raises(GateUnavailable) as raised:
+            call()
+        assert raised.value.retry_after >= 1

@@ -1,0 +1,163 @@
+"""A Redis outage: the gate answers GateUnavailable promptly (no hang), and after Redis comes
+back no claim is lost or half-applied. Runs a Redis of its own on a free port, with an
+append-only file fsynced at every write, so that it can be frozen, killed and restarted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from shopcardd_backend.gates.base import ClaimAttempt, ClaimDecision, DealTerms, GateUnavailable, Outcome
+from shopcardd_voucher import new_voucher_id
+
+pytestmark = pytest.mark.redis
+MakeGate = Callable[..., Any]
+NOW = 1_790_000_000
+STOCK = 400
+PROMPT = 5.0
+"""Seconds within which a call must give up: generous against the gate's 1 s socket timeout."""
+
+
+class SpareRedis:
+    """A redis-server this test owns: start, freeze, kill, restart on the same port and data."""
+
+    def __init__(self, port: int, data: Path) -> None:
+        self.port, self.data = port, data
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.skip("redis-server is not on PATH")
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data), "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "always"]
+        log = (self.data / "redis.log").open("ab")
+        self.proc = subprocess.Popen([exe, *args], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 20
+        with redis.Redis.from_url(self.url, socket_timeout=1) as client:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(f"redis-server did not start; see {self.data / 'redis.log'}")
+                    time.sleep(0.05)
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def spare_redis(tmp_path: Path, unused_port: int) -> Iterator[SpareRedis]:
+    server = SpareRedis(unused_port, tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+def timed_claim(gate: Any, attempt: ClaimAttempt) -> tuple[ClaimDecision | GateUnavailable, float]:
+    started = time.monotonic()
+    try:
+        return gate.claim(attempt), time.monotonic() - started
+    except GateUnavailable as exc:
+        return exc, time.monotonic() - started
+
+
+def attempts(n: int, tag: str) -> list[ClaimAttempt]:
+    return [ClaimAttempt("d1", f"u{i % 40}", f"{tag}{i}", new_voucher_id(), NOW) for i in range(n)]
+
+
+def test_a_frozen_redis_gives_gate_unavailable_promptly(make_gate: MakeGate, spare_redis: SpareRedis) -> None:
+    gate = make_gate("redis", url=spare_redis.url)
+    gate.load_deal(DealTerms("d1", "m1", STOCK, 100, 600))
+    spare_redis.signal(signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda a: timed_claim(gate, a), attempts(8, "frozen")))
+        with pytest.raises(GateUnavailable):
+            gate.check()
+    finally:
+        spare_redis.signal(signal.SIGCONT)
+    assert all(isinstance(result, GateUnavailable) for result, _ in results)
+    assert all(result.retry_after >= 1 for result, _ in results if isinstance(result, GateUnavailable))
+    assert max(elapsed for _, elapsed in results) < PROMPT
+    gate.check()  # back to work once Redis answers again
+
+
+def test_a_redis_killed_mid_flood_loses_no_claim_and_half_applies_none(
+    make_gate: MakeGate, spare_redis: SpareRedis
+) -> None:
+    gate = make_gate("redis", url=spare_redis.url)
+    gate.load_deal(DealTerms("d1", "m1", STOCK, 100, 600))
+    flood = attempts(1_500, "k")
+    issued_so_far = 0
+    count_lock, enough = threading.Lock(), threading.Event()
+
+    def claim(attempt: ClaimAttempt) -> tuple[ClaimDecision | GateUnavailable, float]:
+        nonlocal issued_so_far
+        result = timed_claim(gate, attempt)
+        if isinstance(result[0], ClaimDecision) and result[0].outcome is Outcome.ISSUED:
+            with count_lock:
+                issued_so_far += 1
+                if issued_so_far == 50:
+                    enough.set()
+        return result
+
+    with ThreadPoolExecutor(16) as pool:
+        running = pool.map(claim, flood)
+        enough.wait(timeout=60)
+        spare_redis.kill()
+        results = list(running)
+
+    failed = [a for a, (r, _) in zip(flood, results, strict=True) if isinstance(r, GateUnavailable)]
+    issued = {r.voucher for r, _ in results if isinstance(r, ClaimDecision) and r.outcome is Outcome.ISSUED}
+    assert failed, "the kill came after every claim: nothing was tested"
+    assert max(elapsed for _, elapsed in results) < PROMPT
+
+    spare_redis.start()
+    gate.check()  # the script cache is empty after the restart: the gate loads it again
+    assert_whole(gate, spare_redis.url)
+    events = {e.payload["voucher_id"] for e in gate.read_outbox(limit=10_000)}
+    assert {v.voucher_id for v in issued if v is not None} <= events, "a claim answered ISSUED was lost"
+
+    # Clients retry what failed with the same key: a claim that went through is replayed.
+    retried = [gate.claim(attempt) for attempt in failed]
+    assert {d.outcome for d in retried} <= {Outcome.ISSUED, Outcome.REPLAYED, Outcome.SOLD_OUT}
+    for attempt, decision in zip(failed, retried, strict=True):
+        if decision.outcome is Outcome.REPLAYED:
+            assert decision.voucher is not None and decision.voucher.voucher_id in events
+            assert decision.voucher.voucher_id == attempt.voucher_id
+    assert_whole(gate, spare_redis.url)
+
+
+def assert_whole(gate: Any, url: str) -> None:
+    """Every issued claim took one unit of stock, counted once for its user, stored its voucher
+    and wrote its event; none of these without the others."""
+    _, _, users_key, claims_key, _ = gate.deal_keys("d1")
+    events = gate.read_outbox(limit=10_000)
+    with redis.Redis.from_url(url, decode_responses=True) as client:
+        per_user = sum(int(n) for n in client.hvals(users_key))
+        stored = client.hlen(claims_key)
+    assert gate.stock_left("d1") + len(events) == STOCK
+    assert per_user == stored == len(events)

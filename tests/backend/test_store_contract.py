@@ -1,0 +1,175 @@
+"""The document store's contract, the same on SQLite and on MongoDB (SecantusDB here, or the
+server of SHOPCARDD_MONGODB_URI)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from shopcardd_backend.stores.base import (
+    DealRecord,
+    DealStatus,
+    DocumentStore,
+    DuplicateError,
+    MerchantRecord,
+    StoreUnavailable,
+    VoucherRecord,
+)
+
+MakeStore = Callable[..., Any]
+T0 = datetime(2026, 11, 25, 12, 0, 0, 123000, tzinfo=UTC)
+
+
+def merchant(merchant_id: str = "m1", key_hash: str = "hash-1") -> MerchantRecord:
+    return MerchantRecord(merchant_id, key_hash, T0)
+
+
+def deal(deal_id: str = "d1", **changes: Any) -> DealRecord:
+    record = DealRecord(
+        deal_id, "m1", "Two coffees", 100, 2, 3600, T0, T0 + timedelta(hours=2), DealStatus.ACTIVE, T0
+    )
+    return replace(record, **changes)
+
+
+def voucher(voucher_id: str = "v1", **changes: Any) -> VoucherRecord:
+    record = VoucherRecord(voucher_id, "d1", "m1", "u1", f"key-{voucher_id}", T0, T0 + timedelta(hours=1))
+    return replace(record, **changes)
+
+
+def test_a_merchant_is_found_by_its_key_hash(store: DocumentStore) -> None:
+    store.add_merchant(merchant("m1", "hash-1"))
+    store.add_merchant(merchant("m2", "hash-2"))
+    assert store.merchant_for_key_hash("hash-2") == "m2"
+    assert store.merchant_for_key_hash("hash-3") is None
+
+
+@pytest.mark.parametrize(
+    "other", [merchant("m1", "hash-2"), merchant("m2", "hash-1")], ids=["id", "key-hash"]
+)
+def test_a_taken_merchant_id_or_key_hash_is_a_duplicate(store: DocumentStore, other: MerchantRecord) -> None:
+    store.add_merchant(merchant("m1", "hash-1"))
+    with pytest.raises(DuplicateError):
+        store.add_merchant(other)
+    assert store.merchant_for_key_hash("hash-1") == "m1"
+
+
+def test_a_deal_reads_back_as_it_was_stored(store: DocumentStore) -> None:
+    store.add_deal(deal("d1"))
+    store.add_deal(deal("d2", starts_at=None, ends_at=None, title="Open-ended"))
+    assert store.get_deal("d1") == deal("d1")
+    assert store.get_deal("d2") == deal("d2", starts_at=None, ends_at=None, title="Open-ended")
+    assert store.get_deal("nope") is None
+
+
+def test_times_come_back_in_utc_to_the_millisecond(store: DocumentStore) -> None:
+    paris = datetime(2026, 11, 25, 13, 0, 0, 123456, tzinfo=UTC).astimezone(ZoneInfo("Europe/Paris"))
+    store.add_deal(deal("d1", starts_at=paris, ends_at=datetime(2026, 11, 26, 8, 0, 0)))
+    stored = store.get_deal("d1")
+    assert stored is not None
+    assert stored.starts_at == datetime(2026, 11, 25, 13, 0, 0, 123000, tzinfo=UTC)
+    assert stored.starts_at.utcoffset() == timedelta(0)
+    assert stored.ends_at == datetime(2026, 11, 26, 8, 0, 0, tzinfo=UTC), "a naive time is taken as UTC"
+
+
+def test_a_taken_deal_id_is_a_duplicate(store: DocumentStore) -> None:
+    store.add_deal(deal("d1"))
+    with pytest.raises(DuplicateError):
+        store.add_deal(deal("d1", title="Another"))
+    assert store.get_deal("d1") == deal("d1")
+
+
+def test_cancelling_a_deal_returns_and_keeps_the_new_status(store: DocumentStore) -> None:
+    store.add_deal(deal("d1"))
+    assert store.set_deal_status("d1", DealStatus.CANCELLED) == deal("d1", status=DealStatus.CANCELLED)
+    assert store.get_deal("d1") == deal("d1", status=DealStatus.CANCELLED)
+    assert store.set_deal_status("nope", DealStatus.CANCELLED) is None
+
+
+def test_saving_a_voucher_twice_changes_nothing(store: DocumentStore) -> None:
+    assert store.save_voucher(voucher("v1")) is True
+    assert store.save_voucher(voucher("v1")) is False
+    assert store.vouchers_of_deal("d1") == [voucher("v1")]
+
+
+@pytest.mark.parametrize(
+    "clash",
+    [voucher("v1", user_id="u2", idempotency_key="other"), voucher("v2", idempotency_key="key-v1")],
+    ids=["same-id-other-contents", "same-claim-other-id"],
+)
+def test_a_different_voucher_for_the_same_id_or_claim_is_a_duplicate(
+    store: DocumentStore, clash: VoucherRecord
+) -> None:
+    store.save_voucher(voucher("v1"))
+    with pytest.raises(DuplicateError):
+        store.save_voucher(clash)
+    assert store.vouchers_of_deal("d1") == [voucher("v1")]
+
+
+def test_vouchers_of_a_deal_in_issue_order(store: DocumentStore) -> None:
+    later = [voucher(f"v{i}", issued_at=T0 + timedelta(seconds=10 - i)) for i in range(5)]
+    for record in [*later, voucher("x1", deal_id="d2")]:
+        store.save_voucher(record)
+    assert store.vouchers_of_deal("d1") == sorted(later, key=lambda v: v.issued_at)
+    assert store.vouchers_of_deal("d2") == [voucher("x1", deal_id="d2")]
+    assert store.vouchers_of_deal("nope") == []
+
+
+def test_records_survive_reopening(make_store: MakeStore, store_kind: str, tmp_path: Any) -> None:
+    where = {"path": tmp_path / "reopen.sqlite3"} if store_kind == "sqlite" else {"database": "reopen"}
+    with make_store(store_kind, **where) as first:
+        first.add_merchant(merchant())
+        first.add_deal(deal())
+        first.save_voucher(voucher())
+    again = make_store(store_kind, **where)
+    assert again.merchant_for_key_hash("hash-1") == "m1"
+    assert again.get_deal("d1") == deal()
+    assert again.vouchers_of_deal("d1") == [voucher()]
+
+
+def test_check_passes_on_an_open_store_and_fails_on_a_closed_one(
+    make_store: MakeStore, store_kind: str
+) -> None:
+    store = make_store(store_kind)
+    store.check()
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        store.check()
+
+
+def test_an_unreachable_mongodb_raises_store_unavailable(unused_port: int) -> None:
+    from shopcardd_backend.stores.mongo import MongoDocumentStore
+
+    with MongoDocumentStore(
+        f"mongodb://127.0.0.1:{unused_port}/", "nowhere", server_selection_timeout_ms=200
+    ) as store:
+        for call in [
+            store.check,
+            store.ensure_indexes,
+            lambda: store.get_deal("d1"),
+            lambda: store.add_deal(deal()),
+        ]:
+            with pytest.raises(StoreUnavailable) as raised:
+                call()
+            assert raised.value.retry_after >= 1
+
+
+@pytest.mark.mongo
+def test_in_mongodb_a_voucher_id_is_its_document_id(make_store: MakeStore, mongodb_uri: str) -> None:
+    import pymongo
+
+    database = "ids"
+    store = make_store("mongo", database=database)
+    store.save_voucher(voucher("v1"))
+    with pymongo.MongoClient(mongodb_uri, serverSelectionTimeoutMS=2000) as client:
+        db = client[store.database_name]
+        assert db["vouchers"].find_one({"_id": "v1"}, {"_id": 1, "deal_id": 1}) == {
+            "_id": "v1",
+            "deal_id": "d1",
+        }
+        unique = [ix["key"] for ix in db["merchants"].list_indexes() if ix.get("unique")]
+        assert [("api_key_hash", 1)] in [list(key.items()) for key in unique]
