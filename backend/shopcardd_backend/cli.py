@@ -1,17 +1,209 @@
-"""``shopcardd-backend``: placeholder until the claim API issue lands."""
+"""``shopcardd-backend``: serve the claim API, register merchants, mint development user tokens.
+
+Every command reads the same ``SHOPCARDD_*`` environment, so ``merchant create`` and
+``user-token`` act on the stores and keys that ``serve`` uses.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+EXAMPLES = """\
+examples:
+  shopcardd-backend serve --port 8000
+  shopcardd-backend merchant create --merchant m1      # the API key is the last line
+  shopcardd-backend user-token alice bob               # one bearer token per line
+  shopcardd-backend deal rebuild DEAL                  # after the claim gate lost its data
+environment: SHOPCARDD_DATA_DIR (default ./data), SHOPCARDD_REDIS_URL, SHOPCARDD_MONGODB_URI,
+  SHOPCARDD_AMQP_URL, SHOPCARDD_USER_ISSUER, SHOPCARDD_USER_JWKS, SHOPCARDD_USER_SECRET, ...
+  (see docs/backend-api.md)
+"""
+
+
+class CommandError(Exception):
+    """A command that cannot run as asked; the message says why (exit 1)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shopcardd-backend",
+        description="The ShopCardd backend: the claim API and its operator commands.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the claim API (profile chosen by the environment)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+    merchant = sub.add_parser("merchant", help="manage merchants")
+    merchant_sub = merchant.add_subparsers(dest="merchant_command", required=True, metavar="ACTION")
+    create = merchant_sub.add_parser(
+        "create",
+        help="register a merchant and print its new API key (last line; shown once)",
+        description="Register merchant M. Its API key is printed once, on the last line of stdout; "
+        "only the key's SHA-256 is stored.",
+    )
+    create.add_argument("--merchant", required=True, metavar="M", help="the merchant's id")
+
+    token = sub.add_parser(
+        "user-token",
+        help="mint development bearer tokens, one per user, in order",
+        description="Sign a bearer token for each USER with the development identity key kept in "
+        "the data folder (refused when SHOPCARDD_USER_JWKS or SHOPCARDD_USER_SECRET is set).",
+    )
+    token.add_argument("users", nargs="+", metavar="USER", help="user ids")
+    token.add_argument("--ttl", type=int, default=None, metavar="SECONDS", help="lifetime (default 1 day)")
+
+    deal = sub.add_parser("deal", help="operator actions on deals")
+    deal_sub = deal.add_subparsers(dest="deal_command", required=True, metavar="ACTION")
+    rebuild = deal_sub.add_parser(
+        "rebuild",
+        help="load a deal the claim gate lost back into it from the document store",
+        description="After the claim gate lost its data (a Redis restarted empty), claims on its "
+        "deals answer 503 rather than risk selling more than the stock. Once the outbox and the "
+        "persist worker have drained, this loads the deal from the store with every voucher the "
+        "store holds. A deal the gate still holds is left alone.",
+    )
+    rebuild.add_argument("deal_id", metavar="DEAL", help="the deal's id")
+
+    sub.add_parser("relay", help="relay outbox events to RabbitMQ (not yet built)")
+    worker = sub.add_parser("worker", help="run a queue worker (not yet built)")
+    worker.add_argument("name", choices=["persist", "notify", "analytics"])
+    return parser
+
+
+def _settings():
+    from .settings import Settings
+
+    return Settings()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .logging import configure_logging
+    from .metrics import MULTIPROC_ENV
+    from .signing import SigningKeyError, load_signer
+
+    if args.workers < 1:
+        raise CommandError("--workers must be 1 or more")
+    settings = _settings()
+    configure_logging(settings.log_level, settings.access_log)
+    # Make the signing key before any worker starts, so all workers sign with the same key.
+    try:
+        load_signer(settings.keys_dir, settings.signing_alg, settings.signing_kid)
+    except (SigningKeyError, OSError) as exc:
+        raise CommandError(f"voucher signing key: {exc}") from None
+    common = {"host": args.host, "port": args.port, "log_config": None, "access_log": settings.access_log}
+    if args.workers > 1:
+        if not os.environ.get(MULTIPROC_ENV):
+            folder = settings.data_dir / "prometheus"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            os.environ[MULTIPROC_ENV] = str(folder.resolve())
+        uvicorn.run("shopcardd_backend.app:create_app_from_env", factory=True, workers=args.workers, **common)
+        return 0
+    from .app import create_app
+
+    uvicorn.run(create_app(settings), **common)
+    return 0
+
+
+def cmd_merchant_create(args: argparse.Namespace) -> int:
+    from .app import open_store
+    from .identity import register_merchant
+    from .stores.base import DuplicateError
+
+    settings = _settings()
+    store = open_store(settings)
+    try:
+        api_key = register_merchant(store, args.merchant)
+    except DuplicateError:
+        raise CommandError(f"merchant {args.merchant!r} already exists") from None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        store.close()
+    print(f"merchant {args.merchant} created; its API key (shown once, send it as X-API-Key):")
+    print(api_key)
+    return 0
+
+
+def cmd_user_token(args: argparse.Namespace) -> int:
+    from .identity import dev_identity_key, mint_user_token
+
+    settings = _settings()
+    if not settings.uses_dev_identity:
+        raise CommandError(
+            "user tokens come from the identity provider when SHOPCARDD_USER_JWKS/SECRET is set"
+        )
+    key = dev_identity_key(settings)
+    ttl = args.ttl or settings.user_token_ttl_seconds
+    for user in args.users:
+        print(mint_user_token(key, settings.user_issuer, user, ttl))
+    return 0
+
+
+def cmd_deal_rebuild(args: argparse.Namespace) -> int:
+    from .app import open_gate, open_store
+    from .claims import rebuild_deal
+
+    settings = _settings()
+    store = open_store(settings)
+    try:
+        gate = open_gate(settings)
+        try:
+            left = rebuild_deal(gate, store, args.deal_id)
+        finally:
+            gate.close()
+    except ConnectionError as exc:
+        raise CommandError(f"cannot reach the stores: {exc}") from None
+    finally:
+        store.close()
+    if left is None:
+        raise CommandError(f"no deal {args.deal_id!r} in the document store")
+    print(f"deal {args.deal_id} is in the claim gate with {left} vouchers left")
+    return 0
+
+
+def cmd_not_built(args: argparse.Namespace) -> int:
+    what = "relay" if args.command == "relay" else f"worker {args.name}"
+    print(f"shopcardd-backend {what}: not yet built (the queue issue adds it)", file=sys.stderr)
+    return 2
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": cmd_serve,
+    "merchant": cmd_merchant_create,
+    "user-token": cmd_user_token,
+    "deal": cmd_deal_rebuild,
+    "relay": cmd_not_built,
+    "worker": cmd_not_built,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="shopcardd-backend", description="The ShopCardd backend.")
-    parser.add_argument("command", choices=["serve", "merchant", "user-token", "relay", "worker"])
-    parser.parse_args(argv)
-    print("shopcardd-backend: not yet built", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"shopcardd-backend: bad settings: {problems}", file=sys.stderr)
+        return 2
+    except CommandError as exc:
+        print(f"shopcardd-backend: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

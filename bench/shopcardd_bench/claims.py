@@ -1,16 +1,242 @@
-"""Not yet built: see the open issue that owns `shopcardd-bench claims`."""
+"""Claim throughput and latency of the claim API, one server process per profile.
+
+Starts ``shopcardd-backend serve`` (one process) on a free port for each profile, registers a
+merchant and mints user tokens with the backend's own commands, then per run creates a
+deal and fires claims from ``--concurrency`` HTTP/1.1 keep-alive connections (a bare asyncio
+client, one claim in flight on each), counting each claim's latency. Every claim
+issues a voucher (stock and limit are large enough), so each one pays for the atomic
+decision, the outbox write and the signature. Figures are medians over the runs, after one
+warm-up run; the load generator shares this machine's cores with the server.
+Profiles: ``embedded`` (SQLite gate and store) and ``scaled`` (Redis gate, SQLite store, or
+MongoDB with ``--mongodb-uri``); ``scaled`` is skipped with a note when Redis is not reachable.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_REDIS_URL = os.environ.get("SHOPCARDD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser
+    parser.add_argument(
+        "--profile",
+        choices=["embedded", "scaled", "all"],
+        default="all",
+        help="which profile to measure (default all)",
+    )
+    parser.add_argument("--claims", type=int, default=3000, help="claims per run (default 3000)")
+    parser.add_argument("--users", type=int, default=300, help="distinct users (default 300)")
+    parser.add_argument("--concurrency", type=int, default=64, help="claims in flight (default 64)")
+    parser.add_argument("--runs", type=int, default=3, help="measured runs per profile (default 3)")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="Redis of the scaled profile")
+    parser.add_argument("--mongodb-uri", default=None, help="MongoDB of the scaled profile (default SQLite)")
+
+
+@dataclass
+class Figures:
+    claims_per_second: float
+    p50_ms: float
+    p99_ms: float
+    issued: int
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def _backend(env: dict[str, str], *args: str) -> str:
+    exe = str(Path(sys.executable).with_name("shopcardd-backend"))
+    proc = subprocess.run([exe, *args], env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"shopcardd-backend {args[0]} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass
+class Backend:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def running_backend(env: dict[str, str], log_path: Path, workers: int = 1) -> Iterator[Backend]:
+    """``shopcardd-backend serve`` on a free port, once ``/readyz`` answers; stopped (SIGTERM) after."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = str(Path(sys.executable).with_name("shopcardd-backend"))
+    argv = [exe, "serve", "--port", str(port), "--workers", str(workers)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start; see {log_path}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield Backend(url, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response with a Content-Length body; its status code."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
+async def _fire(
+    url: str, deal: str, tokens: list[str], args: argparse.Namespace
+) -> tuple[float, list[float]]:
+    """``args.claims`` claims over ``args.concurrency`` keep-alive connections, one claim in flight on
+    each. A bare asyncio HTTP/1.1 client: httpx costs the load generator several times the server's
+    CPU per request, and on two cores the generator would measure itself."""
+    host, port = url.removeprefix("http://").split(":")
+    next_claim = iter(range(args.claims))
+    latencies: list[float] = []
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for n in next_claim:
+                request = (
+                    f"POST /v1/deals/{deal}/claims HTTP/1.1\r\nHost: {host}\r\n"
+                    f"Authorization: Bearer {tokens[n % len(tokens)]}\r\nIdempotency-Key: k{n}\r\n"
+                    "Content-Length: 0\r\n\r\n"
+                )
+                started = time.perf_counter()
+                writer.write(request.encode())
+                status = await _read_response(reader)
+                latencies.append(time.perf_counter() - started)
+                if status != 201:
+                    raise RuntimeError(f"claim {n} answered {status}, expected 201")
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(args.concurrency)))
+    return time.perf_counter() - started, latencies
+
+
+def _one_run(url: str, api_key: str, tokens: list[str], args: argparse.Namespace) -> Figures:
+    import httpx
+
+    body = {
+        "title": "bench",
+        "stock": args.claims,
+        "per_user_limit": -(-args.claims // len(tokens)),  # every claim issues
+        "voucher_ttl_seconds": 600,
+    }
+    response = httpx.post(f"{url}/v1/deals", json=body, headers={"X-API-Key": api_key}, timeout=30)
+    response.raise_for_status()
+    elapsed, latencies = asyncio.run(_fire(url, response.json()["deal_id"], tokens, args))
+    latencies.sort()
+    return Figures(
+        args.claims / elapsed,
+        _percentile(latencies, 0.5) * 1e3,
+        _percentile(latencies, 0.99) * 1e3,
+        len(latencies),
+    )
+
+
+def _measure(profile: str, env: dict[str, str], folder: Path, args: argparse.Namespace) -> Figures:
+    from tqdm import tqdm
+
+    api_key = _backend(env, "merchant", "create", "--merchant", "bench").strip().splitlines()[-1]
+    tokens = _backend(env, "user-token", *(f"u{i}" for i in range(args.users))).split()
+    runs: list[Figures] = []
+    with running_backend(env, folder / f"serve-{profile}.log") as backend:
+        for _ in tqdm(range(args.runs + 1), desc=profile, unit="run", leave=False, file=sys.stderr):
+            runs.append(_one_run(backend.url, api_key, tokens, args))
+    measured = runs[1:]  # the first run warms caches and connections
+    return Figures(
+        statistics.median(r.claims_per_second for r in measured),
+        statistics.median(r.p50_ms for r in measured),
+        statistics.median(r.p99_ms for r in measured),
+        measured[0].issued,
+    )
+
+
+def _redis_reachable(url: str) -> bool:
+    import redis
+
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=1) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
-    del args
-    print("shopcardd-bench claims: not yet built", file=sys.stderr)
-    return 2
+    profiles = ["embedded", "scaled"] if args.profile == "all" else [args.profile]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SHOPCARDD_")}
+    rows: list[tuple[str, Figures]] = []
+    with tempfile.TemporaryDirectory(prefix="shopcardd-bench-") as tmp:
+        folder = Path(tmp)
+        for profile in profiles:
+            env = {**base, "SHOPCARDD_DATA_DIR": str(folder / profile)}
+            if profile == "scaled":
+                if not _redis_reachable(args.redis_url):
+                    print(f"scaled: skipped, Redis is not reachable at {args.redis_url}", file=sys.stderr)
+                    continue
+                env["SHOPCARDD_REDIS_URL"] = args.redis_url
+                env["SHOPCARDD_REDIS_PREFIX"] = f"bench-{uuid.uuid4().hex[:8]}"
+                if args.mongodb_uri:
+                    env["SHOPCARDD_MONGODB_URI"] = args.mongodb_uri
+                    env["SHOPCARDD_MONGODB_DATABASE"] = f"bench_{uuid.uuid4().hex[:8]}"
+            try:
+                rows.append((profile, _measure(profile, env, folder, args)))
+            finally:
+                if profile == "scaled":
+                    _cleanup_redis(args.redis_url, env["SHOPCARDD_REDIS_PREFIX"])
+    store = "MongoDB" if args.mongodb_uri else "SQLite"
+    print(f"claim API, one server process; {args.claims} claims per run, {args.users} users,")
+    print(f"{args.concurrency} in flight; median of {args.runs} runs (after 1 warm-up)")
+    print(f"{'profile':<32} {'claims/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for profile, figures in rows:
+        name = "embedded (SQLite)" if profile == "embedded" else f"scaled (Redis gate, {store} store)"
+        print(f"{name:<32} {figures.claims_per_second:>9.0f} {figures.p50_ms:>8.1f} {figures.p99_ms:>8.1f}")
+    return 0 if rows else 1
+
+
+def _cleanup_redis(url: str, prefix: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)

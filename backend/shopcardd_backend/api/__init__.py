@@ -1,0 +1,1 @@
+"""The HTTP API: dependencies, problem documents, models and one router per resource."""

@@ -1,0 +1,175 @@
+"""Every error is an RFC 9457 problem document with a machine-readable ``code``.
+
+``Problem`` is raised by the routes and dependencies; the handlers installed here also turn
+FastAPI's validation errors, unknown routes, wrong methods, an unavailable gate or store and
+any unforeseen exception into problem documents. ``BodySizeLimit`` refuses bodies over the
+limit from the ``Content-Length`` header, or, for a chunked body, as soon as the bytes read
+pass it, so an unbounded body is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..gates.base import GateUnavailable
+from ..stores.base import StoreUnavailable
+
+PROBLEM_JSON: Final = "application/problem+json"
+log = logging.getLogger("shopcardd_backend.api")
+
+CODES: Final[dict[str, int]] = {
+    "invalid_request": 422,
+    "payload_too_large": 413,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "sale_not_open": 403,
+    "sold_out": 409,
+    "limit_reached": 429,
+    "rate_limited": 429,
+    "unavailable": 503,
+    "internal_error": 500,
+}
+_CODE_OF_STATUS: Final = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    422: "invalid_request",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class Problem(StarletteHTTPException):
+    """An error answer: ``Problem("sold_out", "Deal d1 has no vouchers left")``."""
+
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(CODES[code], detail, headers)
+        self.code = code
+        self.extra = extra or {}
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    body = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **(extra or {}),
+    }
+    return Response(json.dumps(body), status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def unavailable(retry_after: int, detail: str) -> Problem:
+    return Problem("unavailable", detail, headers={"Retry-After": str(retry_after)})
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, Problem):
+        return problem_response(exc.status_code, exc.code, str(exc.detail), exc.headers, exc.extra)
+    if exc.status_code == 400:  # FastAPI's "error parsing the body": one code, one status for bad input
+        return problem_response(422, "invalid_request", f"the request body cannot be read: {exc.detail}")
+    code = _CODE_OF_STATUS.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "unavailable")
+    detail = str(exc.detail)
+    path = request.url.path[:200]
+    if exc.status_code == 404:
+        detail = f"no such resource: {request.method} {path}"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {path}"
+    return problem_response(exc.status_code, code, detail, exc.headers)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": _location(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()]
+    detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5]) or "the request is not valid"
+    return problem_response(422, "invalid_request", detail, extra={"errors": errors[:20]})
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GateUnavailable | StoreUnavailable)
+    log.warning("unavailable", extra={"path": request.url.path, "error": str(exc)})
+    detail = "the service cannot reach its data store now; retry later"
+    return problem_response(503, "unavailable", detail, {"Retry-After": str(exc.retry_after)})
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error", extra={"path": request.url.path})
+    return problem_response(500, "internal_error", "an unexpected error; it has been logged")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(GateUnavailable, _unavailable)
+    app.add_exception_handler(StoreUnavailable, _unavailable)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: 413 ``payload_too_large`` for bodies over ``max_bytes``."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> Problem:
+        return Problem("payload_too_large", f"the request body is larger than {self.max_bytes} bytes")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    problem = (
+                        self._too_large() if value.isdigit() else Problem("invalid_request", "bad length")
+                    )
+                    response = problem_response(problem.status_code, problem.code, str(problem.detail))
+                    await response(scope, receive, send)
+                    return
+                break
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited_receive, send)

@@ -1,0 +1,100 @@
+"""Request and response bodies: one model per purpose, so no stored-only field leaks out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Self
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from ..stores.base import DealRecord, DealStatus
+
+
+def _utc(value: datetime) -> datetime:
+    """UTC, whole seconds: the claim gate decides on epoch seconds, and stores keep no more."""
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+
+
+class DealCreate(BaseModel):
+    """What a merchant sends to start a sale; the merchant comes from the API key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=200)
+    stock: int = Field(gt=0, le=10_000_000)
+    per_user_limit: int = Field(gt=0, le=1_000)
+    voucher_ttl_seconds: int = Field(gt=0, le=366 * 86_400)
+    starts_at: UtcDatetime | None = None
+    ends_at: UtcDatetime | None = None
+
+    @model_validator(mode="after")
+    def _window_in_order(self) -> Self:
+        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
+class DealPublic(BaseModel):
+    deal_id: str
+    merchant_id: str
+    title: str
+    stock: int
+    stock_left: int
+    per_user_limit: int
+    voucher_ttl_seconds: int
+    starts_at: datetime | None
+    ends_at: datetime | None
+    status: DealStatus
+
+    @classmethod
+    def of(cls, deal: DealRecord, stock_left: int | None) -> DealPublic:
+        return cls(
+            deal_id=deal.deal_id,
+            merchant_id=deal.merchant_id,
+            title=deal.title,
+            stock=deal.stock,
+            stock_left=deal.stock if stock_left is None else stock_left,
+            per_user_limit=deal.per_user_limit,
+            voucher_ttl_seconds=deal.voucher_ttl_seconds,
+            starts_at=deal.starts_at,
+            ends_at=deal.ends_at,
+            status=deal.status,
+        )
+
+
+class ClaimCreate(BaseModel):
+    """A claim carries nothing in its body (``{}`` or none): the deal is in the path, the user
+    in the bearer token, the retry identity in the ``Idempotency-Key`` header."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class VoucherPublic(BaseModel):
+    voucher_id: str
+    token: str
+    """The signed voucher (compact JWS) to show as a QR code at the counter."""
+    deal_id: str
+    merchant_id: str
+    expires_at: datetime
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem document (``application/problem+json``), for the OpenAPI schema."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+class JWKS(BaseModel):
+    keys: list[dict[str, object]]
+
+
+class Health(BaseModel):
+    status: str
+    profile: str | None = None

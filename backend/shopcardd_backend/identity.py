@@ -1,0 +1,184 @@
+"""Who is calling: users by the identity provider's bearer token, merchants by API key.
+
+User tokens are JWTs with ``iss`` (``SHOPCARDD_USER_ISSUER``), ``sub`` (the user id) and ``exp``,
+checked against the provider's public keys (``SHOPCARDD_USER_JWKS``) or an HS256 secret
+(``SHOPCARDD_USER_SECRET``). Without either, the development identity key in
+``DATA_DIR/identity`` signs and checks them (``shopcardd-backend user-token``); production
+refuses that. An asymmetric check costs 150-190 us, most of a claim's budget, so a verified
+token is remembered per process until it expires, in a bounded cache.
+
+Merchant API keys are 256 random bits, shown once; the store keeps only their SHA-256. A slow
+password hash (bcrypt, argon2) exists to stop guessing low-entropy passwords from a stolen
+hash; nobody can guess 256 random bits, so a fast hash is as safe here, lets the store look a
+merchant up by the hash itself (an index, no per-merchant salt to try), and costs ~1 us a request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from shopcardd_provision.keys import write_private
+from shopcardd_voucher import SigningKey
+
+from .settings import Settings
+from .signing import folder_lock
+from .stores.base import DocumentStore, MerchantRecord
+
+DEV_IDENTITY_KID: Final = "dev-identity"
+ASYMMETRIC_ALGORITHMS: Final = frozenset({"EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256"})
+MAX_USER_ID_LENGTH: Final = 64
+API_KEY_PREFIX: Final = "sck_"
+MERCHANT_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class Unauthorized(Exception):
+    """The caller did not prove who it is; ``str(exc)`` says why, for the problem's detail."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PublicKey:
+    alg: str
+    key: Any
+
+
+class UserTokenVerifier:
+    """Checks user bearer tokens and remembers verified ones until they expire."""
+
+    def __init__(
+        self,
+        issuer: str,
+        *,
+        public_keys: dict[str, _PublicKey] | None = None,
+        secret: bytes | None = None,
+        cache_size: int = 100_000,
+        leeway: int = 30,
+    ) -> None:
+        if (public_keys is None) == (secret is None):
+            raise ValueError("give the identity provider's public keys or its HS256 secret")
+        self.issuer = issuer
+        self._keys = public_keys or {}
+        self._secret = secret
+        self._cache: dict[str, tuple[str, int]] = {}
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._leeway = leeway
+
+    def user_id(self, token: str, now: float | None = None) -> str:
+        """The verified ``sub`` of ``token``; ``Unauthorized`` when it is not a valid token."""
+        now = time.time() if now is None else now
+        hit = self._cache.get(token)
+        if hit is not None:
+            if now < hit[1] + self._leeway:
+                return hit[0]
+            with self._lock:
+                self._cache.pop(token, None)
+            raise Unauthorized("invalid bearer token: Signature has expired")
+        user, expires = self._verify(token)
+        if self._cache_size:
+            with self._lock:
+                while len(self._cache) >= self._cache_size:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[token] = (user, expires)
+        return user
+
+    def _verify(self, token: str) -> tuple[str, int]:
+        try:
+            header = jwt.get_unverified_header(token)
+            if self._secret is not None:
+                key, algorithms = self._secret, ["HS256"]
+            else:
+                found = self._keys.get(header.get("kid")) if isinstance(header.get("kid"), str) else None
+                if found is None:
+                    raise Unauthorized("the token's key is not one of the identity provider's keys")
+                key, algorithms = found.key, [found.alg]
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                issuer=self.issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "sub", "iss"], "verify_aud": False},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid bearer token: {exc}") from None
+        user = claims["sub"]
+        if (
+            not isinstance(user, str)
+            or not 0 < len(user) <= MAX_USER_ID_LENGTH
+            or any(ch.isspace() or ord(ch) < 0x20 for ch in user)
+        ):
+            raise Unauthorized(f"the token's sub must be 1 to {MAX_USER_ID_LENGTH} characters, no spaces")
+        return user, int(claims["exp"])
+
+
+def _parse_jwks(value: str) -> dict[str, _PublicKey]:
+    text = value if value.lstrip().startswith("{") else Path(value).read_text()
+    keys: dict[str, _PublicKey] = {}
+    for jwk in json.loads(text).get("keys", []):
+        parsed = jwt.PyJWK(jwk)
+        if parsed.algorithm_name not in ASYMMETRIC_ALGORITHMS or not parsed.key_id:
+            raise ValueError(f"SHOPCARDD_USER_JWKS: key {jwk.get('kid')!r} needs a kid and a public-key alg")
+        keys[parsed.key_id] = _PublicKey(parsed.algorithm_name, parsed.key)
+    if not keys:
+        raise ValueError("SHOPCARDD_USER_JWKS holds no keys")
+    return keys
+
+
+def dev_identity_key(settings: Settings) -> SigningKey:
+    """The development identity key in ``DATA_DIR/identity`` (made on first use, 0600)."""
+    path = settings.identity_dir / f"{DEV_IDENTITY_KID}.private.pem"
+    with folder_lock(settings.identity_dir):
+        if not path.exists():
+            write_private(path, SigningKey(DEV_IDENTITY_KID, ed25519.Ed25519PrivateKey.generate()).to_pem())
+    return SigningKey.load(DEV_IDENTITY_KID, path)
+
+
+def build_verifier(settings: Settings) -> UserTokenVerifier:
+    common: dict[str, Any] = {"cache_size": settings.user_token_cache_size}
+    if settings.user_secret is not None:
+        return UserTokenVerifier(
+            settings.user_issuer, secret=settings.user_secret.get_secret_value().encode(), **common
+        )
+    if settings.user_jwks is not None:
+        return UserTokenVerifier(settings.user_issuer, public_keys=_parse_jwks(settings.user_jwks), **common)
+    key = dev_identity_key(settings)
+    public = {key.kid: _PublicKey(key.alg, key.private_key.public_key())}
+    return UserTokenVerifier(settings.user_issuer, public_keys=public, **common)
+
+
+def mint_user_token(key: SigningKey, issuer: str, user: str, ttl: int, now: float | None = None) -> str:
+    """A development bearer token for ``user`` (what the identity provider gives a real user)."""
+    issued = int(time.time() if now is None else now)
+    claims = {"iss": issuer, "sub": user, "iat": issued, "exp": issued + ttl}
+    return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid})
+
+
+def new_api_key() -> str:
+    """A merchant API key: 256 random bits, base64url, with a prefix that says what it is."""
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def register_merchant(store: DocumentStore, merchant_id: str) -> str:
+    """Register a merchant with a new API key and return the key (its hash alone is stored).
+    ``DuplicateError`` when the merchant exists, ``ValueError`` for an id a voucher cannot carry."""
+    if not MERCHANT_ID.fullmatch(merchant_id):
+        raise ValueError(f"merchant id {merchant_id!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
+    api_key = new_api_key()
+    store.add_merchant(MerchantRecord(merchant_id, hash_api_key(api_key), datetime.now(UTC)))
+    return api_key

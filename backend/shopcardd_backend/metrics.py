@@ -1,0 +1,49 @@
+"""Prometheus metrics: claims by outcome and claim latency.
+
+Each app gets its own registry (tests build many apps in one process). With several worker
+processes (``serve --workers N``) the ``serve`` command points ``PROMETHEUS_MULTIPROC_DIR`` at a
+fresh folder before the workers start; prometheus-client then keeps each process's values in
+files there and ``/metrics`` adds them up across processes. With one process the figures
+are that process's own.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.claims = Counter(
+            "shopcardd_claims",
+            "Claims decided, by outcome (issued, replayed, sold_out, limit_reached, sale_not_open, "
+            "unknown_deal, unavailable)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.claim_seconds = Histogram(
+            "shopcardd_claim_seconds",
+            "Time to decide a claim and sign its voucher, seconds",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def claim_done(self, outcome: str, seconds: float) -> None:
+        self.claims.labels(outcome=str(outcome)).inc()
+        self.claim_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        if os.environ.get(MULTIPROC_ENV):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

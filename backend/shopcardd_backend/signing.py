@@ -1,0 +1,87 @@
+"""Voucher signing keys: loaded from ``DATA_DIR/keys``, generated there on first start.
+
+The folder has the layout ``shopcardd-provision keygen`` writes: ``KID.private.pem`` (0600)
+and ``jwks.json`` holding every public key, including retired ones, so vouchers signed before a
+rotation still verify. ``GET /.well-known/jwks.json`` publishes that file's keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from shopcardd_provision.keys import ProvisionError, keygen
+from shopcardd_voucher import Algorithm, InvalidKeyError, KeySet, SigningKey, Voucher, sign
+
+
+class SigningKeyError(RuntimeError):
+    """The key folder cannot give us a signing key (unreadable, inconsistent)."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` so concurrent processes make a key only once."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class VoucherSigner:
+    """Signs the voucher claims the gate decided, with the active key; publishes the key set."""
+
+    def __init__(self, key: SigningKey, keyset: KeySet) -> None:
+        if key.kid not in keyset:
+            raise SigningKeyError(f"signing key {key.kid!r} is not in the published key set")
+        published = {k: v for k, v in keyset.get(key.kid).to_jwk().items() if k not in ("nbf", "exp")}
+        if published != key.verification_key().to_jwk():
+            raise SigningKeyError(f"signing key {key.kid!r} does not match its published public key")
+        self.key = key
+        self.keyset = keyset
+        self._jwks = keyset.to_jwks()
+
+    def sign(self, voucher: Voucher) -> str:
+        return sign(self.key, dataclasses.replace(voucher, kid=self.key.kid))
+
+    @property
+    def jwks(self) -> dict[str, Any]:
+        return self._jwks
+
+
+def new_kid() -> str:
+    """Short (7 characters: every byte of the header makes the QR code denser) and unique enough."""
+    return "k" + secrets.token_hex(3)
+
+
+def load_signer(keys_dir: Path, alg: Algorithm = "EdDSA", kid: str | None = None) -> VoucherSigner:
+    """The signer for ``keys_dir``; makes a key there first when the folder has none."""
+    with folder_lock(keys_dir):
+        jwks_path = keys_dir / "jwks.json"
+        try:
+            keyset = KeySet.load(jwks_path) if jwks_path.exists() else KeySet()
+        except InvalidKeyError as exc:
+            raise SigningKeyError(str(exc)) from exc
+        usable = [k for k in keyset.kids if (keys_dir / f"{k}.private.pem").exists()]
+        if kid is None and not usable:
+            try:
+                keygen(alg, new_kid(), keys_dir)
+                keyset = KeySet.load(jwks_path)
+            except (ProvisionError, InvalidKeyError) as exc:
+                raise SigningKeyError(str(exc)) from exc
+            usable = [k for k in keyset.kids if (keys_dir / f"{k}.private.pem").exists()]
+        chosen = kid or usable[-1]
+        try:
+            key = SigningKey.load(chosen, keys_dir / f"{chosen}.private.pem")
+        except (OSError, InvalidKeyError) as exc:
+            raise SigningKeyError(f"cannot load signing key {chosen!r} from {keys_dir}: {exc}") from exc
+    return VoucherSigner(key, keyset)

@@ -1,0 +1,172 @@
+"""Demo chapter: the claim API on the embedded profile, a flash sale under load, and a voucher
+handed to the counter."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import signal
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from demo import Demo, DemoFailed
+
+STOCK, LIMIT, USERS, CLAIMS_PER_USER, IN_FLIGHT = 20, 2, 15, 12, 32
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, server: Any, log: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise DemoFailed(f"the backend exited with {server.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise DemoFailed(f"the backend was not ready within 60 s; see {log}")
+
+
+Answer = tuple[str, str, int, dict[str, Any]]
+"""(user, idempotency key, HTTP status, JSON body) of one claim."""
+
+
+async def _flood(url: str, deal_id: str, tokens: dict[str, str]) -> list[Answer]:
+    """Every user claims CLAIMS_PER_USER times (each a new Idempotency-Key), IN_FLIGHT at once."""
+    import httpx
+    from tqdm import tqdm
+
+    attempts = [(user, f"{user}-try{n}") for n in range(CLAIMS_PER_USER) for user in tokens]
+    random.Random(42).shuffle(attempts)  # eager customers come back before the sale is over
+    limiter = asyncio.Semaphore(IN_FLIGHT)
+    results: list[Answer] = []
+    with tqdm(total=len(attempts), desc="  claims", unit="claim", leave=True) as bar:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+            async def claim(user: str, key: str) -> None:
+                async with limiter:
+                    headers = {"Authorization": f"Bearer {tokens[user]}", "Idempotency-Key": key}
+                    answer = await client.post(f"/v1/deals/{deal_id}/claims", headers=headers)
+                results.append((user, key, answer.status_code, answer.json()))
+                bar.update()
+
+            await asyncio.gather(*(claim(user, key) for user, key in attempts))
+    return results
+
+
+def _counter_config(original: Path, keyset: Path, merchant: str, out: Path) -> Path:
+    """A copy of the counter's config whose key set is the backend's and whose merchant is the deal's."""
+    text = original.read_text()
+    head, sep, tables = text.partition("\n[")
+    replaced = {"keyset": json.dumps(str(keyset)), "merchant_id": json.dumps(merchant)}
+    replaced["data_dir"] = json.dumps(str(out.parent / "counter-backend-data"))
+    for name, value in replaced.items():
+        pattern = re.compile(rf"^{name}\s*=.*$", re.MULTILINE)
+        line = f"{name} = {value}"
+        head = pattern.sub(line, head) if pattern.search(head) else f"{line}\n{head}"
+    out.write_text(head + sep + tables)
+    return out
+
+
+def run(demo: Demo) -> None:
+    import httpx
+
+    demo.chapter("The claim API: a flash sale on the embedded profile")
+    demo.say("No settings: the backend keeps its SQLite claim gate, its store and its keys under")
+    demo.say(f"SHOPCARDD_DATA_DIR ({demo.env['SHOPCARDD_DATA_DIR']}).")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = demo.out / "backend.log"
+    server = demo.spawn("shopcardd-backend", "serve", "--port", str(port), log=log)
+    try:
+        _wait_ready(url, server, log)
+        demo.ok(f"backend ready at {url} (GET /readyz ran the claim gate end to end; OpenAPI at {url}/docs)")
+
+        created = demo.run("shopcardd-backend", "merchant", "create", "--merchant", "cafe-42")
+        api_key = created.stdout.strip().splitlines()[-1]
+        demo.say(f"The merchant starts a sale of {STOCK} vouchers, at most {LIMIT} per customer:")
+        body = {
+            "title": "Half-price flat white",
+            "stock": STOCK,
+            "per_user_limit": LIMIT,
+            "voucher_ttl_seconds": 3600,
+        }
+        demo.say(f"  POST /v1/deals  X-API-Key: {api_key[:8]}...  {json.dumps(body)}")
+        deal = httpx.post(f"{url}/v1/deals", json=body, headers={"X-API-Key": api_key}).json()
+        if "deal_id" not in deal:
+            raise DemoFailed(f"deal not created: {deal}")
+        demo.ok(f"deal {deal['deal_id']} created, stock_left {deal['stock_left']}")
+
+        users = [f"user{i:02d}" for i in range(USERS)]
+        minted = demo.run("shopcardd-backend", "user-token", *users, show=False).stdout.split()
+        tokens = dict(zip(users, minted, strict=True))
+        demo.say(f"  ({len(tokens)} bearer tokens, one per line, signed by the development identity key)")
+        demo.say(f"{USERS} customers each claim {CLAIMS_PER_USER} times, {IN_FLIGHT} claims in flight:")
+        results = asyncio.run(_flood(url, deal["deal_id"], tokens))
+
+        issued = [(user, key, answer) for user, key, status, answer in results if status == 201]
+        refused = Counter(answer.get("code") for _, _, status, answer in results if status != 201)
+        per_user = Counter(user for user, _, _ in issued)
+        ids = {answer["voucher_id"] for _, _, answer in issued}
+        demo.say(f"  answers: {len(issued)} vouchers issued (201), refused: {dict(refused)}")
+        if len(issued) != STOCK or len(ids) != STOCK:
+            raise DemoFailed(
+                f"expected exactly {STOCK} distinct vouchers, got {len(issued)} ({len(ids)} ids)"
+            )
+        demo.ok(f"exactly the stock was issued: {STOCK} vouchers, {STOCK} distinct voucher ids")
+        if max(per_user.values()) > LIMIT or set(refused) - {"sold_out", "limit_reached"}:
+            raise DemoFailed(f"limit broken or unexpected refusals: {per_user.most_common(3)} {refused}")
+        demo.ok(f"nobody exceeded the limit: at most {max(per_user.values())} vouchers per customer")
+        left = httpx.get(f"{url}/v1/deals/{deal['deal_id']}").json()["stock_left"]
+        demo.ok(f"GET /v1/deals/{deal['deal_id']} says stock_left {left}")
+
+        user, key, voucher = issued[0]
+        demo.say(f"{user}'s app retries a claim after a lost answer (same Idempotency-Key {key}):")
+        again = httpx.post(
+            f"{url}/v1/deals/{deal['deal_id']}/claims",
+            headers={"Authorization": f"Bearer {tokens[user]}", "Idempotency-Key": key},
+        )
+        if again.status_code != 200 or again.json()["voucher_id"] != voucher["voucher_id"]:
+            raise DemoFailed(f"the retry did not return the same voucher: {again.status_code} {again.text}")
+        demo.ok(f"200 with the same voucher {voucher['voucher_id']}, no second voucher issued")
+
+        jwks_path = demo.out / "backend-jwks.json"
+        jwks_path.write_text(httpx.get(f"{url}/.well-known/jwks.json").text)
+        demo.ok(f"GET /.well-known/jwks.json saved to {jwks_path.name} (the counter's key set)")
+        config = demo.facts.get("device_config")
+        if not isinstance(config, Path):
+            demo.say("  (the device chapter did not run: skipping the hand-over to the counter)")
+        else:
+            copy = _counter_config(
+                config, jwks_path, voucher["merchant_id"], demo.out / "device-backend.toml"
+            )
+            demo.say(
+                f"{user} shows voucher {voucher['voucher_id']} at the counter of {voucher['merchant_id']}:"
+            )
+            demo.run("shopcardd-device", "verify", "--config", copy, voucher["token"])
+            demo.ok("the counter accepted a voucher the API issued, offline, with the published keys")
+        metrics = httpx.get(f"{url}/metrics").text
+        for line in metrics.splitlines():
+            if line.startswith("shopcardd_claims_total{"):
+                demo.say(f"  /metrics  {line}")
+    finally:
+        server.terminate()
+        code = server.wait(timeout=30)
+    # uvicorn finishes its graceful shutdown, then dies of the SIGTERM it caught (as systemd expects).
+    if code not in (0, -signal.SIGTERM) or "Application shutdown complete" not in log.read_text():
+        raise DemoFailed(f"the backend did not stop cleanly (exit {code}); see {log}")
+    demo.ok("backend stopped cleanly: SIGTERM, requests drained, gate and store closed")

@@ -1,0 +1,127 @@
+"""API-level fixtures: the app on each profile, on this test's own files, Redis prefix and database.
+
+``profile`` runs a test on the embedded profile (SQLite gate and store under ``tmp_path``) and
+on the scaled one: the machine's Redis for the gate (a key prefix of this test's own) and
+MongoDB for the store (SecantusDB started by the root conftest, or ``SHOPCARDD_MONGODB_URI``;
+a database of this test's own, dropped afterwards). Settings are built here, never read from
+the developer's environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from shopcardd_backend.app import create_app
+from shopcardd_backend.identity import dev_identity_key, mint_user_token, register_merchant
+from shopcardd_backend.settings import Settings
+
+PROFILES = ["embedded", "scaled"]
+
+
+def build_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a test: every profile field given, so the environment cannot leak in."""
+    values: dict[str, Any] = {
+        "environment": "development",
+        "data_dir": data_dir,
+        "redis_url": None,
+        "mongodb_uri": None,
+        "amqp_url": None,
+        "user_jwks": None,
+        "user_secret": None,
+        "user_issuer": "shopcardd-test",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(params=PROFILES)
+def profile(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def settings(profile: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    if profile == "embedded":
+        yield build_settings(tmp_path / "data")
+        return
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    mongodb_uri = request.getfixturevalue("mongodb_uri")
+    database = request.getfixturevalue("mongodb_database_name")
+    yield build_settings(
+        tmp_path / "data",
+        redis_url=url,
+        redis_prefix=prefix,
+        mongodb_uri=mongodb_uri,
+        mongodb_database=database,
+    )
+    delete_redis_keys(url, prefix)
+    drop_database(mongodb_uri, database)
+
+
+def delete_redis_keys(url: str, prefix: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+
+def drop_database(uri: str, database: str) -> None:
+    import pymongo
+
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=2000) as client:
+        client.drop_database(database)
+
+
+@dataclass
+class Api:
+    """A client of the running app with the helpers a test needs to act as merchant or user."""
+
+    client: TestClient
+    settings: Settings
+
+    def merchant_key(self, merchant_id: str = "m1") -> str:
+        return register_merchant(self.client.app.state.runtime.store, merchant_id)  # type: ignore[attr-defined]
+
+    def user_token(self, user: str, ttl: int = 3600, now: float | None = None) -> str:
+        key = dev_identity_key(self.settings)
+        return mint_user_token(key, self.settings.user_issuer, user, ttl, now=now)
+
+    def create_deal(self, api_key: str, **fields: Any) -> dict[str, Any]:
+        body = {"title": "Half-price coffee", "stock": 5, "per_user_limit": 2, "voucher_ttl_seconds": 3600}
+        body.update(fields)
+        response = self.client.post("/v1/deals", json=body, headers={"X-API-Key": api_key})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def claim(
+        self, deal_id: str, token: str, key: str, headers: dict[str, Any] | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key, **(headers or {})}
+        return self.client.post(f"/v1/deals/{deal_id}/claims", headers=headers, **kwargs)
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[Api]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield Api(client, settings)
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """An RFC 9457 problem document with this status and machine-readable code."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == status
+    assert problem["code"] == code
+    assert problem["title"] and problem["detail"]
+    return problem

@@ -1,0 +1,207 @@
+"""The HTTP contract of the claim API, run on the embedded and the scaled profile alike."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from shopcardd_voucher import KeySet, Reason, verify
+
+from .conftest import Api, assert_problem
+
+
+def test_health_readiness_docs_and_metrics_answer(api: Api, profile: str) -> None:
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 200
+    expected = "embedded" if profile == "embedded" else "scaled (gate redis, store mongo)"
+    assert ready.json() == {"status": "ready", "profile": expected}
+    assert api.client.get("/docs").status_code == 200
+    paths = api.client.get("/openapi.json").json()["paths"]
+    assert {
+        "/v1/deals",
+        "/v1/deals/{deal_id}",
+        "/v1/deals/{deal_id}/claims",
+        "/.well-known/jwks.json",
+    } <= set(paths)
+    metrics = api.client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "shopcardd_claim_seconds" in metrics.text
+
+
+def test_merchant_creates_reads_and_cancels_a_deal(api: Api) -> None:
+    key = api.merchant_key("m1")
+    starts = datetime.now(UTC) - timedelta(minutes=1)
+    deal = api.create_deal(key, stock=3, per_user_limit=1, starts_at=starts.isoformat())
+    assert deal["merchant_id"] == "m1"
+    assert deal["stock"] == deal["stock_left"] == 3
+    assert deal["status"] == "active"
+    assert datetime.fromisoformat(deal["starts_at"]) == starts.replace(microsecond=0)
+    read = api.client.get(f"/v1/deals/{deal['deal_id']}").json()
+    assert read == deal
+    cancelled = api.client.post(f"/v1/deals/{deal['deal_id']}/cancel", headers={"X-API-Key": key})
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    again = api.client.post(f"/v1/deals/{deal['deal_id']}/cancel", headers={"X-API-Key": key})
+    assert again.json()["status"] == "cancelled"
+    refused = api.claim(deal["deal_id"], api.user_token("alice"), "k1")
+    assert_problem(refused, 403, "sale_not_open")
+
+
+def test_claim_gives_a_signed_voucher_and_a_retry_gives_the_same_one(api: Api) -> None:
+    deal = api.create_deal(api.merchant_key("m1"), stock=5, per_user_limit=2, voucher_ttl_seconds=600)
+    token = api.user_token("alice")
+    first = api.claim(deal["deal_id"], token, "key-1")
+    assert first.status_code == 201, first.text
+    voucher = first.json()
+    assert set(voucher) == {"voucher_id", "token", "deal_id", "merchant_id", "expires_at"}
+    assert voucher["deal_id"] == deal["deal_id"] and voucher["merchant_id"] == "m1"
+    retry = api.claim(deal["deal_id"], token, "key-1", json={})
+    assert retry.status_code == 200
+    assert retry.json() == voucher
+    keys = KeySet.from_jwks(api.client.get("/.well-known/jwks.json").json())
+    verdict = verify(voucher["token"], keys, merchant="m1")
+    assert verdict.reason is Reason.ACCEPTED
+    assert verdict.voucher is not None
+    assert verdict.voucher.voucher_id == voucher["voucher_id"]
+    assert verdict.voucher.user == "alice" and verdict.voucher.deal == deal["deal_id"]
+    assert verdict.voucher.expires_at == int(datetime.fromisoformat(voucher["expires_at"]).timestamp())
+    assert api.client.get(f"/v1/deals/{deal['deal_id']}").json()["stock_left"] == 4
+
+
+def test_limit_then_sold_out(api: Api) -> None:
+    deal = api.create_deal(api.merchant_key("m1"), stock=3, per_user_limit=2)["deal_id"]
+    alice, bob, carol = (api.user_token(u) for u in ("alice", "bob", "carol"))
+    assert api.claim(deal, alice, "a1").status_code == 201
+    assert api.claim(deal, alice, "a2").status_code == 201
+    assert_problem(api.claim(deal, alice, "a3"), 429, "limit_reached")
+    assert api.claim(deal, bob, "b1").status_code == 201
+    assert_problem(api.claim(deal, carol, "c1"), 409, "sold_out")
+    assert api.client.get(f"/v1/deals/{deal}").json()["stock_left"] == 0
+
+
+def test_sale_window_is_enforced(api: Api) -> None:
+    key = api.merchant_key("m1")
+    later = datetime.now(UTC) + timedelta(hours=1)
+    future = api.create_deal(key, starts_at=later.isoformat())["deal_id"]
+    assert_problem(api.claim(future, api.user_token("alice"), "k"), 403, "sale_not_open")
+    past = api.create_deal(
+        key,
+        starts_at=(datetime.now(UTC) - timedelta(hours=2)).isoformat(),
+        ends_at=(datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+    )["deal_id"]
+    assert_problem(api.claim(past, api.user_token("alice"), "k"), 403, "sale_not_open")
+
+
+def test_unknown_deal_is_not_found(api: Api) -> None:
+    assert_problem(api.client.get("/v1/deals/nope"), 404, "not_found")
+    assert_problem(api.claim("nope", api.user_token("alice"), "k"), 404, "not_found")
+    assert_problem(api.client.get("/v1/deals/" + "x" * 5000), 404, "not_found")
+    assert_problem(api.client.get("/v1/deals/%00%20"), 404, "not_found")
+
+
+def test_bad_claim_requests_are_4xx_problems(api: Api) -> None:
+    deal = api.create_deal(api.merchant_key("m1"))["deal_id"]
+    token = api.user_token("alice")
+    url = f"/v1/deals/{deal}/claims"
+    assert_problem(api.client.post(url, headers={"Idempotency-Key": "k"}), 401, "unauthorized")
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert_problem(api.claim(deal, forged, "k"), 401, "unauthorized")
+    assert_problem(api.claim(deal, "not-a-jwt", "k"), 401, "unauthorized")
+    expired = api.user_token("alice", ttl=60, now=time.time() - 3600)
+    assert_problem(api.claim(deal, expired, "k"), 401, "unauthorized")
+    missing_key = api.client.post(url, headers={"Authorization": f"Bearer {token}"})
+    assert_problem(missing_key, 422, "invalid_request")
+    malformed = api.claim(
+        deal, token, "k", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert_problem(malformed, 422, "invalid_request")
+    assert_problem(api.claim(deal, token, "k", json={"extra": 1}), 422, "invalid_request")
+    assert_problem(api.claim(deal, token, "k", json=[1, 2]), 422, "invalid_request")
+    assert api.client.get(f"/v1/deals/{deal}").json()["stock_left"] == 5
+
+
+def test_oversized_bodies_are_refused_unread(api: Api) -> None:
+    deal = api.create_deal(api.merchant_key("m1"))["deal_id"]
+    token = api.user_token("alice")
+    big = b"{" + b" " * (16 * 1024) + b"}"
+    with_length = api.claim(deal, token, "k", content=big, headers={"Content-Type": "application/json"})
+    assert_problem(with_length, 413, "payload_too_large")
+
+    def chunks():  # no Content-Length: sent chunked, cut off once past the limit
+        for _ in range(1024):
+            yield b" " * 1024
+
+    chunked = api.claim(deal, token, "k", content=chunks(), headers={"Content-Type": "application/json"})
+    assert_problem(chunked, 413, "payload_too_large")
+
+
+def test_merchant_endpoints_need_the_right_key(api: Api) -> None:
+    body = {"title": "t", "stock": 1, "per_user_limit": 1, "voucher_ttl_seconds": 60}
+    assert_problem(api.client.post("/v1/deals", json=body), 401, "unauthorized")
+    wrong = api.client.post("/v1/deals", json=body, headers={"X-API-Key": "sck_wrong"})
+    assert_problem(wrong, 401, "unauthorized")
+    owner, other = api.merchant_key("m1"), api.merchant_key("m2")
+    deal = api.create_deal(owner)["deal_id"]
+    refused = api.client.post(f"/v1/deals/{deal}/cancel", headers={"X-API-Key": other})
+    assert_problem(refused, 403, "forbidden")
+    assert api.client.get(f"/v1/deals/{deal}").json()["status"] == "active"
+
+
+def test_bad_deal_bodies_are_invalid_requests(api: Api) -> None:
+    headers = {"X-API-Key": api.merchant_key("m1")}
+    good = {"title": "t", "stock": 1, "per_user_limit": 1, "voucher_ttl_seconds": 60}
+    for bad in (
+        {**good, "stock": 0},
+        {**good, "stock": "many"},
+        {**good, "per_user_limit": -1},
+        {k: v for k, v in good.items() if k != "title"},
+        {**good, "starts_at": "2030-01-01T00:00:00"},  # no time zone
+        {**good, "starts_at": "2030-01-02T00:00:00Z", "ends_at": "2030-01-01T00:00:00Z"},
+    ):
+        assert_problem(api.client.post("/v1/deals", json=bad, headers=headers), 422, "invalid_request")
+    malformed = api.client.post("/v1/deals", content=b'{"title": ', headers=headers)
+    assert_problem(malformed, 422, "invalid_request")
+
+
+def test_unknown_routes_and_methods_are_problems(api: Api) -> None:
+    assert_problem(api.client.get("/v2/anything"), 404, "not_found")
+    assert_problem(api.client.delete("/v1/deals"), 405, "method_not_allowed")
+
+
+def test_claim_metrics_count_outcomes(api: Api) -> None:
+    deal = api.create_deal(api.merchant_key("m1"), stock=1, per_user_limit=1)["deal_id"]
+    api.claim(deal, api.user_token("alice"), "k")
+    api.claim(deal, api.user_token("bob"), "k")
+    text = api.client.get("/metrics").text
+    assert 'shopcardd_claims_total{outcome="issued"} 1.0' in text
+    assert 'shopcardd_claims_total{outcome="sold_out"} 1.0' in text
+
+
+def test_odd_requests_never_get_a_500(api: Api) -> None:
+    deal = api.create_deal(api.merchant_key("m1"))["deal_id"]
+    token = api.user_token("alice")
+    odd_auth = [
+        "Bearer",
+        "Bearer ",
+        "Basic YWxpY2U6cHc=",
+        "Bearer " + "a" * 8000,
+        "Bearer e30.e30.",
+        "Bearer ...",
+    ]
+    for auth in odd_auth:
+        answer = api.client.post(
+            f"/v1/deals/{deal}/claims", headers={"Authorization": auth, "Idempotency-Key": "k"}
+        )
+        assert_problem(answer, 401, "unauthorized")
+    for key in ["", " ", "k" * 129, "ключ".encode()]:
+        answer = api.claim(deal, token, "x", headers={"Idempotency-Key": key})
+        assert answer.status_code == 422, (key, answer.text)
+    for deal_id in ["%7Bx%7D", "%E2%98%83", "a}b{c", "..", "x" * 300]:
+        assert api.claim(deal_id, token, "k").status_code == 404
+        assert api.client.get(f"/v1/deals/{deal_id}").status_code == 404
+    for body in [b'"text"', b"1e999", b"{}" * 10, b"\xff\xfe"]:
+        answer = api.claim(deal, token, "k", content=body, headers={"Content-Type": "application/json"})
+        assert answer.status_code == 422, (body, answer.text)
+    empty = api.claim(deal, token, "k", content=b"", headers={"Content-Type": "application/json"})
+    assert empty.status_code == 201
