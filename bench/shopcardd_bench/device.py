@@ -1,16 +1,187 @@
-"""Not yet built: see the open issue that owns `shopcardd-bench device`."""
+"""Per-frame cost on the counter: decode, verify and record (median and p95), per decoder and
+frame size, and accepted scans per second end to end.
+
+Frames are real vouchers' QR codes rendered as a camera sees them (blur and sensor noise) at
+640x480 and 1280x720 grayscale; "record" is a durable commit to a ledger in a temporary
+folder (WAL, synchronous=FULL), so its figure depends on this machine's disk. Each figure
+is the median over several runs; the benchmark asserts nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import statistics
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shopcardd_device.counter import Counter
+    from shopcardd_device.decoders.base import Decoder, Gray
+
+SIZES = {"640x480": (640, 480), "1280x720": (1280, 720)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    del parser
+    parser.add_argument(
+        "--runs", type=int, default=5, help="runs per case; figures are their median (default 5)"
+    )
+    parser.add_argument(
+        "--frames", type=int, default=40, help="frames (distinct vouchers) per run (default 40)"
+    )
+    parser.add_argument(
+        "--decoder", action="append", choices=["zxing", "zbar"], help="decoder(s) to measure (default both)"
+    )
+    parser.add_argument(
+        "--size", action="append", choices=list(SIZES), help="frame size(s) to measure (default both)"
+    )
+
+
+@dataclass
+class Stages:
+    """Seconds per frame for each stage of one run."""
+
+    decode: list[float]
+    verify: list[float]
+    record: list[float]
+    empty: list[float]
+    scans_per_second: float
+
+    @property
+    def total(self) -> list[float]:
+        return [sum(parts) for parts in zip(self.decode, self.verify, self.record, strict=True)]
+
+
+def _p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+
+
+def _frames(mint: Any, size: tuple[int, int], count: int, seed: int) -> list[Gray]:
+    from shopcardd_device.frames.synthetic import Look, render
+
+    return [render(mint(), Look(size=size, blur=1.2, noise=6.0, seed=seed + i)) for i in range(count)]
+
+
+def _one_run(counter: Counter, decoder: Decoder, frames: list[Gray], e2e_frames: list[Gray]) -> Stages:
+    import numpy as np
+
+    from shopcardd_device import policy
+    from shopcardd_device.frames.synthetic import ScriptedSource
+    from shopcardd_device.scanner import Scan, Scanner
+
+    stages = Stages([], [], [], [], 0.0)
+    clock = time.perf_counter
+    for frame in frames:
+        start = clock()
+        codes = decoder.decode(frame)
+        decoded = clock()
+        if not codes:
+            continue  # an unread frame has no verify or record cost; counted in the table's "read" column
+        now = counter.time()
+        verdict = policy.judge(
+            codes[0],
+            keys=counter.keys,
+            merchant=counter.config.merchant_id,
+            facts=counter.ledger,
+            time=now,
+            leeway=60,
+        )
+        verified = clock()
+        counter.ledger.record(
+            verdict,
+            raw=codes[0],
+            device_id=counter.config.device_id,
+            scanned_at=now.now,
+            clock_at=now.clock,
+            time_floor=policy.floor_after(now, verdict),
+        )
+        recorded = clock()
+        stages.decode.append(decoded - start)
+        stages.verify.append(verified - decoded)
+        stages.record.append(recorded - verified)
+    empty = np.full(frames[0].shape, 90, np.uint8)
+    for _ in range(len(frames)):
+        start = clock()
+        decoder.decode(empty)
+        stages.empty.append(clock() - start)
+    accepted: list[Scan] = []
+    scanner = Scanner(ScriptedSource(e2e_frames), decoder, counter, on_scan=accepted.append)
+    start = clock()
+    scanner.run()  # the loop as the counter runs it, minus the camera
+    stages.scans_per_second = sum(s.verdict.is_accepted for s in accepted) / (clock() - start)
+    return stages
 
 
 def run(args: argparse.Namespace) -> int:
-    del args
-    print("shopcardd-bench device: not yet built", file=sys.stderr)
-    return 2
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    from shopcardd_device.config import DeviceConfig
+    from shopcardd_device.counter import Counter
+    from shopcardd_device.decoders import open_decoder
+    from shopcardd_voucher import KeySet, SigningKey, issue
+
+    logging.getLogger("shopcardd_device").setLevel(logging.ERROR)  # no log line per scan in the figures
+    decoders = args.decoder or ["zxing", "zbar"]
+    sizes = args.size or list(SIZES)
+    key = SigningKey.generate("k1")
+    serial = iter(range(10**9))
+
+    def mint() -> str:
+        return issue(key, deal="d-flash-01", merchant="m-bench", user=f"u-{next(serial):06d}", ttl=86_400)
+
+    ms = 1000.0
+    print(f"shopcardd-bench device: {args.runs} runs x {args.frames} frames (blur 1.2 px, noise 6), EdDSA")
+    print(
+        "per-frame milliseconds, median of the runs' medians (p95 likewise); 'empty' = a frame with no code"
+    )
+    header = (
+        f"{'decoder':<7} {'frame':<9} {'read':>5} {'decode':>7} {'verify':>7} {'record':>7} "
+        f"{'total':>7} {'p95':>7} {'empty':>7} {'scans/s':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    with tempfile.TemporaryDirectory(prefix="shopcardd-bench-") as tmp:
+        jwks = Path(tmp) / "jwks.json"
+        jwks.write_text(KeySet([key.verification_key()]).to_json())
+        for decoder_name in decoders:
+            decoder = open_decoder(decoder_name)
+            for size_name in sizes:
+                data = Path(tmp) / f"{decoder_name}-{size_name}"
+                config = DeviceConfig.from_dict(
+                    {
+                        "device_id": "bench",
+                        "merchant_id": "m-bench",
+                        "data_dir": str(data),
+                        "keyset": str(jwks),
+                    },
+                    base=Path(tmp),
+                )
+                results: list[Stages] = []
+                read = 0
+                with Counter.open(config) as counter:
+                    for run_no in range(args.runs):
+                        frames = _frames(mint, SIZES[size_name], args.frames, seed=run_no * 1000)
+                        e2e = _frames(mint, SIZES[size_name], args.frames, seed=run_no * 1000 + 500)
+                        stages = _one_run(counter, decoder, frames, e2e)
+                        read += len(stages.decode)
+                        if stages.decode:
+                            results.append(stages)
+                if not results:
+                    print(f"{decoder_name:<7} {size_name:<9} read no frame")
+                    continue
+
+                def med(pick: Any, results: list[Stages] = results) -> float:
+                    return statistics.median(statistics.median(pick(s)) for s in results) * ms
+
+                p95 = statistics.median(_p95(s.total) for s in results) * ms
+                rate = statistics.median(s.scans_per_second for s in results)
+                share = read / (args.runs * args.frames)
+                print(
+                    f"{decoder_name:<7} {size_name:<9} {share:>5.0%} {med(lambda s: s.decode):>7.2f} "
+                    f"{med(lambda s: s.verify):>7.2f} {med(lambda s: s.record):>7.2f} "
+                    f"{med(lambda s: s.total):>7.2f} {p95:>7.2f} {med(lambda s: s.empty):>7.2f} {rate:>8.1f}"
+                )
+            decoder.close()
+    return 0

@@ -1,17 +1,297 @@
-"""``shopcardd-device``: placeholder until the counter device issue lands."""
+"""``shopcardd-device``: the counter's commands: run the scan loop, verify codes, show status.
+
+Everything (configuration, ledger, GPIO, camera) is built here in ``main``, never at import.
+Exit codes: 0 done (every input accepted, for ``verify``), 1 a voucher was rejected,
+2 usage, configuration or start-up error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from shopcardd_voucher import Reason
+
+from . import policy
+from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, DeviceConfig
+from .counter import Counter
+from .errors import DecoderError, DeviceError, FrameError
+from .log import setup_logging
+
+if TYPE_CHECKING:
+    from .decoders.base import Decoder
+
+EXIT_OK: Final = 0
+EXIT_REJECTED: Final = 1
+EXIT_USAGE: Final = 2
+SIGNAL_DRAIN_SECONDS: Final = 15.0
+
+EXAMPLES = f"""\
+examples:
+  shopcardd-device run --config device.toml
+  shopcardd-device verify --json "$(cat voucher.txt)" voucher.png
+  shopcardd-provision issue ... | shopcardd-device verify --json -
+  shopcardd-device status --json
+
+The configuration is --config PATH, else ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH}.
+GPIO follows gpiozero's GPIOZERO_PIN_FACTORY (lgpio on a Pi; mock off it).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shopcardd-device",
+        description="The ShopCardd counter device: scan a voucher's QR code, verify it offline, "
+        "record it in the ledger, signal the verdict.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = f"device configuration (default ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH})"
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        """A subcommand; every one reads the same configuration."""
+        parser = sub.add_parser(name, help=summary, description=description)
+        parser.add_argument("--config", type=Path, metavar="PATH", help=config_help)
+        return parser
+
+    command(
+        "run",
+        "run the scan loop on the configured frame source",
+        "Scan frames from [camera] source, verify each voucher offline, commit it to the ledger, then "
+        "signal with the LEDs and buzzer. Prints one line per scan; JSON log lines go to stderr. With "
+        '[camera] source = "files" it reads the images of [camera] path in name order as consecutive '
+        "frames and exits 0 after the last one.",
+    )
+    verify = command(
+        "verify",
+        "verify vouchers given as tokens, QR images or stdin lines",
+        "Judge each INPUT as the counter would and record it in the ledger (unless --dry-run). Each "
+        "answer is written and flushed as soon as it is decided, after its ledger commit. Exit 0 when "
+        "every input was accepted, 1 when any was rejected, 2 on a usage or configuration error.",
+    )
+    verify.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per line: {"input", "result", "voucher_id", "deal", "merchant"}',
+    )
+    verify.add_argument("--dry-run", action="store_true", help="judge only; record nothing in the ledger")
+    verify.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a voucher token, an image file holding a QR code, or - for one token per line on stdin",
+    )
+    status = command(
+        "status",
+        "show counts, unsynced rows, keys and the trusted time",
+        "Show what the ledger holds: redemptions, rejections by reason, rows not yet synced, the key "
+        "set in force and the trusted time floor.",
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    command(
+        "sync",
+        "(not yet built) upload redemptions, download keys and revocations",
+        "Not yet built: see the issue 'device enrolment and sync'.",
+    )
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="shopcardd-device", description="The ShopCardd counter device.")
-    parser.add_argument("command", choices=["run", "verify", "sync", "status"])
-    parser.parse_args(argv)
-    print("shopcardd-device: not yet built", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    if args.command == "sync":
+        print("shopcardd-device sync: not yet built (issue: device enrolment and sync)", file=sys.stderr)
+        return EXIT_USAGE
+    commands: dict[str, Callable[[argparse.Namespace, DeviceConfig], int]] = {
+        "run": run_loop,
+        "verify": verify_inputs,
+        "status": show_status,
+    }
+    try:
+        config = DeviceConfig.load(args.config)
+        return commands[args.command](args, config)
+    except DeviceError as exc:
+        print(f"shopcardd-device {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_USAGE
+
+
+def _open_decoder(config: DeviceConfig) -> Decoder:
+    from .decoders import open_decoder  # numpy and the vendor library only when frames are decoded
+
+    return open_decoder(config.decoder.name, try_invert=config.decoder.try_invert)
+
+
+# -- run ------------------------------------------------------------------------------------
+
+
+def run_loop(args: argparse.Namespace, config: DeviceConfig) -> int:
+    from .feedback import FeedbackPanel, describe_pattern
+    from .frames import open_source
+    from .scanner import Scan, Scanner
+
+    setup_logging(config.log_level)
+
+    def print_scan(scan: Scan) -> None:
+        fields = policy.describe(scan.verdict.voucher)
+        print(
+            f"{scan.verdict.reason:<16} voucher {fields['voucher_id'] or '-'}  deal {fields['deal'] or '-'}"
+            f"  -> {describe_pattern(scan.verdict.reason)}",
+            flush=True,
+        )
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # systemd's stop ends the loop cleanly
+    try:
+        with Counter.open(config) as counter:
+            decoder = None if config.camera.source == "keyboard" else _open_decoder(config)
+            gpio = config.gpio
+            with (
+                open_source(config.camera) as source,
+                FeedbackPanel(
+                    gpio.accept, gpio.reject, gpio.buzzer, signal_seconds=gpio.signal_seconds
+                ) as panel,
+            ):
+                scanner = Scanner(
+                    source,
+                    decoder,
+                    counter,
+                    panel,
+                    debounce_seconds=config.decoder.debounce_seconds,
+                    on_scan=print_scan,
+                )
+                scanner.run()
+                panel.wait_for_idle(SIGNAL_DRAIN_SECONDS)  # let the last verdict be seen
+    except KeyboardInterrupt:
+        pass  # a scan cut short was rolled back and never signalled
+    return EXIT_OK
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+
+def _inputs(items: list[str]) -> Iterator[str]:
+    """The inputs in order; ``-`` expands to stdin's lines, read one at a time as they arrive."""
+    for item in items:
+        if item != "-":
+            yield item
+            continue
+        for line in sys.stdin:
+            if line.strip():
+                yield line.strip()
+
+
+def _is_file(path: Path) -> bool:
+    """Whether an input names an image file (a token is never a file, and may be too long for one)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def verify_inputs(args: argparse.Namespace, config: DeviceConfig) -> int:
+    decoder: Decoder | None = None
+    all_accepted = True
+    with Counter.open(config) as counter:
+        for item in _inputs(args.inputs):
+            path = Path(item)
+            if _is_file(path):
+                decoder = decoder or _open_decoder(config)
+                from .frames.files import load_gray
+
+                try:
+                    codes = decoder.decode(load_gray(path))
+                except (FrameError, DecoderError) as exc:
+                    codes, problem = [], str(exc)
+                else:
+                    problem = "no QR code found in the image"
+                if not codes:
+                    _answer(args, item, Reason.BAD_FORMAT, None, problem)
+                    all_accepted = False
+                    continue
+                code = codes[0]
+            else:
+                code = item
+            verdict = counter.scan(code, record=not args.dry_run)
+            all_accepted &= verdict.is_accepted
+            _answer(args, item, verdict.reason, policy.describe(verdict.voucher), verdict.detail)
+    return EXIT_OK if all_accepted else EXIT_REJECTED
+
+
+def _answer(
+    args: argparse.Namespace, item: str, reason: Reason, fields: dict[str, str | None] | None, detail: str
+) -> None:
+    fields = fields or policy.describe(None)
+    if args.json:
+        line = json.dumps({"input": item, "result": str(reason), **fields}, separators=(",", ":"))
+    else:
+        shown = item if len(item) <= 40 else item[:37] + "..."
+        line = f"{reason:<16} {shown}  voucher {fields['voucher_id'] or '-'}  deal {fields['deal'] or '-'}"
+        line += f"  ({detail})" if detail and not reason.is_accepted else ""
+    print(line, flush=True)
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+def _iso(moment: float | None) -> str | None:
+    return None if moment is None else datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+
+
+def status_report(counter: Counter) -> dict[str, Any]:
+    ledger, now = counter.ledger, counter.time()
+    health = counter.health()
+    return {
+        "device_id": counter.config.device_id,
+        "merchant": counter.config.merchant_id,
+        "accepted": ledger.accepted_count(),
+        "rejected": ledger.rejected_counts(),
+        "unsynced": ledger.unsynced_count(),
+        "keys": [
+            {
+                "kid": key.kid,
+                "alg": key.alg,
+                "not_before": key.not_before,
+                "expires": key.expires,
+                "valid_now": now.now is not None and key.is_valid_at(now.now),
+            }
+            for key in counter.keys
+        ],
+        "time_floor": ledger.time_floor,
+        "last_sync": ledger.last_sync,
+        "clock": str(now.state),
+        "trusted_time": now.now,
+        "degraded": health.is_degraded,
+        "ledger": str(ledger.path),
+    }
+
+
+def show_status(args: argparse.Namespace, config: DeviceConfig) -> int:
+    with Counter.open(config) as counter:
+        report = status_report(counter)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    rejected = ", ".join(f"{reason} {count}" for reason, count in report["rejected"].items()) or "none"
+    keys = ", ".join(
+        f"{k['kid']} ({k['alg']}{'' if k['valid_now'] else ', past its window'})" for k in report["keys"]
+    )
+    print(f"device {report['device_id']} at merchant {report['merchant']}  (ledger {report['ledger']})")
+    print(f"  accepted   {report['accepted']}")
+    print(f"  rejected   {rejected}")
+    print(f"  unsynced   {report['unsynced']}")
+    print(f"  keys       {keys}")
+    print(f"  time floor {_iso(report['time_floor']) or 'none'}  (clock {report['clock']})")
+    print(f"  last sync  {_iso(report['last_sync']) or 'never'}")
+    if report["degraded"]:
+        print("  WARNING: amber: the clock cannot be trusted or no key is in force; sync the device")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

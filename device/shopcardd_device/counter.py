@@ -1,0 +1,110 @@
+"""The counter: verify one scanned code against the ledger and record it. One place for both
+the scan loop and ``shopcardd-device verify``, so the two can never judge differently.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Self
+
+from shopcardd_voucher import InvalidKeyError, KeySet, Verdict
+
+from . import policy
+from .closing import Closing
+from .config import DeviceConfig
+from .errors import ConfigError
+from .ledger import Ledger
+from .policy import ClockState, TrustedTime
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """Whether the device can be trusted to judge time: drives the steady amber light."""
+
+    clock: ClockState
+    keys_in_force: bool
+
+    @property
+    def is_degraded(self) -> bool:
+        return self.clock is ClockState.UNTRUSTED or not self.keys_in_force
+
+
+def load_keyset(config: DeviceConfig) -> KeySet:
+    try:
+        keys = KeySet.load(config.keyset)
+    except InvalidKeyError as exc:
+        raise ConfigError(f"keyset: {exc}") from None
+    if not len(keys):
+        raise ConfigError(f"keyset: {config.keyset} holds no keys")
+    return keys
+
+
+class Counter(Closing):
+    """Judge and record scans for one device; ``clock`` is injectable (tests set it back)."""
+
+    def __init__(self, config: DeviceConfig, ledger: Ledger, keys: KeySet, clock: Clock = time.time) -> None:
+        self.config, self.ledger, self.keys, self.clock = config, ledger, keys, clock
+
+    @classmethod
+    def open(cls, config: DeviceConfig, clock: Clock = time.time) -> Self:
+        """Load the key set, open (and check) the ledger, note the clock: start-up in one call."""
+        keys = load_keyset(config)
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"data_dir: cannot create {config.data_dir}: {exc.strerror}") from None
+        ledger = Ledger(config.ledger_path)
+        try:
+            now = clock()
+            ledger.store_keyset(keys, now)
+            counter = cls(config, ledger, keys, clock)
+            floor = ledger.time_floor
+            moment = policy.raised_floor(floor, now)
+            if moment is not None and moment != floor:
+                ledger.raise_floor(moment)
+            trusted = counter.time().now
+            if trusted is not None:  # retention: synced rows of expired vouchers are no longer needed
+                ledger.prune(trusted, config.leeway_seconds)
+        except BaseException:
+            ledger.close()
+            raise
+        return counter
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    def time(self) -> TrustedTime:
+        """Read afresh each time: another process (``sync``, ``verify``) may have raised the floor."""
+        return policy.trusted_time(self.clock(), self.ledger.time_floor)
+
+    def health(self) -> Health:
+        now = self.time()
+        return Health(now.state, policy.keys_in_force(self.keys, now.now))
+
+    def scan(self, code: str, *, record: bool = True) -> Verdict:
+        """Judge ``code`` and, unless ``record`` is false (dry run), commit it before returning."""
+        now = self.time()
+        verdict = policy.judge(
+            code,
+            keys=self.keys,
+            merchant=self.config.merchant_id,
+            facts=self.ledger,
+            time=now,
+            leeway=self.config.leeway_seconds,
+        )
+        if not record:
+            return verdict
+        floor = policy.floor_after(now, verdict)
+        verdict = self.ledger.record(
+            verdict,
+            raw=code,
+            device_id=self.config.device_id,
+            scanned_at=now.now,
+            clock_at=now.clock,
+            time_floor=floor if floor != now.floor else None,
+        )
+        return verdict

@@ -1,0 +1,23 @@
+"""The decoder port: a grayscale frame in, the texts of the QR codes in it out."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Gray = npt.NDArray[np.uint8]
+"""A grayscale frame: a 2-D uint8 array, height x width, C-contiguous."""
+
+
+class Decoder(Protocol):
+    """Finds QR codes only: other symbologies are never looked for (fewer false reads, faster)."""
+
+    name: str
+
+    def decode(self, frame: Gray) -> list[str]:
+        """The text of every QR code found in ``frame``; an empty list when there is none."""
+        ...
+
+    def close(self) -> None: ...

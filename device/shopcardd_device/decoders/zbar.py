@@ -1,0 +1,41 @@
+"""pyzbar over libzbar: the fallback decoder where the zxing-cpp wheel is not installed.
+
+libzbar finds dark-on-light codes only; a dark-mode phone's inverted code is read only
+with ``try_invert`` (a second pass on the inverted frame when the first finds nothing,
+which doubles the cost of every empty frame).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pyzbar import pyzbar
+
+from ..closing import Closing
+from ..errors import DecoderError
+from .base import Gray
+
+
+class ZbarDecoder(Closing):
+    name = "zbar"
+
+    def __init__(self, *, try_invert: bool = True) -> None:
+        self.try_invert = try_invert
+        self._symbols = [pyzbar.ZBarSymbol.QRCODE]
+
+    def _read(self, frame: Gray) -> list[str]:
+        try:
+            found = pyzbar.decode(frame, symbols=self._symbols)
+        except (
+            ValueError,
+            TypeError,
+            ArithmeticError,
+            pyzbar.PyZbarError,
+        ) as exc:  # a frame libzbar cannot take
+            raise DecoderError(f"libzbar: {exc}") from exc
+        return [code.data.decode("utf-8", "replace") for code in found if code.data]
+
+    def decode(self, frame: Gray) -> list[str]:
+        texts = self._read(frame)
+        if not texts and self.try_invert:
+            texts = self._read(np.bitwise_not(frame))
+        return texts

@@ -1,0 +1,27 @@
+"""One root exception for the counter device; subclasses also inherit the matching builtin."""
+
+from __future__ import annotations
+
+
+class DeviceError(Exception):
+    """Anything the counter device refuses or cannot do; the message says what and why."""
+
+
+class ConfigError(DeviceError, ValueError):
+    """A missing or wrong setting: start-up stops with one line naming the setting."""
+
+
+class LedgerError(DeviceError, RuntimeError):
+    """The ledger cannot be opened, fails its integrity check, or a write failed."""
+
+
+class FrameError(DeviceError, OSError):
+    """One frame could not be read; the scan loop logs it and asks for the next."""
+
+
+class DecoderError(DeviceError, RuntimeError):
+    """A decoder is not installed or failed on a frame."""
+
+
+class SignalError(DeviceError, RuntimeError):
+    """The LEDs and buzzer cannot be driven (no GPIO, or no pin factory chosen)."""

@@ -1,0 +1,153 @@
+"""The scan loop: frame -> decode -> debounce -> verify -> record -> signal.
+
+Nothing a customer can hold in front of the camera stops the loop: one bad frame, one code
+that is not a voucher, one exception from a source or a decoder is logged as a JSON line and
+the loop reads the next frame. A code held in view for many frames is one scan: the same
+code seen again within ``debounce_seconds`` of its last sighting repeats its last verdict
+without recording or signalling again (so it never turns into ``already_redeemed``).
+The accept signal is given only after ``Counter.scan`` returned, that is after the ledger
+commit: a power cut can lose a scan not yet shown as accepted, never one that was.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from shopcardd_voucher import Reason, Verdict
+
+from . import policy
+from .counter import Counter
+from .decoders.base import Decoder
+from .frames.base import Frame, FrameSource
+from .log import event, get_logger
+
+BACKOFF_AFTER_FAILURES: Final = 5
+MAX_BACKOFF_SECONDS: Final = 5.0
+
+log = get_logger("scanner")
+
+
+class Signal(Protocol):
+    """What the loop needs from the feedback panel."""
+
+    def show(self, reason: Reason) -> None: ...
+
+    def set_degraded(self, degraded: bool) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """One decoded code and its verdict; ``repeated`` when debounce answered from memory."""
+
+    code: str
+    verdict: Verdict
+    origin: str
+    repeated: bool = False
+
+
+class Scanner:
+    def __init__(
+        self,
+        source: FrameSource,
+        decoder: Decoder | None,
+        counter: Counter,
+        signal: Signal | None = None,
+        *,
+        debounce_seconds: float = 3.0,
+        on_scan: Callable[[Scan], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
+        self.source, self.decoder, self.counter, self.signal = source, decoder, counter, signal
+        self.debounce_seconds = debounce_seconds
+        self.on_scan = on_scan
+        self._monotonic, self._sleep = monotonic, sleep
+        self._recent: dict[str, tuple[float, Verdict]] = {}
+        self._stop = threading.Event()
+        self.frames = self.failures = 0
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current frame (from a signal handler or a thread)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Scan until the source ends or ``stop`` is called."""
+        failures_in_a_row = 0
+        while not self._stop.is_set():
+            self._show_health()
+            try:
+                frame = self.source.read()
+            except Exception as exc:
+                failures_in_a_row += 1
+                self.failures += 1
+                event(log, "frame_failed", logging.WARNING, source=self.source.name, error=str(exc))
+                if failures_in_a_row >= BACKOFF_AFTER_FAILURES:
+                    self._sleep(min(MAX_BACKOFF_SECONDS, 0.1 * failures_in_a_row))
+                continue
+            if frame is None:
+                event(log, "source_ended", source=self.source.name, frames=self.frames)
+                return
+            failures_in_a_row = 0
+            self.frames += 1
+            self.process(frame)
+
+    def process(self, frame: Frame) -> list[Scan]:
+        """Every scan one frame gives; failures are logged, never raised."""
+        try:
+            codes = [frame.text] if frame.text is not None else self._decode(frame)
+        except Exception as exc:
+            self.failures += 1
+            event(log, "decode_failed", logging.WARNING, origin=frame.origin, error=str(exc))
+            return []
+        scans = []
+        for code in codes:
+            try:
+                scans.append(self.scan(code, frame.origin))
+            except Exception as exc:
+                self.failures += 1
+                event(log, "scan_failed", logging.ERROR, exc=True, origin=frame.origin, error=str(exc))
+        return scans
+
+    def _decode(self, frame: Frame) -> list[str]:
+        if frame.image is None or self.decoder is None:
+            return []
+        return self.decoder.decode(frame.image)
+
+    def scan(self, code: str, origin: str = "") -> Scan:
+        """Debounce, judge and record one code, then signal its verdict."""
+        now = self._monotonic()
+        self._recent = {c: seen for c, seen in self._recent.items() if now - seen[0] <= self.debounce_seconds}
+        if code in self._recent:
+            verdict = self._recent[code][1]
+            self._recent[code] = (now, verdict)
+            return Scan(code, verdict, origin, repeated=True)
+        verdict = self.counter.scan(code)  # returns after the ledger commit
+        self._recent[code] = (now, verdict)
+        if self.signal is not None:
+            self.signal.show(verdict.reason)
+        scan = Scan(code, verdict, origin)
+        event(
+            log,
+            "scan",
+            logging.INFO if verdict.is_accepted else logging.WARNING,
+            result=str(verdict.reason),
+            origin=origin,
+            detail=verdict.detail,
+            **policy.describe(verdict.voucher),
+        )
+        if self.on_scan is not None:
+            self.on_scan(scan)
+        return scan
+
+    def _show_health(self) -> None:
+        if self.signal is None:
+            return
+        try:
+            self.signal.set_degraded(self.counter.health().is_degraded)
+        except Exception as exc:  # a busy ledger or a GPIO hiccup must not stop scanning
+            event(log, "health_failed", logging.WARNING, error=str(exc))

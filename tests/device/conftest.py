@@ -1,0 +1,114 @@
+"""Fixtures of the counter device tests: keys, vouchers, a device config on tmp paths, GPIO mocks.
+
+Every test gets its own data folder and ledger; nothing reads /etc/shopcardd.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory
+
+from shopcardd_device.config import DeviceConfig
+from shopcardd_provision.keys import keygen
+from shopcardd_voucher import SigningKey, issue
+
+MERCHANT = "m-corner-cafe"
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Keys:
+    folder: Path
+    signing: SigningKey
+    forger: SigningKey
+    """Another private key under the same kid: what a forger would sign with."""
+
+    @property
+    def jwks(self) -> Path:
+        return self.folder / "jwks.json"
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    folder = tmp_path_factory.mktemp("keys")
+    made = keygen("EdDSA", "k1", folder)
+    return Keys(folder, SigningKey.load("k1", made.private_key_path), SigningKey.generate("k1"))
+
+
+Mint = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def mint(keys: Keys) -> Mint:
+    """Issue a voucher (by default genuine, for this merchant, valid for an hour from now)."""
+    counter = iter(range(10**9))
+
+    def make(
+        *, key: SigningKey | None = None, merchant: str = MERCHANT, ttl: int = 3600, **kwargs: object
+    ) -> str:
+        return issue(
+            key or keys.signing,
+            deal=str(kwargs.pop("deal", "d-espresso")),
+            merchant=merchant,
+            user=str(kwargs.pop("user", f"u-{next(counter)}")),
+            ttl=ttl,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    return make
+
+
+WriteConfig = Callable[..., Path]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, keys: Keys) -> WriteConfig:
+    """Write a device.toml on this test's tmp path; extra lines are appended as given."""
+
+    def write(extra: str = "", *, name: str = "device.toml", top: str = "") -> Path:
+        path = tmp_path / name
+        path.write_text(
+            f'device_id = "counter-1"\nmerchant_id = "{MERCHANT}"\ndata_dir = "data"\n'
+            f'keyset = "{keys.jwks}"\n{top}\n[gpio]\nsignal_seconds = 0.01\n{extra}\n'
+        )
+        return path
+
+    return write
+
+
+@pytest.fixture
+def config(write_config: WriteConfig) -> DeviceConfig:
+    return DeviceConfig.load(write_config())
+
+
+@pytest.fixture
+def mock_factory() -> Iterator[MockFactory]:
+    """A fresh MockFactory per test, as gpiozero's own tests do."""
+    saved = Device.pin_factory
+    Device.pin_factory = MockFactory()
+    try:
+        yield Device.pin_factory
+    finally:
+        Device.pin_factory.close()
+        Device.pin_factory = saved
+
+
+def device_command(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``shopcardd-device`` as an operator would, GPIO on gpiozero's mock pins."""
+    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
+    return subprocess.run(
+        [str(BIN / "shopcardd-device"), *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )

@@ -1,0 +1,90 @@
+"""The clock: a Pi without a real-time clock, set back by days, must not revive expired vouchers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from shopcardd_device.config import DeviceConfig
+from shopcardd_device.counter import Counter
+from shopcardd_device.policy import ClockState
+from shopcardd_voucher import KeySet, Reason
+
+from .conftest import Keys, Mint, WriteConfig
+
+DAY = 86_400.0
+
+
+class Clock:
+    """The system clock as the device reads it, settable by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_clock_set_back_by_days_still_rejects_an_expired_voucher(config: DeviceConfig, mint: Mint) -> None:
+    real = time.time()
+    clock = Clock(real)
+    with Counter.open(config, clock=clock) as counter:
+        assert counter.scan(mint()).reason is Reason.ACCEPTED
+    stale = mint(now=real - 2 * DAY, ttl=int(DAY))  # expired a day ago
+    clock.now = real - 3 * DAY  # the clock is set back (no RTC, NTP not yet synced, or tampering)
+    with Counter.open(config, clock=clock) as counter:
+        assert counter.time().state is ClockState.BEHIND_FLOOR
+        assert counter.scan(stale).reason is Reason.EXPIRED
+        assert counter.scan(mint(now=real)).reason is Reason.ACCEPTED  # a current voucher still works
+        assert not counter.health().is_degraded
+
+
+def test_clock_untrusted_only_without_any_trustworthy_floor(config: DeviceConfig, mint: Mint) -> None:
+    clock = Clock(0.0)  # a Pi that booted with no network: 1970
+    with Counter.open(config, clock=clock) as counter:
+        assert counter.scan(mint()).reason is Reason.CLOCK_UNTRUSTED
+        assert counter.health().is_degraded  # steady amber
+        assert counter.ledger.time_floor is None
+        counter.ledger.note_sync(time.time())  # a sync brings the server's time
+    with Counter.open(config, clock=clock) as counter:
+        assert counter.time().state is ClockState.BEHIND_FLOOR
+        assert counter.scan(mint()).reason is Reason.ACCEPTED
+        assert counter.scan(mint(now=time.time() - 2 * DAY, ttl=3600)).reason is Reason.EXPIRED
+        assert not counter.health().is_degraded
+
+
+def test_the_floor_is_the_iat_of_vouchers_verified_and_survives_a_restart(
+    config: DeviceConfig, mint: Mint
+) -> None:
+    real = time.time()
+    clock = Clock(real)
+    with Counter.open(config, clock=clock) as counter:
+        counter.scan(mint(now=real + 120))  # issued by a backend whose clock runs ahead
+        assert counter.ledger.time_floor == int(real + 120)
+    clock.now = real - 10 * DAY
+    with Counter.open(config, clock=clock) as counter:
+        assert counter.time().now == int(real + 120)
+
+
+def test_a_wrong_merchant_or_forged_voucher_never_moves_time(
+    config: DeviceConfig, mint: Mint, keys: Keys
+) -> None:
+    clock = Clock(0.0)
+    with Counter.open(config, clock=clock) as counter:
+        assert counter.scan(mint(key=keys.forger)).reason is Reason.BAD_SIGNATURE
+        assert counter.scan(mint(merchant="m-other")).reason is Reason.WRONG_MERCHANT
+        assert counter.ledger.time_floor is None
+
+
+def test_a_key_set_past_its_window_shows_amber_but_still_verifies_what_it_signed(
+    write_config: WriteConfig, keys: Keys, mint: Mint, tmp_path: Path
+) -> None:
+    real = time.time()
+    retired = KeySet([keys.signing.verification_key(expires=int(real - DAY))])
+    (tmp_path / "old-jwks.json").write_text(retired.to_json())
+    config = write_config()
+    config.write_text(config.read_text().replace(str(keys.jwks), "old-jwks.json"))
+    with Counter.open(DeviceConfig.load(config)) as counter:
+        assert counter.health().is_degraded  # no key may sign any more: time to sync
+        assert counter.scan(mint(now=real - 2 * DAY, ttl=int(4 * DAY))).reason is Reason.ACCEPTED
+        assert counter.scan(mint()).reason is Reason.UNKNOWN_KEY  # signed after the key was retired

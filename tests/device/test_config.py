@@ -1,0 +1,113 @@
+"""Configuration: one TOML file; a wrong or missing setting stops start-up with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shopcardd_device.config import CONFIG_ENV, DeviceConfig
+from shopcardd_device.errors import ConfigError, DeviceError
+
+from .conftest import WriteConfig, device_command
+
+ROOT = Path(__file__).resolve().parents[2]
+REST = '\ndata_dir = "d"\nkeyset = "k"'
+BASE = 'device_id = "c"\nmerchant_id = "m"' + REST
+
+
+def test_the_example_config_is_valid_and_documents_every_table() -> None:
+    example = ROOT / "device" / "device.example.toml"
+    config = DeviceConfig.load(example)
+    assert config.camera.source == "picamera" and config.decoder.name == "auto"
+    assert config.leeway_seconds == 60 and config.gpio.accept != config.gpio.reject
+    documented = (ROOT / "docs" / "device.md").read_text()
+    for table in ("[gpio]", "[camera]", "[decoder]", "[sync]"):
+        assert table in example.read_text() and table in documented
+
+
+def test_defaults_work_on_a_pi_and_relative_paths_follow_the_config_file(write_config: WriteConfig) -> None:
+    path = write_config()
+    config = DeviceConfig.load(path)
+    assert config.data_dir == path.parent / "data"
+    assert config.ledger_path.parent == path.parent / "data"
+    assert (config.camera.width, config.camera.height) == (640, 480)
+    assert config.backend_url is None
+
+
+def test_the_environment_names_the_config_when_no_option_does(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CONFIG_ENV, str(write_config()))
+    assert DeviceConfig.load().device_id == "counter-1"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('merchant_id = "m"' + REST, "device_id: required"),
+        (
+            BASE + '\nleeway_seconds = "60"',
+            "leeway_seconds",
+        ),
+        (
+            BASE + '\n[camera]\nsource = "webcam"',
+            "[camera] source",
+        ),
+        (
+            BASE + '\n[camera]\nsource = "files"',
+            "[camera] path",
+        ),
+        (
+            BASE + '\n[decoder]\nname = "zebra"',
+            "[decoder] name",
+        ),
+        (
+            BASE + "\n[gpio]\naccept = 17\nreject = 17",
+            "[gpio]",
+        ),
+        (
+            BASE + "\n[gpio]\nbuzer = 5",
+            "[gpio] buzer: unknown",
+        ),
+        (
+            BASE + '\nbackend_url = "ftp://x"',
+            "backend_url",
+        ),
+        (BASE + "\ngpio = 3", "[gpio]"),
+        ('device_id = "c c"\nmerchant_id = "m"' + REST, "device_id"),
+        ("device_id = ", "not valid TOML"),
+    ],
+)
+def test_a_wrong_setting_is_named(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "device.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
+        DeviceConfig.load(path)
+    assert issubclass(ConfigError, DeviceError) and issubclass(ConfigError, ValueError)
+
+
+def test_start_up_stops_with_one_line_naming_the_setting(write_config: WriteConfig, tmp_path: Path) -> None:
+    result = device_command("status", "--config", write_config("[decoder]\nname = 'zebra'"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "[decoder] name" in result.stderr
+
+    missing = device_command("verify", "--config", tmp_path / "nowhere.toml", "token")
+    assert missing.returncode == 2 and "not found" in missing.stderr and CONFIG_ENV in missing.stderr
+
+
+def test_an_unreadable_key_set_is_named(write_config: WriteConfig, tmp_path: Path) -> None:
+    path = write_config()
+    path.write_text(path.read_text().replace("keyset = ", 'keyset = "missing.json"\n# was ', 1))
+    result = device_command("verify", "--config", path, "token")
+    assert result.returncode == 2 and result.stderr.startswith("shopcardd-device verify: keyset:")
+
+
+def test_a_data_dir_that_cannot_be_made_is_named(write_config: WriteConfig, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("in the way")
+    path = write_config()
+    path.write_text(path.read_text().replace('data_dir = "data"', 'data_dir = "file/data"'))
+    result = device_command("status", "--config", path)
+    assert result.returncode == 2 and result.stderr.startswith(
+        "shopcardd-device status: data_dir: cannot create"
+    )

@@ -1,0 +1,131 @@
+"""The ledger: durable, once-only redemptions; rejections kept apart; sync state; retention."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from shopcardd_device.config import DeviceConfig
+from shopcardd_device.counter import Counter
+from shopcardd_device.errors import DeviceError, LedgerError
+from shopcardd_device.ledger import Ledger
+from shopcardd_voucher import KeySet, Reason
+
+from .conftest import Keys, Mint
+
+
+def test_the_ledger_is_wal_with_durable_commits(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "ledger.sqlite3") as ledger:
+        assert ledger._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_a_damaged_ledger_stops_start_up(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    raw = bytearray(path.read_bytes())
+    raw[100:4096] = b"\xff" * (4096 - 100)  # scribble over the schema page
+    path.write_bytes(bytes(raw))
+    with pytest.raises(LedgerError, match=r"damaged|integrity"):
+        Ledger(path)
+    assert issubclass(LedgerError, DeviceError)
+
+
+def test_a_voucher_is_redeemed_once_and_every_rejection_is_recorded(config: DeviceConfig, mint: Mint) -> None:
+    token = mint(user="u-ada")
+    with Counter.open(config) as counter:
+        assert counter.scan("garbage").reason is Reason.BAD_FORMAT
+        assert counter.scan(token).reason is Reason.ACCEPTED  # an earlier bad scan blocks nothing
+        assert counter.scan(token).reason is Reason.ALREADY_REDEEMED
+        ledger = counter.ledger
+        [row] = ledger.redemptions()
+        assert (row.device_id, row.deal, row.user, row.result, row.synced_at) == (
+            "counter-1",
+            "d-espresso",
+            "u-ada",
+            "accepted",
+            None,
+        )
+        assert [(r.result, r.raw[:7]) for r in ledger.rejections()] == [
+            ("bad_format", "garbage"),
+            ("already_redeemed", token[:7]),
+        ]
+        assert ledger.accepted_count() == 1
+        assert ledger.rejected_counts() == {"already_redeemed": 1, "bad_format": 1}
+
+
+def test_two_counters_racing_for_one_voucher_redeem_it_once(config: DeviceConfig, mint: Mint) -> None:
+    tokens = [mint() for _ in range(40)]
+    results: list[Reason] = []
+    start = threading.Barrier(4)
+
+    def cashier() -> None:
+        with Counter.open(config) as counter:  # its own connection, as a second process would have
+            start.wait()
+            results.extend(counter.scan(token).reason for token in tokens)
+
+    threads = [threading.Thread(target=cashier) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count(Reason.ACCEPTED) == len(tokens)
+    assert results.count(Reason.ALREADY_REDEEMED) == 3 * len(tokens)
+    with Ledger(config.ledger_path) as ledger:
+        assert ledger.accepted_count() == len(tokens)
+
+
+def test_dry_run_records_nothing(config: DeviceConfig, mint: Mint) -> None:
+    token = mint()
+    with Counter.open(config) as counter:
+        assert counter.scan(token, record=False).reason is Reason.ACCEPTED
+        assert counter.scan(token, record=False).reason is Reason.ACCEPTED
+        assert counter.ledger.accepted_count() == 0 and counter.ledger.rejected_counts() == {}
+
+
+def test_revocations_are_stored_and_honoured(config: DeviceConfig, mint: Mint) -> None:
+    with Counter.open(config) as counter:
+        counter.ledger.revoke(deals=["d-recalled"])
+        assert counter.scan(mint(deal="d-recalled")).reason is Reason.REVOKED
+        assert counter.scan(mint(deal="d-fine")).reason is Reason.ACCEPTED
+
+
+def test_the_key_set_in_force_is_stored(config: DeviceConfig, keys: Keys) -> None:
+    with Counter.open(config) as counter:
+        stored = counter.ledger.keyset()
+        assert isinstance(stored, KeySet) and stored.kids == ["k1"]
+        assert not counter.ledger.store_keyset(KeySet.load(keys.jwks), time.time())  # unchanged
+
+
+def test_unsynced_rows_are_listed_marked_and_pruned_after_expiry(config: DeviceConfig, mint: Mint) -> None:
+    with Counter.open(config) as counter:
+        ledger = counter.ledger
+        counter.scan(mint(ttl=60))
+        counter.scan("junk")
+        assert ledger.unsynced_count() == 2
+        [redemption] = ledger.redemptions(unsynced_only=True)
+        [rejection] = ledger.rejections(unsynced_only=True)
+        now = time.time()
+        assert ledger.prune(now + 3600, 60) == 0  # expired but not synced: kept
+        ledger.mark_synced(redemptions=[redemption.voucher_id], rejections=[rejection.id], at=now)
+        assert ledger.unsynced_count() == 0
+        assert ledger.prune(now, 60) == 0  # synced but the voucher is still valid: kept
+        assert ledger.prune(now + 3600, 60) == 1
+        assert ledger.accepted_count() == 0
+
+
+def test_the_ledger_file_is_plain_sqlite_with_a_unique_voucher_key(config: DeviceConfig, mint: Mint) -> None:
+    with Counter.open(config) as counter:
+        counter.scan(mint())
+    db = sqlite3.connect(config.ledger_path)
+    voucher_id = db.execute("SELECT voucher_id FROM redemptions").fetchone()[0]
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute(
+            "INSERT INTO redemptions VALUES (?, 'n', 'd', 0, 0, 'd', 'u', 'm', 0, 'accepted', NULL)",
+            (voucher_id,),
+        )
+    db.close()

@@ -1,0 +1,235 @@
+"""The scan loop: frame -> decode -> debounce -> verify -> record -> signal, and it never stops."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from shopcardd_device.config import DeviceConfig
+from shopcardd_device.counter import Counter
+from shopcardd_device.decoders import open_decoder
+from shopcardd_device.errors import ConfigError, FrameError
+from shopcardd_device.feedback import FeedbackPanel
+from shopcardd_device.frames import open_source
+from shopcardd_device.frames.base import Frame
+from shopcardd_device.frames.files import FileSource
+from shopcardd_device.frames.keyboard import KeyboardSource
+from shopcardd_device.frames.synthetic import Look, ScriptedSource, render
+from shopcardd_device.scanner import Scan, Scanner
+from shopcardd_provision.qr import save_qr
+from shopcardd_voucher import Reason
+
+from .conftest import Mint
+
+
+class Ticks:
+    """A monotonic clock the test moves by hand (debounce is judged on it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CommittedFirst:
+    """A signal that checks, from a separate connection, that an accepted scan is already committed."""
+
+    def __init__(self, ledger_path: Path) -> None:
+        self.db = sqlite3.connect(ledger_path)
+        self.shown: list[Reason] = []
+        self.committed_when_shown: list[int] = []
+
+    def show(self, reason: Reason) -> None:
+        self.shown.append(reason)
+        self.committed_when_shown.append(self.db.execute("SELECT count(*) FROM redemptions").fetchone()[0])
+
+    def set_degraded(self, degraded: bool) -> None:
+        pass
+
+
+class FlakySource:
+    """A camera that sometimes fails: every third read raises, as a USB camera unplugged might."""
+
+    name = "flaky"
+
+    def __init__(self, frames: list[Frame]) -> None:
+        self.frames, self.reads = list(frames), 0
+
+    def read(self) -> Frame | None:
+        self.reads += 1
+        if self.reads % 3 == 0:
+            raise FrameError("camera hiccup") if self.reads % 2 else RuntimeError("driver bug")
+        return self.frames.pop(0) if self.frames else None
+
+    def close(self) -> None:
+        pass
+
+
+def test_accepted_is_signalled_only_after_the_ledger_commit(config: DeviceConfig, mint: Mint) -> None:
+    tokens = [mint(), mint()]
+    with Counter.open(config) as counter:
+        signal = CommittedFirst(config.ledger_path)
+        frames = [render(tokens[0]), render(tokens[1], Look(blur=1, noise=5))]
+        Scanner(ScriptedSource(frames), open_decoder(), counter, signal).run()
+    assert signal.shown == [Reason.ACCEPTED, Reason.ACCEPTED]
+    assert signal.committed_when_shown == [1, 2]
+
+
+def test_a_code_held_in_view_is_one_scan_and_a_later_showing_is_already_used(
+    config: DeviceConfig, mint: Mint
+) -> None:
+    token = mint()
+    ticks, seen = Ticks(), []
+    with Counter.open(config) as counter:
+        signal = CommittedFirst(config.ledger_path)
+        scanner = Scanner(
+            ScriptedSource([]),
+            open_decoder(),
+            counter,
+            signal,
+            debounce_seconds=3,
+            monotonic=ticks,
+            on_scan=seen.append,
+        )
+        frame = Frame(image=render(token))
+        results = []
+        for _ in range(10):  # held in front of the camera for 10 frames, 0.5 s apart
+            results += scanner.process(frame)
+            ticks.now += 0.5
+        assert [s.verdict.reason for s in results] == [Reason.ACCEPTED] * 10
+        assert [s.repeated for s in results] == [False] + [True] * 9
+        ticks.now += 10  # taken away, shown again later
+        [again] = scanner.process(frame)
+        assert again.verdict.reason is Reason.ALREADY_REDEEMED and not again.repeated
+        assert signal.shown == [Reason.ACCEPTED, Reason.ALREADY_REDEEMED]
+        assert counter.ledger.accepted_count() == 1
+        assert counter.ledger.rejected_counts() == {"already_redeemed": 1}
+    assert len(seen) == 2  # repeats are not reported as new scans
+
+
+def test_bad_frames_bad_codes_and_source_exceptions_never_stop_the_loop(
+    config: DeviceConfig, mint: Mint
+) -> None:
+    good = [mint() for _ in range(3)]
+    frames = [
+        Frame(image=np.zeros((0, 0), np.uint8)),  # an empty image
+        Frame(image=render("https://example.com/not-a-voucher")),
+        Frame(image=render(good[0])),
+        Frame(image=np.full((480, 640), 90, np.uint8)),  # nothing in view
+        Frame(text="typed garbage"),
+        Frame(image=render(good[1])),
+        Frame(image=render(good[2], Look(inverted=True))),
+    ]
+    scans: list[Scan] = []
+    with Counter.open(config) as counter:
+        source = FlakySource(frames)
+        scanner = Scanner(source, open_decoder(), counter, on_scan=scans.append, sleep=lambda s: None)
+        scanner.run()
+    assert [s.verdict.reason for s in scans] == [
+        Reason.BAD_FORMAT,
+        Reason.ACCEPTED,
+        Reason.BAD_FORMAT,
+        Reason.ACCEPTED,
+        Reason.ACCEPTED,
+    ]
+    assert scanner.failures >= 3 and scanner.frames == len(frames)
+
+
+def test_the_loop_drives_the_panel(config: DeviceConfig, mint: Mint, mock_factory: MockFactory) -> None:
+    token = mint()
+    ticks = Ticks()
+    with Counter.open(config) as counter, FeedbackPanel(17, 27, 22, signal_seconds=0.01) as panel:
+        scanner = Scanner(ScriptedSource([]), open_decoder(), counter, panel, monotonic=ticks)
+        scanner.process(Frame(image=render(token)))
+        assert panel.wait_for_idle(5)
+        assert [bool(s.state) for s in mock_factory.pin(17).states][-2:] == [True, False]  # green shown
+        mock_factory.pin(27).clear_states()
+        ticks.now += 60
+        scanner.process(Frame(image=render(token)))
+        assert panel.wait_for_idle(5)
+        assert sum(bool(s.state) for s in mock_factory.pin(27).states) == 3  # three red flashes
+
+
+def test_the_panel_shows_amber_while_the_clock_cannot_be_trusted(
+    config: DeviceConfig, mint: Mint, mock_factory: MockFactory
+) -> None:
+    with (
+        Counter.open(config, clock=lambda: 0.0) as counter,
+        FeedbackPanel(17, 27, 22, signal_seconds=0.01) as panel,
+    ):
+        Scanner(ScriptedSource([Frame(text=mint())]), None, counter, panel).run()
+        assert panel.wait_for_idle(5)
+        assert panel.value == (1, 1, 0)
+        assert counter.ledger.rejected_counts() == {"clock_untrusted": 1}
+
+
+def test_image_files_are_frames_in_name_order_and_a_broken_file_is_skipped(
+    tmp_path: Path, mint: Mint
+) -> None:
+    tokens = [mint(), mint()]
+    save_qr(tokens[1], tmp_path / "b.png")
+    save_qr(tokens[0], tmp_path / "a.png")
+    (tmp_path / "c.png").write_bytes(b"not a png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    decoder = open_decoder()
+    with FileSource([tmp_path]) as source:
+        first, second = source.read(), source.read()
+        with pytest.raises(FrameError):
+            source.read()
+        assert source.read() is None
+    assert [decoder.decode(f.image) for f in (first, second) if f and f.image is not None] == [
+        [tokens[0]],
+        [tokens[1]],
+    ]
+    with pytest.raises(ConfigError, match=r"\[camera\] path"):
+        FileSource([tmp_path / "missing"])
+
+
+def test_a_usb_scanner_types_one_code_per_line() -> None:
+    source = KeyboardSource(stream=io.StringIO("code-1\n\n  code-2  \n"))
+    assert [source.read(), source.read(), source.read()] == [
+        Frame(text="code-1", origin="-"),
+        Frame(text="code-2", origin="-"),
+        None,
+    ]
+
+
+def test_sources_that_need_absent_hardware_say_so(config: DeviceConfig) -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match="picamera2"):
+        open_source(replace(config.camera, source="picamera"))
+    with pytest.raises(ConfigError, match="V4L2 camera /dev/video99"):
+        open_source(replace(config.camera, source="v4l2", path=("/dev/video99",)))
+
+
+def test_the_pi_camera_asks_for_macro_autofocus_and_bright_screen_exposure(config: DeviceConfig) -> None:
+    from dataclasses import replace
+    from enum import Enum
+    from types import SimpleNamespace
+
+    from shopcardd_device.frames.picamera import camera_controls
+
+    enums = SimpleNamespace(
+        AfModeEnum=Enum("AfModeEnum", "Manual Auto Continuous"),
+        AfRangeEnum=Enum("AfRangeEnum", "Normal Macro Full"),
+    )
+    module3 = dict.fromkeys(
+        ["AfMode", "AfRange", "ExposureValue", "ExposureTime", "AeEnable", "AnalogueGain"]
+    )
+    wanted = camera_controls(config.camera, module3, enums)
+    assert wanted == {
+        "AfMode": enums.AfModeEnum.Continuous,
+        "AfRange": enums.AfRangeEnum.Macro,
+        "ExposureValue": -0.5,
+    }
+    fixed = camera_controls(replace(config.camera, exposure_us=8000, analogue_gain=2.0), module3, enums)
+    assert fixed["AeEnable"] is False and fixed["ExposureTime"] == 8000 and fixed["AnalogueGain"] == 2.0
+    module2 = dict.fromkeys(["ExposureValue", "ExposureTime", "AeEnable", "AnalogueGain"])  # no autofocus
+    assert "AfMode" not in camera_controls(config.camera, module2, enums)
