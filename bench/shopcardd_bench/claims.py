@@ -2,8 +2,10 @@
 
 Starts ``shopcardd-backend serve`` (one process) on a free port for each profile, registers a
 merchant and mints user tokens with the backend's own commands, then per run creates a
-deal and fires claims from ``--concurrency`` HTTP/1.1 keep-alive connections (a bare asyncio
-client, one claim in flight on each), counting each claim's latency. Every claim
+deal and fires claims from ``--concurrency`` HTTP/1.1 keep-alive connections (aiohttp, one
+claim in flight on each), counting each claim's latency, then as many ``GET /healthz`` on the
+same server as a baseline: the ratio of the two, run by run, shows what a claim costs beyond
+HTTP and the framework, whatever else the machine is doing. Every claim
 issues a voucher (stock and limit are large enough), so each one pays for the atomic
 decision, the outbox write and the signature. Figures are medians over the runs, after one
 warm-up run; the load generator shares this machine's cores with the server.
@@ -106,53 +108,46 @@ def running_backend(env: dict[str, str], log_path: Path, workers: int = 1) -> It
             proc.wait()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    """Read one HTTP/1.1 response with a Content-Length body; its status code."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.lower() == b"content-length":
-            length = int(value)
-    await reader.readexactly(length)
-    return status
-
-
 async def _fire(
-    url: str, deal: str, tokens: list[str], args: argparse.Namespace
+    url: str, requests: list[tuple[str, str, dict[str, str]]], concurrency: int, expect: int
 ) -> tuple[float, list[float]]:
-    """``args.claims`` claims over ``args.concurrency`` keep-alive connections, one claim in flight on
-    each. A bare asyncio HTTP/1.1 client: httpx costs the load generator several times the server's
-    CPU per request, and on two cores the generator would measure itself."""
-    host, port = url.removeprefix("http://").split(":")
-    next_claim = iter(range(args.claims))
+    """Send ``requests`` (method, path, headers) over ``concurrency`` keep-alive connections, one
+    request in flight on each; the wall time and each request's latency. aiohttp, because the
+    load generator shares two cores with the server and must cost far less than a claim."""
+    import aiohttp
+
+    pending = iter(requests)
     latencies: list[float] = []
 
-    async def connection() -> None:
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            for n in next_claim:
-                request = (
-                    f"POST /v1/deals/{deal}/claims HTTP/1.1\r\nHost: {host}\r\n"
-                    f"Authorization: Bearer {tokens[n % len(tokens)]}\r\nIdempotency-Key: k{n}\r\n"
-                    "Content-Length: 0\r\n\r\n"
-                )
-                started = time.perf_counter()
-                writer.write(request.encode())
-                status = await _read_response(reader)
-                latencies.append(time.perf_counter() - started)
-                if status != 201:
-                    raise RuntimeError(f"claim {n} answered {status}, expected 201")
-        finally:
-            writer.close()
+    async def connection(session: aiohttp.ClientSession) -> None:
+        for method, path, headers in pending:
+            started = time.perf_counter()
+            async with session.request(method, url + path, headers=headers) as response:
+                await response.read()
+            latencies.append(time.perf_counter() - started)
+            if response.status != expect:
+                raise RuntimeError(f"{method} {path} answered {response.status}, expected {expect}")
 
-    started = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(args.concurrency)))
-    return time.perf_counter() - started, latencies
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(connection(session) for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies
 
 
-def _one_run(url: str, api_key: str, tokens: list[str], args: argparse.Namespace) -> Figures:
+def _figures(elapsed: float, latencies: list[float]) -> Figures:
+    latencies.sort()
+    return Figures(
+        len(latencies) / elapsed,
+        _percentile(latencies, 0.5) * 1e3,
+        _percentile(latencies, 0.99) * 1e3,
+        len(latencies),
+    )
+
+
+def _one_run(url: str, api_key: str, tokens: list[str], args: argparse.Namespace) -> tuple[Figures, Figures]:
+    """One claim run and, on the same server and client, its baseline: ``GET /healthz``, the
+    cost of HTTP and the framework alone."""
     import httpx
 
     body = {
@@ -163,32 +158,41 @@ def _one_run(url: str, api_key: str, tokens: list[str], args: argparse.Namespace
     }
     response = httpx.post(f"{url}/v1/deals", json=body, headers={"X-API-Key": api_key}, timeout=30)
     response.raise_for_status()
-    elapsed, latencies = asyncio.run(_fire(url, response.json()["deal_id"], tokens, args))
-    latencies.sort()
+    path = f"/v1/deals/{response.json()['deal_id']}/claims"
+    claims = [
+        ("POST", path, {"Authorization": f"Bearer {tokens[n % len(tokens)]}", "Idempotency-Key": f"k{n}"})
+        for n in range(args.claims)
+    ]
+    health: list[tuple[str, str, dict[str, str]]] = [("GET", "/healthz", {})] * args.claims
+    claimed = _figures(*asyncio.run(_fire(url, claims, args.concurrency, 201)))
+    baseline = _figures(*asyncio.run(_fire(url, health, args.concurrency, 200)))
+    return claimed, baseline
+
+
+def _median(runs: list[Figures]) -> Figures:
     return Figures(
-        args.claims / elapsed,
-        _percentile(latencies, 0.5) * 1e3,
-        _percentile(latencies, 0.99) * 1e3,
-        len(latencies),
+        statistics.median(r.claims_per_second for r in runs),
+        statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs),
+        runs[0].issued,
     )
 
 
-def _measure(profile: str, env: dict[str, str], folder: Path, args: argparse.Namespace) -> Figures:
+def _measure(
+    profile: str, env: dict[str, str], folder: Path, args: argparse.Namespace
+) -> tuple[Figures, Figures, float]:
+    """Median claim figures, median baseline figures, and the median same-run ratio of the two."""
     from tqdm import tqdm
 
     api_key = _backend(env, "merchant", "create", "--merchant", "bench").strip().splitlines()[-1]
     tokens = _backend(env, "user-token", *(f"u{i}" for i in range(args.users))).split()
-    runs: list[Figures] = []
+    runs: list[tuple[Figures, Figures]] = []
     with running_backend(env, folder / f"serve-{profile}.log") as backend:
         for _ in tqdm(range(args.runs + 1), desc=profile, unit="run", leave=False, file=sys.stderr):
             runs.append(_one_run(backend.url, api_key, tokens, args))
     measured = runs[1:]  # the first run warms caches and connections
-    return Figures(
-        statistics.median(r.claims_per_second for r in measured),
-        statistics.median(r.p50_ms for r in measured),
-        statistics.median(r.p99_ms for r in measured),
-        measured[0].issued,
-    )
+    ratio = statistics.median(c.claims_per_second / b.claims_per_second for c, b in measured)
+    return _median([c for c, _ in measured]), _median([b for _, b in measured]), ratio
 
 
 def _redis_reachable(url: str) -> bool:
@@ -204,7 +208,7 @@ def _redis_reachable(url: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     profiles = ["embedded", "scaled"] if args.profile == "all" else [args.profile]
     base = {k: v for k, v in os.environ.items() if not k.startswith("SHOPCARDD_")}
-    rows: list[tuple[str, Figures]] = []
+    rows: list[tuple[str, tuple[Figures, Figures, float]]] = []
     with tempfile.TemporaryDirectory(prefix="shopcardd-bench-") as tmp:
         folder = Path(tmp)
         for profile in profiles:
@@ -226,10 +230,14 @@ def run(args: argparse.Namespace) -> int:
     store = "MongoDB" if args.mongodb_uri else "SQLite"
     print(f"claim API, one server process; {args.claims} claims per run, {args.users} users,")
     print(f"{args.concurrency} in flight; median of {args.runs} runs (after 1 warm-up)")
-    print(f"{'profile':<32} {'claims/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    for profile, figures in rows:
+    print(f"{'profile':<34} {'claims/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'/healthz/s':>11} {'ratio':>6}")
+    for profile, (claimed, baseline, ratio) in rows:
         name = "embedded (SQLite)" if profile == "embedded" else f"scaled (Redis gate, {store} store)"
-        print(f"{name:<32} {figures.claims_per_second:>9.0f} {figures.p50_ms:>8.1f} {figures.p99_ms:>8.1f}")
+        print(
+            f"{name:<34} {claimed.claims_per_second:>9.0f} {claimed.p50_ms:>8.1f} {claimed.p99_ms:>8.1f} "
+            f"{baseline.claims_per_second:>11.0f} {ratio:>6.2f}"
+        )
+    print("ratio: claims/s over GET /healthz/s in the same run (the share of bare HTTP + FastAPI speed)")
     return 0 if rows else 1
 
 

@@ -23,6 +23,12 @@ def provision(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess
     return result
 
 
+def issue_voucher(private_key: Path) -> str:
+    """A voucher for deal d1 at merchant m1, as an operator issues one by hand."""
+    args = ["--deal", "d1", "--merchant", "m1", "--user", "u1", "--ttl", "600"]
+    return provision("issue", "--key", private_key, "--kid", "k1", *args).stdout.strip()
+
+
 @pytest.mark.parametrize("alg", ALGORITHMS)
 def test_keygen_issue_and_verify(tmp_path: Path, alg: str) -> None:
     provision("keygen", "--alg", alg, "--kid", "k1", "--out", tmp_path / "keys")
@@ -31,21 +37,7 @@ def test_keygen_issue_and_verify(tmp_path: Path, alg: str) -> None:
     keys = KeySet.load(tmp_path / "keys" / "jwks.json")
     assert [(k.kid, k.alg) for k in keys] == [("k1", alg)]
 
-    token = provision(
-        "issue",
-        "--key",
-        private,
-        "--kid",
-        "k1",
-        "--deal",
-        "d1",
-        "--merchant",
-        "m1",
-        "--user",
-        "u1",
-        "--ttl",
-        "600",
-    ).stdout.strip()
+    token = issue_voucher(private)
     verdict = verify(token, keys, merchant="m1")
     assert verdict.reason is Reason.ACCEPTED
     assert verdict.voucher is not None and verdict.voucher.deal == "d1"
@@ -131,21 +123,7 @@ def test_mistakes_get_a_clear_message_and_exit_2(tmp_path: Path, args: list[str]
 
 def test_qr_renders_a_code_that_decodes_to_the_voucher(tmp_path: Path) -> None:
     provision("keygen", "--kid", "k1", "--out", tmp_path)
-    token = provision(
-        "issue",
-        "--key",
-        tmp_path / "k1.private.pem",
-        "--kid",
-        "k1",
-        "--deal",
-        "d1",
-        "--merchant",
-        "m1",
-        "--user",
-        "u1",
-        "--ttl",
-        "600",
-    ).stdout.strip()
+    token = issue_voucher(tmp_path / "k1.private.pem")
     result = provision("qr", token, "--out", tmp_path / "v.png")
     assert "QR version" in result.stderr
     image = np.asarray(Image.open(tmp_path / "v.png").convert("L"))
