@@ -49,7 +49,9 @@ def _algorithm_of(key: PrivateKey | PublicKey) -> Algorithm:
 
 def _to_jwk(public_key: PublicKey, alg: Algorithm) -> dict[str, Any]:
     converter = {"EdDSA": OKPAlgorithm, "ES256": ECAlgorithm, "RS256": RSAAlgorithm}[alg]
-    return dict(converter.to_jwk(public_key, as_dict=True))
+    jwk = dict(converter.to_jwk(public_key, as_dict=True))
+    jwk.pop("key_ops", None)  # pyjwt adds it for some key types only; "use": "sig" says it for all
+    return jwk
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +209,9 @@ class KeySet:
     def load(cls, path: str | Path) -> KeySet:
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise InvalidKeyError(f"cannot read key set {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError:
+            raise InvalidKeyError(f"key set {path} is not a JSON text file") from None
         return cls.from_jwks(text)

@@ -29,6 +29,8 @@ MAX_TOKEN_LENGTH: Final = 4096
 """Longer input is ``bad_format`` before any parsing: a QR code cannot hold more anyway."""
 
 MAX_ID_LENGTH: Final = 64
+MAX_TTL_SECONDS: Final = 10 * 366 * 86_400
+"""Ten years: anything longer is a typo, and would outlive every key that could verify it."""
 DEFAULT_LEEWAY_SECONDS: Final = 60
 
 
@@ -107,8 +109,8 @@ def issue(
     voucher_id: str | None = None,
 ) -> str:
     """Sign a new voucher valid for ``ttl`` seconds and return the compact token."""
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
-        raise ValueError("ttl must be a positive whole number of seconds")
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL_SECONDS:
+        raise ValueError(f"ttl must be a whole number of seconds from 1 to {MAX_TTL_SECONDS} (ten years)")
     issued_at = int(time.time() if now is None else now)
     voucher = Voucher(
         voucher_id=_check_id("voucher id", voucher_id or new_voucher_id()),

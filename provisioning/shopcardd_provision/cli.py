@@ -11,7 +11,7 @@ from pathlib import Path
 
 from shopcardd_voucher import ALGORITHMS, DEFAULT_ALGORITHM, issue
 
-from .keys import ProvisionError, keygen, load_signing_key
+from .keys import ProvisionError, check_published, keygen, load_signing_key
 
 EXAMPLES = """\
 examples:
@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     iss.add_argument("--merchant", required=True, help="merchant id the voucher may be redeemed at")
     iss.add_argument("--user", required=True, help="user id of the voucher's holder")
     iss.add_argument("--ttl", required=True, type=int, metavar="SECONDS", help="lifetime in seconds")
+    iss.add_argument(
+        "--jwks",
+        type=Path,
+        metavar="FILE",
+        help="key set that must publish this key under --kid (default: jwks.json beside --key, if any)",
+    )
 
     qr = sub.add_parser(
         "qr",
@@ -80,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"added {result.key.alg} key {result.key.kid!r} to {result.jwks_path}", file=sys.stderr)
         elif args.command == "issue":
             key = load_signing_key(args.key, args.kid)
+            jwks = args.jwks or args.key.with_name("jwks.json")
+            if args.jwks or jwks.exists():
+                check_published(key, jwks)
+            else:
+                print(f"note: no {jwks} beside the key; --kid {args.kid} is not checked", file=sys.stderr)
             print(issue(key, deal=args.deal, merchant=args.merchant, user=args.user, ttl=args.ttl))
         else:
             from .qr import save_qr  # segno only where QR codes are made

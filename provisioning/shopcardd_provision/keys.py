@@ -81,6 +81,18 @@ def load_keyset(path: Path) -> KeySet:
         raise ProvisionError(str(exc)) from exc
 
 
+def check_published(key: SigningKey, jwks_path: Path) -> None:
+    """Refuse to sign with a key its key set does not publish under that kid: every voucher
+    it signed would be ``unknown_key`` or ``bad_signature`` at every counter."""
+    published = load_keyset(jwks_path).get(key.kid)
+    if published is None:
+        raise ProvisionError(f"{jwks_path} has no key with kid {key.kid!r}; counters would not know it")
+    if key.verification_key(published.not_before, published.expires).to_jwk() != published.to_jwk():
+        raise ProvisionError(
+            f"{jwks_path} publishes another key under kid {key.kid!r}; wrong --key or --kid?"
+        )
+
+
 def load_signing_key(path: Path, kid: str) -> SigningKey:
     try:
         return SigningKey.load(kid, path)

@@ -9,10 +9,20 @@ import segno
 ERROR_CORRECTION = "m"
 
 
+MAX_SCALE = 64
+"""Pixels per module; a version-13 code at 64 is already 4,500 pixels wide."""
+
+
 def make_qr(token: str) -> segno.QRCode:
-    # boost_error=False keeps level M: the app shows the code at level M and the counter's
-    # decoders and the QR-version figures in the README assume it.
-    return segno.make_qr(token, error=ERROR_CORRECTION, boost_error=False)
+    """The code at level M: the app shows it so, and the counter's decoders and the README's
+    QR-version figures assume it. ``ValueError`` for nothing to encode or too much."""
+    if not token:
+        raise ValueError("nothing to encode: the token is empty")
+    try:
+        # boost_error=False keeps level M even where the version would allow more.
+        return segno.make_qr(token, error=ERROR_CORRECTION, boost_error=False)
+    except segno.DataOverflowError:
+        raise ValueError(f"a token of {len(token)} characters does not fit in a QR code at level M") from None
 
 
 def qr_version(token: str) -> int:
@@ -21,6 +31,8 @@ def qr_version(token: str) -> int:
 
 def save_qr(token: str, out: Path, scale: int = 8, border: int = 4) -> int:
     """Write the code to ``out`` (PNG, SVG, ... by extension); return its QR version."""
+    if not 1 <= scale <= MAX_SCALE:
+        raise ValueError(f"scale must be from 1 to {MAX_SCALE} pixels per module")
     code = make_qr(token)
     out.parent.mkdir(parents=True, exist_ok=True)
     code.save(str(out), scale=scale, border=border)

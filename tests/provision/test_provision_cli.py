@@ -70,46 +70,16 @@ def test_keygen_refuses_a_broken_key_set_rather_than_replacing_it(tmp_path: Path
     assert (tmp_path / "jwks.json").read_text() == "{broken"
 
 
+ISSUE_BY_HAND = ["issue", "--kid", "k1", "--deal", "d", "--merchant", "m", "--user", "u"]
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (
-            [
-                "issue",
-                "--key",
-                "missing.pem",
-                "--kid",
-                "k1",
-                "--deal",
-                "d",
-                "--merchant",
-                "m",
-                "--user",
-                "u",
-                "--ttl",
-                "60",
-            ],
-            "cannot read private key",
-        ),
+        (["issue", "--key", "missing.pem", *ISSUE_BY_HAND[1:], "--ttl", "60"], "cannot read private key"),
         (["keygen", "--alg", "HS256", "--kid", "k1", "--out", "x"], "invalid choice"),
-        (
-            [
-                "issue",
-                "--key",
-                "KEY",
-                "--kid",
-                "k1",
-                "--deal",
-                "d",
-                "--merchant",
-                "m",
-                "--user",
-                "u",
-                "--ttl",
-                "0",
-            ],
-            "ttl must be a positive",
-        ),
+        ([*ISSUE_BY_HAND, "--key", "KEY", "--ttl", "0"], "ttl must be a whole number of seconds from 1"),
+        ([*ISSUE_BY_HAND, "--key", "KEY", "--ttl", "99999999999999999999"], "ten years"),
     ],
 )
 def test_mistakes_get_a_clear_message_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
@@ -145,3 +115,46 @@ def test_qr_reads_the_token_from_stdin(tmp_path: Path) -> None:
 def test_help_shows_the_examples() -> None:
     out = provision("--help").stdout
     assert "keygen" in out and "issue" in out and "qr" in out and "examples:" in out
+
+
+def test_issue_refuses_a_key_its_key_set_does_not_publish(tmp_path: Path) -> None:
+    provision("keygen", "--kid", "k1", "--out", tmp_path / "a")
+    provision("keygen", "--alg", "ES256", "--kid", "k1", "--out", tmp_path / "b")
+    args = ["--deal", "d1", "--merchant", "m1", "--user", "u1", "--ttl", "600"]
+    wrong_kid = provision("issue", "--key", tmp_path / "a" / "k1.private.pem", "--kid", "k9", *args, ok=False)
+    assert "no key with kid 'k9'" in wrong_kid.stderr
+    other_key = provision(
+        "issue",
+        "--key",
+        tmp_path / "b" / "k1.private.pem",
+        "--kid",
+        "k1",
+        "--jwks",
+        tmp_path / "a" / "jwks.json",
+        *args,
+        ok=False,
+    )
+    assert "publishes another key under kid 'k1'" in other_key.stderr
+    assert wrong_kid.stdout == other_key.stdout == "", "no voucher is printed"
+
+
+def test_issue_without_a_key_set_beside_the_key_says_the_kid_is_unchecked(tmp_path: Path) -> None:
+    provision("keygen", "--kid", "k1", "--out", tmp_path)
+    (tmp_path / "jwks.json").unlink()
+    args = ["--deal", "d1", "--merchant", "m1", "--user", "u1", "--ttl", "600"]
+    result = provision("issue", "--key", tmp_path / "k1.private.pem", "--kid", "k1", *args)
+    assert "not checked" in result.stderr and result.stdout.count(".") == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["qr", "", "--out", "e.png"], "token is empty"),
+        (["qr", "x" * 3000, "--out", "e.png"], "does not fit in a QR code"),
+        (["qr", "abc", "--out", "e.png", "--scale", "100000"], "scale must be from 1 to 64"),
+    ],
+)
+def test_qr_refuses_what_it_cannot_draw(tmp_path: Path, args: list[str], says: str) -> None:
+    result = subprocess.run([PROVISION, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and says in result.stderr
+    assert not (tmp_path / "e.png").exists()

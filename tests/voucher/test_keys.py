@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,18 @@ def test_weak_keys_are_refused() -> None:
         SigningKey("k1", rsa.generate_private_key(public_exponent=65537, key_size=1024))
     with pytest.raises(InvalidKeyError, match="P-256"):
         SigningKey("k1", ec.generate_private_key(ec.SECP384R1()))
+
+
+def test_a_key_set_file_that_is_not_text_is_refused_with_a_reason(tmp_path: Path) -> None:
+    image = tmp_path / "voucher.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(InvalidKeyError, match="not a JSON text file"):
+        KeySet.load(image)
+    with pytest.raises(InvalidKeyError, match="cannot read key set"):
+        KeySet.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_every_published_key_has_the_same_members(alg: str) -> None:
+    jwk = SigningKey.generate("k1", alg).verification_key().to_jwk()  # type: ignore[arg-type]
+    assert {"kid", "alg", "use", "kty"} <= set(jwk) and "key_ops" not in jwk
