@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from . import policy
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, DeviceConfig
 from .counter import Counter
 from .errors import DecoderError, DeviceError, FrameError
+from .inputs import keep_undecodable, names_a_file, safe_code
 from .log import setup_logging
 
 if TYPE_CHECKING:
@@ -176,15 +178,16 @@ def run_loop(args: argparse.Namespace, config: DeviceConfig) -> int:
 # -- verify ---------------------------------------------------------------------------------
 
 
-def _inputs(items: list[str]) -> Iterator[str]:
-    """The inputs in order; ``-`` expands to stdin's lines, read one at a time as they arrive."""
+def _inputs(items: list[str]) -> Iterator[tuple[str, bool]]:
+    """The inputs in order, each with whether it came from stdin; ``-`` expands to stdin's lines,
+    read one at a time as they arrive."""
     for item in items:
         if item != "-":
-            yield item
+            yield item, False
             continue
-        for line in sys.stdin:
+        for line in keep_undecodable(sys.stdin):  # a garbled line is judged, not fatal
             if line.strip():
-                yield line.strip()
+                yield line.strip(), True
 
 
 def _is_file(path: Path) -> bool:
@@ -199,7 +202,7 @@ def verify_inputs(args: argparse.Namespace, config: DeviceConfig) -> int:
     decoder: Decoder | None = None
     all_accepted = True
     with Counter.open(config) as counter:
-        for item in _inputs(args.inputs):
+        for item, from_stdin in _inputs(args.inputs):
             path = Path(item)
             if _is_file(path):
                 decoder = decoder or _open_decoder(config)
@@ -212,10 +215,14 @@ def verify_inputs(args: argparse.Namespace, config: DeviceConfig) -> int:
                 else:
                     problem = "no QR code found in the image"
                 if not codes:
-                    _answer(args, item, Reason.BAD_FORMAT, None, problem)
+                    _unjudged(args, item, problem)
                     all_accepted = False
                     continue
                 code = codes[0]
+            elif not from_stdin and names_a_file(item):  # stdin carries codes: a scanner's junk is judged
+                _unjudged(args, item, f"{'not a file' if os.path.exists(item) else 'no such file'}: {item}")
+                all_accepted = False
+                continue
             else:
                 code = item
             verdict = counter.scan(code, record=not args.dry_run)
@@ -224,16 +231,26 @@ def verify_inputs(args: argparse.Namespace, config: DeviceConfig) -> int:
     return EXIT_OK if all_accepted else EXIT_REJECTED
 
 
+def _unjudged(args: argparse.Namespace, item: str, problem: str) -> None:
+    """An INPUT that gave no code to judge (a missing file, an image without a QR code): answered
+    bad_format but not recorded, since nothing was scanned. JSON has no room for why: stderr."""
+    _answer(args, item, Reason.BAD_FORMAT, None, problem)
+    if args.json:
+        print(f"shopcardd-device verify: {safe_code(problem)}", file=sys.stderr, flush=True)
+
+
 def _answer(
     args: argparse.Namespace, item: str, reason: Reason, fields: dict[str, str | None] | None, detail: str
 ) -> None:
+    """One line per INPUT; the input is echoed as the ledger stores a raw code (``safe_code``)."""
     fields = fields or policy.describe(None)
+    item = safe_code(item)
     if args.json:
         line = json.dumps({"input": item, "result": str(reason), **fields}, separators=(",", ":"))
     else:
         shown = item if len(item) <= 40 else item[:37] + "..."
         line = f"{reason:<16} {shown}  voucher {fields['voucher_id'] or '-'}  deal {fields['deal'] or '-'}"
-        line += f"  ({detail})" if detail and not reason.is_accepted else ""
+        line += f"  ({safe_code(detail)})" if detail and not reason.is_accepted else ""
     print(line, flush=True)
 
 
@@ -268,12 +285,13 @@ def status_report(counter: Counter) -> dict[str, Any]:
         "clock": str(now.state),
         "trusted_time": now.now,
         "degraded": health.is_degraded,
-        "ledger": str(ledger.path),
+        "ledger": safe_code(str(ledger.path)),
     }
 
 
 def show_status(args: argparse.Namespace, config: DeviceConfig) -> int:
-    with Counter.open(config) as counter:
+    # Only reads, so it works on a read-only ledger; a device that never scanned gets its ledger made.
+    with Counter.open(config, read_only=config.ledger_path.is_file()) as counter:
         report = status_report(counter)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -98,6 +98,8 @@ class DeviceConfig:
             ) from None
         except OSError as exc:
             raise ConfigError(f"config file {chosen}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {chosen} is not a TOML text file (not UTF-8)") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

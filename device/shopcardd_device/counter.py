@@ -34,13 +34,29 @@ class Health:
 
 
 def load_keyset(config: DeviceConfig) -> KeySet:
+    """The configured key set; whatever the file holds (binary, broken JSON, a folder), the
+    operator gets one line naming ``keyset``, never a traceback."""
     try:
         keys = KeySet.load(config.keyset)
     except InvalidKeyError as exc:
         raise ConfigError(f"keyset: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"keyset: {config.keyset} is not a JSON text file") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"keyset: cannot load {config.keyset}: {exc}") from None
     if not len(keys):
         raise ConfigError(f"keyset: {config.keyset} holds no keys")
     return keys
+
+
+def make_data_dir(config: DeviceConfig) -> None:
+    """Make ``data_dir``; a file in its place is named as such, not as "File exists"."""
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"data_dir: {config.data_dir} is a file, not a folder") from None
+    except OSError as exc:
+        raise ConfigError(f"data_dir: cannot create {config.data_dir}: {exc.strerror}") from None
 
 
 class Counter(Closing):
@@ -50,13 +66,16 @@ class Counter(Closing):
         self.config, self.ledger, self.keys, self.clock = config, ledger, keys, clock
 
     @classmethod
-    def open(cls, config: DeviceConfig, clock: Clock = time.time) -> Self:
-        """Load the key set, open (and check) the ledger, note the clock: start-up in one call."""
+    def open(cls, config: DeviceConfig, clock: Clock = time.time, *, read_only: bool = False) -> Self:
+        """Load the key set, open (and check) the ledger, note the clock: start-up in one call.
+
+        ``read_only`` (``status``) writes nothing, not even the clock reading, so it also works
+        on a ledger it may not write.
+        """
         keys = load_keyset(config)
-        try:
-            config.data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"data_dir: cannot create {config.data_dir}: {exc.strerror}") from None
+        if read_only:
+            return cls(config, Ledger(config.ledger_path, read_only=True), keys, clock)
+        make_data_dir(config)
         ledger = Ledger(config.ledger_path)
         try:
             now = clock()

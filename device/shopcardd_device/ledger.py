@@ -11,6 +11,7 @@ has expired and the row was synced.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator
@@ -19,14 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from shopcardd_voucher import MAX_TOKEN_LENGTH, KeySet, Reason, Verdict
+from shopcardd_voucher import KeySet, Reason, Verdict
 
 from .closing import Closing
 from .errors import LedgerError
+from .inputs import safe_code
 
 SCHEMA_VERSION: Final = 1
 REJECTION_RETENTION_SECONDS: Final = 30 * 86_400
 BUSY_TIMEOUT_MS: Final = 10_000
+_DAMAGED: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_UNREACHABLE: Final = frozenset(
+    {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH}
+)
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS redemptions (
@@ -52,7 +58,7 @@ CREATE TABLE IF NOT EXISTS rejections (
     result      TEXT NOT NULL,             -- a reason code
     voucher_id  TEXT,                      -- when the code was a genuine voucher
     deal        TEXT,
-    raw         TEXT NOT NULL,             -- the code as scanned (truncated)
+    raw         TEXT NOT NULL,             -- the code as scanned, made safe (inputs.safe_code)
     detail      TEXT NOT NULL DEFAULT '',
     synced_at   REAL
 );
@@ -110,40 +116,96 @@ class Rejection:
 
 
 class Ledger(Closing):
-    """One SQLite ledger file; open one per thread (several may share the file)."""
+    """One SQLite ledger file; open one per thread (several may share the file).
 
-    def __init__(self, path: str | Path, *, check: bool = True) -> None:
+    ``read_only`` (for ``status``) never writes, so it also reads a ledger on a read-only
+    filesystem or in a folder this user may not write.
+    """
+
+    def __init__(self, path: str | Path, *, check: bool = True, read_only: bool = False) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+            if read_only:
+                self._db = self._connect_read_only()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, isolation_level=None)
+        except OSError as exc:
+            raise LedgerError(f"cannot open ledger {self.path}: {exc.strerror or exc}") from exc
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
         try:
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if check:
                 self.check_integrity()
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise LedgerError(f"ledger {self.path}: cannot switch to WAL (journal mode {mode})")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
+            if read_only:
+                self._check_schema()
+            else:
+                mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise LedgerError(f"ledger {self.path}: cannot switch to WAL (journal mode {mode})")
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._migrate()
+        except sqlite3.Error as exc:
             self._db.close()
-            raise LedgerError(f"ledger {self.path} is damaged or not a ledger: {exc}") from exc
+            raise self._error(exc) from exc
         except LedgerError:
             self._db.close()
             raise
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """``mode=ro``. A WAL ledger needs its shared-memory file, which a read-only folder cannot
+        hold; a ledger closed cleanly (no ``-wal`` file) has everything in the main file, and
+        there nobody can write it, so it is read as immutable."""
+        uri = self.path.resolve().as_uri()
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+        try:
+            db.execute("PRAGMA user_version").fetchone()
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            wal = self.path.with_name(self.path.name + "-wal")
+            folder_read_only = self.path.is_file() and not os.access(self.path.parent, os.W_OK)
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_CANTOPEN or wal.exists() or not folder_read_only:
+                raise
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
+    def _error(self, exc: sqlite3.Error) -> LedgerError:
+        """Name the cause an operator acts on: only a damaged file needs repair; a folder that
+        cannot be written, a full disk or a lock do not."""
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # the primary result code
+        if code in _DAMAGED:
+            return LedgerError(f"ledger {self.path} is damaged or not a ledger: {exc}")
+        if code in _UNREACHABLE:
+            return LedgerError(
+                f"cannot open or write the ledger {self.path} ({exc}): check that its folder exists and "
+                "this user may write it (permissions, a read-only filesystem, a missing folder)"
+            )
+        if code == sqlite3.SQLITE_FULL:
+            return LedgerError(f"ledger {self.path}: the disk is full ({exc})")
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return LedgerError(f"ledger {self.path} is locked by another process ({exc})")
+        return LedgerError(f"ledger {self.path}: {exc}")
+
+    def _check_schema(self) -> None:
+        """A read-only ledger cannot be migrated: its schema must be this software's."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            raise LedgerError(f"ledger {self.path} is not set up yet (run or verify sets it up)")
+        self._refuse_newer(version)
+
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise LedgerError(
-                f"ledger {self.path} has schema {version}; this software knows {SCHEMA_VERSION}"
-            )
+        self._refuse_newer(version)
         if version < SCHEMA_VERSION:
             self._db.executescript(
                 f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {self.path} has schema {version}; this software knows {SCHEMA_VERSION}"
             )
 
     def check_integrity(self) -> None:
@@ -168,7 +230,7 @@ class Ledger(Closing):
                 raise
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:  # disk full, read-only file, locked past the busy timeout
-            raise LedgerError(f"ledger {self.path}: write failed: {exc}") from exc
+            raise self._error(exc) from exc
 
     def _one(self, sql: str, *params: Any) -> Any:
         row = self._db.execute(sql, params).fetchone()
@@ -238,7 +300,7 @@ class Ledger(Closing):
                     str(verdict.reason),
                     voucher.voucher_id if voucher else None,
                     voucher.deal if voucher else None,
-                    raw[:MAX_TOKEN_LENGTH],
+                    safe_code(raw),
                     verdict.detail,
                 ),
             )

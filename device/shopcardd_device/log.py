@@ -7,6 +7,8 @@ import logging
 import sys
 from typing import Any, TextIO
 
+from .inputs import safe_code
+
 LOGGER_NAME = "shopcardd_device"
 
 
@@ -22,7 +24,9 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(line, default=str, separators=(",", ":"))
+        # a field may carry a scanned code or a file name: undecodable bytes would make invalid JSON
+        safe = {name: safe_code(value) if isinstance(value, str) else value for name, value in line.items()}
+        return json.dumps(safe, default=lambda value: safe_code(str(value)), separators=(",", ":"))
 
 
 def get_logger(name: str = "") -> logging.Logger:

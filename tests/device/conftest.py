@@ -5,12 +5,16 @@ Every test gets its own data folder and ledger; nothing reads /etc/shopcardd.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gpiozero import Device
@@ -101,14 +105,54 @@ def mock_factory() -> Iterator[MockFactory]:
         Device.pin_factory = saved
 
 
-def device_command(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``shopcardd-device`` as an operator would, GPIO on gpiozero's mock pins."""
-    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
-    return subprocess.run(
-        [str(BIN / "shopcardd-device"), *map(str, args)],
-        input=stdin,
+def device_command(
+    *args: str | bytes | Path, stdin: str | bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``shopcardd-device`` as an operator would, GPIO on gpiozero's mock pins.
+
+    Arguments and stdin may be bytes (what a terminal or a scanner really sends); the output is
+    decoded strictly, so a command that writes anything but UTF-8 fails the test.
+    """
+    done = subprocess.run(
+        [str(BIN / "shopcardd-device"), *(a if isinstance(a, bytes) else str(a) for a in args)],
+        input=stdin.encode() if isinstance(stdin, str) else stdin,
         capture_output=True,
-        text=True,
-        env=env,
+        env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock", **(env or {})},
         timeout=60,
     )
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode("utf-8"), done.stderr.decode("utf-8")
+    )
+
+
+def strict_json(line: str) -> Any:
+    """Parse ``line`` as a strict JSON parser would: a lone surrogate (undecodable input echoed
+    as ``\\udcff``) is refused, as jq, Go and Rust refuse it."""
+    value = json.loads(line)
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # raises UnicodeEncodeError on a surrogate
+    return value
+
+
+@contextmanager
+def read_only_folder(folder: Path) -> Iterator[None]:
+    """Make ``folder`` read-only as a device may find it: a chmod for a user, a read-only bind mount
+    for root (who ignores permissions); skipped where neither can be done."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if shutil.which("mount") is None:
+        pytest.skip("root needs mount(8) to make a read-only folder")
+    bound = subprocess.run(["mount", "--bind", folder, folder], capture_output=True)
+    if bound.returncode:
+        pytest.skip(f"cannot bind-mount a folder read-only here: {bound.stderr.decode().strip()}")
+    try:
+        remounted = subprocess.run(["mount", "-o", "remount,ro,bind", folder], capture_output=True)
+        if remounted.returncode:
+            pytest.skip(f"cannot remount a folder read-only here: {remounted.stderr.decode().strip()}")
+        yield
+    finally:
+        subprocess.run(["umount", folder], check=True)

@@ -8,8 +8,9 @@ import pytest
 
 from shopcardd_device.config import CONFIG_ENV, DeviceConfig
 from shopcardd_device.errors import ConfigError, DeviceError
+from shopcardd_provision.qr import save_qr
 
-from .conftest import WriteConfig, device_command
+from .conftest import Keys, WriteConfig, device_command
 
 ROOT = Path(__file__).resolve().parents[2]
 REST = '\ndata_dir = "d"\nkeyset = "k"'
@@ -110,4 +111,33 @@ def test_a_data_dir_that_cannot_be_made_is_named(write_config: WriteConfig, tmp_
     result = device_command("status", "--config", path)
     assert result.returncode == 2 and result.stderr.startswith(
         "shopcardd-device status: data_dir: cannot create"
+    )
+
+
+def test_a_binary_config_or_key_set_is_one_line_naming_it(
+    write_config: WriteConfig, keys: Keys, tmp_path: Path
+) -> None:
+    picture = tmp_path / "some.png"
+    save_qr("not a config", picture)
+    config = device_command("verify", "--config", picture, "token")
+    assert config.returncode == 2 and config.stderr.count("\n") == 1
+    assert (
+        "config file" in config.stderr
+        and "some.png" in config.stderr
+        and "not a TOML text file" in config.stderr
+    )
+    for keyset in (picture, tmp_path):  # a picture, a folder: one line naming keyset, never a traceback
+        path = write_config()
+        path.write_text(path.read_text().replace(str(keys.jwks), str(keyset)))
+        result = device_command("verify", "--config", path, "token")
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith("shopcardd-device verify: keyset: ") and str(keyset) in result.stderr
+
+
+def test_a_data_dir_that_is_a_file_says_it_is_not_a_folder(write_config: WriteConfig, tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("in the way")
+    result = device_command("verify", "--config", write_config(), "token")
+    assert result.returncode == 2
+    assert (
+        result.stderr == f"shopcardd-device verify: data_dir: {tmp_path / 'data'} is a file, not a folder\n"
     )

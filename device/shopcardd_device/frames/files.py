@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -15,9 +14,8 @@ from PIL import Image, UnidentifiedImageError
 from ..closing import Closing
 from ..decoders.base import Gray
 from ..errors import ConfigError, FrameError
+from ..inputs import IMAGE_SUFFIXES
 from .base import Frame
-
-IMAGE_SUFFIXES: Final = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"})
 
 
 def load_gray(path: Path) -> Gray:

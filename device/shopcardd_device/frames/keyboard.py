@@ -11,6 +11,7 @@ from typing import TextIO
 
 from ..closing import Closing
 from ..errors import ConfigError
+from ..inputs import keep_undecodable
 from .base import Frame
 
 
@@ -22,10 +23,10 @@ class KeyboardSource(Closing):
         if stream is not None:
             self._stream = stream
         elif path == "-":
-            self._stream = sys.stdin
+            self._stream = keep_undecodable(sys.stdin)
         else:
-            try:
-                self._stream = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 (closed in close)
+            try:  # a garbled line is still a scan: its bytes are kept, judged bad_format and recorded
+                self._stream = open(path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 (closed in close)
             except OSError as exc:
                 raise ConfigError(
                     f"[camera] path: cannot open {path} for a keyboard scanner: {exc.strerror}"
