@@ -45,8 +45,10 @@ Answer = tuple[str, str, int, dict[str, Any]]
 """(user, idempotency key, HTTP status, JSON body) of one claim."""
 
 
-async def _flood(url: str, deal_id: str, tokens: dict[str, str]) -> list[Answer]:
-    """Every user claims CLAIMS_PER_USER times (each a new Idempotency-Key), IN_FLIGHT at once."""
+async def _flood(demo: Demo, url: str, deal_id: str, tokens: dict[str, str]) -> list[Answer]:
+    """Every user claims CLAIMS_PER_USER times (each a new Idempotency-Key), IN_FLIGHT at once.
+    A progress bar on a terminal only (``make demo > log`` gets no carriage returns); a summary
+    line either way."""
     import httpx
     from tqdm import tqdm
 
@@ -54,7 +56,8 @@ async def _flood(url: str, deal_id: str, tokens: dict[str, str]) -> list[Answer]
     random.Random(42).shuffle(attempts)  # eager customers come back before the sale is over
     limiter = asyncio.Semaphore(IN_FLIGHT)
     results: list[Answer] = []
-    with tqdm(total=len(attempts), desc="  claims", unit="claim", leave=True) as bar:
+    started = time.perf_counter()
+    with tqdm(total=len(attempts), desc="  claims", unit="claim", leave=True, disable=None) as bar:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
 
             async def claim(user: str, key: str) -> None:
@@ -65,6 +68,7 @@ async def _flood(url: str, deal_id: str, tokens: dict[str, str]) -> list[Answer]
                 bar.update()
 
             await asyncio.gather(*(claim(user, key) for user, key in attempts))
+    demo.say(f"  {len(results)} claims answered in {time.perf_counter() - started:.1f} s")
     return results
 
 
@@ -116,7 +120,7 @@ def run(demo: Demo) -> None:
         tokens = dict(zip(users, minted, strict=True))
         demo.say(f"  ({len(tokens)} bearer tokens, one per line, signed by the development identity key)")
         demo.say(f"{USERS} customers each claim {CLAIMS_PER_USER} times, {IN_FLIGHT} claims in flight:")
-        results = asyncio.run(_flood(url, deal["deal_id"], tokens))
+        results = asyncio.run(_flood(demo, url, deal["deal_id"], tokens))
 
         issued = [(user, key, answer) for user, key, status, answer in results if status == 201]
         refused = Counter(answer.get("code") for _, _, status, answer in results if status != 201)

@@ -1,18 +1,23 @@
 """``shopcardd-backend``: serve the claim API, register merchants, mint development user tokens.
 
 Every command reads the same ``SHOPCARDD_*`` environment, so ``merchant create`` and
-``user-token`` act on the stores and keys that ``serve`` uses.
+``user-token`` act on the stores and keys that ``serve`` uses. Exit codes: 2 for a usage or
+settings error, 1 for a command that cannot do what was asked (a store that does not answer,
+a merchant that exists); each says why in one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+if TYPE_CHECKING:
+    from .settings import Settings
 
 EXAMPLES = """\
 examples:
@@ -26,8 +31,48 @@ environment: SHOPCARDD_DATA_DIR (default ./data), SHOPCARDD_REDIS_URL, SHOPCARDD
 """
 
 
+SERVE_DESCRIPTION = """\
+Run the claim API. The environment chooses the profile:
+  embedded  no settings: SQLite claim gate and document store in SHOPCARDD_DATA_DIR
+            (default ./data), for development, demos and one small shop
+  scaled    SHOPCARDD_REDIS_URL moves the claim gate to Redis, SHOPCARDD_MONGODB_URI the
+            document store to MongoDB (each on its own; Redis is what scales)
+Whatever the profile, the voucher signing keys live in SHOPCARDD_DATA_DIR/keys (one is made
+on first start). --workers runs that many processes of the same profile. Other variables:
+SHOPCARDD_USER_JWKS or SHOPCARDD_USER_SECRET (the identity provider), SHOPCARDD_ENVIRONMENT,
+SHOPCARDD_LOG_LEVEL, ... (see docs/backend-api.md); an unknown SHOPCARDD_* name is refused.
+"""
+NOT_BUILT = "not yet built (queue issue)"
+
+
 class CommandError(Exception):
     """A command that cannot run as asked; the message says why (exit 1)."""
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` (to ``high``), else a usage error (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {value}")
+        return value
+
+    return parse
+
+
+def user_id(text: str) -> str:
+    """An argparse type: a user id the API accepts in a token (the API's own rule)."""
+    from .identity import USER_ID_RULE, is_user_id
+
+    if not is_user_id(text):
+        shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+        raise argparse.ArgumentTypeError(f"user id {shown}: use {USER_ID_RULE}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,10 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the claim API (profile chosen by the environment)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the claim API (profile chosen by the environment)",
+        description=SERVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--port", type=whole_number(1, 65535), default=8000, help="port to listen on, 1-65535 (default 8000)"
+    )
+    serve.add_argument("--workers", type=whole_number(1), default=1, help="worker processes (default 1)")
 
     merchant = sub.add_parser("merchant", help="manage merchants")
     merchant_sub = merchant.add_subparsers(dest="merchant_command", required=True, metavar="ACTION")
@@ -60,8 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sign a bearer token for each USER with the development identity key kept in "
         "the data folder (refused when SHOPCARDD_USER_JWKS or SHOPCARDD_USER_SECRET is set).",
     )
-    token.add_argument("users", nargs="+", metavar="USER", help="user ids")
-    token.add_argument("--ttl", type=int, default=None, metavar="SECONDS", help="lifetime (default 1 day)")
+    token.add_argument("users", type=user_id, nargs="+", metavar="USER", help="user ids")
+    token.add_argument(
+        "--ttl",
+        type=whole_number(1),
+        default=None,
+        metavar="SECONDS",
+        help="lifetime (default SHOPCARDD_USER_TOKEN_TTL_SECONDS, 1 day)",
+    )
 
     deal = sub.add_parser("deal", help="operator actions on deals")
     deal_sub = deal.add_subparsers(dest="deal_command", required=True, metavar="ACTION")
@@ -75,33 +133,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rebuild.add_argument("deal_id", metavar="DEAL", help="the deal's id")
 
-    sub.add_parser("relay", help="relay outbox events to RabbitMQ (not yet built)")
-    worker = sub.add_parser("worker", help="run a queue worker (not yet built)")
+    sub.add_parser(
+        "relay",
+        help=f"relay outbox events to RabbitMQ: {NOT_BUILT}",
+        description=f"Relay the claim events of the outbox to RabbitMQ (SHOPCARDD_AMQP_URL): {NOT_BUILT}; "
+        "it exits 2 until the queue issue lands.",
+    )
+    worker = sub.add_parser(
+        "worker",
+        help=f"run a queue worker: {NOT_BUILT}",
+        description="Run a queue worker (persist, notify or analytics) on RabbitMQ (SHOPCARDD_AMQP_URL): "
+        f"{NOT_BUILT}; it exits 2 until the queue issue lands.",
+    )
     worker.add_argument("name", choices=["persist", "notify", "analytics"])
     return parser
 
 
-def _settings():
+def _settings() -> Settings:
     from .settings import Settings
 
-    return Settings()
+    return Settings.from_env()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .app import check_startup
     from .logging import configure_logging
     from .metrics import MULTIPROC_ENV
-    from .signing import SigningKeyError, load_signer
+    from .signing import SigningKeyError
 
-    if args.workers < 1:
-        raise CommandError("--workers must be 1 or more")
     settings = _settings()
     configure_logging(settings.log_level, settings.access_log)
-    # Make the signing key before any worker starts, so all workers sign with the same key.
+    # Before uvicorn: what fails in a worker's lifespan fails here instead, in one line. This also
+    # makes the signing key, so all workers sign with the same key.
     try:
-        load_signer(settings.keys_dir, settings.signing_alg, settings.signing_kid)
-    except (SigningKeyError, OSError) as exc:
+        check_startup(settings)
+    except SigningKeyError as exc:
         raise CommandError(f"voucher signing key: {exc}") from None
     common = {"host": args.host, "port": args.port, "log_config": None, "access_log": settings.access_log}
     if args.workers > 1:
@@ -147,7 +215,7 @@ def cmd_user_token(args: argparse.Namespace) -> int:
             "user tokens come from the identity provider when SHOPCARDD_USER_JWKS/SECRET is set"
         )
     key = dev_identity_key(settings)
-    ttl = args.ttl or settings.user_token_ttl_seconds
+    ttl = settings.user_token_ttl_seconds if args.ttl is None else args.ttl
     for user in args.users:
         print(mint_user_token(key, settings.user_issuer, user, ttl))
     return 0
@@ -158,17 +226,8 @@ def cmd_deal_rebuild(args: argparse.Namespace) -> int:
     from .claims import rebuild_deal
 
     settings = _settings()
-    store = open_store(settings)
-    try:
-        gate = open_gate(settings)
-        try:
-            left = rebuild_deal(gate, store, args.deal_id)
-        finally:
-            gate.close()
-    except ConnectionError as exc:
-        raise CommandError(f"cannot reach the stores: {exc}") from None
-    finally:
-        store.close()
+    with contextlib.closing(open_store(settings)) as store, contextlib.closing(open_gate(settings)) as gate:
+        left = rebuild_deal(gate, store, args.deal_id)
     if left is None:
         raise CommandError(f"no deal {args.deal_id!r} in the document store")
     print(f"deal {args.deal_id} is in the claim gate with {left} vouchers left")
@@ -191,18 +250,28 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _brief(exc: BaseException) -> str:
+    """The exception's message on one line, without pymongo's topology dump."""
+    return " ".join(str(exc).partition(", Timeout: ")[0].split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .settings import SettingsError
+
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
-        print(f"shopcardd-backend: bad settings: {problems}", file=sys.stderr)
+    except SettingsError as exc:
+        print(f"shopcardd-backend: bad settings: {exc}", file=sys.stderr)
         return 2
     except CommandError as exc:
         print(f"shopcardd-backend: {exc}", file=sys.stderr)
+        return 1
+    except ConnectionError as exc:  # GateUnavailable, StoreUnavailable: nothing was changed
+        print(f"shopcardd-backend: a data store does not answer: {_brief(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file or folder the command needs
+        print(f"shopcardd-backend: {_brief(exc)}", file=sys.stderr)
         return 1
 
 

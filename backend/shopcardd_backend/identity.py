@@ -16,14 +16,13 @@ merchant up by the hash itself (an index, no per-merchant salt to try), and cost
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import secrets
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 
 import jwt
@@ -32,13 +31,14 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from shopcardd_provision.keys import write_private
 from shopcardd_voucher import SigningKey
 
-from .settings import Settings
+from .settings import Settings, SettingsError, load_jwks
 from .signing import folder_lock
 from .stores.base import DocumentStore, MerchantRecord
 
 DEV_IDENTITY_KID: Final = "dev-identity"
 ASYMMETRIC_ALGORITHMS: Final = frozenset({"EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256"})
 MAX_USER_ID_LENGTH: Final = 64
+USER_ID_RULE: Final = f"1 to {MAX_USER_ID_LENGTH} characters, no spaces or control characters"
 API_KEY_PREFIX: Final = "sck_"
 MERCHANT_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -114,30 +114,40 @@ class UserTokenVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid bearer token: {exc}") from None
         user = claims["sub"]
-        if (
-            not isinstance(user, str)
-            or not 0 < len(user) <= MAX_USER_ID_LENGTH
-            or any(ch.isspace() or ord(ch) < 0x20 for ch in user)
-        ):
-            raise Unauthorized(f"the token's sub must be 1 to {MAX_USER_ID_LENGTH} characters, no spaces")
+        if not is_user_id(user):
+            raise Unauthorized(f"the token's sub must be {USER_ID_RULE}")
         return user, int(claims["exp"])
 
 
+def is_user_id(value: object) -> bool:
+    """Whether ``value`` can be a user id: it goes into every voucher of the user, so the API
+    refuses a token whose ``sub`` is not one, and ``user-token`` refuses to mint one."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_USER_ID_LENGTH
+        and not any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in value)
+    )
+
+
 def _parse_jwks(value: str) -> dict[str, _PublicKey]:
-    text = value if value.lstrip().startswith("{") else Path(value).read_text()
     keys: dict[str, _PublicKey] = {}
-    for jwk in json.loads(text).get("keys", []):
-        parsed = jwt.PyJWK(jwk)
+    for jwk in load_jwks(value)["keys"]:
+        if not isinstance(jwk, dict):
+            raise SettingsError("SHOPCARDD_USER_JWKS: every key must be a JSON object (a JWK)")
+        kid = jwk.get("kid")
+        try:
+            parsed = jwt.PyJWK(jwk)
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:
+            raise SettingsError(f"SHOPCARDD_USER_JWKS: key {kid!r} is not a usable JWK: {exc}") from None
         if parsed.algorithm_name not in ASYMMETRIC_ALGORITHMS or not parsed.key_id:
-            raise ValueError(f"SHOPCARDD_USER_JWKS: key {jwk.get('kid')!r} needs a kid and a public-key alg")
+            raise SettingsError(f"SHOPCARDD_USER_JWKS: key {kid!r} needs a kid and a public-key alg")
         keys[parsed.key_id] = _PublicKey(parsed.algorithm_name, parsed.key)
-    if not keys:
-        raise ValueError("SHOPCARDD_USER_JWKS holds no keys")
     return keys
 
 
 def dev_identity_key(settings: Settings) -> SigningKey:
     """The development identity key in ``DATA_DIR/identity`` (made on first use, 0600)."""
+    settings.make_data_dir()
     path = settings.identity_dir / f"{DEV_IDENTITY_KID}.private.pem"
     with folder_lock(settings.identity_dir):
         if not path.exists():

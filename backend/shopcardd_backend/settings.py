@@ -1,27 +1,80 @@
 """The backend's settings: one typed object read from ``SHOPCARDD_*`` environment variables.
 
-Built in ``main()`` (or a worker process's app factory), never at import. No settings at
-all is the embedded profile: SQLite gate and store under ``SHOPCARDD_DATA_DIR``.
-``SHOPCARDD_REDIS_URL`` moves the claim gate to Redis, ``SHOPCARDD_MONGODB_URI`` the document
-store to MongoDB; ``SHOPCARDD_AMQP_URL`` is read here and used by the relay and workers.
+Built by ``Settings.from_env()`` in ``main()`` (or a worker process's app factory), never at
+import. No settings at all is the embedded profile: SQLite gate and store under
+``SHOPCARDD_DATA_DIR``. ``SHOPCARDD_REDIS_URL`` moves the claim gate to Redis,
+``SHOPCARDD_MONGODB_URI`` the document store to MongoDB; ``SHOPCARDD_AMQP_URL`` is read here
+and used by the relay and workers.
+
+Every mistake an operator can make in a variable is found here, before anything starts, and
+reported as ``SettingsError``: one line naming the variable (the commands exit 2 with it). A
+misspelt name is refused too, since an ignored ``SHOPCARDD_REDIS_ULR`` would quietly run the
+embedded profile.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shopcardd_voucher import Algorithm
 
+ENV_PREFIX = "SHOPCARDD_"
 PLACEHOLDER_SECRETS = frozenset({"changethis", "changeme", "secret", "password", "dev", "development"})
 MIN_SECRET_BYTES = 32
+OTHER_VARIABLES = frozenset(
+    {
+        "SHOPCARDD_DEVICE_CONFIG",  # the counter device's configuration file (shopcardd-device)
+        "SHOPCARDD_TEST_REDIS_URL",  # the Redis of the test suite and the claims benchmark
+        "SHOPCARDD_TEST_AMQP_URL",  # the RabbitMQ of the test suite
+    }
+)
+"""``SHOPCARDD_*`` variables that are not backend settings but may be set where it runs."""
+URL_SCHEMES = {
+    "redis_url": ("redis://", "rediss://", "unix://"),
+    "mongodb_uri": ("mongodb://", "mongodb+srv://"),
+    "amqp_url": ("amqp://", "amqps://"),
+}
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work; the message names the variable and says why, in one line."""
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load_jwks(value: str) -> dict[str, Any]:
+    """The JWKS that ``SHOPCARDD_USER_JWKS`` gives: the JSON itself, or the path of a file holding it."""
+    if value.lstrip().startswith("{"):
+        text = value
+    else:
+        try:
+            text = Path(value).read_text()
+        except OSError as exc:
+            raise SettingsError(
+                f"{env_name('user_jwks')}: cannot read the file {value!r} ({exc.strerror}); "
+                "give a JWKS file path or the JSON itself"
+            ) from None
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise SettingsError(f"{env_name('user_jwks')} is not JSON: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list) or not document["keys"]:
+        raise SettingsError(f'{env_name("user_jwks")} must be a JWKS: {{"keys": [at least one key]}}')
+    return document
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SHOPCARDD_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     environment: Literal["development", "production"] = "development"
     """``production`` refuses development conveniences: the dev identity key, placeholder secrets."""
@@ -52,10 +105,21 @@ class Settings(BaseSettings):
     """Which key of ``DATA_DIR/keys`` signs; default the newest one with a private key."""
 
     max_body_bytes: int = Field(default=16 * 1024, gt=0)
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Time a client has to send a request's whole body; a slower one gets 408 and is closed."""
     retry_after_seconds: int = Field(default=1, gt=0)
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     access_log: bool = False
     """One JSON line per request from uvicorn (off by default: costly at claim rates)."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """The settings of this process's environment; ``SettingsError`` says what is wrong."""
+        check_variable_names(os.environ)
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise SettingsError(describe_errors(exc)) from None
 
     @property
     def profile(self) -> str:
@@ -74,6 +138,39 @@ class Settings(BaseSettings):
     @property
     def uses_dev_identity(self) -> bool:
         return self.user_jwks is None and self.user_secret is None
+
+    def make_data_dir(self) -> Path:
+        """``data_dir``, made if missing; ``SettingsError`` when it is not a folder we can write in."""
+        where = f"{env_name('data_dir')}={self.data_dir}"
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise SettingsError(f"{where} is not a folder")
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"{where}: cannot make the folder ({exc.strerror})") from None
+        if not os.access(self.data_dir, os.W_OK | os.X_OK):
+            raise SettingsError(f"{where}: the folder is not writable")
+        return self.data_dir
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("redis_url", "mongodb_uri", "amqp_url")
+    @classmethod
+    def _known_scheme(cls, value: str | None, info: ValidationInfo) -> str | None:
+        schemes = URL_SCHEMES[str(info.field_name)]
+        if value is not None and not value.startswith(schemes):
+            raise ValueError(f"must start with {' or '.join(schemes)}")  # no echo: URLs hold passwords
+        return value
+
+    @field_validator("user_jwks")
+    @classmethod
+    def _readable_jwks(cls, value: str | None) -> str | None:
+        if value is not None:
+            load_jwks(value)
+        return value
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Self:
@@ -94,3 +191,33 @@ class Settings(BaseSettings):
                     "refused in production"
                 )
         return self
+
+
+def known_variables() -> frozenset[str]:
+    return frozenset(env_name(field) for field in Settings.model_fields) | OTHER_VARIABLES
+
+
+def check_variable_names(names: Iterable[str]) -> None:
+    """``SettingsError`` for any ``SHOPCARDD_*`` name that is no setting, with the closest known one."""
+    known = known_variables()
+    unknown = sorted(n for n in names if n.upper().startswith(ENV_PREFIX) and n.upper() not in known)
+    if not unknown:
+        return
+    problems = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper(), sorted(known), n=1)
+        hint = f"did you mean {close[0]}?" if close else "see docs/backend-api.md for the settings"
+        problems.append(f"unknown variable {name} ({hint})")
+    raise SettingsError("; ".join(problems))
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Pydantic's errors as one line, each named by its environment variable (values not echoed:
+    they may be secrets)."""
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        loc = error["loc"]
+        named = not loc or message.startswith(ENV_PREFIX)
+        problems.append(message if named else f"{env_name(str(loc[0]))}: {message}")
+    return "; ".join(problems)

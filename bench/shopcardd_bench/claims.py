@@ -1,16 +1,17 @@
 """Claim throughput and latency of the claim API, one server process per profile.
 
-Starts ``shopcardd-backend serve`` (one process) on a free port for each profile, registers a
+Starts shopcardd-backend serve (one process) on a free port for each profile, registers a
 merchant and mints user tokens with the backend's own commands, then per run creates a
-deal and fires claims from ``--concurrency`` HTTP/1.1 keep-alive connections (aiohttp, one
-claim in flight on each), counting each claim's latency, then as many ``GET /healthz`` on the
+deal and fires claims from --concurrency HTTP/1.1 keep-alive connections (aiohttp, one
+claim in flight on each), counting each claim's latency, then as many GET /healthz on the
 same server as a baseline: the ratio of the two, run by run, shows what a claim costs beyond
-HTTP and the framework, whatever else the machine is doing. Every claim
-issues a voucher (stock and limit are large enough), so each one pays for the atomic
-decision, the outbox write and the signature. Figures are medians over the runs, after one
-warm-up run; the load generator shares this machine's cores with the server.
-Profiles: ``embedded`` (SQLite gate and store) and ``scaled`` (Redis gate, SQLite store, or
-MongoDB with ``--mongodb-uri``); ``scaled`` is skipped with a note when Redis is not reachable.
+HTTP and the framework, whatever else the machine is doing. Every claim issues a voucher
+(stock and limit are large enough), so each one pays for the atomic decision, the outbox
+write and the signature. Figures are medians over the runs, after one warm-up run; the load
+generator shares this machine's cores with the server.
+
+Profiles: embedded (SQLite gate and store) and scaled (Redis gate, SQLite store, or MongoDB
+with --mongodb-uri); scaled is skipped with a note when Redis is not reachable.
 """
 
 from __future__ import annotations
@@ -187,9 +188,12 @@ def _measure(
     api_key = _backend(env, "merchant", "create", "--merchant", "bench").strip().splitlines()[-1]
     tokens = _backend(env, "user-token", *(f"u{i}" for i in range(args.users))).split()
     runs: list[tuple[Figures, Figures]] = []
+    started = time.perf_counter()
     with running_backend(env, folder / f"serve-{profile}.log") as backend:
-        for _ in tqdm(range(args.runs + 1), desc=profile, unit="run", leave=False, file=sys.stderr):
+        # disable=None: no bar, and no carriage returns, when stderr is not a terminal (a log).
+        for _ in tqdm(range(args.runs + 1), desc=profile, unit="run", leave=False, disable=None):
             runs.append(_one_run(backend.url, api_key, tokens, args))
+    print(f"{profile}: {len(runs)} runs done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     measured = runs[1:]  # the first run warms caches and connections
     ratio = statistics.median(c.claims_per_second / b.claims_per_second for c, b in measured)
     return _median([c for c, _ in measured]), _median([b for _, b in measured]), ratio

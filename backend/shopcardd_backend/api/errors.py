@@ -2,9 +2,8 @@
 
 ``Problem`` is raised by the routes and dependencies; the handlers installed here also turn
 FastAPI's validation errors, unknown routes, wrong methods, an unavailable gate or store and
-any unforeseen exception into problem documents. ``BodySizeLimit`` refuses bodies over the
-limit from the ``Content-Length`` header, or, for a chunked body, as soon as the bytes read
-pass it, so an unbounded body is never read.
+any unforeseen exception into problem documents (the middlewares in ``middleware.py`` answer
+with them too).
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..gates.base import GateUnavailable
 from ..stores.base import StoreUnavailable
@@ -29,6 +27,7 @@ log = logging.getLogger("shopcardd_backend.api")
 CODES: Final[dict[str, int]] = {
     "invalid_request": 422,
     "payload_too_large": 413,
+    "request_timeout": 408,
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,
@@ -135,41 +134,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GateUnavailable, _unavailable)
     app.add_exception_handler(StoreUnavailable, _unavailable)
     app.add_exception_handler(Exception, _unexpected)
-
-
-class BodySizeLimit:
-    """Pure ASGI middleware: 413 ``payload_too_large`` for bodies over ``max_bytes``."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _too_large(self) -> Problem:
-        return Problem("payload_too_large", f"the request body is larger than {self.max_bytes} bytes")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    problem = (
-                        self._too_large() if value.isdigit() else Problem("invalid_request", "bad length")
-                    )
-                    response = problem_response(problem.status_code, problem.code, str(problem.detail))
-                    await response(scope, receive, send)
-                    return
-                break
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise self._too_large()
-            return message
-
-        await self.app(scope, limited_receive, send)

@@ -1,11 +1,25 @@
-"""Request and response bodies: one model per purpose, so no stored-only field leaks out."""
+"""Request and response bodies: one model per purpose, so no stored-only field leaks out.
+
+Request models are strict: ``"stock": "5"`` or ``"stock": true`` is a 422, not a stock of 5
+or 1 (pydantic's lax mode would coerce them). Times are RFC 3339 strings only (lax mode would
+also take a number as a Unix time).
+"""
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Self
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from ..stores.base import DealRecord, DealStatus
 
@@ -15,15 +29,33 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(microsecond=0)
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+def _rfc3339_text(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 date-time string, such as 2026-12-01T09:00:00Z")
+    return value
+
+
+def _printable(value: str) -> str:
+    """No control characters: a title is shown on screens and receipts, and logged."""
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+# JSON carries date-times as strings, which strict mode refuses, so these fields are lax for
+# the parsing only, after the check that the value is a string.
+UtcDatetime = Annotated[
+    AwareDatetime, BeforeValidator(_rfc3339_text), Field(strict=False), AfterValidator(_utc)
+]
+STRICT_REQUEST = ConfigDict(extra="forbid", strict=True)
 
 
 class DealCreate(BaseModel):
     """What a merchant sends to start a sale; the merchant comes from the API key."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
 
-    title: str = Field(min_length=1, max_length=200)
+    title: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
     stock: int = Field(gt=0, le=10_000_000)
     per_user_limit: int = Field(gt=0, le=1_000)
     voucher_ttl_seconds: int = Field(gt=0, le=366 * 86_400)
@@ -69,7 +101,7 @@ class ClaimCreate(BaseModel):
     """A claim carries nothing in its body (``{}`` or none): the deal is in the path, the user
     in the bearer token, the retry identity in the ``Idempotency-Key`` header."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
 
 
 class VoucherPublic(BaseModel):

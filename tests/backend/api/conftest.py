@@ -9,6 +9,9 @@ the developer's environment.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +117,22 @@ class Api:
 def api(settings: Settings) -> Iterator[Api]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield Api(client, settings)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of ``shopcardd-backend`` commands: the embedded profile on this test's own
+    data folder, nothing from the developer's ``SHOPCARDD_*`` settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPCARDD_", "PROMETHEUS_"))}
+    return {**clean, "SHOPCARDD_DATA_DIR": str(tmp_path / "data")}
+
+
+def backend(env: dict[str, str], *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    """Run ``shopcardd-backend ARGS`` as an operator would; it must exit with ``expect``."""
+    exe = str(Path(sys.executable).with_name("shopcardd-backend"))
+    proc = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == expect, proc.stderr
+    return proc
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -164,9 +164,41 @@ def test_bad_deal_bodies_are_invalid_requests(api: Api) -> None:
     assert_problem(malformed, 422, "invalid_request")
 
 
+def test_wrong_json_types_are_refused_not_coerced(api: Api) -> None:
+    headers = {"X-API-Key": api.merchant_key("m1")}
+    good = {"title": "t", "stock": 5, "per_user_limit": 1, "voucher_ttl_seconds": 60}
+    for bad in (
+        {**good, "stock": "5"},
+        {**good, "stock": True},
+        {**good, "stock": 5.0},
+        {**good, "per_user_limit": "1"},
+        {**good, "voucher_ttl_seconds": False},
+        {**good, "title": 7},
+        {**good, "title": "half\u0000price"},
+        {**good, "title": "two\nlines"},
+        {**good, "starts_at": 1_900_000_000},  # a number is not an RFC 3339 time
+    ):
+        answer = api.client.post("/v1/deals", json=bad, headers=headers)
+        assert assert_problem(answer, 422, "invalid_request")["errors"], bad
+    created = api.client.post("/v1/deals", json={**good, "title": "Café crème ☕"}, headers=headers)
+    assert created.status_code == 201 and created.json()["stock"] == 5
+
+
 def test_unknown_routes_and_methods_are_problems(api: Api) -> None:
     assert_problem(api.client.get("/v2/anything"), 404, "not_found")
     assert_problem(api.client.delete("/v1/deals"), 405, "method_not_allowed")
+
+
+def test_head_answers_like_get_without_a_body(api: Api) -> None:
+    deal = api.create_deal(api.merchant_key("m1"))["deal_id"]
+    for path in ("/healthz", "/readyz", f"/v1/deals/{deal}", "/.well-known/jwks.json", "/metrics"):
+        got, head = api.client.get(path), api.client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+    assert api.client.head("/v1/deals/no-such-deal").status_code == 404
+    assert api.client.head("/v1/deals").status_code == 405  # POST only
+    assert_problem(api.client.put("/healthz"), 405, "method_not_allowed")
 
 
 def test_claim_metrics_count_outcomes(api: Api) -> None:
