@@ -10,7 +10,7 @@ import pytest
 
 from shopcardd_device import policy
 from shopcardd_device.policy import EARLIEST_BELIEVABLE_TIME, ClockState, trusted_time
-from shopcardd_voucher import KeySet, Reason, Verdict
+from shopcardd_voucher import ALGORITHMS, KeySet, Reason, SigningKey, Verdict, issue, verify
 
 from .conftest import MERCHANT, Keys, Mint
 
@@ -125,3 +125,50 @@ def test_a_key_set_past_its_window_is_not_in_force(keys: Keys) -> None:
     assert not policy.keys_in_force([old], NOW)
     assert policy.keys_in_force([keys.signing.verification_key()], NOW)
     assert not policy.keys_in_force([keys.signing.verification_key()], None)
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_every_reason_code_is_reached_with_every_algorithm(alg: str) -> None:
+    """The closed list, end to end through the counter's rules, for each signing algorithm."""
+    signer = SigningKey.generate("k1", alg)  # type: ignore[arg-type]
+    stranger = SigningKey.generate("k2", alg)  # type: ignore[arg-type]
+    forger = SigningKey.generate("k1", alg)  # type: ignore[arg-type]
+    keyset = KeySet([signer.verification_key()])
+
+    def mint(key: SigningKey = signer, *, merchant: str = MERCHANT, deal: str = "d1", **when: int) -> str:
+        return issue(
+            key,
+            deal=deal,
+            merchant=merchant,
+            user="u1",
+            ttl=int(DAY),
+            now=when.get("now", NOW),
+            not_before=when.get("not_before"),
+        )
+
+    revoked, redeemed = mint(), mint()
+    facts = Facts(revoked_vouchers={_id(keyset, revoked)}, redeemed={_id(keyset, redeemed)})
+    cases = {
+        Reason.ACCEPTED: (mint(), NOW, None),
+        Reason.BAD_FORMAT: ("not a voucher", NOW, None),
+        Reason.BAD_SIGNATURE: (mint(forger), NOW, None),
+        Reason.UNKNOWN_KEY: (mint(stranger), NOW, None),
+        Reason.EXPIRED: (mint(now=int(NOW - 2 * DAY)), NOW, None),
+        Reason.NOT_YET_VALID: (mint(not_before=int(NOW + DAY / 2)), NOW, None),
+        Reason.WRONG_MERCHANT: (mint(merchant="m-other"), NOW, None),
+        Reason.REVOKED: (revoked, NOW, None),
+        Reason.ALREADY_REDEEMED: (redeemed, NOW, None),
+        Reason.CLOCK_UNTRUSTED: (mint(), EARLIEST_BELIEVABLE_TIME - 10 * DAY, None),
+    }
+    assert set(cases) == set(Reason), "every reason code has a case"
+    for reason, (token, clock, floor) in cases.items():
+        verdict = policy.judge(
+            token, keys=keyset, merchant=MERCHANT, facts=facts, time=trusted_time(clock, floor), leeway=60
+        )
+        assert verdict.reason is reason, f"{alg}: expected {reason}, got {verdict.reason} ({verdict.detail})"
+
+
+def _id(keyset: KeySet, token: str) -> str:
+    voucher = verify(token, keyset).voucher
+    assert voucher is not None
+    return voucher.voucher_id
