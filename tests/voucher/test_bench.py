@@ -1,0 +1,21 @@
+"""`shopcardd-bench voucher` prints a row of figures per algorithm (it asserts nothing itself)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from shopcardd_voucher import ALGORITHMS
+
+
+def test_voucher_bench_prints_a_row_per_algorithm() -> None:
+    bench = Path(sys.executable).with_name("shopcardd-bench")
+    result = subprocess.run([bench, "voucher", "--runs", "1", "--count", "5"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
+    for alg in ALGORITHMS:
+        assert alg in rows, result.stdout
+        sign_rate, verify_rate = (float(v.replace(",", "")) for v in rows[alg][1:3])
+        assert sign_rate > 0 and verify_rate > 0
+    assert rows["EdDSA"][-1] == "12" and int(rows["EdDSA"][-2]) <= 300  # QR version, characters
