@@ -8,6 +8,9 @@ without reading anything:
 - accepted: green for the signal time, one short beep;
 - already used: three red flashes, three short beeps;
 - any other rejection: red for the signal time, one long beep;
+- a scan the device could not record (ledger locked, disk full): both LEDs flash twice
+  with two long beeps, and no verdict: the customer scans again; if it repeats, the
+  device needs an operator (the log says why);
 - steady amber (both LEDs) between scans while the clock cannot be trusted or no key in
   the key set is in force any more.
 
@@ -48,6 +51,7 @@ _ALREADY_USED: Final = (Step(False, True, True, 0.12), Step(False, False, False,
     Step(False, False, False, 0.04),
 )
 _REJECTED: Final = (Step(False, True, True, 0.6), Step(False, True, False, 0.4))
+_FAULT: Final = (Step(True, True, True, 0.3), Step(False, False, False, 0.2)) * 2
 
 
 def pattern_for(reason: Reason) -> tuple[Step, ...]:
@@ -130,11 +134,18 @@ class FeedbackPanel(CompositeDevice):
 
     def show(self, reason: Reason) -> None:
         """Play the pattern of ``reason`` (after any pattern already playing)."""
+        self._play(pattern_for(reason))
+
+    def show_fault(self) -> None:
+        """Tell the cashier a scan was not recorded (and so not accepted): scan again."""
+        self._play(_FAULT)
+
+    def _play(self, pattern: tuple[Step, ...]) -> None:
         with self._idle:
             if self._pending > MAX_PENDING:
                 return  # a burst of scans: the verdicts already waiting say enough
             self._pending += 1
-        self._queue.put(pattern_for(reason))
+        self._queue.put(pattern)
 
     def wait_for_idle(self, timeout: float | None = None) -> bool:
         """Block until every pattern asked for has been played; False on timeout."""

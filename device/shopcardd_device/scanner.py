@@ -2,7 +2,9 @@
 
 Nothing a customer can hold in front of the camera stops the loop: one bad frame, one code
 that is not a voucher, one exception from a source or a decoder is logged as a JSON line and
-the loop reads the next frame. A code held in view for many frames is one scan: the same
+the loop reads the next frame. A code that was read but could not be recorded (the ledger
+locked by another process past its timeout, a full disk) is not accepted: the panel shows
+its fault pattern, and the customer scans again. A code held in view for many frames is one scan: the same
 code seen again within ``debounce_seconds`` of its last sighting repeats its last verdict
 without recording or signalling again (so it never turns into ``already_redeemed``).
 The accept signal is given only after ``Counter.scan`` returned, that is after the ledger
@@ -36,6 +38,8 @@ class Signal(Protocol):
     """What the loop needs from the feedback panel."""
 
     def show(self, reason: Reason) -> None: ...
+
+    def show_fault(self) -> None: ...
 
     def set_degraded(self, degraded: bool) -> None: ...
 
@@ -111,7 +115,17 @@ class Scanner:
             except Exception as exc:
                 self.failures += 1
                 event(log, "scan_failed", logging.ERROR, exc=True, origin=frame.origin, error=str(exc))
+                self._show_fault()
         return scans
+
+    def _show_fault(self) -> None:
+        """A code was read but could not be judged and recorded: say so, so nobody waits for green."""
+        if self.signal is None:
+            return
+        try:
+            self.signal.show_fault()
+        except Exception as exc:  # the panel itself failing must not stop scanning
+            event(log, "signal_failed", logging.WARNING, error=str(exc))
 
     def _decode(self, frame: Frame) -> list[str]:
         if frame.image is None or self.decoder is None:

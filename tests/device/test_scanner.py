@@ -49,6 +49,9 @@ class CommittedFirst:
         self.shown.append(reason)
         self.committed_when_shown.append(self.db.execute("SELECT count(*) FROM redemptions").fetchone()[0])
 
+    def show_fault(self) -> None:
+        self.shown.append("fault")  # type: ignore[arg-type]
+
     def set_degraded(self, degraded: bool) -> None:
         pass
 
@@ -233,3 +236,26 @@ def test_the_pi_camera_asks_for_macro_autofocus_and_bright_screen_exposure(confi
     assert fixed["AeEnable"] is False and fixed["ExposureTime"] == 8000 and fixed["AnalogueGain"] == 2.0
     module2 = dict.fromkeys(["ExposureValue", "ExposureTime", "AeEnable", "AnalogueGain"])  # no autofocus
     assert "AfMode" not in camera_controls(config.camera, module2, enums)
+
+
+def test_a_scan_the_ledger_cannot_record_shows_the_fault_and_is_not_accepted(
+    config: DeviceConfig, mint: Mint, mock_factory: MockFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the ledger past the busy timeout: no green, a fault, nothing lost."""
+    monkeypatch.setattr("shopcardd_device.ledger.BUSY_TIMEOUT_MS", 50)
+    token = mint()
+    with Counter.open(config) as counter, FeedbackPanel(17, 27, 22, signal_seconds=0.01) as panel:
+        scanner = Scanner(ScriptedSource([]), None, counter, panel)
+        holder = sqlite3.connect(config.ledger_path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            assert scanner.process(Frame(text=token)) == []
+            assert panel.wait_for_idle(5)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        lit = {pin: sum(bool(s.state) for s in mock_factory.pin(pin).states) for pin in (17, 27, 22)}
+        assert lit == {17: 2, 27: 2, 22: 2}, "both lights flash twice with two beeps: not green, not red"
+        assert counter.ledger.accepted_count() == 0
+        (scan,) = scanner.process(Frame(text=token))  # the customer scans again
+        assert scan.verdict.reason is Reason.ACCEPTED
