@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             from .qr import save_qr  # segno only where QR codes are made
 
             token = sys.stdin.readline().strip() if args.token == "-" else args.token.strip()
+            if not args.out.parent.is_dir():  # a typo in --out must not make folders as root
+                raise ProvisionError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
             version = save_qr(token, args.out, scale=args.scale)
             print(f"wrote {args.out} (QR version {version}, {len(token)} characters)", file=sys.stderr)
     except (ProvisionError, ValueError) as exc:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from shopcardd_voucher import Algorithm, KeySet, SigningKey, VerificationKey
+
+KID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,31}")
+"""A key id: short (it is in every voucher's header) and safe as a file name."""
 
 
 class ProvisionError(Exception):
@@ -56,8 +60,11 @@ def write_atomically(path: Path, text: str) -> None:
 
 def keygen(alg: Algorithm, kid: str, out: Path) -> KeygenResult:
     """Generate a key: ``out/KID.private.pem`` (0600) and its public half added to ``out/jwks.json``."""
-    if not kid or "/" in kid or kid.startswith("."):
-        raise ProvisionError(f"kid {kid!r} is not usable as a file name")
+    if not KID.fullmatch(kid):
+        raise ProvisionError(
+            f"kid {kid!r}: use 1 to 32 letters, digits, '.', '_' or '-', not starting with '.' "
+            "(it names the key file and goes into every voucher)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     private_key_path = out / f"{kid}.private.pem"
     if private_key_path.exists():

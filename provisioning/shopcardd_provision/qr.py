@@ -35,5 +35,8 @@ def save_qr(token: str, out: Path, scale: int = 8, border: int = 4) -> int:
         raise ValueError(f"scale must be from 1 to {MAX_SCALE} pixels per module")
     code = make_qr(token)
     out.parent.mkdir(parents=True, exist_ok=True)
-    code.save(str(out), scale=scale, border=border)
+    try:
+        code.save(str(out), scale=scale, border=border)
+    except OSError as exc:
+        raise ValueError(f"cannot write {out}: {exc.strerror or exc}") from None
     return int(code.version)

@@ -158,3 +158,16 @@ def test_qr_refuses_what_it_cannot_draw(tmp_path: Path, args: list[str], says: s
     result = subprocess.run([PROVISION, *args], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and says in result.stderr
     assert not (tmp_path / "e.png").exists()
+
+
+@pytest.mark.parametrize("kid", ["k 1", "k\x1b1", ".hidden", "a/b", "k" * 33, ""])
+def test_keygen_refuses_a_kid_that_is_no_good_as_a_file_name_or_header(tmp_path: Path, kid: str) -> None:
+    result = provision("keygen", "--kid", kid, "--out", tmp_path, ok=False)
+    assert result.returncode == 2 and "use 1 to 32 letters" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_qr_does_not_make_folders_it_was_not_asked_for(tmp_path: Path) -> None:
+    result = provision("qr", "abc", "--out", tmp_path / "missing" / "v.png", ok=False)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert not (tmp_path / "missing").exists()
