@@ -2,7 +2,8 @@
 
 Everything (configuration, ledger, GPIO, camera) is built here in ``main``, never at import.
 Exit codes: 0 done (every input accepted, for ``verify``), 1 a voucher was rejected,
-2 usage, configuration or start-up error.
+2 usage, configuration or start-up error. Ctrl-C ends ``verify`` after the current input with the
+code of the verdicts so far (2 if none was judged), and ``run`` with 0; never with a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -76,14 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
         "verify vouchers given as tokens, QR images or stdin lines",
         "Judge each INPUT as the counter would and record it in the ledger (unless --dry-run). Each "
         "answer is written and flushed as soon as it is decided, after its ledger commit. Exit 0 when "
-        "every input was accepted, 1 when any was rejected, 2 on a usage or configuration error.",
+        "every input was accepted, 1 when any was rejected, 2 on a usage or configuration error. "
+        "Ctrl-C (SIGINT) stops after the current input, quietly: what was answered stays recorded, and "
+        "the exit code is that of the inputs judged so far (0 or 1), or 2 if none was judged.",
     )
     verify.add_argument(
         "--json",
         action="store_true",
         help='one JSON object per line: {"input", "result", "voucher_id", "deal", "merchant"}',
     )
-    verify.add_argument("--dry-run", action="store_true", help="judge only; record nothing in the ledger")
+    verify.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="judge only; write nothing: the ledger is only read (judged against an empty one if none "
+        "exists yet), and no file or folder is made",
+    )
     verify.add_argument(
         "inputs",
         nargs="+",
@@ -96,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Show what the ledger holds: redemptions, rejections by reason, rows not yet synced, the key "
         "set in force and the trusted time floor.",
     )
-    status.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    status.add_argument("--json", action="store_true", help="one JSON object on one line instead of text")
     command(
         "sync",
         "(not yet built) upload redemptions, download keys and revocations",
@@ -122,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shopcardd-device {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C while starting up: nothing judged, no traceback
         return EXIT_USAGE
 
 
@@ -198,11 +209,55 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+class _StopAfterCurrent:
+    """Ctrl-C (SIGINT) for ``verify``: while an input is judged, recorded and answered, it only asks
+    to stop after that input; while waiting for the next input (a blocked stdin read) it stops at
+    once. What was answered was committed first, so nothing is cut in half and nothing is noisy."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._waiting = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.requested = True
+        if self._waiting:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Waiting for the next input: an interrupt ends the wait (KeyboardInterrupt)."""
+        self._waiting = True
+        try:
+            if self.requested:
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self._waiting = False
+
+
 def verify_inputs(args: argparse.Namespace, config: DeviceConfig) -> int:
+    """Ctrl-C stops after the current input; the exit code is then that of the verdicts so far
+    (0 all accepted, 1 any rejected), or 2 when nothing was judged."""
+    stop = _StopAfterCurrent()
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        return _verify(args, config, stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _verify(args: argparse.Namespace, config: DeviceConfig, stop: _StopAfterCurrent) -> int:
     decoder: Decoder | None = None
-    all_accepted = True
-    with Counter.open(config) as counter:
-        for item, from_stdin in _inputs(args.inputs):
+    all_accepted, judged = True, 0
+    with Counter.open_dry_run(config) if args.dry_run else Counter.open(config) as counter:
+        inputs = _inputs(args.inputs)
+        while not stop.requested:
+            try:
+                with stop.waiting():
+                    item, from_stdin = next(inputs)
+            except (StopIteration, KeyboardInterrupt):
+                break
+            judged += 1
             path = Path(item)
             if _is_file(path):
                 decoder = decoder or _open_decoder(config)
@@ -228,6 +283,8 @@ def verify_inputs(args: argparse.Namespace, config: DeviceConfig) -> int:
             verdict = counter.scan(code, record=not args.dry_run)
             all_accepted &= verdict.is_accepted
             _answer(args, item, verdict.reason, policy.describe(verdict.voucher), verdict.detail)
+    if not judged and stop.requested:
+        return EXIT_USAGE  # interrupted before any input was judged
     return EXIT_OK if all_accepted else EXIT_REJECTED
 
 
@@ -294,7 +351,7 @@ def show_status(args: argparse.Namespace, config: DeviceConfig) -> int:
     with Counter.open(config, read_only=config.ledger_path.is_file()) as counter:
         report = status_report(counter)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, separators=(",", ":")), flush=True)  # one value per line
         return EXIT_OK
     rejected = ", ".join(f"{reason} {count}" for reason, count in report["rejected"].items()) or "none"
     keys = ", ".join(

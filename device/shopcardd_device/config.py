@@ -9,6 +9,7 @@ folder of the configuration file, so a config and its key set can travel togethe
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -137,10 +138,38 @@ def _gpio(table: _Table) -> GpioConfig:
         signal_seconds=table.number("signal_seconds", GpioConfig.signal_seconds, float, 0.0, 10.0),
     )
     pins = [config.accept, config.reject, config.buzzer]
-    if len(set(pins)) != len(pins):
+    if len({bcm_pin(pin) for pin in pins}) != len(pins):
         raise ConfigError(f"[gpio]: accept, reject and buzzer need three different pins, not {pins}")
     table.refuse_unknown()
     return config
+
+
+_BCM_NAME: Final = re.compile(r"(?:GPIO|BCM)?([0-9]+)")
+_FORTY_PIN_PI: Final = 0xA02082
+"""A Pi 3 B: its 40-pin J8 header is laid out as on every Pi since the B+ (Pi 4 and 5 included)."""
+
+
+def bcm_pin(pin: int | str) -> int | str:
+    """The BCM number ``pin`` names, so that two spellings of one pin are seen as the same pin.
+
+    ``17``, ``"17"``, ``"GPIO17"`` and ``"BCM17"`` are read here; a physical name (``"BOARD11"``,
+    ``"J8:11"``, ``"WPI0"``) by gpiozero's board data for the 40-pin header of every Pi since the
+    B+ (the 26-pin header of the first Pis numbered some pins differently). A name neither knows is
+    kept as written: the pin factory judges it when the panel is built.
+    """
+    if isinstance(pin, int):
+        return pin
+    if match := _BCM_NAME.fullmatch(pin.strip()):
+        return int(match[1])
+    from gpiozero import GPIOZeroError  # only for a physical name: gpiozero takes a while to import
+    from gpiozero.pins.pi import PiBoardInfo
+
+    try:
+        name = PiBoardInfo.from_revision(_FORTY_PIN_PI).to_gpio(pin.strip())
+    except (GPIOZeroError, ValueError):
+        return pin
+    match = _BCM_NAME.fullmatch(str(name))
+    return int(match[1]) if match else pin
 
 
 def _camera(table: _Table) -> CameraConfig:

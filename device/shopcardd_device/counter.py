@@ -93,6 +93,16 @@ class Counter(Closing):
             raise
         return counter
 
+    @classmethod
+    def open_dry_run(cls, config: DeviceConfig, clock: Clock = time.time) -> Self:
+        """Judge without writing anything anywhere (``verify --dry-run``): the ledger is opened
+        read-only when it exists; before it exists the scans are judged against an empty ledger in
+        memory (nothing redeemed, nothing revoked, no time floor), and no folder or file is made."""
+        keys = load_keyset(config)
+        if config.ledger_path.exists():
+            return cls(config, Ledger(config.ledger_path, read_only=True), keys, clock)
+        return cls(config, Ledger.empty(), keys, clock)
+
     def close(self) -> None:
         self.ledger.close()
 
@@ -117,7 +127,7 @@ class Counter(Closing):
         )
         if not record:
             return verdict
-        floor = policy.floor_after(now, verdict)
+        floor = policy.floor_after(now, verdict, self.config.leeway_seconds)
         verdict = self.ledger.record(
             verdict,
             raw=code,

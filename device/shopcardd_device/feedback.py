@@ -20,13 +20,14 @@ light; at most ``MAX_PENDING`` wait their turn (a burst of scans does not queue 
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import warnings
 from dataclasses import dataclass
 from typing import Final
 
-from gpiozero import LED, Buzzer, CompositeDevice, GPIOZeroError, PinFactoryFallback
+from gpiozero import LED, Buzzer, CompositeDevice, Device, GPIOZeroError, PinFactoryFallback
 from gpiozero.pins import Factory
 
 from shopcardd_voucher import Reason
@@ -89,6 +90,12 @@ class FeedbackPanel(CompositeDevice):
         pin_factory: Factory | None = None,
     ) -> None:
         devices: list[LED | Buzzer] = []
+        # Which pin library: none chosen means gpiozero guesses, and off the Pi every guess fails.
+        factory_chosen = (
+            pin_factory is not None
+            or Device.pin_factory is not None
+            or bool(os.environ.get("GPIOZERO_PIN_FACTORY"))
+        )
         try:
             with warnings.catch_warnings(record=True) as fallbacks:  # gpiozero tries each pin library
                 warnings.simplefilter("always", PinFactoryFallback)
@@ -105,9 +112,9 @@ class FeedbackPanel(CompositeDevice):
             for device in devices:
                 device.close()
             tried = "; ".join(str(w.message) for w in fallbacks)
+            hint = "" if factory_chosen else "; off the Pi set GPIOZERO_PIN_FACTORY=mock"
             raise SignalError(
-                f"cannot drive the LEDs and buzzer ({exc}{': ' + tried if tried else ''}); "
-                "off the Pi set GPIOZERO_PIN_FACTORY=mock"
+                f"cannot drive the LEDs and buzzer ({exc}{': ' + tried if tried else ''}){hint}"
             ) from exc
         for fallback in fallbacks:  # worked in the end: still say which pin library was skipped
             warnings.warn_explicit(fallback.message, fallback.category, fallback.filename, fallback.lineno)

@@ -29,6 +29,7 @@ from .inputs import safe_code
 SCHEMA_VERSION: Final = 1
 REJECTION_RETENTION_SECONDS: Final = 30 * 86_400
 BUSY_TIMEOUT_MS: Final = 10_000
+_IN_MEMORY: Final = ":memory:"
 _DAMAGED: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _UNREACHABLE: Final = frozenset(
     {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH}
@@ -124,9 +125,12 @@ class Ledger(Closing):
 
     def __init__(self, path: str | Path, *, check: bool = True, read_only: bool = False) -> None:
         self.path = Path(path)
+        in_memory = str(path) == _IN_MEMORY
         try:
             if read_only:
                 self._db = self._connect_read_only()
+            elif in_memory:
+                self._db = sqlite3.connect(_IN_MEMORY, isolation_level=None)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -140,6 +144,8 @@ class Ledger(Closing):
                 self.check_integrity()
             if read_only:
                 self._check_schema()
+            elif in_memory:
+                self._migrate()
             else:
                 mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if mode.lower() != "wal":
@@ -152,6 +158,12 @@ class Ledger(Closing):
         except LedgerError:
             self._db.close()
             raise
+
+    @classmethod
+    def empty(cls) -> Ledger:
+        """An empty ledger in memory (nothing redeemed, nothing revoked, no time floor) that
+        touches no file: what ``verify --dry-run`` judges against before any ledger exists."""
+        return cls(_IN_MEMORY)
 
     def _connect_read_only(self) -> sqlite3.Connection:
         """``mode=ro``. A WAL ledger needs its shared-memory file, which a read-only folder cannot

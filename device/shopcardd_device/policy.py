@@ -8,10 +8,22 @@ The clock rule (DESIGN.md, "Clock"). A Pi has no real-time clock, so the device 
 of the last sync, and the ``iat`` of every genuine voucher it judged with a trusted time.
 Every one of those is a moment known to have passed, so the floor never runs ahead of the
 real time. The time a scan is judged at is ``max(clock, floor)``: a clock set back never
-makes an expired voucher valid again. A clock reading counts only when it is later than
-``EARLIEST_BELIEVABLE_TIME`` (the build date of this software): a Pi that booted without
-network reads 1970 or a stale fake-hwclock date. ``clock_untrusted`` is the verdict only
-when there is nothing to trust at all: no floor yet and an unbelievable clock.
+makes an expired voucher valid again.
+
+A voucher's ``iat`` is only as good as the issuer's clock, and the floor never goes down, so
+one genuine voucher issued "in the future" (a backend clock far ahead, or a signed voucher
+crafted so) must not push the floor ahead of the real time: every later voucher would read
+as expired. While the clock is *trusted* (believable and not behind the floor) an ``iat``
+therefore raises the floor at most to ``clock + leeway`` (the grace already allowed for
+``nbf``/``exp``); a clock behind the floor by no more than the leeway (where such a capped
+``iat``, or a backend clock a little ahead, leaves it) still bounds it, or two future vouchers
+in a row would get round the bound. Only when the clock is *behind the floor* by more (set
+back, or lost at boot: the recovery the ``iat`` rule exists for) does an ``iat`` count as it is.
+
+A clock reading counts only when it is later than ``EARLIEST_BELIEVABLE_TIME`` (the build
+date of this software): a Pi that booted without network reads 1970 or a stale fake-hwclock
+date. ``clock_untrusted`` is the verdict only when there is nothing to trust at all: no floor
+yet and an unbelievable clock.
 """
 
 from __future__ import annotations
@@ -22,7 +34,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Final, Protocol
 
-from shopcardd_voucher import KeySet, Reason, Verdict, VerificationKey, Voucher, check_time, verify
+from shopcardd_voucher import (
+    DEFAULT_LEEWAY_SECONDS,
+    KeySet,
+    Reason,
+    Verdict,
+    VerificationKey,
+    Voucher,
+    check_time,
+    verify,
+)
 
 EARLIEST_BELIEVABLE_TIME: Final = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
 """The build date of this release: a clock reading before it is certainly wrong. Raise at release."""
@@ -67,16 +88,33 @@ def raised_floor(floor: float | None, *moments: float | None) -> float | None:
     return max(known) if known else floor
 
 
-def floor_after(time: TrustedTime, verdict: Verdict) -> float | None:
+def floor_after(time: TrustedTime, verdict: Verdict, leeway: float = DEFAULT_LEEWAY_SECONDS) -> float | None:
     """The floor after a scan: the clock reading, and the ``iat`` of a genuine voucher.
 
-    A voucher's ``iat`` counts only when the scan had a trusted time: with nothing to
-    trust, an old voucher shown first would otherwise vouch for its own validity.
+    A voucher's ``iat`` counts only when the scan had a time to trust: with nothing to
+    trust, an old voucher shown first would otherwise vouch for its own validity. With a
+    trusted clock an ``iat`` raises the floor at most to ``clock + leeway``, so a voucher
+    issued in the future cannot push the floor ahead of the real time; behind the floor it
+    counts as it is (see the module docstring).
     """
     if time.state is ClockState.UNTRUSTED:
         return time.floor
-    issued_at = verdict.voucher.issued_at if is_genuine(verdict) and verdict.voucher else None
+    issued_at: float | None = None
+    if is_genuine(verdict) and verdict.voucher:
+        issued_at = verdict.voucher.issued_at
+        if _clock_vouches(time, leeway):
+            issued_at = min(issued_at, time.clock + leeway)
     return raised_floor(time.floor, time.clock, issued_at)
+
+
+def _clock_vouches(time: TrustedTime, leeway: float) -> bool:
+    """Whether the clock bounds an ``iat``: it is trusted, or behind the floor by no more than the
+    leeway. A capped ``iat`` itself leaves the clock up to ``leeway`` behind the floor; were that
+    "behind the floor", a second future voucher shown right after the first would count in full."""
+    if time.state is ClockState.TRUSTED:
+        return True
+    believable = time.clock >= EARLIEST_BELIEVABLE_TIME
+    return believable and time.floor is not None and time.clock + leeway >= time.floor
 
 
 def is_genuine(verdict: Verdict) -> bool:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import sqlite3
 import subprocess
+import time
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from shopcardd_device import cli
+from shopcardd_device.counter import Counter
 from shopcardd_provision.qr import save_qr
 from shopcardd_voucher import MAX_TOKEN_LENGTH
 
@@ -68,6 +72,45 @@ def test_verify_dry_run_records_nothing_and_reads_readable_lines(
     assert status["accepted"] == 0 and status["rejected"] == {}
 
 
+def test_verify_dry_run_on_a_device_that_never_scanned_makes_no_ledger(
+    write_config: WriteConfig, mint: Mint, tmp_path: Path
+) -> None:
+    config, token = write_config(), mint()
+    for _ in range(2):  # judged against an empty ledger each time
+        dry = device_command("verify", "--config", config, "--json", "--dry-run", token, "junk")
+        assert dry.returncode == 1, dry.stderr
+        assert [a["result"] for a in answers(dry.stdout)] == ["accepted", "bad_format"]
+    assert not (tmp_path / "data").exists()  # no data_dir, no ledger file
+
+
+def test_verify_dry_run_leaves_an_existing_ledger_as_it_was(
+    write_config: WriteConfig, mint: Mint, tmp_path: Path
+) -> None:
+    config, redeemed = write_config(), mint()
+    assert device_command("verify", "--config", config, redeemed).returncode == 0
+    ledger = tmp_path / "data" / "ledger.sqlite3"
+    files = sorted(p.name for p in ledger.parent.iterdir())
+    before = ledger.read_bytes()
+    with closing(sqlite3.connect(ledger)) as db:
+        floor = db.execute("SELECT value FROM state WHERE name = 'time_floor'").fetchone()
+
+    ahead = mint(now=time.time() + 30)  # recorded, its iat would raise the floor
+    dry = device_command("verify", "--config", config, "--json", "--dry-run", redeemed, ahead, "junk")
+    assert dry.returncode == 1, dry.stderr
+    assert [a["result"] for a in answers(dry.stdout)] == ["already_redeemed", "accepted", "bad_format"]
+
+    # Any reader of a WAL database may leave SQLite's -wal (empty) and -shm index: no ledger data.
+    readers = {"ledger.sqlite3-wal", "ledger.sqlite3-shm"}
+    assert sorted({p.name for p in ledger.parent.iterdir()} - readers) == files
+    wal = ledger.with_name("ledger.sqlite3-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert ledger.read_bytes() == before
+    with closing(sqlite3.connect(ledger)) as db:
+        assert db.execute("SELECT value FROM state WHERE name = 'time_floor'").fetchone() == floor
+        assert db.execute("SELECT count(*) FROM redemptions").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM rejections").fetchone() == (0,)
+
+
 def test_verify_streams_stdin_answering_each_line_as_it_arrives(
     write_config: WriteConfig, mint: Mint
 ) -> None:
@@ -86,6 +129,86 @@ def test_verify_streams_stdin_answering_each_line_as_it_arrives(
         assert json.loads(proc.stdout.readline())["result"] == expected  # answered before stdin closed
     proc.stdin.close()
     assert proc.wait(30) == 1
+
+
+@pytest.mark.parametrize(("first", "code"), [("accepted", 0), ("bad_format", 1)])
+def test_ctrl_c_while_verify_reads_stdin_stops_quietly_with_the_verdicts_so_far(
+    write_config: WriteConfig, mint: Mint, tmp_path: Path, first: str, code: int
+) -> None:
+    config = write_config()
+    proc = subprocess.Popen(
+        [str(BIN / "shopcardd-device"), "verify", "--config", str(config), "--json", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
+    )
+    assert proc.stdin and proc.stdout
+    token = mint() if first == "accepted" else "junk"
+    proc.stdin.write(token + "\n")
+    proc.stdin.flush()
+    answer = json.loads(proc.stdout.readline())  # judged: now it waits for the next line
+    assert answer["result"] == first
+    proc.send_signal(signal.SIGINT)  # Ctrl-C, stdin still open
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == code
+    assert out == "" and err == ""  # no traceback, nothing noisy
+    with closing(sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")) as db:  # what was answered is kept
+        table = "redemptions" if first == "accepted" else "rejections"
+        assert db.execute(f"SELECT count(*) FROM {table}").fetchone() == (1,)
+
+
+class _Stdin(io.StringIO):
+    """stdin whose reader presses Ctrl-C after the given lines (a terminal, as the shell sees it)."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__("".join(f"{line}\n" for line in lines))
+
+    def __next__(self) -> str:
+        line = self.readline()
+        if not line:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while waiting for the next line
+            raise StopIteration  # were SIGINT ignored, stdin would just end
+        return line
+
+
+def _main(*argv: str) -> int:
+    """``shopcardd-device`` in this process; a Ctrl-C that escapes it fails the test (not the run)."""
+    try:
+        return cli.main(list(argv))
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped shopcardd-device as a KeyboardInterrupt (a traceback, exit -2)")
+
+
+def test_ctrl_c_before_any_input_is_judged_exits_2(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", _Stdin())
+    assert _main("verify", "--config", str(write_config()), "--json", "-") == 2
+    assert capsys.readouterr().out == ""
+
+
+def test_ctrl_c_while_judging_stops_after_that_input_and_commits_it(
+    write_config: WriteConfig,
+    mint: Mint,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tokens = [mint(), mint(), mint()]
+    scan = Counter.scan
+
+    def interrupted_scan(self: Counter, code: str, *, record: bool = True) -> object:
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C in the middle of judging the first input
+        return scan(self, code, record=record)
+
+    monkeypatch.setattr(Counter, "scan", interrupted_scan)
+    monkeypatch.setattr("sys.stdin", _Stdin(*tokens))
+    assert _main("verify", "--config", str(write_config()), "--json", "-") == 0
+    assert [a["result"] for a in answers(capsys.readouterr().out)] == ["accepted"]  # then it stopped
+    with closing(sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")) as db:
+        assert db.execute("SELECT count(*) FROM redemptions").fetchone() == (1,)
 
 
 def test_verify_usage_errors_exit_2(write_config: WriteConfig, tmp_path: Path) -> None:
@@ -111,6 +234,19 @@ def test_status_reports_counts_keys_and_time(write_config: WriteConfig, mint: Mi
     assert status["time_floor"] > 1.7e9 and status["last_sync"] is None
     readable = device_command("status", "--config", config)
     assert "accepted   1" in readable.stdout and "wrong_merchant 1" in readable.stdout
+
+
+def test_status_json_is_one_object_on_one_line(write_config: WriteConfig, mint: Mint) -> None:
+    config = write_config()
+    device_command("verify", "--config", config, mint(), "junk")
+    result = device_command("status", "--config", config, "--json")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1  # a consumer reading one value per line gets the whole report
+    report = strict_json(lines[0])
+    assert (report["accepted"], report["rejected"]) == (1, {"bad_format": 1})
+    readable = device_command("status", "--config", config).stdout.splitlines()
+    assert len(readable) > 5 and readable[1].strip() == "accepted   1"  # the human form as it was
 
 
 def test_run_reads_the_image_files_in_name_order_and_exits_0(

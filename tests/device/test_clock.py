@@ -59,11 +59,44 @@ def test_the_floor_is_the_iat_of_vouchers_verified_and_survives_a_restart(
     real = time.time()
     clock = Clock(real)
     with Counter.open(config, clock=clock) as counter:
-        counter.scan(mint(now=real + 120))  # issued by a backend whose clock runs ahead
-        assert counter.ledger.time_floor == int(real + 120)
+        counter.scan(mint(now=real + 30))  # issued by a backend whose clock runs a little ahead
+        assert counter.ledger.time_floor == int(real + 30)
     clock.now = real - 10 * DAY
     with Counter.open(config, clock=clock) as counter:
-        assert counter.time().now == int(real + 120)
+        assert counter.time().now == int(real + 30)
+
+
+def test_a_genuine_voucher_issued_days_ahead_does_not_brick_the_counter(
+    config: DeviceConfig, mint: Mint
+) -> None:
+    real = time.time()
+    clock = Clock(real)
+    with Counter.open(config, clock=clock) as counter:
+        ahead = mint(merchant="m-other", now=real + 2 * DAY)  # genuinely signed, iat two days ahead
+        assert counter.scan(ahead).reason is Reason.WRONG_MERCHANT
+        assert counter.ledger.time_floor <= real + config.leeway_seconds  # at most the grace ahead
+        assert counter.scan(mint(now=real)).reason is Reason.ACCEPTED  # not "expired"
+        assert counter.scan(mint(merchant="m-other", now=real + 3 * DAY)).reason is Reason.WRONG_MERCHANT
+        assert counter.ledger.time_floor <= real + config.leeway_seconds  # a second one right after
+    clock.now = real + 120
+    with Counter.open(config, clock=clock) as counter:  # nor after a restart
+        assert counter.time().state is ClockState.TRUSTED
+        assert counter.scan(mint(now=real, ttl=600)).reason is Reason.ACCEPTED
+
+
+def test_behind_the_floor_a_genuine_iat_still_raises_the_floor_as_it_is(
+    config: DeviceConfig, mint: Mint
+) -> None:
+    real = time.time()
+    clock = Clock(real)
+    with Counter.open(config, clock=clock) as counter:
+        counter.scan(mint(now=real))
+    clock.now = 0.0  # the Pi lost its clock at boot: judged at the floor
+    with Counter.open(config, clock=clock) as counter:
+        assert counter.time().state is ClockState.BEHIND_FLOOR
+        assert counter.scan(mint(now=real + DAY)).reason is Reason.ACCEPTED  # issued a day after the floor
+        assert counter.ledger.time_floor == int(real + DAY)  # the recovery the iat rule exists for
+        assert counter.scan(mint(now=real - DAY, ttl=3600)).reason is Reason.EXPIRED
 
 
 def test_a_wrong_merchant_or_forged_voucher_never_moves_time(

@@ -88,6 +88,29 @@ def test_a_wrong_setting_is_named(tmp_path: Path, text: str, named: str) -> None
     assert issubclass(ConfigError, DeviceError) and issubclass(ConfigError, ValueError)
 
 
+@pytest.mark.parametrize(
+    "pins",
+    [
+        'accept = "GPIO17"\nreject = 17',
+        'accept = "BCM27"\nreject = "GPIO27"',
+        'accept = "BOARD15"',  # physical pin 15 is GPIO22, the default buzzer
+        'accept = "J8:11"\nreject = "17"',
+    ],
+)
+def test_one_pin_spelt_two_ways_is_refused_as_a_duplicate(tmp_path: Path, pins: str) -> None:
+    path = tmp_path / "device.toml"
+    path.write_text(BASE + "\n[gpio]\n" + pins)
+    with pytest.raises(ConfigError, match=r"\[gpio\]: accept, reject and buzzer need three different pins"):
+        DeviceConfig.load(path)
+
+
+def test_pin_names_of_different_pins_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "device.toml"
+    path.write_text(BASE + '\n[gpio]\naccept = "GPIO5"\nreject = "BOARD11"\nbuzzer = "BCM22"')
+    gpio = DeviceConfig.load(path).gpio
+    assert (gpio.accept, gpio.reject, gpio.buzzer) == ("GPIO5", "BOARD11", "BCM22")  # passed on as written
+
+
 def test_start_up_stops_with_one_line_naming_the_setting(write_config: WriteConfig, tmp_path: Path) -> None:
     result = device_command("status", "--config", write_config("[decoder]\nname = 'zebra'"))
     assert result.returncode == 2

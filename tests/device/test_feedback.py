@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from shopcardd_device.errors import SignalError
 from shopcardd_device.feedback import FeedbackPanel
 from shopcardd_voucher import Reason
 
@@ -87,3 +88,12 @@ def test_panel_is_a_gpiozero_composite_of_named_devices(panel: FeedbackPanel) ->
     assert panel.namedtuple._fields == ("accept", "reject", "buzzer")
     panel.close()
     assert panel.closed
+
+
+def test_a_pin_used_twice_is_named_without_the_off_the_pi_hint_when_a_factory_is_set(
+    mock_factory: MockFactory,
+) -> None:
+    with pytest.raises(SignalError) as raised:
+        FeedbackPanel(ACCEPT, f"GPIO{ACCEPT}", BUZZER)
+    assert "GPIOZERO_PIN_FACTORY=mock" not in str(raised.value)  # a factory is set: the hint would mislead
+    assert "GPIO17" in str(raised.value)

@@ -110,6 +110,15 @@ def test_the_floor_rises_with_clock_readings_and_genuine_iat_but_never_falls(key
     assert policy.floor_after(trusted_time(NOW, None), forged) == NOW  # a forged iat proves nothing
 
 
+def test_with_a_trusted_clock_a_future_iat_raises_the_floor_at_most_by_the_leeway(
+    keys: Keys, mint: Mint
+) -> None:
+    ahead = judge(keys, mint(merchant="m-other", now=NOW + 2 * DAY))
+    assert ahead.reason is Reason.WRONG_MERCHANT  # genuine, but two days ahead
+    assert policy.floor_after(trusted_time(NOW, NOW - DAY), ahead, 60) == NOW + 60
+    assert policy.floor_after(trusted_time(NOW - 3 * DAY, NOW - DAY), ahead, 60) == int(NOW + 2 * DAY)
+
+
 def test_with_nothing_to_trust_a_genuine_voucher_is_clock_untrusted_and_raises_no_floor(
     keys: Keys, mint: Mint
 ) -> None:

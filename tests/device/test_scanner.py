@@ -16,7 +16,7 @@ from shopcardd_device.decoders import open_decoder
 from shopcardd_device.errors import ConfigError, FrameError
 from shopcardd_device.feedback import FeedbackPanel
 from shopcardd_device.frames import open_source
-from shopcardd_device.frames.base import Frame
+from shopcardd_device.frames.base import Frame, FrameSource
 from shopcardd_device.frames.files import FileSource
 from shopcardd_device.frames.keyboard import KeyboardSource
 from shopcardd_device.frames.synthetic import Look, ScriptedSource, render
@@ -259,3 +259,10 @@ def test_a_scan_the_ledger_cannot_record_shows_the_fault_and_is_not_accepted(
         assert counter.ledger.accepted_count() == 0
         (scan,) = scanner.process(Frame(text=token))  # the customer scans again
         assert scan.verdict.reason is Reason.ACCEPTED
+
+
+def test_a_frame_source_is_a_context_manager_as_its_port_declares() -> None:
+    assert {"__enter__", "__exit__"} <= set(vars(FrameSource))  # cli.py opens sources in a `with`
+    with ScriptedSource(["a code"]) as source:
+        frame = source.read()
+        assert frame is not None and frame.text == "a code"

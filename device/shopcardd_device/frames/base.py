@@ -1,4 +1,4 @@
-"""The frame source port: one narrow method, ``read``, plus ``close``.
+"""The frame source port: one narrow method, ``read``, plus ``close`` and ``with``.
 
 A camera gives images to decode; a USB barcode scanner gives the code's text directly, so a
 frame carries one or the other. ``read`` returns None when a finite source (a list of image
@@ -9,7 +9,8 @@ loop logs it and reads on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, Self
 
 from ..decoders.base import Gray
 
@@ -25,6 +26,9 @@ class Frame:
 
 
 class FrameSource(Protocol):
+    """A source of frames, used as a context manager (``with open_source(...) as source:``):
+    every adapter inherits ``Closing``, whose ``__exit__`` calls ``close``."""
+
     name: str
 
     def read(self) -> Frame | None:
@@ -32,3 +36,7 @@ class FrameSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None: ...
