@@ -7,8 +7,9 @@ reason).
 A deal the store holds but the gate does not (a Redis that restarted without its data) is
 never restored behind the operator's back: the store may not yet hold every voucher the gate
 issued (events still in the outbox or the queue), and a restore from an undercount would
-sell more than the stock. Claims on it answer 503 until an operator runs
-``shopcardd-backend deal rebuild DEAL``, once the outbox and the persist worker have drained.
+sell more than the stock. Claims on it (and reads and cancels of it, see ``lost_deal``) answer
+503 until an operator runs ``shopcardd-backend deal rebuild DEAL --force``, once the outbox and
+the persist worker have drained.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def terms_of(deal: DealRecord) -> DealTerms:
         voucher_ttl_seconds=deal.voucher_ttl_seconds,
         starts_at=epoch(deal.starts_at),
         ends_at=epoch(deal.ends_at),
+        cancelled=deal.status is DealStatus.CANCELLED,
     )
 
 
@@ -109,14 +111,18 @@ class ClaimService:
         attempt = ClaimAttempt(deal_id, user_id, idempotency_key, new_voucher_id(), int(self.clock()))
         decision = self.gate.claim(attempt)
         if decision.outcome is Outcome.UNKNOWN_DEAL and self.store.get_deal(deal_id) is not None:
-            log.error(
-                "deal is in the store but missing from the claim gate; run `shopcardd-backend deal rebuild`",
-                extra={"deal_id": deal_id},
-            )
-            raise GateUnavailable(
-                f"deal {deal_id} is missing from the claim gate", retry_after=LOST_DEAL_RETRY
-            )
+            raise lost_deal(deal_id)
         return decision
+
+
+def lost_deal(deal_id: str) -> GateUnavailable:
+    """The error for a deal the store holds and the gate lost (logged): 503, retry in a minute.
+    Claims, reads and cancels of it all answer so; nothing is invented for it (no stock)."""
+    log.error(
+        "deal is in the store but missing from the claim gate; run `shopcardd-backend deal rebuild`",
+        extra={"deal_id": deal_id},
+    )
+    return GateUnavailable(f"deal {deal_id} is missing from the claim gate", retry_after=LOST_DEAL_RETRY)
 
 
 def voucher_of(record: VoucherRecord) -> Voucher:
@@ -135,8 +141,9 @@ def rebuild_deal(gate: ClaimGate, store: DocumentStore, deal_id: str) -> int | N
 
     An operator's act (``shopcardd-backend deal rebuild``), for a gate that lost its data:
     run it once the outbox and the persist worker have drained, so the store's count of
-    vouchers is complete. Returns the stock left, or None when the store has no such deal.
-    A deal the gate still holds is left alone: its counters are the truth.
+    vouchers is complete (the command refuses without ``--force``). Returns the stock left, or
+    None when the store has no such deal. A deal the gate still holds is left alone: its
+    counters are the truth. A deal cancelled in the store is loaded cancelled, atomically.
     """
     deal = store.get_deal(deal_id)
     if deal is None:
@@ -145,8 +152,13 @@ def rebuild_deal(gate: ClaimGate, store: DocumentStore, deal_id: str) -> int | N
     if left is not None:
         return left
     claimed = [(v.idempotency_key, voucher_of(v)) for v in store.vouchers_of_deal(deal_id)]
+    # A deal cancelled in the store is loaded cancelled, in the load's own atomic step.
     gate.load_deal(terms_of(deal), claimed=claimed)
-    if deal.status is DealStatus.CANCELLED:
-        gate.cancel(deal_id)
+    if deal.status is not DealStatus.CANCELLED:
+        # A cancel that ran while we loaded found no deal in the gate to close (it answered
+        # 503): the store has it, so close it now.
+        again = store.get_deal(deal_id)
+        if again is not None and again.status is DealStatus.CANCELLED:
+            gate.cancel(deal_id)
     log.warning("deal rebuilt in the claim gate", extra={"deal_id": deal_id, "vouchers": len(claimed)})
     return gate.stock_left(deal_id)

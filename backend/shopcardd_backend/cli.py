@@ -1,9 +1,11 @@
 """``shopcardd-backend``: serve the claim API, register merchants, mint development user tokens.
 
 Every command reads the same ``SHOPCARDD_*`` environment, so ``merchant create`` and
-``user-token`` act on the stores and keys that ``serve`` uses. Exit codes: 2 for a usage or
-settings error, 1 for a command that cannot do what was asked (a store that does not answer,
-a merchant that exists); each says why in one line on stderr, never a traceback.
+``user-token`` act on the stores and keys that ``serve`` uses. Exit codes: 2 for a usage error
+(an argument refused as malformed or out of range, checked by argparse before anything is
+opened) or a settings error, 1 for a command that cannot do what was asked at run time (a
+store that does not answer, a merchant that exists, a deal the store does not hold, a rebuild
+refused without ``--force``); each says why in one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -24,7 +27,7 @@ examples:
   shopcardd-backend serve --port 8000
   shopcardd-backend merchant create --merchant m1      # the API key is the last line
   shopcardd-backend user-token alice bob               # one bearer token per line
-  shopcardd-backend deal rebuild DEAL                  # after the claim gate lost its data
+  shopcardd-backend deal rebuild DEAL [--force]        # after the claim gate lost its data
 environment: SHOPCARDD_DATA_DIR (default ./data), SHOPCARDD_REDIS_URL, SHOPCARDD_MONGODB_URI,
   SHOPCARDD_AMQP_URL, SHOPCARDD_USER_ISSUER, SHOPCARDD_USER_JWKS, SHOPCARDD_USER_SECRET, ...
   (see docs/backend-api.md)
@@ -49,6 +52,10 @@ class CommandError(Exception):
     """A command that cannot run as asked; the message says why (exit 1)."""
 
 
+class UsageError(Exception):
+    """An argument refused past argparse's own checks; the message says why (exit 2)."""
+
+
 def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: a whole number from ``low`` (to ``high``), else a usage error (exit 2)."""
 
@@ -70,8 +77,30 @@ def user_id(text: str) -> str:
     from .identity import USER_ID_RULE, is_user_id
 
     if not is_user_id(text):
-        shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
-        raise argparse.ArgumentTypeError(f"user id {shown}: use {USER_ID_RULE}")
+        raise argparse.ArgumentTypeError(f"user id {_shown(text)}: use {USER_ID_RULE}")
+    return text
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+
+
+def merchant_id(text: str) -> str:
+    """An argparse type: a merchant id a voucher can carry (``register_merchant``'s own rule)."""
+    from .identity import MERCHANT_ID, MERCHANT_ID_RULE
+
+    if not MERCHANT_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"merchant id {_shown(text)}: use {MERCHANT_ID_RULE}")
+    return text
+
+
+DEAL_ID_RULE = "1 to 64 letters, digits, '_' or '-'"
+
+
+def deal_id(text: str) -> str:
+    """An argparse type: the form of the deal ids the API makes (no Redis hash-tag braces)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", text):
+        raise argparse.ArgumentTypeError(f"deal id {_shown(text)}: use {DEAL_ID_RULE}")
     return text
 
 
@@ -104,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Register merchant M. Its API key is printed once, on the last line of stdout; "
         "only the key's SHA-256 is stored.",
     )
-    create.add_argument("--merchant", required=True, metavar="M", help="the merchant's id")
+    create.add_argument("--merchant", required=True, type=merchant_id, metavar="M", help="the merchant's id")
 
     token = sub.add_parser(
         "user-token",
@@ -126,12 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = deal_sub.add_parser(
         "rebuild",
         help="load a deal the claim gate lost back into it from the document store",
-        description="After the claim gate lost its data (a Redis restarted empty), claims on its "
-        "deals answer 503 rather than risk selling more than the stock. Once the outbox and the "
-        "persist worker have drained, this loads the deal from the store with every voucher the "
-        "store holds. A deal the gate still holds is left alone.",
+        description="After the claim gate lost its data (a Redis restarted empty), claims, reads and "
+        "cancels of its deals answer 503 rather than risk selling more than the stock. This loads "
+        "the deal from the document store with every voucher the store holds: stock left = stock "
+        "- vouchers, per-user counts and replays from them, cancelled if the store says so. The "
+        "store's voucher count may be incomplete until the outbox and the persist worker have "
+        "drained (and until the queue issue lands nothing writes vouchers to the store), and a "
+        "rebuild from an undercount resets stock and limits and sells more than the stock: so it "
+        "refuses, printing the store's count, unless --force is given. A deal the gate still holds "
+        "is left alone.",
     )
-    rebuild.add_argument("deal_id", metavar="DEAL", help="the deal's id")
+    rebuild.add_argument("deal_id", type=deal_id, metavar="DEAL", help="the deal's id")
+    rebuild.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild even though the store's voucher count may be incomplete (you checked it is not)",
+    )
 
     sub.add_parser(
         "relay",
@@ -197,8 +236,8 @@ def cmd_merchant_create(args: argparse.Namespace) -> int:
         api_key = register_merchant(store, args.merchant)
     except DuplicateError:
         raise CommandError(f"merchant {args.merchant!r} already exists") from None
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
+    except ValueError as exc:  # the store's own check of the id (argparse checked it already)
+        raise UsageError(str(exc)) from None
     finally:
         store.close()
     print(f"merchant {args.merchant} created; its API key (shown once, send it as X-API-Key):")
@@ -226,11 +265,27 @@ def cmd_deal_rebuild(args: argparse.Namespace) -> int:
     from .claims import rebuild_deal
 
     settings = _settings()
+    deal_id = args.deal_id
     with contextlib.closing(open_store(settings)) as store, contextlib.closing(open_gate(settings)) as gate:
-        left = rebuild_deal(gate, store, args.deal_id)
-    if left is None:
-        raise CommandError(f"no deal {args.deal_id!r} in the document store")
-    print(f"deal {args.deal_id} is in the claim gate with {left} vouchers left")
+        if store.get_deal(deal_id) is None:
+            raise CommandError(f"no deal {deal_id!r} in the document store")
+        held = gate.stock_left(deal_id)
+        if held is not None:
+            print(f"deal {deal_id} is still in the claim gate with {held} vouchers left; left alone")
+            return 0
+        vouchers = len(store.vouchers_of_deal(deal_id))
+        if not args.force:
+            raise CommandError(
+                f"deal {deal_id} is missing from the claim gate and the document store holds {vouchers} "
+                "vouchers of it; that count may be incomplete until the outbox and the persist worker "
+                "have drained (nothing writes vouchers to the store before the queue issue), and a "
+                "rebuild from an undercount resets stock and limits and oversells: not rebuilt; "
+                "rerun with --force once the count is complete"
+            )
+        left = rebuild_deal(gate, store, deal_id)
+    if left is None:  # removed from the store meanwhile
+        raise CommandError(f"no deal {deal_id!r} in the document store")
+    print(f"deal {deal_id} is in the claim gate with {left} vouchers left ({vouchers} vouchers in the store)")
     return 0
 
 
@@ -263,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except SettingsError as exc:
         print(f"shopcardd-backend: bad settings: {exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"shopcardd-backend: {exc}", file=sys.stderr)
         return 2
     except CommandError as exc:
         print(f"shopcardd-backend: {exc}", file=sys.stderr)

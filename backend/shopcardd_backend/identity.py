@@ -41,6 +41,7 @@ MAX_USER_ID_LENGTH: Final = 64
 USER_ID_RULE: Final = f"1 to {MAX_USER_ID_LENGTH} characters, no spaces or control characters"
 API_KEY_PREFIX: Final = "sck_"
 MERCHANT_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MERCHANT_ID_RULE: Final = "1 to 64 letters, digits, '.', '_' or '-'"
 
 
 class Unauthorized(Exception):
@@ -188,7 +189,7 @@ def register_merchant(store: DocumentStore, merchant_id: str) -> str:
     """Register a merchant with a new API key and return the key (its hash alone is stored).
     ``DuplicateError`` when the merchant exists, ``ValueError`` for an id a voucher cannot carry."""
     if not MERCHANT_ID.fullmatch(merchant_id):
-        raise ValueError(f"merchant id {merchant_id!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
+        raise ValueError(f"merchant id {merchant_id!r}: use {MERCHANT_ID_RULE}")
     api_key = new_api_key()
     store.add_merchant(MerchantRecord(merchant_id, hash_api_key(api_key), datetime.now(UTC)))
     return api_key

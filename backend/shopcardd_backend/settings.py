@@ -83,7 +83,8 @@ class Settings(BaseSettings):
 
     redis_url: str | None = None
     redis_prefix: str = "shopcardd"
-    """Prefix of every Redis key this deployment writes (tests use one of their own)."""
+    """Prefix of every Redis key this deployment writes (tests use one of their own): non-empty,
+    no braces (a ``{...}`` in it would become the keys' cluster hash tag) and no whitespace."""
     mongodb_uri: str | None = None
     mongodb_database: str = "shopcardd"
     amqp_url: str | None = None
@@ -163,6 +164,17 @@ class Settings(BaseSettings):
         schemes = URL_SCHEMES[str(info.field_name)]
         if value is not None and not value.startswith(schemes):
             raise ValueError(f"must start with {' or '.join(schemes)}")  # no echo: URLs hold passwords
+        return value
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _usable_prefix(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty (the keys of every deployment would mix)")
+        if "{" in value or "}" in value:
+            raise ValueError("must not hold '{' or '}' (they would move the keys' cluster hash tag)")
+        if any(ch.isspace() or not ch.isprintable() for ch in value):
+            raise ValueError("must not hold whitespace or control characters")
         return value
 
     @field_validator("user_jwks")

@@ -151,6 +151,22 @@ def test_cancel_closes_the_sale(gate: ClaimGate) -> None:
     assert claim(gate, "u3").outcome is Outcome.SALE_NOT_OPEN
 
 
+def test_a_deal_loaded_cancelled_is_never_claimable(gate: ClaimGate) -> None:
+    """A rebuild of a deal cancelled in the store: closed in the load's own step, no window."""
+    claimed = [("k1", Voucher("v1", "d1", "u1", "m1", NOW, NOW + 60))]
+    gate.load_deal(terms(stock=3, cancelled=True), claimed)
+    assert claim(gate, "u2").outcome is Outcome.SALE_NOT_OPEN
+    assert gate.stock_left("d1") == 2
+    replay = gate.claim(ClaimAttempt("d1", "u1", "k1", "other", NOW))
+    assert replay.outcome is Outcome.REPLAYED, "a voucher issued before the cancel is still replayed"
+    gate.load_deal(terms(stock=3))  # loading it again as not cancelled does not reopen it
+    gate.load_deal(terms(stock=3), claimed)
+    assert claim(gate, "u3").outcome is Outcome.SALE_NOT_OPEN
+    gate.load_deal(terms("d2", cancelled=True))  # a fresh deal, no vouchers
+    assert claim(gate, deal="d2").outcome is Outcome.SALE_NOT_OPEN
+    assert gate.stock_left("d2") == 3
+
+
 def test_an_unknown_deal(gate: ClaimGate) -> None:
     assert claim(gate, deal="nope") == ClaimDecision(Outcome.UNKNOWN_DEAL)
     assert gate.stock_left("nope") is None

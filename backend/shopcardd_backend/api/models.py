@@ -23,10 +23,24 @@ from pydantic import (
 
 from ..stores.base import DealRecord, DealStatus
 
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+TIME_RANGE = "from 2000-01-01T00:00:00Z to 9999-12-31T23:59:59Z (in UTC)"
+
 
 def _utc(value: datetime) -> datetime:
-    """UTC, whole seconds: the claim gate decides on epoch seconds, and stores keep no more."""
-    return value.astimezone(UTC).replace(microsecond=0)
+    """UTC, whole seconds: the claim gate decides on epoch seconds, and stores keep no more.
+
+    Bounded to years 2000 to 9999 in UTC: an offset can carry a time written in year 9999 (or 1)
+    past what a datetime holds, and every time must fit the gate's epoch seconds, a BSON date
+    and the SQLite store's ISO text alike."""
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"must be {TIME_RANGE}") from None
+    if not EARLIEST_TIME <= utc.replace(microsecond=0) <= LATEST_TIME:
+        raise ValueError(f"must be {TIME_RANGE}")
+    return utc.replace(microsecond=0)
 
 
 def _rfc3339_text(value: object) -> object:
@@ -82,13 +96,13 @@ class DealPublic(BaseModel):
     status: DealStatus
 
     @classmethod
-    def of(cls, deal: DealRecord, stock_left: int | None) -> DealPublic:
+    def of(cls, deal: DealRecord, stock_left: int) -> DealPublic:
         return cls(
             deal_id=deal.deal_id,
             merchant_id=deal.merchant_id,
             title=deal.title,
             stock=deal.stock,
-            stock_left=deal.stock if stock_left is None else stock_left,
+            stock_left=stock_left,
             per_user_limit=deal.per_user_limit,
             voucher_ttl_seconds=deal.voucher_ttl_seconds,
             starts_at=deal.starts_at,

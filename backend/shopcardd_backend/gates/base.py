@@ -50,6 +50,10 @@ class DealTerms:
     voucher_ttl_seconds: int
     starts_at: int | None = None
     ends_at: int | None = None
+    cancelled: bool = False
+    """Load the deal already closed, in the same atomic step as its terms (a rebuild of a deal
+    cancelled in the store): no claim can be issued on it in between. ``False`` never reopens
+    a deal the gate holds cancelled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +136,8 @@ class ClaimGate(Protocol):
     def load_deal(self, terms: DealTerms, claimed: Iterable[tuple[str, Voucher]] = ()) -> None:
         """Make the gate ready for ``terms``; ``claimed`` is (idempotency key, voucher) already
         issued, for rebuilding stock and per-user counts from the durable store. Loading a deal
-        the gate already holds leaves its counters alone unless ``claimed`` is given."""
+        the gate already holds leaves its counters alone unless ``claimed`` is given. The terms,
+        the counters and ``terms.cancelled`` become visible to claims together, atomically."""
 
     def claim(self, attempt: ClaimAttempt) -> ClaimDecision:
         """Decide one claim atomically. Raises ``GateUnavailable`` when the store is down.

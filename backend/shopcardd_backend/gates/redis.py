@@ -121,13 +121,15 @@ class RedisClaimGate(Closing):
     def load_deal(self, terms: DealTerms, claimed: Iterable[tuple[str, Voucher]] = ()) -> None:
         terms_key, stock_key, users_key, claims_key, _ = self.deal_keys(terms.deal_id)
         claimed = list(claimed)
-        fields = {
+        fields: dict[str, str | int] = {
             "merchant_id": terms.merchant_id,
             "per_user_limit": terms.per_user_limit,
             "voucher_ttl_seconds": terms.voucher_ttl_seconds,
             "starts_at": "" if terms.starts_at is None else terms.starts_at,
             "ends_at": "" if terms.ends_at is None else terms.ends_at,
         }
+        if terms.cancelled:  # in the same MULTI as the terms: never claimable in between
+            fields["cancelled"] = "1"
         with self._mapped_errors():
             self._client.sadd(self.registry_key, terms.deal_id)
             pipe = self._client.pipeline(transaction=True)
@@ -226,6 +228,25 @@ class RedisClaimGate(Closing):
 
     def check(self) -> None:
         check_decision(self.claim(check_attempt()))
+        self._check_eviction_policy()
+
+    def _check_eviction_policy(self) -> None:
+        """``GateUnavailable`` unless Redis runs with ``maxmemory-policy noeviction``: evicting a
+        deal's users or claims hash would silently reset its per-user limits and replays. A
+        Redis that refuses ``CONFIG GET`` (a managed service, an ACL) cannot be asked: passed."""
+        try:
+            config = self._client.config_get("maxmemory-policy")
+        except redis.ResponseError:  # unknown or renamed command, NOPERM
+            return
+        except redis.RedisError as exc:
+            raise GateUnavailable(f"Redis: {exc}", self.retry_after) from exc
+        policy = config.get("maxmemory-policy")
+        if policy is not None and policy != "noeviction":
+            raise GateUnavailable(
+                f"Redis maxmemory-policy is {policy}; the claim gate needs noeviction "
+                "(an evicted key would silently reset a deal's limits and replays)",
+                self.retry_after,
+            )
 
     def close(self) -> None:
         self._closed = True

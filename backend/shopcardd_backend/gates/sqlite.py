@@ -88,18 +88,20 @@ class SqliteClaimGate(Closing):
                 terms.voucher_ttl_seconds,
                 terms.starts_at,
                 terms.ends_at,
+                int(terms.cancelled),
                 terms.deal_id,
             )
-            if known:
+            if known:  # a cancelled deal stays cancelled: MAX never reopens it
                 tx.execute(
                     "UPDATE deals SET merchant_id = ?, stock = ?, per_user_limit = ?,"
-                    " voucher_ttl_seconds = ?, starts_at = ?, ends_at = ? WHERE deal_id = ?",
+                    " voucher_ttl_seconds = ?, starts_at = ?, ends_at = ?, cancelled = MAX(cancelled, ?)"
+                    " WHERE deal_id = ?",
                     values,
                 )
             else:
                 tx.execute(
                     "INSERT INTO deals (merchant_id, stock, per_user_limit, voucher_ttl_seconds,"
-                    " starts_at, ends_at, deal_id, stock_left) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " starts_at, ends_at, cancelled, deal_id, stock_left) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (*values, terms.stock),
                 )
             if known and not claimed:

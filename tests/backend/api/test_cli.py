@@ -10,11 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from shopcardd_backend.app import create_app
 from shopcardd_bench.claims import running_backend
 from shopcardd_voucher import KeySet, Reason, verify
 
-from .conftest import backend
+from .conftest import Api, assert_problem, backend, build_settings
 
 
 @pytest.fixture
@@ -58,7 +60,28 @@ def test_merchant_create_shows_the_key_once_and_refuses_a_second_time(env: dict[
     again = backend(env, "merchant", "create", "--merchant", "cafe", expect=1)
     assert "already exists" in again.stderr
     assert key not in again.stdout
-    backend(env, "merchant", "create", "--merchant", "bad id", expect=1)
+    backend(env, "merchant", "create", "--merchant", "bad id", expect=2)
+
+
+BAD_ARGUMENTS = [
+    ["merchant", "create", "--merchant", "bad id"],
+    ["merchant", "create", "--merchant", ""],
+    ["merchant", "create", "--merchant", "m" * 65],
+    ["user-token", "bad id"],
+    ["deal", "rebuild", ""],
+    ["deal", "rebuild", "{x}"],
+    ["serve", "--port", "0"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_ARGUMENTS, ids=lambda argv: "-".join(argv[:2]) + f"-{argv[-1][:8]!r}")
+def test_a_bad_argument_is_a_usage_error_exit_2_whatever_the_command(
+    env: dict[str, str], tmp_path: Path, argv: list[str]
+) -> None:
+    refused = backend(env, *argv, expect=2)
+    assert "error: argument" in refused.stderr and "Traceback" not in refused.stderr
+    assert not refused.stdout
+    assert not (tmp_path / "data").exists(), "refused before any store or key is opened"
 
 
 def test_user_token_prints_one_token_per_user_in_order(env: dict[str, str]) -> None:
@@ -100,6 +123,46 @@ def test_deal_rebuild_leaves_a_held_deal_alone_and_names_an_unknown_one(
     assert "no deal 'no-such-deal'" in missing.stderr
 
 
+def test_deal_rebuild_of_a_lost_deal_needs_force_and_keeps_a_cancel(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The gate lost its deals (here: the embedded gate's file is gone): until ``deal rebuild
+    --force``, reads, cancels and claims of them answer 503; a deal cancelled meanwhile comes
+    back cancelled."""
+    settings = build_settings(tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        key = api.merchant_key("m1")
+        deal, closed = (api.create_deal(key, stock=5)["deal_id"] for _ in range(2))
+    for name in ("gate.sqlite3", "gate.sqlite3-wal", "gate.sqlite3-shm"):
+        (tmp_path / "data" / name).unlink(missing_ok=True)
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        assert_problem(client.get(f"/v1/deals/{deal}"), 503, "unavailable")
+        assert_problem(
+            client.post(f"/v1/deals/{closed}/cancel", headers={"X-API-Key": key}), 503, "unavailable"
+        )
+        assert_problem(api.claim(closed, api.user_token("alice"), "k"), 503, "unavailable")
+
+    refused = backend(env, "deal", "rebuild", deal, expect=1)
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    for words in ("holds 0 vouchers", "may be incomplete", "persist worker", "--force"):
+        assert words in refused.stderr, words
+    assert not refused.stdout
+    help_text = " ".join(backend(env, "deal", "rebuild", "--help").stdout.split())
+    assert "--force" in help_text and "may be incomplete" in help_text
+
+    assert "with 5 vouchers left" in backend(env, "deal", "rebuild", deal, "--force").stdout
+    assert "with 5 vouchers left" in backend(env, "deal", "rebuild", closed, "--force").stdout
+    assert "left alone" in backend(env, "deal", "rebuild", deal).stdout  # held now: no --force needed
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        assert api.claim(deal, api.user_token("alice"), "k").status_code == 201
+        assert_problem(api.claim(closed, api.user_token("alice"), "k"), 403, "sale_not_open")
+        read = client.get(f"/v1/deals/{closed}").json()
+        assert (read["status"], read["stock_left"]) == ("cancelled", 5)
+
+
 BAD_SETTINGS = [
     ("SHOPCARDD_LOG_LEVEL", "LOUD"),
     ("SHOPCARDD_REDIS_URL", "garbage"),
@@ -108,6 +171,10 @@ BAD_SETTINGS = [
     ("SHOPCARDD_USER_JWKS", "{bad"),
     ("SHOPCARDD_DATA_DIR", "/proc/zz"),
     ("SHOPCARDD_DATA_DIR", "{tmp}/a-file"),
+    ("SHOPCARDD_REDIS_PREFIX", ""),
+    ("SHOPCARDD_REDIS_PREFIX", "{x}"),
+    ("SHOPCARDD_REDIS_PREFIX", "shop}cardd"),
+    ("SHOPCARDD_REDIS_PREFIX", "shop cardd"),
 ]
 COMMANDS = [
     ["serve", "--port", "1"],  # never reached: the settings are refused first

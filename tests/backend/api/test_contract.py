@@ -184,6 +184,35 @@ def test_wrong_json_types_are_refused_not_coerced(api: Api) -> None:
     assert created.status_code == 201 and created.json()["stock"] == 5
 
 
+OUT_OF_RANGE_TIMES = [
+    "9999-12-31T23:59:59-23:59",  # year 10000 in UTC: past what a datetime holds
+    "0001-01-01T00:00:00+00:01",  # year 0 in UTC
+    "1999-12-31T23:59:59Z",
+    "1970-01-01T00:00:00Z",
+    "9999-12-31T23:59:59-00:01",  # valid as written, 10000-01-01 in UTC
+]
+
+
+def test_times_out_of_range_are_invalid_requests_naming_the_field(api: Api) -> None:
+    headers = {"X-API-Key": api.merchant_key("m1")}
+    good = {"title": "t", "stock": 1, "per_user_limit": 1, "voucher_ttl_seconds": 60}
+    for field in ("starts_at", "ends_at"):
+        for value in OUT_OF_RANGE_TIMES:
+            answer = api.client.post("/v1/deals", json={**good, field: value}, headers=headers)
+            problem = assert_problem(answer, 422, "invalid_request")
+            assert field in problem["detail"], (field, value, problem)
+            assert [e["loc"] for e in problem["errors"]] == [f"body.{field}"], problem
+            assert "2000" in problem["detail"] and "9999" in problem["detail"]
+    # The bounds themselves are accepted, read back and claimable against.
+    edges = {"starts_at": "2000-01-01T00:00:00Z", "ends_at": "9999-12-31T23:59:59Z"}
+    created = api.client.post("/v1/deals", json={**good, **edges}, headers=headers)
+    assert created.status_code == 201, created.text
+    deal = created.json()
+    assert datetime.fromisoformat(deal["ends_at"]) == datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert api.client.get(f"/v1/deals/{deal['deal_id']}").json() == deal
+    assert api.claim(deal["deal_id"], api.user_token("alice"), "k").status_code == 201
+
+
 def test_unknown_routes_and_methods_are_problems(api: Api) -> None:
     assert_problem(api.client.get("/v2/anything"), 404, "not_found")
     assert_problem(api.client.delete("/v1/deals"), 405, "method_not_allowed")

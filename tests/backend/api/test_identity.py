@@ -92,3 +92,18 @@ def test_production_settings_refuse_placeholders(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="placeholder"):
         build_settings(tmp_path, environment="production", user_secret="changethis")
     assert build_settings(tmp_path, environment="production", user_secret=SECRET).environment == "production"
+
+
+def test_expiry_has_a_30_second_leeway_for_clock_skew(tmp_path: Path) -> None:
+    """As docs/backend-api.md says: a token is accepted up to 30 s past its exp, not beyond."""
+    settings = build_settings(tmp_path, user_secret=SECRET, user_issuer=ISSUER)
+    now = int(time.time())
+
+    def expired(seconds_ago: int) -> str:
+        claims = {"iss": ISSUER, "sub": "alice", "iat": now - 600, "exp": now - seconds_ago}
+        return jwt.encode(claims, SECRET, algorithm="HS256")
+
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        assert _claim_with(api, expired(10)) == 201
+        assert_problem(api.claim("any", expired(50), "k"), 401, "unauthorized")

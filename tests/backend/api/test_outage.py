@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from shopcardd_backend.app import create_app
 from shopcardd_backend.claims import rebuild_deal
+from shopcardd_backend.gates.base import GateUnavailable
 
 from .conftest import Api, assert_problem, build_settings
 
@@ -32,11 +33,11 @@ class OwnRedis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         exe = shutil.which("redis-server")
         assert exe is not None
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", ""]
-        args += ["--appendonly", "yes", "--appendfsync", "always"]
+        args += ["--appendonly", "yes", "--appendfsync", "always", *extra]
         self.proc = subprocess.Popen([exe, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         for _ in range(200):
@@ -101,16 +102,52 @@ def test_a_deal_the_gate_lost_waits_for_the_operator_to_rebuild_it(
         deal = api.create_deal(key, stock=5)["deal_id"]
         cancelled = api.create_deal(key, stock=5)["deal_id"]
         client.post(f"/v1/deals/{cancelled}/cancel", headers={"X-API-Key": key})
+        cancelled_after = api.create_deal(key, stock=5)["deal_id"]
         redis.Redis.from_url(own_redis.url).flushall()
 
         lost = api.claim(deal, api.user_token("alice"), "k")
         assert_problem(lost, 503, "unavailable")
         assert lost.headers["Retry-After"] == "60"
+        read = client.get(f"/v1/deals/{deal}")  # no stock is invented for it
+        assert_problem(read, 503, "unavailable")
+        assert read.headers["Retry-After"] == "60"
+        cancel = client.post(f"/v1/deals/{cancelled_after}/cancel", headers={"X-API-Key": key})
+        assert_problem(cancel, 503, "unavailable")
 
         runtime = client.app.state.runtime  # type: ignore[attr-defined]
         assert rebuild_deal(runtime.gate, runtime.store, deal) == 5
+        assert client.get(f"/v1/deals/{deal}").json()["stock_left"] == 5
         assert rebuild_deal(runtime.gate, runtime.store, cancelled) == 5
+        assert rebuild_deal(runtime.gate, runtime.store, cancelled_after) == 5, "cancelled while lost"
+        assert_problem(api.claim(cancelled_after, api.user_token("alice"), "k"), 403, "sale_not_open")
+        after = client.post(f"/v1/deals/{cancelled_after}/cancel", headers={"X-API-Key": key})
+        assert after.status_code == 200 and after.json()["status"] == "cancelled"
         assert rebuild_deal(runtime.gate, runtime.store, "no-such-deal") is None
         assert api.claim(deal, api.user_token("alice"), "k").status_code == 201
         assert rebuild_deal(runtime.gate, runtime.store, deal) == 4, "a held deal is left alone"
         assert_problem(api.claim(cancelled, api.user_token("alice"), "k"), 403, "sale_not_open")
+
+
+def test_readiness_fails_unless_redis_refuses_to_evict(own_redis: OwnRedis, tmp_path: Path) -> None:
+    """An evicted users or claims hash would silently reset a deal's limits and replays."""
+    settings = build_settings(tmp_path / "data", redis_url=own_redis.url, redis_prefix="evict")
+    admin = redis.Redis.from_url(own_redis.url)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        assert_problem(client.get("/readyz"), 503, "unavailable")
+        with pytest.raises(GateUnavailable, match=r"maxmemory-policy is allkeys-lru.*noeviction"):
+            client.app.state.runtime.gate.check()  # type: ignore[attr-defined]
+        admin.config_set("maxmemory-policy", "noeviction")
+        assert client.get("/readyz").status_code == 200
+
+
+def test_readiness_passes_when_redis_refuses_config_get(own_redis: OwnRedis, tmp_path: Path) -> None:
+    """A managed Redis may not allow CONFIG: the policy cannot be read, so it is not held against it."""
+    own_redis.stop()
+    own_redis.start("--maxmemory-policy", "allkeys-lru", "--rename-command", "CONFIG", "")
+    with pytest.raises(redis.ResponseError):
+        redis.Redis.from_url(own_redis.url).config_get("maxmemory-policy")
+    settings = build_settings(tmp_path / "data", redis_url=own_redis.url, redis_prefix="noconfig")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter
 
-from ...claims import terms_of
+from ...claims import lost_deal, terms_of
+from ...gates.base import ClaimGate
 from ...stores.base import DealRecord, DealStatus, DuplicateError
 from ..deps import CurrentMerchant, DealId, GateDep, StoreDep
 from ..errors import Problem
@@ -29,6 +30,15 @@ def _deal_or_404(store: StoreDep, deal_id: str) -> DealRecord:
     if deal is None:
         raise Problem("not_found", f"no deal {deal_id[:100]!r}")
     return deal
+
+
+def _public(deal: DealRecord, gate: ClaimGate) -> DealPublic:
+    """The deal with the gate's stock left; 503 (as a claim on it) when the gate lost the deal,
+    rather than a stock the gate cannot vouch for."""
+    left = gate.stock_left(deal.deal_id)
+    if left is None:
+        raise lost_deal(deal.deal_id)
+    return DealPublic.of(deal, left)
 
 
 @router.post("", status_code=201, responses={401: {}, 422: {}, 503: {}})
@@ -63,20 +73,23 @@ def create_deal(body: DealCreate, merchant: CurrentMerchant, store: StoreDep, ga
     raise Problem("unavailable", "could not find a free deal id; retry", headers={"Retry-After": "1"})
 
 
-@router.get("/{deal_id}", responses={404: {}})
+@router.get("/{deal_id}", responses={404: {}, 503: {}})
 def read_deal(deal_id: DealId, store: StoreDep, gate: GateDep) -> DealPublic:
     """The deal with the vouchers left to claim."""
     deal = _deal_or_404(store, deal_id)
-    return DealPublic.of(deal, gate.stock_left(deal_id))
+    return _public(deal, gate)
 
 
-@router.post("/{deal_id}/cancel", responses={401: {}, 403: {}, 404: {}})
+@router.post("/{deal_id}/cancel", responses={401: {}, 403: {}, 404: {}, 503: {}})
 def cancel_deal(deal_id: DealId, merchant: CurrentMerchant, store: StoreDep, gate: GateDep) -> DealPublic:
-    """Close the sale: every later claim is refused with ``sale_not_open``. Repeating it is harmless."""
+    """Close the sale: every later claim is refused with ``sale_not_open``. Repeating it is harmless.
+
+    On a deal the gate lost, the cancellation is recorded in the store (``deal rebuild`` loads
+    the deal cancelled) and the answer is 503, as for any other use of that deal."""
     deal = _deal_or_404(store, deal_id)
     if deal.merchant_id != merchant:
         raise Problem("forbidden", f"deal {deal_id!r} belongs to another merchant")
     cancelled = store.set_deal_status(deal_id, DealStatus.CANCELLED) or deal
     gate.cancel(deal_id)
     log.info("deal cancelled", extra={"deal_id": deal_id, "merchant_id": merchant})
-    return DealPublic.of(cancelled, gate.stock_left(deal_id))
+    return _public(cancelled, gate)
