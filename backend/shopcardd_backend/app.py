@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from .api.deps import Runtime
 from .api.errors import install_error_handlers
 from .api.middleware import BodyLimits, HeadAsGet
-from .api.models import Problem as ProblemModel
+from .api.models import ProblemDocument
 from .api.routes import claims, deals, health, keys
 from .claims import ClaimService
 from .gates.base import ClaimGate
@@ -93,7 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
         summary="Flash-sale deals and claims; vouchers signed for offline checking at the counter.",
         lifespan=lifespan,
-        responses={"default": {"model": ProblemModel, "description": "An RFC 9457 problem document"}},
+        responses={"default": {"model": ProblemDocument, "description": "An RFC 9457 problem document"}},
     )
     app.state.settings = settings
     app.state.metrics = Metrics()

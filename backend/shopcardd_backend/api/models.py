@@ -127,7 +127,7 @@ class VoucherPublic(BaseModel):
     expires_at: datetime
 
 
-class Problem(BaseModel):
+class ProblemDocument(BaseModel):
     """RFC 9457 problem document (``application/problem+json``), for the OpenAPI schema."""
 
     type: str = "about:blank"
