@@ -59,8 +59,9 @@ def create_deal(body: DealCreate, merchant: CurrentMerchant, store: StoreDep, ga
         )
         if store.get_deal(deal.deal_id) is not None:
             continue
-        # The gate first: a deal the store holds but the gate lost is restored at the next
-        # claim, while a gate entry without a stored deal is unreachable and harmless.
+        # The gate first: a gate entry without a stored deal (the store write failed) is
+        # unreachable and harmless, while a stored deal the gate never got would answer 503
+        # until an operator's `deal rebuild`.
         gate.load_deal(terms_of(deal))
         try:
             store.add_deal(deal)
