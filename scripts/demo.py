@@ -56,31 +56,30 @@ class Demo:
         self, *args: str | Path, expect: int | set[int] = 0, stdin: str | None = None, show: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """Run a command as a user would type it, print it and its output, check its exit code."""
-        argv = [str(a) for a in args]
-        exe = shutil.which(argv[0], path=str(Path(sys.executable).parent)) or argv[0]
-        print(self._paint(DIM, "$ " + " ".join(shlex.quote(a) for a in argv)), flush=True)
-        proc = subprocess.run(
-            [exe, *argv[1:]], input=stdin, capture_output=True, text=True, env=self.env, cwd=self.out
-        )
+        argv = self._announce(args)
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=self.env, cwd=self.out)
         if show:
             for line in (proc.stdout + proc.stderr).rstrip().splitlines():
                 print("  " + line)
         allowed = {expect} if isinstance(expect, int) else expect
         if proc.returncode not in allowed:
             raise DemoFailed(
-                f"{argv[0]} exited {proc.returncode}, expected {sorted(allowed)}:\n{proc.stderr}"
+                f"{args[0]} exited {proc.returncode}, expected {sorted(allowed)}:\n{proc.stderr}"
             )
         return proc
 
     def spawn(self, *args: str | Path, log: Path) -> subprocess.Popen[bytes]:
         """Start a long-running command (a server) in the background, its output in ``log``."""
-        argv = [str(a) for a in args]
-        exe = shutil.which(argv[0], path=str(Path(sys.executable).parent)) or argv[0]
-        print(self._paint(DIM, "$ " + " ".join(shlex.quote(a) for a in argv) + " &"), flush=True)
+        argv = self._announce(args, background=True)
         with log.open("wb") as out:
-            return subprocess.Popen(
-                [exe, *argv[1:]], stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.out
-            )
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.out)
+
+    def _announce(self, args: tuple[str | Path, ...], background: bool = False) -> list[str]:
+        """Print the command as typed; the argv to run, with the venv's console script found."""
+        argv = [str(a) for a in args]
+        shown = "$ " + " ".join(shlex.quote(a) for a in argv) + (" &" if background else "")
+        print(self._paint(DIM, shown), flush=True)
+        return [shutil.which(argv[0], path=str(Path(sys.executable).parent)) or argv[0], *argv[1:]]
 
 
 def main(argv: list[str] | None = None) -> int:
