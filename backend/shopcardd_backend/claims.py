@@ -38,7 +38,6 @@ class ClaimRefused(Exception):
     def __init__(self, outcome: Outcome, deal_id: str) -> None:
         super().__init__(f"{outcome} for deal {deal_id}")
         self.outcome = outcome
-        self.deal_id = deal_id
 
 
 @dataclass(frozen=True, slots=True)

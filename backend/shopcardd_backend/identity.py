@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from shopcardd_provision.keys import write_private
 from shopcardd_voucher import SigningKey
@@ -152,7 +151,7 @@ def dev_identity_key(settings: Settings) -> SigningKey:
     path = settings.identity_dir / f"{DEV_IDENTITY_KID}.private.pem"
     with folder_lock(settings.identity_dir):
         if not path.exists():
-            write_private(path, SigningKey(DEV_IDENTITY_KID, ed25519.Ed25519PrivateKey.generate()).to_pem())
+            write_private(path, SigningKey.generate(DEV_IDENTITY_KID, "EdDSA").to_pem())
     return SigningKey.load(DEV_IDENTITY_KID, path)
 
 

@@ -47,15 +47,10 @@ class VoucherSigner:
         if published != key.verification_key().to_jwk():
             raise SigningKeyError(f"signing key {key.kid!r} does not match its published public key")
         self.key = key
-        self.keyset = keyset
-        self._jwks = keyset.to_jwks()
+        self.jwks: dict[str, Any] = keyset.to_jwks()
 
     def sign(self, voucher: Voucher) -> str:
         return sign(self.key, dataclasses.replace(voucher, kid=self.key.kid))
-
-    @property
-    def jwks(self) -> dict[str, Any]:
-        return self._jwks
 
 
 def new_kid() -> str:
@@ -74,11 +69,11 @@ def load_signer(keys_dir: Path, alg: Algorithm = "EdDSA", kid: str | None = None
         usable = [k for k in keyset.kids if (keys_dir / f"{k}.private.pem").exists()]
         if kid is None and not usable:
             try:
-                keygen(alg, new_kid(), keys_dir)
-                keyset = KeySet.load(jwks_path)
+                made = keygen(alg, new_kid(), keys_dir)
             except (ProvisionError, InvalidKeyError) as exc:
                 raise SigningKeyError(str(exc)) from exc
-            usable = [k for k in keyset.kids if (keys_dir / f"{k}.private.pem").exists()]
+            keyset.add(made.key)  # what keygen wrote to jwks.json, without reading it back
+            usable = [made.key.kid]
         chosen = kid or usable[-1]
         try:
             key = SigningKey.load(chosen, keys_dir / f"{chosen}.private.pem")

@@ -62,9 +62,13 @@ def _percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
+def _backend_exe() -> str:
+    """The ``shopcardd-backend`` command of this interpreter's environment."""
+    return str(Path(sys.executable).with_name("shopcardd-backend"))
+
+
 def _backend(env: dict[str, str], *args: str) -> str:
-    exe = str(Path(sys.executable).with_name("shopcardd-backend"))
-    proc = subprocess.run([exe, *args], env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run([_backend_exe(), *args], env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"shopcardd-backend {args[0]} failed: {proc.stderr.strip()}")
     return proc.stdout
@@ -84,8 +88,7 @@ def running_backend(env: dict[str, str], log_path: Path, workers: int = 1) -> It
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    exe = str(Path(sys.executable).with_name("shopcardd-backend"))
-    argv = [exe, "serve", "--port", str(port), "--workers", str(workers)]
+    argv = [_backend_exe(), "serve", "--port", str(port), "--workers", str(workers)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

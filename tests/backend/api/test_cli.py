@@ -28,20 +28,27 @@ def server(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
 
 
+def _merchant_key(env: dict[str, str], merchant: str) -> str:
+    """``merchant create``'s API key: the last line it prints."""
+    return backend(env, "merchant", "create", "--merchant", merchant).stdout.strip().splitlines()[-1]
+
+
+def _create_deal(server: str, api_key: str, title: str, stock: int) -> str:
+    body = {"title": title, "stock": stock, "per_user_limit": 1, "voucher_ttl_seconds": 600}
+    return httpx.post(f"{server}/v1/deals", json=body, headers={"X-API-Key": api_key}).json()["deal_id"]
+
+
+def _claim(server: str, deal: str, token: str, key: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+    return httpx.post(f"{server}/v1/deals/{deal}/claims", headers=headers)
+
+
 def test_commands_share_the_stores_of_the_server(env: dict[str, str], server: str, tmp_path: Path) -> None:
-    created = backend(env, "merchant", "create", "--merchant", "cafe")
-    api_key = created.stdout.strip().splitlines()[-1]
+    api_key = _merchant_key(env, "cafe")
     tokens = backend(env, "user-token", "alice", "bob").stdout.split()
     assert len(tokens) == 2
-    body = {"title": "2 for 1", "stock": 2, "per_user_limit": 1, "voucher_ttl_seconds": 600}
-    deal = httpx.post(f"{server}/v1/deals", json=body, headers={"X-API-Key": api_key}).json()
-    claims = [
-        httpx.post(
-            f"{server}/v1/deals/{deal['deal_id']}/claims",
-            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "k1"},
-        )
-        for token in tokens
-    ]
+    deal = _create_deal(server, api_key, "2 for 1", stock=2)
+    claims = [_claim(server, deal, token, "k1") for token in tokens]
     assert [c.status_code for c in claims] == [201, 201]
     keys = KeySet.from_jwks(httpx.get(f"{server}/.well-known/jwks.json").json())
     assert all(verify(c.json()["token"], keys, merchant="cafe").reason is Reason.ACCEPTED for c in claims)
@@ -109,14 +116,9 @@ def test_production_refuses_the_development_identity(env: dict[str, str]) -> Non
 def test_deal_rebuild_leaves_a_held_deal_alone_and_names_an_unknown_one(
     env: dict[str, str], server: str
 ) -> None:
-    api_key = backend(env, "merchant", "create", "--merchant", "cafe").stdout.strip().splitlines()[-1]
-    body = {"title": "tea", "stock": 3, "per_user_limit": 1, "voucher_ttl_seconds": 600}
-    deal = httpx.post(f"{server}/v1/deals", json=body, headers={"X-API-Key": api_key}).json()["deal_id"]
+    deal = _create_deal(server, _merchant_key(env, "cafe"), "tea", stock=3)
     (token,) = backend(env, "user-token", "alice").stdout.split()
-    claim = httpx.post(
-        f"{server}/v1/deals/{deal}/claims",
-        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "k"},
-    )
+    claim = _claim(server, deal, token, "k")
     assert claim.status_code == 201
     assert "with 2 vouchers left" in backend(env, "deal", "rebuild", deal).stdout
     missing = backend(env, "deal", "rebuild", "no-such-deal", expect=1)

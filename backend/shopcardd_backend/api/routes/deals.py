@@ -12,7 +12,7 @@ from ...claims import lost_deal, terms_of
 from ...gates.base import ClaimGate
 from ...stores.base import DealRecord, DealStatus, DuplicateError
 from ..deps import CurrentMerchant, DealId, GateDep, StoreDep
-from ..errors import Problem
+from ..errors import Problem, unavailable
 from ..models import DealCreate, DealPublic
 
 router = APIRouter(prefix="/v1/deals", tags=["deals"])
@@ -48,14 +48,9 @@ def create_deal(body: DealCreate, merchant: CurrentMerchant, store: StoreDep, ga
         deal = DealRecord(
             deal_id=new_deal_id(),
             merchant_id=merchant,
-            title=body.title,
-            stock=body.stock,
-            per_user_limit=body.per_user_limit,
-            voucher_ttl_seconds=body.voucher_ttl_seconds,
-            starts_at=body.starts_at,
-            ends_at=body.ends_at,
             status=DealStatus.ACTIVE,
             created_at=datetime.now(UTC),
+            **body.model_dump(),
         )
         if store.get_deal(deal.deal_id) is not None:
             continue
@@ -71,7 +66,7 @@ def create_deal(body: DealCreate, merchant: CurrentMerchant, store: StoreDep, ga
             "deal created", extra={"deal_id": deal.deal_id, "merchant_id": merchant, "stock": deal.stock}
         )
         return DealPublic.of(deal, deal.stock)
-    raise Problem("unavailable", "could not find a free deal id; retry", headers={"Retry-After": "1"})
+    raise unavailable(1, "could not find a free deal id; retry")
 
 
 @router.get("/{deal_id}", responses={404: {}, 503: {}})
