@@ -65,7 +65,6 @@ def _frames(mint: Any, size: tuple[int, int], count: int, seed: int) -> list[Gra
 def _one_run(counter: Counter, decoder: Decoder, frames: list[Gray], e2e_frames: list[Gray]) -> Stages:
     import numpy as np
 
-    from shopcardd_device import policy
     from shopcardd_device.frames.synthetic import ScriptedSource
     from shopcardd_device.scanner import Scan, Scanner
 
@@ -78,23 +77,9 @@ def _one_run(counter: Counter, decoder: Decoder, frames: list[Gray], e2e_frames:
         if not codes:
             continue  # an unread frame has no verify or record cost; counted in the table's "read" column
         now = counter.time()
-        verdict = policy.judge(
-            codes[0],
-            keys=counter.keys,
-            merchant=counter.config.merchant_id,
-            facts=counter.ledger,
-            time=now,
-            leeway=60,
-        )
+        verdict = counter.judge(codes[0], now)  # Counter.scan, in its two timed halves
         verified = clock()
-        counter.ledger.record(
-            verdict,
-            raw=codes[0],
-            device_id=counter.config.device_id,
-            scanned_at=now.now,
-            clock_at=now.clock,
-            time_floor=policy.floor_after(now, verdict),
-        )
+        counter.commit(codes[0], verdict, now)
         recorded = clock()
         stages.decode.append(decoded - start)
         stages.verify.append(verified - decoded)

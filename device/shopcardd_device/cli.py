@@ -319,8 +319,8 @@ def _iso(moment: float | None) -> str | None:
 
 
 def status_report(counter: Counter) -> dict[str, Any]:
-    ledger, now = counter.ledger, counter.time()
-    health = counter.health()
+    ledger, now = counter.ledger, counter.time()  # one reading: clock, floor and health agree
+    health = counter.health(now)
     return {
         "device_id": counter.config.device_id,
         "merchant": counter.config.merchant_id,
@@ -337,7 +337,7 @@ def status_report(counter: Counter) -> dict[str, Any]:
             }
             for key in counter.keys
         ],
-        "time_floor": ledger.time_floor,
+        "time_floor": now.floor,
         "last_sync": ledger.last_sync,
         "clock": str(now.state),
         "trusted_time": now.now,

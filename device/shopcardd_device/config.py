@@ -111,8 +111,8 @@ class DeviceConfig:
     def from_dict(cls, data: dict[str, Any], base: Path, source_file: Path | None = None) -> DeviceConfig:
         top = _Table(data, "", base)
         config = cls(
-            device_id=top.text("device_id"),
-            merchant_id=top.text("merchant_id"),
+            device_id=top.identifier("device_id"),
+            merchant_id=top.identifier("merchant_id"),
             data_dir=top.path("data_dir"),
             keyset=top.path("keyset"),
             backend_url=top.text("backend_url", "") or None,
@@ -244,7 +244,12 @@ class _Table:
         self._check(
             key, isinstance(value, str) and (bool(value) or value == default), "a non-empty string", value
         )
-        if value and any(ch.isspace() for ch in value) and key.endswith("_id"):
+        return value
+
+    def identifier(self, key: str) -> str:
+        """A required id (``device_id``, ``merchant_id``): a non-empty string without whitespace."""
+        value = self.text(key)
+        if any(ch.isspace() for ch in value):
             raise ConfigError(f"{self._label(key)}: must not contain whitespace, not {value!r}")
         return value
 

@@ -37,12 +37,10 @@ def load_keyset(config: DeviceConfig) -> KeySet:
     """The configured key set; whatever the file holds (binary, broken JSON, a folder), the
     operator gets one line naming ``keyset``, never a traceback."""
     try:
-        keys = KeySet.load(config.keyset)
+        keys = KeySet.load(config.keyset)  # a file it cannot read or decode is an InvalidKeyError too
     except InvalidKeyError as exc:
         raise ConfigError(f"keyset: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"keyset: {config.keyset} is not a JSON text file") from None
-    except (OSError, ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise ConfigError(f"keyset: cannot load {config.keyset}: {exc}") from None
     if not len(keys):
         raise ConfigError(f"keyset: {config.keyset} holds no keys")
@@ -80,18 +78,17 @@ class Counter(Closing):
         try:
             now = clock()
             ledger.store_keyset(keys, now)
-            counter = cls(config, ledger, keys, clock)
             floor = ledger.time_floor
             moment = policy.raised_floor(floor, now)
             if moment is not None and moment != floor:
                 ledger.raise_floor(moment)
-            trusted = counter.time().now
+            trusted = policy.trusted_time(now, moment).now
             if trusted is not None:  # retention: synced rows of expired vouchers are no longer needed
                 ledger.prune(trusted, config.leeway_seconds)
         except BaseException:
             ledger.close()
             raise
-        return counter
+        return cls(config, ledger, keys, clock)
 
     @classmethod
     def open_dry_run(cls, config: DeviceConfig, clock: Clock = time.time) -> Self:
@@ -110,14 +107,21 @@ class Counter(Closing):
         """Read afresh each time: another process (``sync``, ``verify``) may have raised the floor."""
         return policy.trusted_time(self.clock(), self.ledger.time_floor)
 
-    def health(self) -> Health:
-        now = self.time()
+    def health(self, now: TrustedTime | None = None) -> Health:
+        """The health at ``now`` (a fresh ``time()`` when not given)."""
+        if now is None:
+            now = self.time()
         return Health(now.state, policy.keys_in_force(self.keys, now.now))
 
     def scan(self, code: str, *, record: bool = True) -> Verdict:
         """Judge ``code`` and, unless ``record`` is false (dry run), commit it before returning."""
         now = self.time()
-        verdict = policy.judge(
+        verdict = self.judge(code, now)
+        return self.commit(code, verdict, now) if record else verdict
+
+    def judge(self, code: str, now: TrustedTime) -> Verdict:
+        """The verdict on ``code`` at ``now``, recording nothing (the first half of ``scan``)."""
+        return policy.judge(
             code,
             keys=self.keys,
             merchant=self.config.merchant_id,
@@ -125,10 +129,12 @@ class Counter(Closing):
             time=now,
             leeway=self.config.leeway_seconds,
         )
-        if not record:
-            return verdict
+
+    def commit(self, code: str, verdict: Verdict, now: TrustedTime) -> Verdict:
+        """Record ``verdict`` (and the floor it raises) durably; the final verdict (the second half
+        of ``scan``)."""
         floor = policy.floor_after(now, verdict, self.config.leeway_seconds)
-        verdict = self.ledger.record(
+        return self.ledger.record(
             verdict,
             raw=code,
             device_id=self.config.device_id,
@@ -136,4 +142,3 @@ class Counter(Closing):
             clock_at=now.clock,
             time_floor=floor if floor != now.floor else None,
         )
-        return verdict

@@ -105,6 +105,26 @@ def mock_factory() -> Iterator[MockFactory]:
         Device.pin_factory = saved
 
 
+def mock_gpio_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with GPIO on gpiozero's mock pins, plus ``env``."""
+    return {**os.environ, "GPIOZERO_PIN_FACTORY": "mock", **(env or {})}
+
+
+def start_device(
+    *args: str | Path, stderr: int | None = subprocess.PIPE, text: bool = True
+) -> subprocess.Popen[Any]:
+    """Start ``shopcardd-device`` with pipes to its stdin and stdout, GPIO on mock pins, for a test
+    that talks to it while it runs (feeds lines, reads answers, sends signals)."""
+    return subprocess.Popen(
+        [str(BIN / "shopcardd-device"), *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=text,
+        env=mock_gpio_env(),
+    )
+
+
 def device_command(
     *args: str | bytes | Path, stdin: str | bytes | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -117,7 +137,7 @@ def device_command(
         [str(BIN / "shopcardd-device"), *(a if isinstance(a, bytes) else str(a) for a in args)],
         input=stdin.encode() if isinstance(stdin, str) else stdin,
         capture_output=True,
-        env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock", **(env or {})},
+        env=mock_gpio_env(env),
         timeout=60,
     )
     return subprocess.CompletedProcess(

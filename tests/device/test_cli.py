@@ -19,7 +19,17 @@ from shopcardd_device.counter import Counter
 from shopcardd_provision.qr import save_qr
 from shopcardd_voucher import MAX_TOKEN_LENGTH
 
-from .conftest import BIN, MERCHANT, Keys, Mint, WriteConfig, device_command, read_only_folder, strict_json
+from .conftest import (
+    BIN,
+    MERCHANT,
+    Keys,
+    Mint,
+    WriteConfig,
+    device_command,
+    read_only_folder,
+    start_device,
+    strict_json,
+)
 
 
 def answers(stdout: str) -> list[dict[str, object]]:
@@ -114,14 +124,7 @@ def test_verify_dry_run_leaves_an_existing_ledger_as_it_was(
 def test_verify_streams_stdin_answering_each_line_as_it_arrives(
     write_config: WriteConfig, mint: Mint
 ) -> None:
-    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
-    proc = subprocess.Popen(
-        [str(BIN / "shopcardd-device"), "verify", "--config", str(write_config()), "--json", "-"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = start_device("verify", "--config", write_config(), "--json", "-", stderr=None)
     assert proc.stdin and proc.stdout
     for expected in ("accepted", "bad_format"):
         proc.stdin.write((mint() if expected == "accepted" else "junk") + "\n")
@@ -136,14 +139,7 @@ def test_ctrl_c_while_verify_reads_stdin_stops_quietly_with_the_verdicts_so_far(
     write_config: WriteConfig, mint: Mint, tmp_path: Path, first: str, code: int
 ) -> None:
     config = write_config()
-    proc = subprocess.Popen(
-        [str(BIN / "shopcardd-device"), "verify", "--config", str(config), "--json", "-"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
-    )
+    proc = start_device("verify", "--config", config, "--json", "-")
     assert proc.stdin and proc.stdout
     token = mint() if first == "accepted" else "junk"
     proc.stdin.write(token + "\n")
@@ -298,14 +294,7 @@ def test_run_with_a_usb_scanner_scans_typed_lines_and_stops_cleanly_on_sigterm(
     write_config: WriteConfig, mint: Mint
 ) -> None:
     config = write_config('[camera]\nsource = "keyboard"')
-    proc = subprocess.Popen(
-        [str(BIN / "shopcardd-device"), "run", "--config", str(config)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
-    )
+    proc = start_device("run", "--config", config, stderr=subprocess.DEVNULL)
     assert proc.stdin and proc.stdout
     proc.stdin.write(mint() + "\n")
     proc.stdin.flush()

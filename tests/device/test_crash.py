@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -25,7 +24,7 @@ import pytest
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.ledger import Ledger
 
-from .conftest import BIN, Keys, Mint, WriteConfig
+from .conftest import Keys, Mint, WriteConfig, start_device
 
 ROUNDS = 40
 PER_ROUND = 300
@@ -45,7 +44,6 @@ def test_sigkill_at_random_moments_loses_no_accepted_scan(
 ) -> None:
     config_path = write_config()
     rng = random.Random(20261125)
-    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
     accepted: list[str] = []  # voucher ids, in the order the cashier was told "accepted"
     pending: list[str] = []  # tokens fed but not answered before the kill: fed again next round
     started = time.monotonic()
@@ -53,12 +51,8 @@ def test_sigkill_at_random_moments_loses_no_accepted_scan(
     while rounds < ROUNDS and time.monotonic() - started < BUDGET_SECONDS:
         rounds += 1
         tokens = pending + [mint() for _ in range(PER_ROUND)]
-        proc = subprocess.Popen(
-            [str(BIN / "shopcardd-device"), "verify", "--config", str(config_path), "--json", "-"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
+        proc = start_device(
+            "verify", "--config", config_path, "--json", "-", stderr=subprocess.DEVNULL, text=False
         )
         assert proc.stdin and proc.stdout
         feeder = threading.Thread(target=feed, args=(proc.stdin, tokens))

@@ -45,11 +45,11 @@ class Look:
 
 
 def qr_modules(token: str, border: int = 4) -> Gray:
-    """The code's modules as a 0/1 array with its quiet zone (1 = dark), error correction M."""
-    import segno
+    """The code's modules as a 0/1 array with its quiet zone (1 = dark), drawn as the customer app
+    draws it (``shopcardd_provision.qr.make_qr``: error correction M)."""
+    from shopcardd_provision.qr import make_qr  # segno only when a code is drawn
 
-    code = segno.make_qr(token, error="m", boost_error=False)
-    matrix = np.array(code.matrix, dtype=np.uint8)
+    matrix = np.array(make_qr(token).matrix, dtype=np.uint8)
     return np.pad(matrix, border)
 
 
