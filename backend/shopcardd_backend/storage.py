@@ -51,6 +51,7 @@ class SqliteFile(Closing):
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            # ``timeout`` is SQLite's busy timeout (``sqlite3_busy_timeout``), in seconds.
             conn = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
@@ -59,7 +60,6 @@ class SqliteFile(Closing):
         conn.row_factory = sqlite3.Row  # rows unpack like tuples and are read by column name
         self._conn: sqlite3.Connection | None = conn
         with self._mapped_errors():
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -80,9 +80,7 @@ class SqliteFile(Closing):
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error, nothing half-applied."""
         with self._lock, self._mapped_errors():
-            conn = self._conn
-            if conn is None:
-                raise self._unavailable(f"SQLite {self.path} is closed")
+            conn = self._open_connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -96,9 +94,13 @@ class SqliteFile(Closing):
     def reading(self) -> Iterator[sqlite3.Connection]:
         """The connection for one read; WAL gives it a consistent snapshot per statement."""
         with self._lock, self._mapped_errors():
-            if self._conn is None:
-                raise self._unavailable(f"SQLite {self.path} is closed")
-            yield self._conn
+            yield self._open_connection()
+
+    def _open_connection(self) -> sqlite3.Connection:
+        """The connection, or the caller's transient error once closed; called under the lock."""
+        if self._conn is None:
+            raise self._unavailable(f"SQLite {self.path} is closed")
+        return self._conn
 
     def close(self) -> None:
         with self._lock:

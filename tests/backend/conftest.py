@@ -25,6 +25,12 @@ GATE_KINDS = ["sqlite", "redis"]
 STORE_KINDS = ["sqlite", "mongo"]
 _MARKS = {"redis": [pytest.mark.redis], "mongo": [pytest.mark.mongo]}
 
+
+def _kind_params(kinds: list[str]) -> list[Any]:
+    """One fixture param per adapter kind, marked (``redis``, ``mongo``) when it needs a server."""
+    return [pytest.param(kind, marks=_MARKS.get(kind, [])) for kind in kinds]
+
+
 MakeGate = Callable[..., ClaimGate]
 MakeStore = Callable[..., DocumentStore]
 
@@ -81,7 +87,7 @@ def unused_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(params=[pytest.param(kind, marks=_MARKS.get(kind, [])) for kind in GATE_KINDS])
+@pytest.fixture(params=_kind_params(GATE_KINDS))
 def gate_kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -128,7 +134,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeS
             client.drop_database(database)
 
 
-@pytest.fixture(params=[pytest.param(kind, marks=_MARKS.get(kind, [])) for kind in STORE_KINDS])
+@pytest.fixture(params=_kind_params(STORE_KINDS))
 def store_kind(request: pytest.FixtureRequest) -> str:
     return request.param
 

@@ -121,15 +121,12 @@ def claim_event_payload(voucher: Voucher, idempotency_key: str) -> dict[str, Any
     }
 
 
-def check_decision(decision: ClaimDecision) -> None:
-    """What ``check()`` expects of its claim on ``CHECK_DEAL_ID``; anything else is a broken step."""
+def check_claim_step(gate: ClaimGate) -> None:
+    """The heart of every adapter's ``check()``: one claim through the real step, against
+    ``CHECK_DEAL_ID``; any answer but UNKNOWN_DEAL is a broken step (``GateUnavailable``)."""
+    decision = gate.claim(ClaimAttempt(CHECK_DEAL_ID, "_check", "_check", "_check", int(time.time())))
     if decision.outcome is not Outcome.UNKNOWN_DEAL:
         raise GateUnavailable(f"claim step answered {decision.outcome} for the check deal")
-
-
-def check_attempt() -> ClaimAttempt:
-    """The claim ``check()`` runs through the real step, against ``CHECK_DEAL_ID``."""
-    return ClaimAttempt(CHECK_DEAL_ID, "_check", "_check", "_check", int(time.time()))
 
 
 class ClaimGate(Protocol):

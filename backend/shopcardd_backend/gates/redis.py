@@ -46,8 +46,7 @@ from .base import (
     GateUnavailable,
     OutboxEvent,
     Outcome,
-    check_attempt,
-    check_decision,
+    check_claim_step,
     claim_event_payload,
 )
 
@@ -185,11 +184,12 @@ class RedisClaimGate(Closing):
             deals = sorted(self._client.smembers(self.registry_key))
             if not deals:
                 return []
+            after_key = None if after is None else _event_sort_key(after)
             pipe = self._client.pipeline(transaction=False)
             for deal_id in deals:
                 start = "-"
-                if after is not None:
-                    ms, seq, after_deal = _event_sort_key(after)
+                if after_key is not None:
+                    ms, seq, after_deal = after_key
                     start = f"{ms}-{seq}" if deal_id > after_deal else f"({ms}-{seq}"
                 pipe.xrange(self.deal_keys(deal_id)[-1], min=start, count=limit)
             streams: list[list[tuple[str, dict[str, Any]]]] = pipe.execute()
@@ -227,19 +227,18 @@ class RedisClaimGate(Closing):
             pipe.execute()
 
     def check(self) -> None:
-        check_decision(self.claim(check_attempt()))
+        check_claim_step(self)
         self._check_eviction_policy()
 
     def _check_eviction_policy(self) -> None:
         """``GateUnavailable`` unless Redis runs with ``maxmemory-policy noeviction``: evicting a
         deal's users or claims hash would silently reset its per-user limits and replays. A
         Redis that refuses ``CONFIG GET`` (a managed service, an ACL) cannot be asked: passed."""
-        try:
-            config = self._client.config_get("maxmemory-policy")
-        except redis.ResponseError:  # unknown or renamed command, NOPERM
-            return
-        except redis.RedisError as exc:
-            raise GateUnavailable(f"Redis: {exc}", self.retry_after) from exc
+        with self._mapped_errors():
+            try:
+                config = self._client.config_get("maxmemory-policy")
+            except redis.ResponseError:  # unknown or renamed command, NOPERM
+                return
         policy = config.get("maxmemory-policy")
         if policy is not None and policy != "noeviction":
             raise GateUnavailable(

@@ -14,6 +14,7 @@ constraint as a last line of defence. Schema:
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -27,8 +28,7 @@ from .base import (
     GateUnavailable,
     OutboxEvent,
     Outcome,
-    check_attempt,
-    check_decision,
+    check_claim_step,
     claim_event_payload,
 )
 
@@ -69,6 +69,16 @@ COUNT_USER_CLAIM = "INSERT INTO user_claims VALUES (?, ?, 1) ON CONFLICT DO UPDA
 
 EVENT_ID_DIGITS = 20
 """Event ids are zero-padded so that they also sort as strings."""
+
+
+def _record_claim(tx: sqlite3.Connection, deal_id: str, idempotency_key: str, voucher: Voucher) -> None:
+    """Count ``voucher`` against its user's limit and keep it for replays: the writes that
+    ``claim`` makes for a new voucher and ``load_deal`` for each voucher it rebuilds from."""
+    tx.execute(COUNT_USER_CLAIM, (deal_id, voucher.user))
+    tx.execute(
+        "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
+        (deal_id, voucher.user, idempotency_key, voucher.voucher_id, voucher.issued_at, voucher.expires_at),
+    )
 
 
 class SqliteClaimGate(Closing):
@@ -113,21 +123,7 @@ class SqliteClaimGate(Closing):
                 (max(terms.stock - len(claimed), 0), terms.deal_id),
             )
             for key, voucher in claimed:
-                tx.execute(
-                    COUNT_USER_CLAIM,
-                    (terms.deal_id, voucher.user),
-                )
-                tx.execute(
-                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        terms.deal_id,
-                        voucher.user,
-                        key,
-                        voucher.voucher_id,
-                        voucher.issued_at,
-                        voucher.expires_at,
-                    ),
-                )
+                _record_claim(tx, terms.deal_id, key, voucher)
 
     def claim(self, attempt: ClaimAttempt) -> ClaimDecision:
         with self._db.transaction() as tx:
@@ -169,21 +165,7 @@ class SqliteClaimGate(Closing):
                 return ClaimDecision(Outcome.LIMIT_REACHED, stock_left=stock_left)
             issued = voucher(attempt.voucher_id, now, now + ttl)
             tx.execute("UPDATE deals SET stock_left = stock_left - 1 WHERE deal_id = ?", (attempt.deal_id,))
-            tx.execute(
-                COUNT_USER_CLAIM,
-                (attempt.deal_id, attempt.user_id),
-            )
-            tx.execute(
-                "INSERT INTO claims VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    attempt.deal_id,
-                    attempt.user_id,
-                    attempt.idempotency_key,
-                    issued.voucher_id,
-                    now,
-                    now + ttl,
-                ),
-            )
+            _record_claim(tx, attempt.deal_id, attempt.idempotency_key, issued)
             payload = claim_event_payload(issued, attempt.idempotency_key)
             tx.execute("INSERT INTO outbox (payload) VALUES (?)", (json.dumps(payload),))
             return ClaimDecision(Outcome.ISSUED, issued, stock_left - 1)
@@ -213,7 +195,7 @@ class SqliteClaimGate(Closing):
             tx.executemany("DELETE FROM outbox WHERE event_id = ?", ids)
 
     def check(self) -> None:
-        check_decision(self.claim(check_attempt()))
+        check_claim_step(self)
 
     def close(self) -> None:
         self._db.close()

@@ -86,10 +86,11 @@ class SqliteDocumentStore(Closing):
     def __init__(self, path: Path | str, busy_timeout: float = 5.0) -> None:
         self._db = SqliteFile(path, SCHEMA, StoreUnavailable, busy_timeout)
 
-    def _add(self, table: str, record: MerchantRecord | DealRecord) -> None:
+    def _add(self, table: str, record: MerchantRecord | DealRecord | VoucherRecord) -> None:
+        row = _row(record)
         try:
             with self._db.transaction() as tx:
-                tx.execute(_insert(table, _row(record)), _row(record))
+                tx.execute(_insert(table, row), row)
         except sqlite3.IntegrityError as exc:
             raise DuplicateError(f"{table}: {exc}") from exc
 
@@ -117,15 +118,14 @@ class SqliteDocumentStore(Closing):
     def set_deal_status(self, deal_id: str, status: DealStatus) -> DealRecord | None:
         with self._db.transaction() as tx:
             tx.execute("UPDATE deals SET status = ? WHERE deal_id = ?", (str(status), deal_id))
-        return self.get_deal(deal_id)
+            row = tx.execute("SELECT * FROM deals WHERE deal_id = ?", (deal_id,)).fetchone()
+        return None if row is None else _record(DealRecord, row)
 
     def save_voucher(self, voucher: VoucherRecord) -> bool:
-        row = _row(voucher)
         try:
-            with self._db.transaction() as tx:
-                tx.execute(_insert("vouchers", row), row)
+            self._add("vouchers", voucher)
             return True
-        except sqlite3.IntegrityError:
+        except DuplicateError:
             existing = self._one(
                 VoucherRecord, "SELECT * FROM vouchers WHERE voucher_id = ?", voucher.voucher_id
             )
