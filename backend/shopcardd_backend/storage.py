@@ -21,6 +21,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+
+class TransientError(ConnectionError):
+    """A data store cannot be reached now; the caller answers 503 with ``Retry-After``.
+
+    The gate's and the store's own errors (``GateUnavailable``, ``StoreUnavailable``) derive
+    from it, so the API maps both with one handler."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 Unavailable = Callable[[str], Exception]
 """Builds the caller's own transient error (GateUnavailable, StoreUnavailable) from a message."""
 
@@ -62,7 +74,6 @@ class SqliteFile(Closing):
         with self._mapped_errors():
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
         with self.transaction() as tx:
             for statement in schema.split(";"):
                 if statement.strip():

@@ -18,8 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from ..gates.base import GateUnavailable
-from ..stores.base import StoreUnavailable
+from ..storage import TransientError
 
 PROBLEM_JSON: Final = "application/problem+json"
 log = logging.getLogger("shopcardd_backend.api")
@@ -117,7 +116,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GateUnavailable | StoreUnavailable)
+    assert isinstance(exc, TransientError)
     log.warning("unavailable", extra={"path": request.url.path, "error": str(exc)})
     detail = "the service cannot reach its data store now; retry later"
     return problem_response(503, "unavailable", detail, {"Retry-After": str(exc.retry_after)})
@@ -131,6 +130,5 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(GateUnavailable, _unavailable)
-    app.add_exception_handler(StoreUnavailable, _unavailable)
+    app.add_exception_handler(TransientError, _unavailable)
     app.add_exception_handler(Exception, _unexpected)

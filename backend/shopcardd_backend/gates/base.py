@@ -26,17 +26,15 @@ from typing import Any, Protocol
 
 from shopcardd_voucher import Voucher
 
+from ..storage import TransientError
+
 
 class GateError(Exception):
     """Root of the gate's errors."""
 
 
-class GateUnavailable(GateError, ConnectionError):
+class GateUnavailable(GateError, TransientError):
     """The gate's store cannot be reached now; transient, the caller answers 503 + Retry-After."""
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)

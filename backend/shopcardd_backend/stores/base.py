@@ -18,17 +18,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
+from ..storage import TransientError
+
 
 class StoreError(Exception):
     """Root of the store's errors."""
 
 
-class StoreUnavailable(StoreError, ConnectionError):
+class StoreUnavailable(StoreError, TransientError):
     """The store cannot be reached now; transient, the caller answers 503 + Retry-After."""
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class DuplicateError(StoreError, ValueError):
