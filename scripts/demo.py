@@ -95,12 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     started = time.monotonic()
     for name in CHAPTERS:
-        try:
-            chapter = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+        chapter = importlib.import_module(name)
         try:
             chapter.run(demo)
         except DemoFailed as exc:

@@ -20,7 +20,17 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "ok: genuine voucher -> accepted" in result.stdout
-    assert "-> bad_signature" in result.stdout
+    told = result.stdout
+    # Chapter 1: a voucher and its QR code; a forgery refused.
+    assert "ok: genuine voucher -> accepted" in told
+    assert "-> bad_signature" in told
     assert (tmp_path / "demo" / "voucher.png").stat().st_size > 0
+    # Chapter 2: the simulated counter accepts once, then calls the same voucher used.
+    assert "ok: genuine voucher, first use -> accepted" in told
+    assert "refused: second use -> already_redeemed" in told
+    # Chapter 3: the flash sale issues exactly the stock, within the limit, and a retry replays.
+    assert "ok: exactly the stock was issued: 20 vouchers" in told
+    assert "ok: nobody exceeded the limit" in told
+    assert "no second voucher issued" in told
+    assert "ok: the counter accepted a voucher the API issued" in told
     assert "Demo finished" in result.stdout
