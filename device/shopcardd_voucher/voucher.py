@@ -144,7 +144,10 @@ def _segment(text: str) -> bytes:
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
-    value = json.loads(data)
+    try:
+        value = json.loads(data)
+    except RecursionError:  # "[[[[..." a few thousand deep: bad input, not a crash
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
@@ -181,13 +184,13 @@ def verify(
     ``now`` (the system clock when None) with ``leeway`` seconds of grace.
     Revocation and "already redeemed" are the device's to judge; they need its ledger.
     """
+    if not isinstance(token, str | bytes) or len(token) > MAX_TOKEN_LENGTH:
+        return Verdict(Reason.BAD_FORMAT, detail=f"not a string of at most {MAX_TOKEN_LENGTH} characters")
     if isinstance(token, bytes):
         try:
             token = token.decode("ascii")
         except UnicodeDecodeError:
             return Verdict(Reason.BAD_FORMAT, detail="not ASCII")
-    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
-        return Verdict(Reason.BAD_FORMAT, detail=f"not a string of at most {MAX_TOKEN_LENGTH} characters")
     token = token.strip()
     if not token.isascii():
         return Verdict(Reason.BAD_FORMAT, detail="not ASCII")
