@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         "keygen",
         help="generate a signing key and publish its public half in DIR/jwks.json",
         description="Write DIR/KID.private.pem (mode 0600; never overwritten) and add the public "
-        "key to DIR/jwks.json, the key set counter devices and the backend load.",
+        "key to DIR/jwks.json, the key set counter devices and the backend load. DIR is made "
+        "(mode 0700) when missing; keys already in jwks.json stay, so old vouchers still verify.",
     )
     gen.add_argument(
         "--alg",

@@ -7,9 +7,11 @@ vouchers strands them, so replacing one is a deliberate act (delete it first).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,7 @@ def write_private(path: Path, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise ProvisionError(f"{path} already exists; refusing to overwrite a private key") from None
+    os.fchmod(fd, 0o600)  # exactly 0600: the umask may only take bits away, and a strict one takes too many
     with os.fdopen(fd, "wb") as out:
         out.write(data)
         out.flush()
@@ -58,6 +61,22 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def key_folder(out: Path) -> Iterator[None]:
+    """Make ``out`` (0700: it holds private keys) if missing, and hold an exclusive lock on it
+    so that two keygens at once both end up in ``jwks.json``."""
+    try:
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ProvisionError(f"cannot use {out} as the key folder: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
 def keygen(alg: Algorithm, kid: str, out: Path) -> KeygenResult:
     """Generate a key: ``out/KID.private.pem`` (0600) and its public half added to ``out/jwks.json``."""
     if not KID.fullmatch(kid):
@@ -65,7 +84,11 @@ def keygen(alg: Algorithm, kid: str, out: Path) -> KeygenResult:
             f"kid {kid!r}: use 1 to 32 letters, digits, '.', '_' or '-', not starting with '.' "
             "(it names the key file and goes into every voucher)"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    with key_folder(out):
+        return _add_key(alg, kid, out)
+
+
+def _add_key(alg: Algorithm, kid: str, out: Path) -> KeygenResult:
     private_key_path = out / f"{kid}.private.pem"
     if private_key_path.exists():
         raise ProvisionError(f"{private_key_path} already exists; refusing to overwrite a private key")
@@ -74,10 +97,14 @@ def keygen(alg: Algorithm, kid: str, out: Path) -> KeygenResult:
     if kid in keyset:
         raise ProvisionError(f"{jwks_path} already holds a key with kid {kid!r}")
     signing_key = SigningKey.generate(kid, alg)
-    write_private(private_key_path, signing_key.to_pem())
     public = signing_key.verification_key()
     keyset.add(public)
-    write_atomically(jwks_path, keyset.to_json())
+    write_private(private_key_path, signing_key.to_pem())
+    try:
+        write_atomically(jwks_path, keyset.to_json())
+    except BaseException:
+        private_key_path.unlink()  # an unpublished key would block a retry under the same kid
+        raise
     return KeygenResult(private_key_path, jwks_path, public)
 
 

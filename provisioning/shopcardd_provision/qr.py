@@ -33,6 +33,8 @@ def save_qr(token: str, out: Path, scale: int = 8, border: int = 4) -> int:
     """Write the code to ``out`` (PNG, SVG, ... by extension); return its QR version."""
     if not 1 <= scale <= MAX_SCALE:
         raise ValueError(f"scale must be from 1 to {MAX_SCALE} pixels per module")
+    if not out.suffix:
+        raise ValueError(f"{out}: the extension names the image format; use .png, .svg, .pdf, ...")
     code = make_qr(token)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,8 @@ import pytest
 import zxingcpp
 from PIL import Image
 
+import shopcardd_provision.keys
+from shopcardd_provision.keys import ProvisionError, keygen
 from shopcardd_voucher import ALGORITHMS, KeySet, Reason, verify
 
 PROVISION = str(Path(sys.executable).with_name("shopcardd-provision"))
@@ -23,10 +27,10 @@ def provision(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess
     return result
 
 
-def issue_voucher(private_key: Path) -> str:
+def issue_voucher(private_key: Path, kid: str = "k1") -> str:
     """A voucher for deal d1 at merchant m1, as an operator issues one by hand."""
     args = ["--deal", "d1", "--merchant", "m1", "--user", "u1", "--ttl", "600"]
-    return provision("issue", "--key", private_key, "--kid", "k1", *args).stdout.strip()
+    return provision("issue", "--key", private_key, "--kid", kid, *args).stdout.strip()
 
 
 @pytest.mark.parametrize("alg", ALGORITHMS)
@@ -53,6 +57,67 @@ def test_keygen_adds_keys_and_never_overwrites(tmp_path: Path) -> None:
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
     assert (tmp_path / "k1.private.pem").read_bytes() == before
     assert KeySet.load(tmp_path / "jwks.json").kids == ["k1", "k2"]
+
+
+def test_keygen_writes_0600_whatever_the_umask(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [PROVISION, "keygen", "--kid", "k1", "--out", str(tmp_path / "keys")],
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.umask(0),
+    )
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE((tmp_path / "keys" / "k1.private.pem").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700, "no one else may swap the key"
+    assert stat.S_IMODE((tmp_path / "keys" / "jwks.json").stat().st_mode) == 0o644
+
+
+def test_rotation_keeps_vouchers_of_the_old_key_verifiable(tmp_path: Path) -> None:
+    provision("keygen", "--kid", "k1", "--out", tmp_path)
+    old = issue_voucher(tmp_path / "k1.private.pem")
+    provision("keygen", "--alg", "ES256", "--kid", "k2", "--out", tmp_path)
+    new = issue_voucher(tmp_path / "k2.private.pem", kid="k2")
+    keys = KeySet.load(tmp_path / "jwks.json")
+    assert [verify(token, keys, merchant="m1").reason for token in (old, new)] == [Reason.ACCEPTED] * 2
+
+
+def test_keygens_at_the_same_time_all_end_up_in_the_key_set(tmp_path: Path) -> None:
+    kids = [f"k{i}" for i in range(6)]
+    start = threading.Barrier(len(kids))
+
+    def make(kid: str) -> None:
+        start.wait()
+        keygen("RS256", kid, tmp_path)  # slow to generate: the read-modify-write windows overlap
+
+    threads = [threading.Thread(target=make, args=(kid,)) for kid in kids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(KeySet.load(tmp_path / "jwks.json").kids) == kids
+
+
+def test_a_key_set_that_cannot_be_written_leaves_no_private_key_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(path: Path, text: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shopcardd_provision.keys, "write_atomically", disk_full)
+        with pytest.raises(OSError, match="No space"):
+            keygen("EdDSA", "k1", tmp_path)
+    assert not (tmp_path / "k1.private.pem").exists()
+    keygen("EdDSA", "k1", tmp_path)  # the retry is not blocked by a half-made key
+    assert KeySet.load(tmp_path / "jwks.json").kids == ["k1"]
+
+
+def test_keygen_into_something_that_is_not_a_folder_says_so(tmp_path: Path) -> None:
+    (tmp_path / "keys").write_text("a file")
+    result = provision("keygen", "--kid", "k1", "--out", tmp_path / "keys", ok=False)
+    assert result.returncode == 2 and "cannot use" in result.stderr and "key folder" in result.stderr
+    with pytest.raises(ProvisionError, match="key folder"):
+        keygen("EdDSA", "k1", tmp_path / "keys" / "sub")
 
 
 def test_keygen_refuses_a_kid_already_published(tmp_path: Path) -> None:
@@ -91,14 +156,16 @@ def test_mistakes_get_a_clear_message_and_exit_2(tmp_path: Path, args: list[str]
     assert "Traceback" not in result.stderr
 
 
-def test_qr_renders_a_code_that_decodes_to_the_voucher(tmp_path: Path) -> None:
-    provision("keygen", "--kid", "k1", "--out", tmp_path)
+@pytest.mark.parametrize(("alg", "version"), [("EdDSA", 12), ("ES256", 12), ("RS256", 18)])
+def test_qr_renders_a_code_that_decodes_to_the_voucher(tmp_path: Path, alg: str, version: int) -> None:
+    provision("keygen", "--alg", alg, "--kid", "k1", "--out", tmp_path)
     token = issue_voucher(tmp_path / "k1.private.pem")
     result = provision("qr", token, "--out", tmp_path / "v.png")
-    assert "QR version" in result.stderr
+    assert f"QR version {version}," in result.stderr
     image = np.asarray(Image.open(tmp_path / "v.png").convert("L"))
     decoded = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
-    assert [code.text for code in decoded] == [token]
+    assert [(code.text, code.ec_level) for code in decoded] == [(token, "M")]
+    assert verify(decoded[0].text, KeySet.load(tmp_path / "jwks.json"), merchant="m1").is_accepted
 
 
 def test_qr_reads_the_token_from_stdin(tmp_path: Path) -> None:
@@ -152,6 +219,7 @@ def test_issue_without_a_key_set_beside_the_key_says_the_kid_is_unchecked(tmp_pa
         (["qr", "", "--out", "e.png"], "token is empty"),
         (["qr", "x" * 3000, "--out", "e.png"], "does not fit in a QR code"),
         (["qr", "abc", "--out", "e.png", "--scale", "100000"], "scale must be from 1 to 64"),
+        (["qr", "abc", "--out", "e"], "the extension names the image format"),
     ],
 )
 def test_qr_refuses_what_it_cannot_draw(tmp_path: Path, args: list[str], says: str) -> None:
