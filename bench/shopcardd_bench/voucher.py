@@ -51,7 +51,15 @@ def _bare_signature_check(token: str, key: SigningKey) -> Callable[[], object]:
 def run(args: argparse.Namespace) -> int:
     from shopcardd_provision.qr import qr_version
     from shopcardd_voucher import ALGORITHMS, KeySet, Reason, SigningKey, issue, verify
+    from shopcardd_voucher.voucher import MAX_ID_LENGTH
 
+    if args.runs < 1 or args.count < 1 or not 1 <= args.id_length <= MAX_ID_LENGTH:
+        print(
+            f"shopcardd-bench voucher: --runs and --count must be 1 or more, "
+            f"--id-length from 1 to {MAX_ID_LENGTH}",
+            file=sys.stderr,
+        )
+        return 2
     ids = {name: (name[0] * args.id_length) for name in ("deal", "merchant", "user")}
     rows = []
     for alg in ALGORITHMS:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from shopcardd_voucher import ALGORITHMS
 
+BENCH = Path(sys.executable).with_name("shopcardd-bench")
+
 
 def test_voucher_bench_prints_a_row_per_algorithm() -> None:
-    bench = Path(sys.executable).with_name("shopcardd-bench")
-    result = subprocess.run([bench, "voucher", "--runs", "1", "--count", "5"], capture_output=True, text=True)
+    result = subprocess.run([BENCH, "voucher", "--runs", "1", "--count", "5"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
     for alg in ALGORITHMS:
@@ -19,3 +20,10 @@ def test_voucher_bench_prints_a_row_per_algorithm() -> None:
         sign_rate, verify_rate = (float(v.replace(",", "")) for v in rows[alg][1:3])
         assert sign_rate > 0 and verify_rate > 0
     assert rows["EdDSA"][-1] == "12" and int(rows["EdDSA"][-2]) <= 300  # QR version, characters
+
+
+def test_voucher_bench_refuses_figures_it_cannot_measure() -> None:
+    for args in (["--runs", "0"], ["--count", "0"], ["--id-length", "65"]):
+        result = subprocess.run([BENCH, "voucher", *args], capture_output=True, text=True)
+        assert result.returncode == 2 and "must be" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
