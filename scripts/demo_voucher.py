@@ -11,6 +11,8 @@ MERCHANT = "m-corner-cafe"
 
 
 def run(demo: Demo) -> None:
+    from shopcardd_device.decoders.zxing import ZxingDecoder
+    from shopcardd_device.frames.files import load_gray
     from shopcardd_voucher import KeySet, Reason, verify
 
     demo.chapter("1. The voucher: sign, render, verify, refuse a forgery")
@@ -39,9 +41,14 @@ def run(demo: Demo) -> None:
     demo.facts["voucher"] = token
     demo.say(f"A voucher is {len(token)} characters: short enough for a small QR code.")
     demo.run("shopcardd-provision", "qr", token, "--out", "voucher.png")
+    with ZxingDecoder() as decoder:
+        scanned = decoder.decode(load_gray(demo.out / "voucher.png"))
+    if scanned != [token]:
+        raise DemoFailed(f"voucher.png does not read back as the voucher: {scanned}")
+    demo.ok("voucher.png reads back as the same voucher (zxing-cpp, as the counter decodes it)")
 
     keys = KeySet.load(keys_dir / "jwks.json")
-    verdict = verify(token, keys, merchant=MERCHANT)
+    verdict = verify(scanned[0], keys, merchant=MERCHANT)
     if verdict.reason is not Reason.ACCEPTED:
         raise DemoFailed(f"the genuine voucher was refused: {verdict.reason}")
     assert verdict.voucher is not None
