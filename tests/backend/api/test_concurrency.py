@@ -1,19 +1,23 @@
-"""Claims under concurrency, through the ASGI app over HTTP semantics (httpx, 64 in flight).
+"""Claims under concurrency, through the ASGI app over HTTP semantics (httpx, 64 in flight),
+on both profiles (SQLite gate; the machine's real Redis gate).
 
 5,000 claims from 500 users for a stock of 100 with a limit of 2: exactly the stock is
-issued, nobody holds more than the limit, no voucher id twice, every token verifies; and
-one Idempotency-Key sent many times at once gives one voucher.
+issued, nobody holds more than the limit, no voucher id twice, every token verifies, and the
+outbox holds exactly the issued claims. The same with every Idempotency-Key sent four times
+at once (clients retrying): one voucher per key, the same token on every answer. And one key
+sent many times at once gives one voucher.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from shopcardd_backend.app import create_app
@@ -22,6 +26,8 @@ from shopcardd_backend.settings import Settings
 from shopcardd_voucher import KeySet, Reason, verify
 
 USERS, CLAIMS, IN_FLIGHT, STOCK, LIMIT = 500, 5_000, 64, 100, 2
+RETRIES = 4
+"""How often each Idempotency-Key is sent, all at once, in the retried flood."""
 
 
 async def with_client(
@@ -54,11 +60,23 @@ async def fire(client: httpx.AsyncClient, requests: list[tuple[str, str, str]]) 
     return await asyncio.gather(*(one(*request) for request in requests))
 
 
-def test_a_flood_of_claims_issues_exactly_the_stock(settings: Settings) -> None:
+def user_tokens(settings: Settings) -> dict[str, str]:
     identity = dev_identity_key(settings)
-    tokens = {f"u{i}": mint_user_token(identity, settings.user_issuer, f"u{i}", 3600) for i in range(USERS)}
+    return {f"u{i}": mint_user_token(identity, settings.user_issuer, f"u{i}", 3600) for i in range(USERS)}
 
-    async def body(client: httpx.AsyncClient, app: FastAPI) -> tuple[list[httpx.Response], dict[str, Any]]:
+
+def outbox_voucher_ids(app: FastAPI) -> list[str]:
+    """The voucher id of every claim event in the gate's outbox (nothing relays it in these tests)."""
+    return sorted(
+        event.payload["voucher_id"] for event in app.state.runtime.gate.read_outbox(limit=2 * CLAIMS)
+    )
+
+
+@pytest.mark.slow
+def test_a_flood_of_claims_issues_exactly_the_stock(settings: Settings) -> None:
+    tokens = user_tokens(settings)
+
+    async def body(client: httpx.AsyncClient, app: FastAPI) -> tuple[list[httpx.Response], Any, list[str]]:
         deal = await new_deal(client, app, STOCK, LIMIT)
         requests = [(deal, tokens[f"u{n % USERS}"], f"key-{n}") for n in range(CLAIMS)]
         random.Random(4).shuffle(requests)
@@ -66,9 +84,9 @@ def test_a_flood_of_claims_issues_exactly_the_stock(settings: Settings) -> None:
         jwks = (await client.get("/.well-known/jwks.json")).json()
         left = (await client.get(f"/v1/deals/{deal}")).json()["stock_left"]
         assert left == 0
-        return responses, jwks
+        return responses, jwks, outbox_voucher_ids(app)
 
-    responses, jwks = asyncio.run(with_client(settings, body))
+    responses, jwks, outbox = asyncio.run(with_client(settings, body))
     statuses = Counter(r.status_code for r in responses)
     assert statuses[201] == STOCK, statuses
     refusals = Counter(r.json()["code"] for r in responses if r.status_code != 201)
@@ -84,6 +102,43 @@ def test_a_flood_of_claims_issues_exactly_the_stock(settings: Settings) -> None:
         assert verdict.voucher is not None and verdict.voucher.voucher_id == voucher["voucher_id"]
         holders[verdict.voucher.user] += 1
     assert max(holders.values()) <= LIMIT
+    assert outbox == sorted(v["voucher_id"] for v in vouchers), (
+        "the outbox must hold exactly the issued claims"
+    )
+
+
+@pytest.mark.slow
+def test_retried_claims_get_one_voucher_per_key(settings: Settings) -> None:
+    """Every key sent RETRIES times at once, shuffled into the flood: still the stock exactly."""
+    tokens = user_tokens(settings)
+    keys = [(f"u{n % USERS}", f"key-{n}") for n in range(CLAIMS // RETRIES)]
+
+    async def body(
+        client: httpx.AsyncClient, app: FastAPI
+    ) -> tuple[list[Any], list[httpx.Response], list[str]]:
+        deal = await new_deal(client, app, STOCK, LIMIT)
+        sent = [(user, key) for user, key in keys for _ in range(RETRIES)]
+        random.Random(5).shuffle(sent)
+        responses = await fire(client, [(deal, tokens[user], key) for user, key in sent])
+        return sent, responses, outbox_voucher_ids(app)
+
+    sent, responses, outbox = asyncio.run(with_client(settings, body))
+    answers: defaultdict[tuple[str, str], list[httpx.Response]] = defaultdict(list)
+    for request, response in zip(sent, responses, strict=True):
+        answers[request].append(response)
+    issued: dict[tuple[str, str], str] = {}
+    for (user, key), replies in answers.items():
+        statuses = Counter(r.status_code for r in replies)
+        if 201 in statuses:
+            assert statuses == {201: 1, 200: RETRIES - 1}, (key, statuses)
+            assert len({r.json()["token"] for r in replies}) == 1, key
+            issued[(user, key)] = replies[0].json()["voucher_id"]
+        else:
+            assert {r.json()["code"] for r in replies} <= {"sold_out", "limit_reached"}, (key, statuses)
+    assert len(issued) == STOCK
+    assert len(set(issued.values())) == STOCK
+    assert max(Counter(user for user, _ in issued).values()) <= LIMIT
+    assert outbox == sorted(issued.values()), "the outbox must hold exactly the issued claims"
 
 
 def test_one_idempotency_key_sent_at_once_many_times_gives_one_voucher(settings: Settings) -> None:
