@@ -348,3 +348,33 @@ def test_issue_refuses_bad_claims(bad: dict[str, object]) -> None:
     args: dict[str, object] = {"deal": "d", "merchant": "m", "user": "u", "ttl": 60, **bad}
     with pytest.raises(ValueError):
         issue(SigningKey.generate("k1"), **args)  # type: ignore[arg-type]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["alg", "kid", "crit", "jti", "exp"]), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+HEADERS = st.fixed_dictionaries(
+    {}, optional={"alg": st.sampled_from([*ALGORITHMS, "none", "HS256"]) | JSON_VALUES, "kid": JSON_VALUES}
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    anything=st.one_of(
+        st.text(max_size=300),
+        st.binary(max_size=300),
+        st.tuples(HEADERS | JSON_VALUES, JSON_VALUES, st.binary(max_size=300)).map(
+            lambda parts: ".".join(
+                [b64(json.dumps(parts[0]).encode()), b64(json.dumps(parts[1]).encode()), b64(parts[2])]
+            )
+        ),
+    )
+)
+def test_any_input_gets_a_reason_code_never_an_exception(keys: KeySet, anything: str | bytes) -> None:
+    verdict = verify(anything, keys, merchant=MERCHANT)
+    assert isinstance(verdict.reason, Reason) and not verdict.is_accepted
