@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -25,7 +26,10 @@ def server(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     with running_backend(env, tmp_path / "serve.log", workers=2) as backend:
         yield backend.url
     assert backend.process.returncode == 0
-    assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()
+    lines = (tmp_path / "serve.log").read_text().splitlines()
+    assert "Application shutdown complete" in [json.loads(line)["message"] for line in lines]
+    for line in lines:  # every log line, uvicorn's too, is one JSON object
+        assert {"time", "level", "logger", "message"} <= set(json.loads(line)), line
 
 
 def _merchant_key(env: dict[str, str], merchant: str) -> str:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
+from fastapi.testclient import TestClient
+
+from shopcardd_backend.app import create_app
 from shopcardd_voucher import KeySet, Reason, verify
 
-from .conftest import Api, assert_problem
+from .conftest import Api, assert_problem, build_settings, drop_database
 
 
 def test_health_readiness_docs_and_metrics_answer(api: Api, profile: str) -> None:
@@ -27,6 +32,36 @@ def test_health_readiness_docs_and_metrics_answer(api: Api, profile: str) -> Non
     metrics = api.client.get("/metrics")
     assert metrics.status_code == 200
     assert "shopcardd_claim_seconds" in metrics.text
+
+
+@pytest.mark.mongo
+def test_the_mongodb_indexes_are_made_at_start_up(
+    tmp_path: Path, mongodb_uri: str, mongodb_database_name: str
+) -> None:
+    """Before the first request: the unique ones are what make a redelivered voucher harmless."""
+    import pymongo
+
+    settings = build_settings(
+        tmp_path / "data", mongodb_uri=mongodb_uri, mongodb_database=mongodb_database_name
+    )
+    try:
+        with TestClient(create_app(settings)), pymongo.MongoClient(mongodb_uri) as client:
+            db = client[mongodb_database_name]
+            indexes = {
+                name: {ix["name"]: ix for ix in db[name].list_indexes()}
+                for name in ("merchants", "deals", "vouchers")
+            }
+    finally:
+        drop_database(mongodb_uri, mongodb_database_name)
+    one_per_claim = indexes["vouchers"]["one_voucher_per_claim"]
+    assert one_per_claim.get("unique") and list(one_per_claim["key"]) == [
+        "deal_id",
+        "user_id",
+        "idempotency_key",
+    ]
+    assert list(indexes["vouchers"]["by_deal"]["key"]) == ["deal_id", "issued_at"]
+    assert indexes["merchants"]["api_key_hash_unique"].get("unique")
+    assert list(indexes["deals"]["by_merchant"]["key"]) == ["merchant_id"]
 
 
 def test_merchant_creates_reads_and_cancels_a_deal(api: Api) -> None:
