@@ -304,3 +304,23 @@ def test_an_unreachable_redis_raises_gate_unavailable(make_gate: MakeGate, unuse
         with pytest.raises(GateUnavailable) as raised:
             call()
         assert raised.value.retry_after >= 1
+
+
+@pytest.mark.redis
+def test_a_deal_whose_terms_redis_lost_is_unknown_everywhere(redis_gate: Any, redis_url: str) -> None:
+    """A ``cancelled`` flag left alone in the terms hash (written just as Redis lost the deal)
+    does not make the deal known: reads say lost, as the claim step does, so an operator's
+    rebuild loads it again instead of leaving a deal with no terms and no stock."""
+    import redis
+
+    redis_gate.load_deal(terms())
+    terms_key, stock_key, *_ = redis_gate.deal_keys("d1")
+    with redis.Redis.from_url(redis_url) as client:
+        client.delete(terms_key, stock_key)
+        client.hset(terms_key, "cancelled", "1")
+    assert claim(redis_gate).outcome is Outcome.UNKNOWN_DEAL
+    assert redis_gate.stock_left("d1") is None
+    redis_gate.cancel("d1")
+    assert redis_gate.stock_left("d1") is None
+    redis_gate.load_deal(terms(), claimed=[("k1", Voucher("v1", "d1", "u1", "m1", NOW, NOW + 60))])
+    assert redis_gate.stock_left("d1") == 2

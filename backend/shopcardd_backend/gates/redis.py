@@ -52,6 +52,9 @@ from .base import (
 
 KEY_PARTS = ("terms", "stock", "users", "claims", "outbox")
 """The keys of a deal, in the order the script receives them as KEYS."""
+KNOWN_FIELD = "merchant_id"
+"""The terms field whose presence makes a deal known, here as in the script: a terms hash
+without it (a ``cancelled`` flag written just as Redis lost the deal) is a lost deal."""
 
 
 @cache
@@ -170,13 +173,14 @@ class RedisClaimGate(Closing):
     def stock_left(self, deal_id: str) -> int | None:
         terms_key, stock_key, *_ = self.deal_keys(deal_id)
         with self._mapped_errors():
-            known, stock = self._client.pipeline(transaction=True).exists(terms_key).get(stock_key).execute()
+            pipe = self._client.pipeline(transaction=True)
+            known, stock = pipe.hexists(terms_key, KNOWN_FIELD).get(stock_key).execute()
         return int(stock or 0) if known else None
 
     def cancel(self, deal_id: str) -> None:
         terms_key = self.deal_keys(deal_id)[0]
         with self._mapped_errors():
-            if self._client.exists(terms_key):
+            if self._client.hexists(terms_key, KNOWN_FIELD):
                 self._client.hset(terms_key, "cancelled", "1")
 
     def read_outbox(self, after: str | None = None, limit: int = 100) -> Sequence[OutboxEvent]:
