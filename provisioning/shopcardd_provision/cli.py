@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_ALGORITHM,
         help=f"signature algorithm (default {DEFAULT_ALGORITHM}: shortest vouchers)",
     )
-    gen.add_argument("--kid", required=True, help="key id written into every voucher this key signs: 1 to 16 letters, digits, ., _ or -")
+    gen.add_argument(
+        "--kid",
+        required=True,
+        help="key id written into every voucher this key signs: 1 to 16 letters, digits, ., _ or -",
+    )
     gen.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the key files")
 
     iss = sub.add_parser(
