@@ -27,7 +27,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Final
 
-from gpiozero import LED, Buzzer, CompositeDevice, Device, GPIOZeroError, PinFactoryFallback
+from gpiozero import (
+    LED,
+    BadPinFactory,
+    Buzzer,
+    CompositeDevice,
+    Device,
+    GPIOZeroError,
+    PinFactoryFallback,
+)
 from gpiozero.pins import Factory
 
 from shopcardd_voucher import Reason
@@ -90,6 +98,7 @@ class FeedbackPanel(CompositeDevice):
         pin_factory: Factory | None = None,
     ) -> None:
         devices: list[LED | Buzzer] = []
+        pins = {"accept": accept, "reject": reject, "buzzer": buzzer}  # named as the [gpio] settings
         # Which pin library: none chosen means gpiozero guesses, and off the Pi every guess fails.
         factory_chosen = (
             pin_factory is not None
@@ -99,7 +108,7 @@ class FeedbackPanel(CompositeDevice):
         try:
             with warnings.catch_warnings(record=True) as fallbacks:  # gpiozero tries each pin library
                 warnings.simplefilter("always", PinFactoryFallback)
-                for kind, pin in ((LED, accept), (LED, reject), (Buzzer, buzzer)):
+                for kind, pin in zip((LED, LED, Buzzer), pins.values(), strict=True):
                     devices.append(kind(pin, pin_factory=pin_factory))
             super().__init__(
                 accept=devices[0],
@@ -111,6 +120,9 @@ class FeedbackPanel(CompositeDevice):
         except (GPIOZeroError, OSError, RuntimeError) as exc:
             for device in devices:
                 device.close()
+            if len(devices) < len(pins) and not isinstance(exc, BadPinFactory):  # this pin, not the factory
+                role = list(pins)[len(devices)]
+                raise SignalError(f"[gpio] {role}: cannot drive pin {pins[role]!r} ({exc})") from exc
             tried = "; ".join(str(w.message) for w in fallbacks)
             hint = "" if factory_chosen else "; off the Pi set GPIOZERO_PIN_FACTORY=mock"
             raise SignalError(

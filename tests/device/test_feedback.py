@@ -97,3 +97,15 @@ def test_a_pin_used_twice_is_named_without_the_off_the_pi_hint_when_a_factory_is
         FeedbackPanel(ACCEPT, f"GPIO{ACCEPT}", BUZZER)
     assert "GPIOZERO_PIN_FACTORY=mock" not in str(raised.value)  # a factory is set: the hint would mislead
     assert "GPIO17" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("role", "pins"), [("buzzer", (ACCEPT, REJECT, "nonsense")), ("reject", (ACCEPT, 99, BUZZER))]
+)
+def test_a_pin_the_factory_refuses_is_named_by_its_gpio_setting(
+    mock_factory: MockFactory, role: str, pins: tuple[int | str, ...]
+) -> None:
+    with pytest.raises(SignalError, match=rf"^\[gpio\] {role}: cannot drive pin"):
+        FeedbackPanel(*pins)
+    with FeedbackPanel(ACCEPT, REJECT, BUZZER):  # the pins it did take were given back
+        pass
