@@ -81,3 +81,19 @@ def test_auto_picks_the_fastest_installed_and_unknown_names_are_refused() -> Non
 def test_a_frame_the_library_cannot_take_is_our_decoder_error(decoder: Decoder) -> None:
     with pytest.raises(DecoderError):
         decoder.decode(np.zeros((0, 0), np.uint8))
+
+
+def test_pyzbar_without_libzbar_says_what_to_install_and_auto_still_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A device without the libzbar0 package: pyzbar imports, but cannot find its library."""
+    import ctypes.util
+    import sys
+
+    for module in [m for m in sys.modules if m.startswith(("pyzbar", "shopcardd_device.decoders.zbar"))]:
+        monkeypatch.delitem(sys.modules, module)
+    real = ctypes.util.find_library
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None if "zbar" in name else real(name))
+    with pytest.raises(ConfigError, match=r"^\[decoder\] name: .*apt install libzbar0"):
+        open_decoder("zbar")
+    assert open_decoder("auto").name == "zxing"

@@ -8,7 +8,15 @@ which doubles the cost of every empty frame).
 from __future__ import annotations
 
 import numpy as np
-from pyzbar import pyzbar
+
+try:
+    from pyzbar import pyzbar
+except ImportError as exc:  # open_decoder reports it, and "auto" moves on to the next decoder
+    if getattr(exc, "name", None) == "pyzbar":
+        raise ImportError("pyzbar is not installed (pip install pyzbar)") from exc
+    raise ImportError(
+        f"pyzbar cannot load libzbar ({exc}): install it with apt install libzbar0, or use zxing"
+    ) from exc
 
 from ..closing import Closing
 from ..errors import DecoderError

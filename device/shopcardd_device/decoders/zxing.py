@@ -3,7 +3,10 @@ and it reads inverted codes such as a dark-mode phone shows)."""
 
 from __future__ import annotations
 
-import zxingcpp
+try:
+    import zxingcpp
+except ImportError as exc:  # open_decoder reports it, and "auto" moves on to the next decoder
+    raise ImportError("zxing-cpp is not installed (pip install zxing-cpp)") from exc
 
 from ..closing import Closing
 from ..errors import DecoderError
