@@ -25,6 +25,9 @@ class V4l2Source(Closing):
                 '[camera] source: "v4l2" needs OpenCV; pip install opencv-python-headless'
             ) from None
         self._cv2: Any = cv2
+        # OpenCV's own warnings go straight to stderr: a camera that cannot be opened must stay
+        # one line naming the setting, and a camera that drops frames is already logged as JSON.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         target: int | str = int(device) if device.isdigit() else device
         self._capture = cv2.VideoCapture(target, cv2.CAP_V4L2)
         if not self._capture.isOpened():
