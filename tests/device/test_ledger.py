@@ -79,6 +79,21 @@ def test_two_counters_racing_for_one_voucher_redeem_it_once(config: DeviceConfig
         assert ledger.accepted_count() == len(tokens)
 
 
+def test_the_unique_key_decides_when_two_counters_both_judged_a_voucher_unused(
+    config: DeviceConfig, mint: Mint
+) -> None:
+    """The race made certain: both read "not redeemed" before either committed."""
+    token = mint()
+    with Counter.open(config) as first, Counter.open(config) as second:
+        first_now, second_now = first.time(), second.time()
+        first_verdict, second_verdict = first.judge(token, first_now), second.judge(token, second_now)
+        assert first_verdict.reason is second_verdict.reason is Reason.ACCEPTED
+        assert first.commit(token, first_verdict, first_now).reason is Reason.ACCEPTED
+        assert second.commit(token, second_verdict, second_now).reason is Reason.ALREADY_REDEEMED
+        assert first.ledger.accepted_count() == 1
+        assert [r.result for r in first.ledger.rejections()] == ["already_redeemed"]
+
+
 def test_dry_run_records_nothing(config: DeviceConfig, mint: Mint) -> None:
     token = mint()
     with Counter.open(config) as counter:
