@@ -12,6 +12,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   run ShopCardd end to end on the embedded profile (keys, voucher, QR, counter, claims)"
 	@echo "make test   lint, check the import walls, run the test suite"
+	@echo "make lint   ruff and the import walls only (make test runs them first)"
 	@echo "make bench  print the voucher benchmark"
 	@echo "make clean  remove the virtual environment and demo output"
 
