@@ -410,3 +410,17 @@ def test_a_read_only_ledger_folder_is_not_called_damaged_and_status_still_reads_
     assert "damaged" not in refused.stderr
     assert status.returncode == 0, status.stderr
     assert strict_json(status.stdout)["accepted"] == 1
+
+
+@pytest.mark.parametrize("side", [10_000, 14_000])  # past Pillow's warning limit; past its error limit
+def test_verify_refuses_an_image_too_large_for_any_camera_with_a_verdict(
+    write_config: WriteConfig, tmp_path: Path, side: int
+) -> None:
+    from PIL import Image
+
+    huge = tmp_path / "huge.png"
+    Image.new("1", (side, side), 1).save(huge)  # a few kB on disk, hundreds of megapixels decoded
+    result = device_command("verify", "--config", write_config(), "--json", huge)
+    assert result.returncode == 1, result.stderr
+    assert answers(result.stdout)[0]["result"] == "bad_format"
+    assert result.stderr.count("\n") == 1 and "cannot read image" in result.stderr

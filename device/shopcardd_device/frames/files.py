@@ -5,6 +5,7 @@ The simulated counter of the demo and the tests, and a way to replay frames a ca
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,11 +20,23 @@ from .base import Frame
 
 
 def load_gray(path: Path) -> Gray:
-    """Read an image file as a grayscale frame."""
+    """Read an image file as a grayscale frame.
+
+    An image of more pixels than Pillow's decompression-bomb limit is refused, not decoded: no
+    camera frame comes near it, and decoding one would take the counter's memory and seconds.
+    """
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return np.asarray(image.convert("L"), dtype=np.uint8)
+    except (
+        OSError,
+        UnidentifiedImageError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise FrameError(f"cannot read image {path}: {exc}") from exc
 
 
