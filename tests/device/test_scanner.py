@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -269,3 +270,66 @@ def test_a_frame_source_is_a_context_manager_as_its_port_declares() -> None:
     with ScriptedSource(["a code"]) as source:
         frame = source.read()
         assert frame is not None and frame.text == "a code"
+
+
+class FakePicamera2:
+    """Stands in for picamera2 off the Pi: records the configuration asked for and gives YUV420
+    buffers as libcamera does, rows padded to a stride wider than the frame."""
+
+    made: list[FakePicamera2] = []
+    camera_controls = dict.fromkeys(["AfMode", "AfRange", "ExposureValue"])
+
+    def __init__(self) -> None:
+        self.made.append(self)
+        self.controls: dict[str, object] = {}
+        self.closed = False
+
+    def create_video_configuration(self, **streams: Any) -> dict[str, Any]:
+        return streams
+
+    def configure(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def set_controls(self, controls: dict[str, object]) -> None:
+        self.controls = controls
+
+    def start(self) -> None:
+        pass
+
+    def capture_array(self, stream: str) -> np.ndarray:
+        assert stream == "lores"
+        width, height = self.config["lores"]["size"]
+        yuv = np.full((height * 3 // 2, width + 64), 128, np.uint8)  # Y plane, then U and V
+        yuv[:height, :width] = np.arange(width, dtype=np.uint8)  # the picture: columns 0..255
+        return yuv
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_pi_camera_scans_the_y_plane_of_a_small_lores_stream(
+    config: DeviceConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    from types import SimpleNamespace
+
+    from shopcardd_device.frames.picamera import PiCameraSource
+
+    enums = SimpleNamespace(
+        AfModeEnum=SimpleNamespace(Continuous="continuous"), AfRangeEnum=SimpleNamespace(Macro="macro")
+    )
+    monkeypatch.setitem(sys.modules, "picamera2", SimpleNamespace(Picamera2=FakePicamera2))
+    monkeypatch.setitem(sys.modules, "libcamera", SimpleNamespace(controls=enums))
+    with PiCameraSource(config.camera) as source:
+        frame = source.read()
+    [camera] = FakePicamera2.made
+    assert camera.config["lores"] == {"size": (640, 480), "format": "YUV420"}
+    assert camera.config["main"]["size"] == (640, 480)  # no full-size frames
+    assert camera.controls == {"AfMode": "continuous", "AfRange": "macro", "ExposureValue": -0.5}
+    assert frame is not None and frame.image is not None
+    assert frame.image.shape == (480, 640) and frame.image.flags.c_contiguous  # Y only, padding cut
+    assert (frame.image[0] == np.arange(640, dtype=np.uint8)).all()
+    assert camera.closed
