@@ -27,7 +27,7 @@ def server(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
         yield backend.url
     assert backend.process.returncode == 0
     lines = (tmp_path / "serve.log").read_text().splitlines()
-    assert "Application shutdown complete" in [json.loads(line)["message"] for line in lines]
+    assert "Application shutdown complete." in [json.loads(line)["message"] for line in lines]
     for line in lines:  # every log line, uvicorn's too, is one JSON object
         assert {"time", "level", "logger", "message"} <= set(json.loads(line)), line
 
