@@ -52,8 +52,19 @@ class Stages:
         return [sum(parts) for parts in zip(self.decode, self.verify, self.record, strict=True)]
 
 
+STAGES = ("decode", "verify", "record", "total", "empty")
+
+
 def _p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+
+
+def _median_p95(results: list[Stages], stage: str) -> str:
+    """``median/p95`` of one stage in milliseconds: each run's figure, then the median over the runs."""
+    runs = [getattr(s, stage) for s in results]
+    median = statistics.median(statistics.median(values) for values in runs) * 1000.0
+    p95 = statistics.median(_p95(values) for values in runs) * 1000.0
+    return f"{median:.2f}/{p95:.2f}"
 
 
 def _frames(mint: Any, size: tuple[int, int], count: int, seed: int) -> list[Gray]:
@@ -116,15 +127,13 @@ def run(args: argparse.Namespace) -> int:
     def mint() -> str:
         return issue(key, deal="d-flash-01", merchant="m-bench", user=f"u-{next(serial):06d}", ttl=86_400)
 
-    ms = 1000.0
     print(f"shopcardd-bench device: {args.runs} runs x {args.frames} frames (blur 1.2 px, noise 6), EdDSA")
     print(
-        "per-frame milliseconds, median of the runs' medians (p95 likewise); 'empty' = a frame with no code"
+        "per-frame milliseconds as median/p95, each the median over the runs; total = decode+verify+record;"
+        " 'empty' = a frame with no code"
     )
-    header = (
-        f"{'decoder':<7} {'frame':<9} {'read':>5} {'decode':>7} {'verify':>7} {'record':>7} "
-        f"{'total':>7} {'p95':>7} {'empty':>7} {'scans/s':>8}"
-    )
+    header = f"{'decoder':<7} {'frame':<9} {'read':>5} " + " ".join(f"{name:>13}" for name in STAGES)
+    header += f" {'scans/s':>8}"
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory(prefix="shopcardd-bench-") as tmp:
@@ -157,16 +166,9 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{decoder_name:<7} {size_name:<9} read no frame")
                     continue
 
-                def med(pick: Any, results: list[Stages] = results) -> float:
-                    return statistics.median(statistics.median(pick(s)) for s in results) * ms
-
-                p95 = statistics.median(_p95(s.total) for s in results) * ms
                 rate = statistics.median(s.scans_per_second for s in results)
                 share = read / (args.runs * args.frames)
-                print(
-                    f"{decoder_name:<7} {size_name:<9} {share:>5.0%} {med(lambda s: s.decode):>7.2f} "
-                    f"{med(lambda s: s.verify):>7.2f} {med(lambda s: s.record):>7.2f} "
-                    f"{med(lambda s: s.total):>7.2f} {p95:>7.2f} {med(lambda s: s.empty):>7.2f} {rate:>8.1f}"
-                )
+                cells = " ".join(f"{_median_p95(results, stage):>13}" for stage in STAGES)
+                print(f"{decoder_name:<7} {size_name:<9} {share:>5.0%} {cells} {rate:>8.1f}")
             decoder.close()
     return 0

@@ -27,5 +27,10 @@ def test_the_device_benchmark_prints_a_table() -> None:
     )
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()[2], result.stdout.splitlines()[4]
-    assert header.split()[:6] == ["decoder", "frame", "read", "decode", "verify", "record"]
-    assert row.split()[:2] == ["zxing", "640x480"]
+    stages = ["decode", "verify", "record", "total", "empty"]
+    assert header.split() == ["decoder", "frame", "read", *stages, "scans/s"]
+    cells = row.split()
+    assert cells[:2] == ["zxing", "640x480"]
+    for cell in cells[3:8]:  # each stage as median/p95, and the p95 is never below the median
+        median, p95 = map(float, cell.split("/"))
+        assert 0 < median <= p95
