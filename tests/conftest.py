@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from servers import SpareRedis, free_port
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 REDIS_URL = os.environ.get("SHOPCARDD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("SHOPCARDD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -31,12 +33,6 @@ def service_missing(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: the CI machine must provide it)", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -122,3 +118,21 @@ def mongodb_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def mongodb_database_name() -> str:
     """A database name of this test's own, so a real server's data is never touched."""
     return f"shopcardd_test_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def spare_redis(tmp_path: Path) -> Iterator[SpareRedis]:
+    """A Redis this test owns (``SpareRedis``), started; killed when the test ends."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        service_missing("redis-server is not installed (apt-get install redis-server)")
+    server = SpareRedis(str(exe), free_port(), tmp_path / "spare-redis")
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A TCP port on loopback that nobody listens on."""
+    return free_port()

@@ -11,7 +11,6 @@ machine's real services, each test on its own files, key prefix or database.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -77,14 +76,6 @@ def _delete_redis_keys(url: str, prefix: str) -> None:
                 client.delete(*keys)
         except redis.ConnectionError:
             pass  # a test's own server that is gone: nothing left to clean
-
-
-@pytest.fixture
-def unused_port() -> int:
-    """A TCP port nobody listens on (the root conftest's ``free_port`` is not importable here)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(params=_kind_params(GATE_KINDS))

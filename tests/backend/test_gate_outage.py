@@ -1,23 +1,20 @@
 """A Redis outage: the gate answers GateUnavailable promptly (no hang), and after Redis comes
-back no claim is lost or half-applied. Runs a Redis of its own on a free port, with an
-append-only file fsynced at every write, so that it can be frozen, killed and restarted."""
+back no claim is lost or half-applied. Runs a Redis of its own (the ``spare_redis`` fixture),
+so that it can be frozen, killed and restarted."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from servers import SpareRedis
 from shopcardd_backend.gates.base import ClaimAttempt, ClaimDecision, DealTerms, GateUnavailable, Outcome
 from shopcardd_voucher import new_voucher_id
 
@@ -27,53 +24,6 @@ NOW = 1_790_000_000
 STOCK = 400
 PROMPT = 5.0
 """Seconds within which a call must give up: generous against the gate's 1 s socket timeout."""
-
-
-class SpareRedis:
-    """A redis-server this test owns: start, freeze, kill, restart on the same port and data."""
-
-    def __init__(self, port: int, data: Path) -> None:
-        self.port, self.data = port, data
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.skip("redis-server is not on PATH")
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data), "--save", ""]
-        args += ["--appendonly", "yes", "--appendfsync", "always"]
-        log = (self.data / "redis.log").open("ab")
-        self.proc = subprocess.Popen([exe, *args], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + 20
-        with redis.Redis.from_url(self.url, socket_timeout=1) as client:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        pytest.fail(f"redis-server did not start; see {self.data / 'redis.log'}")
-                    time.sleep(0.05)
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def spare_redis(tmp_path: Path, unused_port: int) -> Iterator[SpareRedis]:
-    server = SpareRedis(unused_port, tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 def timed_claim(gate: Any, attempt: ClaimAttempt) -> tuple[ClaimDecision | GateUnavailable, float]:

@@ -1,22 +1,18 @@
 """A Redis outage: 503 with Retry-After at once (no hang), and no claim lost across it.
 
-The test runs a Redis server of its own (``redis-server`` with an append-only file) so it
-can stop and restart it without touching the machine's Redis.
+The test runs a Redis server of its own (the ``spare_redis`` fixture) so it can stop and
+restart it without touching the machine's Redis.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from servers import SpareRedis
 from shopcardd_backend.app import create_app
 from shopcardd_backend.claims import rebuild_deal
 from shopcardd_backend.gates.base import GateUnavailable
@@ -24,50 +20,10 @@ from shopcardd_backend.gates.base import GateUnavailable
 from .conftest import Api, assert_problem, build_settings
 
 
-class OwnRedis:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, *extra: str) -> None:
-        exe = shutil.which("redis-server")
-        assert exe is not None
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", ""]
-        args += ["--appendonly", "yes", "--appendfsync", "always", *extra]
-        self.proc = subprocess.Popen([exe, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
-        for _ in range(200):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("redis-server exited") from None
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not answer")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = OwnRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-def test_redis_outage_is_503_with_retry_after_and_loses_no_claim(own_redis: OwnRedis, tmp_path: Path) -> None:
-    settings = build_settings(tmp_path / "data", redis_url=own_redis.url, redis_prefix="outage")
+def test_redis_outage_is_503_with_retry_after_and_loses_no_claim(
+    spare_redis: SpareRedis, tmp_path: Path
+) -> None:
+    settings = build_settings(tmp_path / "data", redis_url=spare_redis.url, redis_prefix="outage")
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         deal = api.create_deal(api.merchant_key("m1"), stock=5, per_user_limit=5)["deal_id"]
@@ -75,14 +31,14 @@ def test_redis_outage_is_503_with_retry_after_and_loses_no_claim(own_redis: OwnR
         before = api.claim(deal, token, "k1")
         assert before.status_code == 201
 
-        own_redis.stop()
+        spare_redis.stop()
         down = assert_problem(api.claim(deal, token, "k2"), 503, "unavailable")
         assert "detail" in down
         assert int(api.claim(deal, token, "k2").headers["Retry-After"]) >= 1
         assert_problem(client.get("/readyz"), 503, "unavailable")
         assert client.get("/healthz").status_code == 200
 
-        own_redis.start()
+        spare_redis.start()
         answers = [api.claim(deal, token, "k1") for _ in range(3)]
         replay = next(a for a in answers if a.status_code != 503)
         assert replay.status_code == 200
@@ -92,10 +48,10 @@ def test_redis_outage_is_503_with_retry_after_and_loses_no_claim(own_redis: OwnR
 
 
 def test_a_deal_the_gate_lost_waits_for_the_operator_to_rebuild_it(
-    own_redis: OwnRedis, tmp_path: Path
+    spare_redis: SpareRedis, tmp_path: Path
 ) -> None:
     """Never restored behind the operator's back: the store may not hold every voucher yet."""
-    settings = build_settings(tmp_path / "data", redis_url=own_redis.url, redis_prefix="lost")
+    settings = build_settings(tmp_path / "data", redis_url=spare_redis.url, redis_prefix="lost")
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         key = api.merchant_key("m1")
@@ -103,7 +59,7 @@ def test_a_deal_the_gate_lost_waits_for_the_operator_to_rebuild_it(
         cancelled = api.create_deal(key, stock=5)["deal_id"]
         client.post(f"/v1/deals/{cancelled}/cancel", headers={"X-API-Key": key})
         cancelled_after = api.create_deal(key, stock=5)["deal_id"]
-        redis.Redis.from_url(own_redis.url).flushall()
+        redis.Redis.from_url(spare_redis.url).flushall()
 
         lost = api.claim(deal, api.user_token("alice"), "k")
         assert_problem(lost, 503, "unavailable")
@@ -128,10 +84,10 @@ def test_a_deal_the_gate_lost_waits_for_the_operator_to_rebuild_it(
         assert_problem(api.claim(cancelled, api.user_token("alice"), "k"), 403, "sale_not_open")
 
 
-def test_readiness_fails_unless_redis_refuses_to_evict(own_redis: OwnRedis, tmp_path: Path) -> None:
+def test_readiness_fails_unless_redis_refuses_to_evict(spare_redis: SpareRedis, tmp_path: Path) -> None:
     """An evicted users or claims hash would silently reset a deal's limits and replays."""
-    settings = build_settings(tmp_path / "data", redis_url=own_redis.url, redis_prefix="evict")
-    admin = redis.Redis.from_url(own_redis.url)
+    settings = build_settings(tmp_path / "data", redis_url=spare_redis.url, redis_prefix="evict")
+    admin = redis.Redis.from_url(spare_redis.url)
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 200
         admin.config_set("maxmemory-policy", "allkeys-lru")
@@ -142,12 +98,12 @@ def test_readiness_fails_unless_redis_refuses_to_evict(own_redis: OwnRedis, tmp_
         assert client.get("/readyz").status_code == 200
 
 
-def test_readiness_passes_when_redis_refuses_config_get(own_redis: OwnRedis, tmp_path: Path) -> None:
+def test_readiness_passes_when_redis_refuses_config_get(spare_redis: SpareRedis, tmp_path: Path) -> None:
     """A managed Redis may not allow CONFIG: the policy cannot be read, so it is not held against it."""
-    own_redis.stop()
-    own_redis.start("--maxmemory-policy", "allkeys-lru", "--rename-command", "CONFIG", "")
+    spare_redis.stop()
+    spare_redis.start("--maxmemory-policy", "allkeys-lru", "--rename-command", "CONFIG", "")
     with pytest.raises(redis.ResponseError):
-        redis.Redis.from_url(own_redis.url).config_get("maxmemory-policy")
-    settings = build_settings(tmp_path / "data", redis_url=own_redis.url, redis_prefix="noconfig")
+        redis.Redis.from_url(spare_redis.url).config_get("maxmemory-policy")
+    settings = build_settings(tmp_path / "data", redis_url=spare_redis.url, redis_prefix="noconfig")
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 200
