@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -273,6 +274,24 @@ def test_every_subcommand_explains_itself() -> None:
     for command in ("run", "verify", "status", "sync"):
         result = device_command(command, "--help")
         assert result.returncode == 0 and "--config" in result.stdout
+
+
+def _subcommands() -> list[str]:
+    """Every subcommand the parser knows, so a new one is checked too."""
+    action = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(action.choices)
+
+
+@pytest.mark.parametrize("command", _subcommands())
+def test_a_misspelt_option_is_refused_with_that_subcommands_usage(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([command, "--jsn", "x"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: shopcardd-device {command} ")
+    assert f"shopcardd-device {command}: error: unrecognized arguments: --jsn" in err
 
 
 def test_run_off_the_pi_without_a_pin_factory_says_how_to_fix_it(
