@@ -8,6 +8,7 @@ folder of the configuration file, so a config and its key set can travel togethe
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -299,6 +300,12 @@ class _Table:
         return path if path.is_absolute() else self.base / path
 
     def refuse_unknown(self) -> None:
+        """Refuse a key this table does not have, naming the closest one it does (every known key
+        was read before this is called, so ``used`` holds them all)."""
         stray = sorted(set(self.data) - self.used)
-        if stray:
-            raise ConfigError(f"{self._label(stray[0])}: unknown setting (misspelt?)")
+        if not stray:
+            return
+        known = sorted(self.used)
+        close = difflib.get_close_matches(stray[0].lower(), known, n=1)
+        hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(known)
+        raise ConfigError(f"{self._label(stray[0])}: unknown setting ({hint})")

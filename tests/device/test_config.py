@@ -89,6 +89,34 @@ def test_a_wrong_setting_is_named(tmp_path: Path, text: str, named: str) -> None
 
 
 @pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (BASE + "\nleeway = 60", "leeway: unknown setting (did you mean leeway_seconds?)"),
+        (BASE + "\n[gpio]\nbuzer = 5", "[gpio] buzer: unknown setting (did you mean buzzer?)"),
+        (BASE + '\n[camera]\nsorce = "files"', "[camera] sorce: unknown setting (did you mean source?)"),
+        (
+            BASE + "\n[decoder]\ndebounce = 1.0",
+            "[decoder] debounce: unknown setting (did you mean debounce_seconds?)",
+        ),
+        (BASE + "\n[sync]\nBatch_Size = 5", "[sync] Batch_Size: unknown setting (did you mean batch_size?)"),
+        (BASE + "\n[camra]\nsource = 'files'", "camra: unknown setting (did you mean camera?)"),
+        (
+            BASE + "\n[gpio]\nzzz = 1",
+            "[gpio] zzz: unknown setting (known: accept, buzzer, reject, signal_seconds)",
+        ),
+    ],
+)
+def test_an_unknown_setting_is_refused_with_the_closest_known_name(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    path = tmp_path / "device.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        DeviceConfig.load(path)
+    assert str(refused.value) == said
+
+
+@pytest.mark.parametrize(
     "pins",
     [
         'accept = "GPIO17"\nreject = 17',
