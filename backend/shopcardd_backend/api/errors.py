@@ -110,7 +110,10 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [{"loc": _location(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in exc.errors()]
+    errors = [
+        {"loc": _location(e.get("loc", ())), "msg": str(e.get("msg", "")).removeprefix("Value error, ")}
+        for e in exc.errors()
+    ]
     detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5]) or "the request is not valid"
     return problem_response(422, "invalid_request", detail, extra={"errors": errors[:20]})
 

@@ -8,8 +8,8 @@ also take a number as a Unix time).
 from __future__ import annotations
 
 import unicodedata
-from datetime import UTC, datetime
-from typing import Annotated, Self
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Final
 
 from pydantic import (
     AfterValidator,
@@ -18,7 +18,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    model_validator,
+    ValidationInfo,
+    field_validator,
 )
 
 from ..stores.base import DealRecord, DealStatus
@@ -26,6 +27,8 @@ from ..stores.base import DealRecord, DealStatus
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 TIME_RANGE = "from 2000-01-01T00:00:00Z to 9999-12-31T23:59:59Z (in UTC)"
+ENDS_AT_GRACE: Final = timedelta(seconds=60)
+"""How far in the past a new deal's ``ends_at`` may lie: the merchant's clock may run behind ours."""
 
 
 def _utc(value: datetime) -> datetime:
@@ -76,11 +79,24 @@ class DealCreate(BaseModel):
     starts_at: UtcDatetime | None = None
     ends_at: UtcDatetime | None = None
 
-    @model_validator(mode="after")
-    def _window_in_order(self) -> Self:
-        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
-            raise ValueError("ends_at must be after starts_at")
-        return self
+    @field_validator("ends_at")
+    @classmethod
+    def _ends_in_the_future(cls, ends_at: datetime | None, info: ValidationInfo) -> datetime | None:
+        """A sale that ends before it starts, or has already ended, could never sell a voucher:
+        every claim would be ``sale_not_open``, so the merchant hears it now, naming the field."""
+        if ends_at is None:
+            return None
+        starts_at = info.data.get("starts_at")
+        if starts_at is not None and ends_at <= starts_at:
+            raise ValueError(f"must be after starts_at ({_rfc3339(starts_at)})")
+        now = datetime.now(UTC).replace(microsecond=0)
+        if ends_at < now - ENDS_AT_GRACE:
+            raise ValueError(f"is in the past (now is {_rfc3339(now)}): the sale would never open")
+        return ends_at
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
 
 
 class DealPublic(BaseModel):
