@@ -35,6 +35,7 @@ EXIT_OK: Final = 0
 EXIT_REJECTED: Final = 1
 EXIT_USAGE: Final = 2
 SIGNAL_DRAIN_SECONDS: Final = 15.0
+REPEAT_NOTE: Final = "(repeat, not recorded or signalled again)"
 
 EXAMPLES = f"""\
 examples:
@@ -83,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         "run the scan loop on the configured frame source",
         "Scan frames from [camera] source, verify each voucher offline, commit it to the ledger, then "
-        "signal with the LEDs and buzzer. Prints one line per scan; JSON log lines go to stderr. With "
+        "signal with the LEDs and buzzer. Prints one line per verdict; a code read again within [decoder] "
+        "debounce_seconds is the same scan: one more line, marked (repeat, not recorded or signalled again), "
+        "the first time. JSON log lines go to stderr. With "
         '[camera] source = "files" it reads the images of [camera] path in name order as consecutive '
         "frames and exits 0 after the last one.",
     )
@@ -167,10 +170,15 @@ def run_loop(args: argparse.Namespace, config: DeviceConfig) -> int:
     setup_logging(config.log_level)
 
     def print_scan(scan: Scan) -> None:
+        """One line per verdict, and one more the first time a held code is read again; further
+        frames of it print nothing, so a code left in view cannot flood the journal."""
+        if scan.repeats > 1:
+            return
         fields = policy.describe(scan.verdict.voucher)
+        shown = REPEAT_NOTE if scan.repeated else f"-> {describe_pattern(scan.verdict.reason)}"
         print(
             f"{scan.verdict.reason:<16} voucher {fields['voucher_id'] or '-'}  deal {fields['deal'] or '-'}"
-            f"  -> {describe_pattern(scan.verdict.reason)}",
+            f"  {shown}",
             flush=True,
         )
 

@@ -6,7 +6,9 @@ the loop reads the next frame. A code that was read but could not be recorded (t
 locked by another process past its timeout, a full disk) is not accepted: the panel shows
 its fault pattern, and the customer scans again. A code held in view for many frames is one scan: the same
 code seen again within ``debounce_seconds`` of its last sighting repeats its last verdict
-without recording or signalling again (so it never turns into ``already_redeemed``).
+without recording or signalling again (so it never turns into ``already_redeemed``, and a
+phone held for a second does not beep at the frame rate). Repeats still reach ``on_scan``,
+numbered (``Scan.repeats``), so a caller can say the code was seen again.
 The accept signal is given only after ``Counter.scan`` returned, that is after the ledger
 commit: a power cut can lose a scan not yet shown as accepted, never one that was.
 """
@@ -46,12 +48,17 @@ class Signal(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Scan:
-    """One decoded code and its verdict; ``repeated`` when debounce answered from memory."""
+    """One decoded code and its verdict; ``repeats`` counts the sightings in a row that debounce
+    answered from memory (0: judged, recorded and signalled now)."""
 
     code: str
     verdict: Verdict
     origin: str
-    repeated: bool = False
+    repeats: int = 0
+
+    @property
+    def repeated(self) -> bool:
+        return self.repeats > 0
 
 
 class Scanner:
@@ -71,9 +78,11 @@ class Scanner:
         self.debounce_seconds = debounce_seconds
         self.on_scan = on_scan
         self._monotonic, self._sleep = monotonic, sleep
-        self._recent: dict[str, tuple[float, Verdict]] = {}
+        self._recent: dict[str, tuple[float, Verdict, int]] = {}
         self._stop = threading.Event()
-        self.frames = self.failures = 0
+        self.frames = self.unreadable = self.failures = 0
+        """Frames read; reads that failed (for a folder of files, one unreadable file each);
+        failures of any stage (reads, decodes, scans)."""
 
     def stop(self) -> None:
         """Ask the loop to end after the current frame (from a signal handler or a thread)."""
@@ -89,12 +98,19 @@ class Scanner:
             except Exception as exc:
                 failures_in_a_row += 1
                 self.failures += 1
+                self.unreadable += 1
                 event(log, "frame_failed", logging.WARNING, source=self.source.name, error=str(exc))
                 if failures_in_a_row >= BACKOFF_AFTER_FAILURES:
                     self._sleep(min(MAX_BACKOFF_SECONDS, 0.1 * failures_in_a_row))
                 continue
             if frame is None:
-                event(log, "source_ended", source=self.source.name, frames=self.frames)
+                event(
+                    log,
+                    "source_ended",
+                    source=self.source.name,
+                    frames_read=self.frames,
+                    frames_unreadable=self.unreadable,
+                )
                 return
             failures_in_a_row = 0
             self.frames += 1
@@ -133,18 +149,24 @@ class Scanner:
         return self.decoder.decode(frame.image)
 
     def scan(self, code: str, origin: str = "") -> Scan:
-        """Debounce, judge and record one code, then signal its verdict."""
+        """Debounce, judge and record one code, then signal its verdict; a repeat is only reported."""
         now = self._monotonic()
         self._recent = {c: seen for c, seen in self._recent.items() if now - seen[0] <= self.debounce_seconds}
         if code in self._recent:
-            verdict = self._recent[code][1]
-            self._recent[code] = (now, verdict)
-            return Scan(code, verdict, origin, repeated=True)
-        verdict = self.counter.scan(code)  # returns after the ledger commit
-        self._recent[code] = (now, verdict)
+            _, verdict, repeats = self._recent[code]
+            scan = Scan(code, verdict, origin, repeats=repeats + 1)
+        else:
+            scan = Scan(code, self._judge(code, origin), origin)
+        self._recent[code] = (now, scan.verdict, scan.repeats)
+        if self.on_scan is not None:
+            self.on_scan(scan)
+        return scan
+
+    def _judge(self, code: str, origin: str) -> Verdict:
+        """Judge and record ``code`` (committed when this returns), signal and log its verdict."""
+        verdict = self.counter.scan(code)
         if self.signal is not None:
             self.signal.show(verdict.reason)
-        scan = Scan(code, verdict, origin)
         event(
             log,
             "scan",
@@ -154,9 +176,7 @@ class Scanner:
             detail=verdict.detail,
             **policy.describe(verdict.voucher),
         )
-        if self.on_scan is not None:
-            self.on_scan(scan)
-        return scan
+        return verdict
 
     def _show_health(self) -> None:
         if self.signal is None:

@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -255,14 +256,29 @@ def test_run_reads_the_image_files_in_name_order_and_exits_0(
     save_qr(mint(key=keys.forger), frames / "02-forged.png")
     (frames / "03-broken.png").write_bytes(b"\x89PNG broken")
     save_qr(mint(merchant="m-else"), frames / "04-elsewhere.png")
-    config = write_config(f'[camera]\nsource = "files"\npath = "{frames}"')
+    shutil.copy(frames / "01-voucher.png", frames / "05-voucher-again.png")  # still in view
+    shutil.copy(frames / "01-voucher.png", frames / "06-voucher-again.png")
+    config = write_config(f'[camera]\nsource = "files"\npath = "{frames}"\n[decoder]\ndebounce_seconds = 60')
     result = device_command("run", "--config", config)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["accepted", "bad_signature", "wrong_merchant"]
+    assert [line.split()[0] for line in lines] == ["accepted", "bad_signature", "wrong_merchant", "accepted"]
     assert "green light" in lines[0] and "red light" in lines[1]
+    # the repeat says so once (and claims no light); the frames after it print nothing more
+    assert lines[3].endswith("(repeat, not recorded or signalled again)") and "light" not in lines[3]
+    assert lines[3].split("  (")[0] == lines[0].split("  ->")[0]  # the same verdict line
     log = [json.loads(line) for line in result.stderr.splitlines()]
     assert {entry["event"] for entry in log} >= {"scan", "frame_failed", "source_ended"}
+    assert [e["result"] for e in log if e["event"] == "scan"] == [
+        "accepted",
+        "bad_signature",
+        "wrong_merchant",
+    ]
+    [ended] = [e for e in log if e["event"] == "source_ended"]
+    assert (ended["frames_read"], ended["frames_unreadable"]) == (5, 1)  # 6 files, one broken
+    with closing(sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")) as db:
+        assert db.execute("SELECT count(*) FROM redemptions").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM rejections").fetchone() == (2,)
 
 
 def test_sync_is_not_built_yet() -> None:

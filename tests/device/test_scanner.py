@@ -114,7 +114,8 @@ def test_a_code_held_in_view_is_one_scan_and_a_later_showing_is_already_used(
         assert signal.shown == [Reason.ACCEPTED, Reason.ALREADY_REDEEMED]
         assert counter.ledger.accepted_count() == 1
         assert counter.ledger.rejected_counts() == {"already_redeemed": 1}
-    assert len(seen) == 2  # repeats are not reported as new scans
+    # every sighting is reported, the repeats numbered, so the console can say it saw the code again
+    assert [s.repeats for s in seen] == [0, *range(1, 10), 0]
 
 
 def test_bad_frames_bad_codes_and_source_exceptions_never_stop_the_loop(
