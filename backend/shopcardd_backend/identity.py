@@ -47,6 +47,27 @@ class Unauthorized(Exception):
     """The caller did not prove who it is; ``str(exc)`` says why, for the problem's detail."""
 
 
+EXPIRED: Final = "the bearer token has expired"
+# PyJWT's own messages name its internals (codecs, padding, segments); a client gets these.
+# More specific errors first: InvalidSignatureError is a DecodeError.
+_TOKEN_FAULTS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
+    (jwt.ExpiredSignatureError, EXPIRED),
+    (jwt.ImmatureSignatureError, "the bearer token is not valid yet (its iat or nbf is in the future)"),
+    (jwt.InvalidSignatureError, "the bearer token's signature does not verify"),
+    (jwt.InvalidAlgorithmError, "the bearer token's alg is not the algorithm of its key"),
+    (jwt.InvalidIssuerError, "the bearer token is not from this API's identity provider (iss)"),
+    (jwt.MissingRequiredClaimError, "the bearer token lacks a required claim (iss, sub and exp)"),
+    (jwt.InvalidIssuedAtError, "the bearer token's iat is not a number"),
+    (jwt.DecodeError, "the bearer token is not a well-formed JWT"),
+)
+
+
+def _token_fault(exc: jwt.PyJWTError) -> str:
+    """What is wrong with a token, in our words."""
+    faults = (why for kind, why in _TOKEN_FAULTS if isinstance(exc, kind))
+    return next(faults, "the bearer token is not valid")
+
+
 @dataclass(frozen=True, slots=True)
 class _PublicKey:
     alg: str
@@ -84,7 +105,7 @@ class UserTokenVerifier:
                 return hit[0]
             with self._lock:
                 self._cache.pop(token, None)
-            raise Unauthorized("invalid bearer token: Signature has expired")
+            raise Unauthorized(EXPIRED)
         user, expires = self._verify(token)
         if self._cache_size:
             with self._lock:
@@ -101,7 +122,7 @@ class UserTokenVerifier:
             else:
                 found = self._keys.get(header.get("kid")) if isinstance(header.get("kid"), str) else None
                 if found is None:
-                    raise Unauthorized("the token's key is not one of the identity provider's keys")
+                    raise Unauthorized("the bearer token's kid is not one of the identity provider's keys")
                 key, algorithms = found.key, [found.alg]
             claims = jwt.decode(
                 token,
@@ -112,10 +133,10 @@ class UserTokenVerifier:
                 options={"require": ["exp", "sub", "iss"], "verify_aud": False},
             )
         except jwt.PyJWTError as exc:
-            raise Unauthorized(f"invalid bearer token: {exc}") from None
+            raise Unauthorized(_token_fault(exc)) from None
         user = claims["sub"]
         if not is_user_id(user):
-            raise Unauthorized(f"the token's sub must be {USER_ID_RULE}")
+            raise Unauthorized(f"the bearer token's sub must be {USER_ID_RULE}")
         return user, int(claims["exp"])
 
 

@@ -93,7 +93,8 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     if isinstance(exc, Problem):
         return problem_response(exc.status_code, exc.code, str(exc.detail), exc.headers, exc.extra)
     if exc.status_code == 400:  # FastAPI's "error parsing the body": one code, one status for bad input
-        return problem_response(422, "invalid_request", f"the request body cannot be read: {exc.detail}")
+        detail = "body: cannot be read as JSON (not UTF-8 text, or nested too deeply)"
+        return problem_response(422, "invalid_request", detail)
     code = _CODE_OF_STATUS.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "unavailable")
     detail = str(exc.detail)
     path = request.url.path[:200]
@@ -108,12 +109,46 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def _body_fault(error: dict[str, Any], request: Request, doc: object) -> str | None:
+    """A body that is not a JSON object at all, said so a client knows what to change (pydantic
+    would say "JSON decode error" or "a valid dictionary or object to extract fields from")."""
+    loc = tuple(error.get("loc", ()))
+    if loc[:1] != ("body",):
+        return None
+    if error.get("type") == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "")
+        if len(loc) == 2 and isinstance(loc[1], int) and isinstance(doc, str):
+            line = doc.count("\n", 0, loc[1]) + 1
+            column = loc[1] - doc.rfind("\n", 0, loc[1])
+            reason = f"{reason} at line {line}, column {column}"
+        return f"not valid JSON ({reason})"
+    if len(loc) > 1:
+        return None
+    if isinstance(error.get("input"), bytes):  # FastAPI parses JSON only when the type says JSON
+        content_type = request.headers.get("content-type")
+        sent = f"not {content_type[:80]!r}" if content_type else "none was sent"
+        return f"must be JSON sent with Content-Type: application/json ({sent})"
+    if error.get("type") == "missing":
+        return "required: a JSON object"
+    if error.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+        return "must be a JSON object"
+    return None
+
+
+def _reported(error: dict[str, Any], request: Request, doc: object) -> dict[str, str]:
+    """One validation error as the problem's ``errors`` lists it: ``{"loc", "msg"}``."""
+    fault = _body_fault(error, request, doc)
+    if fault is not None:
+        return {"loc": "body", "msg": fault}
+    return {
+        "loc": _location(error.get("loc", ())),
+        "msg": str(error.get("msg", "")).removeprefix("Value error, "),  # pydantic's prefix says nothing
+    }
+
+
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"loc": _location(e.get("loc", ())), "msg": str(e.get("msg", "")).removeprefix("Value error, ")}
-        for e in exc.errors()
-    ]
+    errors = [_reported(e, request, exc.body) for e in exc.errors()]
     detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5]) or "the request is not valid"
     return problem_response(422, "invalid_request", detail, extra={"errors": errors[:20]})
 

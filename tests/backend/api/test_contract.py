@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -172,6 +173,37 @@ def test_bad_claim_requests_are_4xx_problems(api: Api) -> None:
     assert_problem(api.claim(deal, token, "k", json={"extra": 1}), 422, "invalid_request")
     assert_problem(api.claim(deal, token, "k", json=[1, 2]), 422, "invalid_request")
     assert api.client.get(f"/v1/deals/{deal}").json()["stock_left"] == 5
+
+
+def test_a_body_that_is_not_a_json_object_is_told_what_to_send(api: Api) -> None:
+    headers = {"X-API-Key": api.merchant_key("m1")}
+    deal = json.dumps({"title": "t", "stock": 1, "per_user_limit": 1, "voucher_ttl_seconds": 60})
+    form = {**headers, "Content-Type": "application/x-www-form-urlencoded"}  # what curl -d sends
+    as_json = {**headers, "Content-Type": "application/json"}
+    for answer, detail in (
+        (
+            api.client.post("/v1/deals", content=deal, headers=form),
+            "body: must be JSON sent with Content-Type: application/json "
+            "(not 'application/x-www-form-urlencoded')",
+        ),
+        (
+            api.client.post("/v1/deals", content=deal, headers=headers),
+            "body: must be JSON sent with Content-Type: application/json (none was sent)",
+        ),
+        (
+            api.client.post("/v1/deals", content=b'{"title": "t",, }', headers=as_json),
+            "body: not valid JSON (Expecting property name enclosed in double quotes at line 1, column 15)",
+        ),
+        (
+            api.client.post("/v1/deals", content=b'{\n  "title": "t"\n  "stock": 1}', headers=as_json),
+            "body: not valid JSON (Expecting ',' delimiter at line 3, column 3)",
+        ),
+        (api.client.post("/v1/deals", content=b"[1, 2]", headers=as_json), "body: must be a JSON object"),
+        (api.client.post("/v1/deals", headers=headers), "body: required: a JSON object"),
+    ):
+        problem = assert_problem(answer, 422, "invalid_request")
+        assert problem["detail"] == detail
+        assert problem["errors"] == [{"loc": "body", "msg": detail.removeprefix("body: ")}]
 
 
 def test_oversized_bodies_are_refused_unread(api: Api) -> None:

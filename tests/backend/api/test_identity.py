@@ -59,6 +59,30 @@ def test_public_keys_of_the_identity_provider(tmp_path: Path) -> None:
         assert_problem(api.claim("any", confused, "k"), 401, "unauthorized")
 
 
+def test_a_refused_token_is_told_why_in_our_words_not_the_jwt_library_s(tmp_path: Path) -> None:
+    settings = build_settings(tmp_path, user_secret=SECRET, user_issuer=ISSUER)
+    good = jwt.encode(_claims(), SECRET, algorithm="HS256")
+    head, payload, signature = good.split(".")
+    now = int(time.time())
+    expired = {"iss": ISSUER, "sub": "alice", "iat": now - 600, "exp": now - 300}
+    cases = {
+        "not-a-jwt": "the bearer token is not a well-formed JWT",  # PyJWT: "Not enough segments"
+        f"t7e3.{payload}.{signature}": "the bearer token is not a well-formed JWT",  # header not UTF-8
+        f"{head}.{payload}.{signature[:-4]}AAAA": "the bearer token's signature does not verify",
+        jwt.encode(expired, SECRET, algorithm="HS256"): "the bearer token has expired",
+        jwt.encode(_claims(issuer="https://evil.example"), SECRET, algorithm="HS256"): (
+            "the bearer token is not from this API's identity provider (iss)"
+        ),
+        jwt.encode(_claims(), None, algorithm="none"): (
+            "the bearer token's alg is not the algorithm of its key"
+        ),
+    }
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        for token, why in cases.items():
+            assert assert_problem(api.claim("any", token, "k"), 401, "unauthorized")["detail"] == why, token
+
+
 def test_a_verified_token_is_remembered_until_it_expires() -> None:
     verifier = UserTokenVerifier(ISSUER, secret=SECRET.encode(), cache_size=2, leeway=0)
     checks: list[str] = []
