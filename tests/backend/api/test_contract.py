@@ -206,6 +206,20 @@ def test_a_body_that_is_not_a_json_object_is_told_what_to_send(api: Api) -> None
         assert problem["errors"] == [{"loc": "body", "msg": detail.removeprefix("body: ")}]
 
 
+def test_a_claim_body_is_empty_or_an_empty_object(api: Api) -> None:
+    deal = api.create_deal(api.merchant_key("m1"), stock=5, per_user_limit=3)["deal_id"]
+    token = api.user_token("alice")
+    as_json = {"Content-Type": "application/json"}
+    assert api.claim(deal, token, "none").status_code == 201
+    assert api.claim(deal, token, "empty", content=b"", headers=as_json).status_code == 201
+    assert api.claim(deal, token, "object", content=b" {} ", headers=as_json).status_code == 201
+    for body in (b"null", b"[]", b'"{}"', b"0"):
+        answer = api.claim(deal, token, "k", content=body, headers=as_json)
+        problem = assert_problem(answer, 422, "invalid_request")
+        assert problem["detail"] == "body: must be a JSON object", (body, problem)
+    assert api.client.get(f"/v1/deals/{deal}").json()["stock_left"] == 2
+
+
 def test_oversized_bodies_are_refused_unread(api: Api) -> None:
     deal = api.create_deal(api.merchant_key("m1"))["deal_id"]
     token = api.user_token("alice")

@@ -46,10 +46,10 @@ def create_claim(
     idempotency_key: IdempotencyKey,
     service: ClaimServiceDep,
     response: Response,
-    body: Annotated[ClaimCreate | None, Body()] = None,
+    body: Annotated[ClaimCreate, Body(default_factory=ClaimCreate)],
 ) -> VoucherPublic:
     """Claim one voucher: 201 with a new voucher, 200 with the same voucher for a retry."""
-    del body  # a claim has no fields; the body is validated to be empty or {}
+    del body  # a claim has no fields; the body is validated to be empty or {} (null is refused)
     try:
         issued = service.claim(deal_id, user, idempotency_key)
     except ClaimRefused as refused:
