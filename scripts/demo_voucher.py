@@ -46,6 +46,7 @@ def run(demo: Demo) -> None:
     if scanned != [token]:
         raise DemoFailed(f"voucher.png does not read back as the voucher: {scanned}")
     demo.ok("voucher.png reads back as the same voucher (zxing-cpp, as the counter decodes it)")
+    demo.facts["voucher_png"] = demo.out / "voucher.png"
 
     keys = KeySet.load(keys_dir / "jwks.json")
     verdict = verify(scanned[0], keys, merchant=MERCHANT)
