@@ -5,16 +5,19 @@ Every command reads the same ``SHOPCARDD_*`` environment, so ``merchant create``
 (an argument refused as malformed or out of range, checked by argparse before anything is
 opened) or a settings error, 1 for a command that cannot do what was asked at run time (a
 store that does not answer, a merchant that exists, a deal the store does not hold, a rebuild
-refused without ``--force``); each says why in one line on stderr, never a traceback.
+refused without ``--force``, a port already in use); each says why in one line on stderr, never
+a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import re
 import shutil
+import socket
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -121,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument(
-        "--port", type=whole_number(1, 65535), default=8000, help="port to listen on, 1-65535 (default 8000)"
+        "--port",
+        type=whole_number(1, 65535),
+        default=8000,
+        help="port to listen on, 1-65535 (default 8000); one already in use is refused (exit 1)",
     )
     serve.add_argument("--workers", type=whole_number(1), default=1, help="worker processes (default 1)")
 
@@ -194,6 +200,27 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` as uvicorn will, and let go: a port in use fails here in one line, not
+    as uvicorn's error after the app has started (exit 3 and a screenful of log lines)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CommandError(f"cannot listen on {host}: {exc.strerror}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise CommandError(
+                        f"port {port} on {host} is already in use (another server listens there); "
+                        "choose another with --port"
+                    ) from None
+                raise CommandError(f"cannot listen on port {port} of {host}: {exc.strerror}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -204,6 +231,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     configure_logging(settings.log_level, settings.access_log)
+    check_can_listen(args.host, args.port)
     # Before uvicorn: what fails in a worker's lifespan fails here instead, in one line. This also
     # makes the signing key, so all workers sign with the same key.
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import subprocess
 import sys
@@ -226,6 +227,20 @@ def test_an_unreachable_mongodb_at_start_is_one_line_exit_1(env: dict[str, str],
         refused = backend(env, *command, expect=1)
         _one_line_naming(refused.stderr, "MongoDB")
         assert "does not answer" in refused.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_port_in_use_is_one_line_exit_1(env: dict[str, str], workers: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = backend(env, "serve", "--port", str(port), "--workers", workers, expect=1)
+    assert refused.stderr.strip() == (
+        f"shopcardd-backend: port {port} on 127.0.0.1 is already in use "
+        "(another server listens there); choose another with --port"
+    )
+    assert not refused.stdout
 
 
 def test_a_misspelt_variable_is_refused_with_the_closest_name(env: dict[str, str]) -> None:
