@@ -12,9 +12,9 @@ import dataclasses
 import fcntl
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from shopcardd_provision.keys import ProvisionError, keygen
 from shopcardd_voucher import Algorithm, InvalidKeyError, KeySet, SigningKey, Voucher, sign
@@ -53,9 +53,18 @@ class VoucherSigner:
         return sign(self.key, dataclasses.replace(voucher, kid=self.key.kid))
 
 
-def new_kid() -> str:
-    """Short (7 characters: every byte of the header makes the QR code denser) and unique enough."""
-    return "k" + secrets.token_hex(3)
+KID_ALPHABET: Final = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford's base32, lower case
+KID_RANDOM_CHARACTERS: Final = 5
+
+
+def new_kid(taken: Collection[str] = ()) -> str:
+    """A kid of 6 characters (25 random bits), none of ``taken``: every byte of the header makes
+    the QR code denser, and a 7-character kid pushes an EdDSA voucher with 8-character ids to
+    288 characters, one past QR version 12 at level M."""
+    while True:
+        kid = "k" + "".join(secrets.choice(KID_ALPHABET) for _ in range(KID_RANDOM_CHARACTERS))
+        if kid not in taken:
+            return kid
 
 
 def load_signer(keys_dir: Path, alg: Algorithm = "EdDSA", kid: str | None = None) -> VoucherSigner:
@@ -66,10 +75,11 @@ def load_signer(keys_dir: Path, alg: Algorithm = "EdDSA", kid: str | None = None
             keyset = KeySet.load(jwks_path) if jwks_path.exists() else KeySet()
         except InvalidKeyError as exc:
             raise SigningKeyError(str(exc)) from exc
-        usable = [k for k in keyset.kids if (keys_dir / f"{k}.private.pem").exists()]
+        private = {path.name.removesuffix(".private.pem") for path in keys_dir.glob("*.private.pem")}
+        usable = [k for k in keyset.kids if k in private]
         if kid is None and not usable:
             try:
-                made = keygen(alg, new_kid(), keys_dir)
+                made = keygen(alg, new_kid({*keyset.kids, *private}), keys_dir)
             except (ProvisionError, InvalidKeyError) as exc:
                 raise SigningKeyError(str(exc)) from exc
             keyset.add(made.key)  # what keygen wrote to jwks.json, without reading it back
