@@ -73,23 +73,26 @@ async def _flood(demo: Demo, url: str, deal_id: str, tokens: dict[str, str]) -> 
 
 
 def _counter_config(original: Path, keyset: Path, merchant: str, out: Path) -> Path:
-    """A copy of the counter's config whose key set is the backend's and whose merchant is the deal's."""
-    text = original.read_text()
-    head, sep, tables = text.partition("\n[")
+    """A copy of the counter's config for ``shopcardd-device verify`` only: the backend's key set,
+    the deal's merchant, a ledger of its own, and no ``[camera]`` table (verify reads the tokens
+    and images it is given, and the original's camera folder is relative to another folder)."""
+    head, *tables = original.read_text().split("\n[")
     replaced = {"keyset": json.dumps(str(keyset)), "merchant_id": json.dumps(merchant)}
     replaced["data_dir"] = json.dumps(str(out.parent / "counter-backend-data"))
     for name, value in replaced.items():
         pattern = re.compile(rf"^{name}\s*=.*$", re.MULTILINE)
         line = f"{name} = {value}"
         head = pattern.sub(line, head) if pattern.search(head) else f"{line}\n{head}"
-    out.write_text(head + sep + tables)
+    note = f"# {original.name} for `shopcardd-device verify` of the API's vouchers: no [camera] table\n"
+    kept = [table for table in tables if not table.startswith("camera]")]
+    out.write_text("\n[".join([note + head, *kept]))
     return out
 
 
 def run(demo: Demo) -> None:
     import httpx
 
-    demo.chapter("The claim API: a flash sale on the embedded profile")
+    demo.chapter("3. The claim API: a flash sale on the embedded profile")
     demo.say("No settings: the backend keeps its SQLite claim gate, its store and its keys under")
     demo.say(f"SHOPCARDD_DATA_DIR ({demo.env['SHOPCARDD_DATA_DIR']}).")
     port = _free_port()
