@@ -22,6 +22,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from shopcardd_voucher.commandline import CommandParser, whole_number
+
 if TYPE_CHECKING:
     from .settings import Settings
 
@@ -57,22 +59,6 @@ class CommandError(Exception):
 
 class UsageError(Exception):
     """An argument refused past argparse's own checks; the message says why (exit 2)."""
-
-
-def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: a whole number from ``low`` (to ``high``), else a usage error (exit 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low or (high is not None and value > high):
-            bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
-            raise argparse.ArgumentTypeError(f"must be {bounds}, not {value}")
-        return value
-
-    return parse
 
 
 def user_id(text: str) -> str:
@@ -114,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
 
     serve = sub.add_parser(
         "serve",

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from shopcardd_voucher.commandline import whole_number
+
 DEFAULT_REDIS_URL = os.environ.get("SHOPCARDD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -41,10 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="which profile to measure (default all)",
     )
-    parser.add_argument("--claims", type=int, default=3000, help="claims per run (default 3000)")
-    parser.add_argument("--users", type=int, default=300, help="distinct users (default 300)")
-    parser.add_argument("--concurrency", type=int, default=64, help="claims in flight (default 64)")
-    parser.add_argument("--runs", type=int, default=3, help="measured runs per profile (default 3)")
+    parser.add_argument("--claims", type=whole_number(1), default=3000, help="claims per run (default 3000)")
+    parser.add_argument("--users", type=whole_number(1), default=300, help="distinct users (default 300)")
+    parser.add_argument(
+        "--concurrency", type=whole_number(1), default=64, help="claims in flight (default 64)"
+    )
+    parser.add_argument(
+        "--runs", type=whole_number(1), default=3, help="measured runs per profile (default 3)"
+    )
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="Redis of the scaled profile")
     parser.add_argument("--mongodb-uri", default=None, help="MongoDB of the scaled profile (default SQLite)")
 

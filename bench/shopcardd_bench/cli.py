@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from shopcardd_voucher.commandline import CommandParser
+
 BENCHMARKS = {
     "voucher": "sign and verify operations per second per algorithm, token length and QR version",
     "device": "per-frame cost of decode, verify and record on the counter, and scans per second",
@@ -24,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure ShopCardd and print the figures as a table. "
         "Every figure is the median of several runs on this machine.",
     )
-    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    sub = parser.add_subparsers(
+        dest="benchmark", required=True, metavar="BENCHMARK", parser_class=CommandParser
+    )
     for name, summary in BENCHMARKS.items():
         module = importlib.import_module(f"shopcardd_bench.{name}")
         sub_parser = sub.add_parser(name, help=summary, description=module.__doc__)

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shopcardd_voucher.commandline import whole_number
+
 if TYPE_CHECKING:
     from shopcardd_device.counter import Counter
     from shopcardd_device.decoders.base import Decoder, Gray
@@ -24,10 +26,10 @@ SIZES = {"640x480": (640, 480), "1280x720": (1280, 720)}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--runs", type=int, default=5, help="runs per case; figures are their median (default 5)"
+        "--runs", type=whole_number(1), default=5, help="runs per case; figures are their median (default 5)"
     )
     parser.add_argument(
-        "--frames", type=int, default=40, help="frames (distinct vouchers) per run (default 40)"
+        "--frames", type=whole_number(1), default=40, help="frames (distinct vouchers) per run (default 40)"
     )
     parser.add_argument(
         "--decoder", action="append", choices=["zxing", "zbar"], help="decoder(s) to measure (default both)"

@@ -14,15 +14,25 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from shopcardd_voucher.commandline import whole_number
+from shopcardd_voucher.voucher import MAX_ID_LENGTH
+
 if TYPE_CHECKING:
     from shopcardd_voucher import SigningKey
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", type=int, default=5, help="timed batches per figure (default 5)")
-    parser.add_argument("--count", type=int, default=500, help="operations per batch (default 500)")
     parser.add_argument(
-        "--id-length", type=int, default=8, help="length of deal, merchant, user ids (default 8)"
+        "--runs", type=whole_number(1), default=5, help="timed batches per figure (default 5)"
+    )
+    parser.add_argument(
+        "--count", type=whole_number(1), default=500, help="operations per batch (default 500)"
+    )
+    parser.add_argument(
+        "--id-length",
+        type=whole_number(1, MAX_ID_LENGTH),
+        default=8,
+        help="length of deal, merchant, user ids (default 8)",
     )
 
 
@@ -51,15 +61,7 @@ def _bare_signature_check(token: str, key: SigningKey) -> Callable[[], object]:
 def run(args: argparse.Namespace) -> int:
     from shopcardd_provision.qr import qr_version
     from shopcardd_voucher import ALGORITHMS, KeySet, Reason, SigningKey, issue, verify
-    from shopcardd_voucher.voucher import MAX_ID_LENGTH
 
-    if args.runs < 1 or args.count < 1 or not 1 <= args.id_length <= MAX_ID_LENGTH:
-        print(
-            f"shopcardd-bench voucher: --runs and --count must be 1 or more, "
-            f"--id-length from 1 to {MAX_ID_LENGTH}",
-            file=sys.stderr,
-        )
-        return 2
     ids = {name: (name[0] * args.id_length) for name in ("deal", "merchant", "user")}
     rows = []
     for alg in ALGORITHMS:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from shopcardd_voucher import Reason
+from shopcardd_voucher.commandline import CommandParser
 
 from . import policy
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, DeviceConfig
@@ -49,20 +50,6 @@ GPIO follows gpiozero's GPIOZERO_PIN_FACTORY (lgpio on a Pi; mock off it).
 """
 
 
-class _Command(argparse.ArgumentParser):
-    """A subcommand's parser that refuses what it does not know itself, so a misspelt option
-    (``verify --jsn``) is answered with ``verify``'s usage, not the top-level one (argparse
-    otherwise hands a subcommand's unknown arguments up to the top-level parser)."""
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        parsed, extras = super().parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return parsed, extras
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shopcardd-device",
@@ -71,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Command)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     config_help = f"device configuration (default ${CONFIG_ENV} or {DEFAULT_CONFIG_PATH})"
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:

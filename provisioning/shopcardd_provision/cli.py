@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from shopcardd_voucher import ALGORITHMS, DEFAULT_ALGORITHM, issue
+from shopcardd_voucher.commandline import CommandParser
 
 from .keys import ProvisionError, check_published, keygen, load_signing_key
 
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
 
     gen = sub.add_parser(
         "keygen",
