@@ -27,11 +27,10 @@ from typing import Any, Final
 
 import jwt
 
-from shopcardd_provision.keys import write_private
+from shopcardd_provision.keys import key_folder, write_private
 from shopcardd_voucher import SigningKey
 
 from .settings import Settings, SettingsError, load_jwks
-from .signing import folder_lock
 from .stores.base import DocumentStore, MerchantRecord
 
 DEV_IDENTITY_KID: Final = "dev-identity"
@@ -170,7 +169,7 @@ def dev_identity_key(settings: Settings) -> SigningKey:
     """The development identity key in ``DATA_DIR/identity`` (made on first use, 0600)."""
     settings.make_data_dir()
     path = settings.identity_dir / f"{DEV_IDENTITY_KID}.private.pem"
-    with folder_lock(settings.identity_dir):
+    with key_folder(settings.identity_dir):
         if not path.exists():
             write_private(path, SigningKey.generate(DEV_IDENTITY_KID, "EdDSA").to_pem())
     return SigningKey.load(DEV_IDENTITY_KID, path)

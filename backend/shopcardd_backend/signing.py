@@ -7,34 +7,18 @@ rotation still verify. ``GET /.well-known/jwks.json`` publishes that file's keys
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import os
 import secrets
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Final
 
-from shopcardd_provision.keys import ProvisionError, keygen
+from shopcardd_provision.keys import ProvisionError, add_key, key_folder
 from shopcardd_voucher import Algorithm, InvalidKeyError, KeySet, SigningKey, Voucher, sign
 
 
 class SigningKeyError(RuntimeError):
     """The key folder cannot give us a signing key (unreadable, inconsistent)."""
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` so concurrent processes make a key only once."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 class VoucherSigner:
@@ -69,7 +53,7 @@ def new_kid(taken: Collection[str] = ()) -> str:
 
 def load_signer(keys_dir: Path, alg: Algorithm = "EdDSA", kid: str | None = None) -> VoucherSigner:
     """The signer for ``keys_dir``; makes a key there first when the folder has none."""
-    with folder_lock(keys_dir):
+    with key_folder(keys_dir):  # the lock shopcardd-provision keygen takes too
         jwks_path = keys_dir / "jwks.json"
         try:
             keyset = KeySet.load(jwks_path) if jwks_path.exists() else KeySet()
@@ -79,7 +63,7 @@ def load_signer(keys_dir: Path, alg: Algorithm = "EdDSA", kid: str | None = None
         usable = [k for k in keyset.kids if k in private]
         if kid is None and not usable:
             try:
-                made = keygen(alg, new_kid({*keyset.kids, *private}), keys_dir)
+                made = add_key(alg, new_kid({*keyset.kids, *private}), keys_dir)
             except (ProvisionError, InvalidKeyError) as exc:
                 raise SigningKeyError(str(exc)) from exc
             keyset.add(made.key)  # what keygen wrote to jwks.json, without reading it back

@@ -62,15 +62,20 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+class KeyFolderError(ProvisionError, OSError):
+    """The key folder cannot be made or opened; an OSError too, for callers that handle those."""
+
+
 @contextlib.contextmanager
 def key_folder(out: Path) -> Iterator[None]:
-    """Make ``out`` (0700: it holds private keys) if missing, and hold an exclusive lock on it
-    so that two keygens at once both end up in ``jwks.json``."""
+    """Make ``out`` (0700: it holds private keys) if missing, and hold an exclusive lock on it,
+    so that concurrent keygens (and a backend making its first key) all end up in ``jwks.json``.
+    Not re-entrant: inside it, call ``add_key``, not ``keygen``."""
     try:
         out.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
-        raise ProvisionError(f"cannot use {out} as the key folder: {exc.strerror}") from None
+        raise KeyFolderError(f"cannot use {out} as the key folder: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -78,18 +83,24 @@ def key_folder(out: Path) -> Iterator[None]:
         os.close(fd)  # closing the last descriptor releases the lock
 
 
-def keygen(alg: Algorithm, kid: str, out: Path) -> KeygenResult:
-    """Generate a key: ``out/KID.private.pem`` (0600) and its public half added to ``out/jwks.json``."""
+def _check_kid(kid: str) -> None:
     if not KID.fullmatch(kid):
         raise ProvisionError(
             f"kid {kid!r}: use 1 to 16 letters, digits, '.', '_' or '-', not starting with '.' "
             "(it names the key file and goes into every voucher)"
         )
+
+
+def keygen(alg: Algorithm, kid: str, out: Path) -> KeygenResult:
+    """Generate a key: ``out/KID.private.pem`` (0600) and its public half added to ``out/jwks.json``."""
+    _check_kid(kid)  # before the folder is made
     with key_folder(out):
-        return _add_key(alg, kid, out)
+        return add_key(alg, kid, out)
 
 
-def _add_key(alg: Algorithm, kid: str, out: Path) -> KeygenResult:
+def add_key(alg: Algorithm, kid: str, out: Path) -> KeygenResult:
+    """``keygen``'s work, for a caller that already holds ``key_folder(out)``."""
+    _check_kid(kid)
     private_key_path = out / f"{kid}.private.pem"
     if private_key_path.exists():
         raise ProvisionError(f"{private_key_path} already exists; refusing to overwrite a private key")
