@@ -4,32 +4,32 @@ Nothing here decides stock or limits: the gate does, with the outbox event in th
 step. This module turns a decision into an answer (a signed voucher, or a refusal with its
 reason).
 
-A deal the store holds but the gate does not (a Redis that restarted without its data) is
-never restored behind the operator's back: the store may not yet hold every voucher the gate
-issued (events still in the outbox or the queue), and a restore from an undercount would
-sell more than the stock. Claims on it (and reads and cancels of it, see ``lost_deal``) answer
-503 until an operator runs ``shopcardd-backend deal rebuild DEAL --force``, once the outbox and
-the persist worker have drained.
+A deal the store holds but the gate lost answers 503 (``deals.lost_deal``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
-from shopcardd_voucher import Voucher, new_voucher_id
+from shopcardd_voucher import new_voucher_id
 
-from .gates.base import ClaimAttempt, ClaimDecision, ClaimGate, DealTerms, GateUnavailable, Outcome
+from .deals import lost_deal
+from .events import ClaimsRefused, event_payload
+from .gates.base import ClaimAttempt, ClaimDecision, ClaimGate, Outcome
+from .identity import User
 from .metrics import Metrics
 from .signing import VoucherSigner
-from .stores.base import DealRecord, DealStatus, DocumentStore, VoucherRecord
+from .stores.base import DocumentStore
 
 log = logging.getLogger("shopcardd_backend.claims")
-LOST_DEAL_RETRY = 60
-"""Seconds a client waits before retrying a claim on a deal the gate lost: an operator must act."""
 
 
 class ClaimRefused(Exception):
@@ -51,21 +51,43 @@ class IssuedVoucher:
     """True when the same user and idempotency key claimed before: the same voucher again."""
 
 
-def epoch(value: datetime | None) -> int | None:
-    return None if value is None else int(value.timestamp())
+REFUSALS_COUNTED: Final = frozenset({Outcome.SOLD_OUT, Outcome.LIMIT_REACHED, Outcome.SALE_NOT_OPEN})
 
 
-def terms_of(deal: DealRecord) -> DealTerms:
-    return DealTerms(
-        deal_id=deal.deal_id,
-        merchant_id=deal.merchant_id,
-        stock=deal.stock,
-        per_user_limit=deal.per_user_limit,
-        voucher_ttl_seconds=deal.voucher_ttl_seconds,
-        starts_at=epoch(deal.starts_at),
-        ends_at=epoch(deal.ends_at),
-        cancelled=deal.status is DealStatus.CANCELLED,
-    )
+class RefusalTally:
+    """Refused claims counted in memory by deal, minute and outcome, for analytics.
+
+    Refusals are most of a flash sale's traffic: one outbox event each would cost more than
+    the claims. ``flush`` turns the counts into one ``claims.refused`` event per deal and minute
+    (the API process calls it about once a second). A crash loses at most the counts since the
+    last flush; issued claims are never counted here (their own events are exact)."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, int, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, deal_id: str, now: float, outcome: Outcome) -> None:
+        with self._lock:
+            self._counts[deal_id, int(now) // 60 * 60, str(outcome)] += 1
+
+    def flush(self, gate: ClaimGate) -> int:
+        """Write the counts as events; what cannot be written is kept for the next flush."""
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+        by_minute: dict[tuple[str, int], dict[str, int]] = {}
+        for (deal_id, minute, outcome), n in counts.items():
+            by_minute.setdefault((deal_id, minute), {})[outcome] = n
+        written = 0
+        for (deal_id, minute), tally in by_minute.items():
+            event = ClaimsRefused(uuid.uuid4().hex, deal_id, minute, tally)
+            try:
+                gate.add_event(deal_id, event_payload(event))
+                written += 1
+            except ConnectionError:
+                with self._lock:
+                    for outcome, n in tally.items():
+                        self._counts[deal_id, minute, outcome] += n
+        return written
 
 
 class ClaimService:
@@ -82,17 +104,20 @@ class ClaimService:
         self.signer = signer
         self.metrics = metrics
         self.clock = clock
+        self.refusals = RefusalTally()
 
-    def claim(self, deal_id: str, user_id: str, idempotency_key: str) -> IssuedVoucher:
-        """Claim one voucher of ``deal_id`` for ``user_id``; ``ClaimRefused`` when the gate says no."""
+    def claim(self, deal_id: str, user: User | str, idempotency_key: str) -> IssuedVoucher:
+        """Claim one voucher of ``deal_id`` for ``user``; ``ClaimRefused`` when the gate says no."""
         started = time.perf_counter()
         try:
-            decision = self._decide(deal_id, user_id, idempotency_key)
+            decision = self._decide(deal_id, user if isinstance(user, User) else User(user), idempotency_key)
         except ConnectionError:
             self.metrics.claim_done("unavailable", time.perf_counter() - started)
             raise
         if decision.voucher is None or decision.outcome not in (Outcome.ISSUED, Outcome.REPLAYED):
             self.metrics.claim_done(decision.outcome, time.perf_counter() - started)
+            if decision.outcome in REFUSALS_COUNTED:
+                self.refusals.add(deal_id, self.clock(), decision.outcome)
             raise ClaimRefused(decision.outcome, deal_id)
         voucher = decision.voucher
         issued = IssuedVoucher(
@@ -106,58 +131,17 @@ class ClaimService:
         self.metrics.claim_done(decision.outcome, time.perf_counter() - started)
         return issued
 
-    def _decide(self, deal_id: str, user_id: str, idempotency_key: str) -> ClaimDecision:
-        attempt = ClaimAttempt(deal_id, user_id, idempotency_key, new_voucher_id(), int(self.clock()))
+    def _decide(self, deal_id: str, user: User, idempotency_key: str) -> ClaimDecision:
+        attempt = ClaimAttempt(
+            deal_id,
+            user.user_id,
+            idempotency_key,
+            new_voucher_id(),
+            int(self.clock()),
+            user.email,
+            user.phone,
+        )
         decision = self.gate.claim(attempt)
         if decision.outcome is Outcome.UNKNOWN_DEAL and self.store.get_deal(deal_id) is not None:
             raise lost_deal(deal_id)
         return decision
-
-
-def lost_deal(deal_id: str) -> GateUnavailable:
-    """The error for a deal the store holds and the gate lost (logged): 503, retry in a minute.
-    Claims, reads and cancels of it all answer so; nothing is invented for it (no stock)."""
-    log.error(
-        "deal is in the store but missing from the claim gate; run `shopcardd-backend deal rebuild`",
-        extra={"deal_id": deal_id},
-    )
-    return GateUnavailable(f"deal {deal_id} is missing from the claim gate", retry_after=LOST_DEAL_RETRY)
-
-
-def voucher_of(record: VoucherRecord) -> Voucher:
-    return Voucher(
-        voucher_id=record.voucher_id,
-        deal=record.deal_id,
-        user=record.user_id,
-        merchant=record.merchant_id,
-        issued_at=int(record.issued_at.timestamp()),
-        expires_at=int(record.expires_at.timestamp()),
-    )
-
-
-def rebuild_deal(gate: ClaimGate, store: DocumentStore, deal_id: str) -> int | None:
-    """Load a deal into the gate from the store, with every voucher the store has recorded.
-
-    An operator's act (``shopcardd-backend deal rebuild``), for a gate that lost its data:
-    run it once the outbox and the persist worker have drained, so the store's count of
-    vouchers is complete (the command refuses without ``--force``). Returns the stock left, or
-    None when the store has no such deal. A deal the gate still holds is left alone: its
-    counters are the truth. A deal cancelled in the store is loaded cancelled, atomically.
-    """
-    deal = store.get_deal(deal_id)
-    if deal is None:
-        return None
-    left = gate.stock_left(deal_id)
-    if left is not None:
-        return left
-    claimed = [(v.idempotency_key, voucher_of(v)) for v in store.vouchers_of_deal(deal_id)]
-    # A deal cancelled in the store is loaded cancelled, in the load's own atomic step.
-    gate.load_deal(terms_of(deal), claimed=claimed)
-    if deal.status is not DealStatus.CANCELLED:
-        # A cancel that ran while we loaded found no deal in the gate to close (it answered
-        # 503): the store has it, so close it now.
-        again = store.get_deal(deal_id)
-        if again is not None and again.status is DealStatus.CANCELLED:
-            gate.cancel(deal_id)
-    log.warning("deal rebuilt in the claim gate", extra={"deal_id": deal_id, "vouchers": len(claimed)})
-    return gate.stock_left(deal_id)

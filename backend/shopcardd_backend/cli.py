@@ -1,4 +1,5 @@
-"""``shopcardd-backend``: serve the claim API, register merchants, mint development user tokens.
+"""``shopcardd-backend``: serve the claim API, relay its events, run the queue workers, register
+merchants, mint development user tokens, rebuild a deal the claim gate lost.
 
 Every command reads the same ``SHOPCARDD_*`` environment, so ``merchant create`` and
 ``user-token`` act on the stores and keys that ``serve`` uses. Exit codes: 2 for a usage error
@@ -6,23 +7,26 @@ Every command reads the same ``SHOPCARDD_*`` environment, so ``merchant create``
 opened) or a settings error, 1 for a command that cannot do what was asked at run time (a
 store that does not answer, a merchant that exists, a deal the store does not hold, a rebuild
 refused without ``--force``, a port already in use); each says why in one line on stderr, never
-a traceback.
+a traceback. The long-running ``relay`` and ``worker`` end cleanly (exit 0) on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from shopcardd_voucher.commandline import CommandParser, whole_number
+
+from .workers import JOBS
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -33,6 +37,8 @@ examples:
   shopcardd-backend merchant create --merchant m1      # the API key is the last line
   shopcardd-backend user-token alice bob               # one bearer token per line
   shopcardd-backend deal rebuild DEAL [--force]        # after the claim gate lost its data
+  shopcardd-backend relay                              # outbox -> RabbitMQ (SHOPCARDD_AMQP_URL)
+  shopcardd-backend worker persist                     # or notify, analytics
 environment: SHOPCARDD_DATA_DIR (default ./data), SHOPCARDD_REDIS_URL, SHOPCARDD_MONGODB_URI,
   SHOPCARDD_AMQP_URL, SHOPCARDD_USER_ISSUER, SHOPCARDD_USER_JWKS, SHOPCARDD_USER_SECRET, ...
   (see docs/backend-api.md)
@@ -50,7 +56,6 @@ on first start). --workers runs that many processes of the same profile. Other v
 SHOPCARDD_USER_JWKS or SHOPCARDD_USER_SECRET (the identity provider), SHOPCARDD_ENVIRONMENT,
 SHOPCARDD_LOG_LEVEL, ... (see docs/backend-api.md); an unknown SHOPCARDD_* name is refused.
 """
-NOT_BUILT = "not yet built (queue issue)"
 
 
 class CommandError(Exception):
@@ -149,34 +154,60 @@ def build_parser() -> argparse.ArgumentParser:
         help="load a deal the claim gate lost back into it from the document store",
         description="After the claim gate lost its data (a Redis restarted empty), claims, reads and "
         "cancels of its deals answer 503 rather than risk selling more than the stock. This loads "
-        "the deal from the document store with every voucher the store holds: stock left = stock "
-        "- vouchers, per-user counts and replays from them, cancelled if the store says so. The "
-        "store's voucher count may be incomplete until the outbox and the persist worker have "
-        "drained (and until the queue issue lands nothing writes vouchers to the store), and a "
-        "rebuild from an undercount resets stock and limits and sells more than the stock: so it "
-        "refuses, printing the store's count, unless --force is given. A deal the gate still holds "
-        "is left alone.",
+        "the deal back with every voucher issued on it that the backend still knows: those in the "
+        "document store plus the claim events still waiting in the outbox (stock left = stock - "
+        "vouchers, per-user counts and replays from them, cancelled if the store says so), and "
+        "prints both counts. Claim events already relayed to RabbitMQ but not yet stored by the "
+        "persist worker would be missed (an undercount sells more than the stock), so with "
+        "SHOPCARDD_AMQP_URL set it refuses while the persist queue holds messages, or cannot be "
+        "read, unless --force is given. A deal the gate still holds is left alone.",
     )
     rebuild.add_argument("deal_id", type=deal_id, metavar="DEAL", help="the deal's id")
     rebuild.add_argument(
         "--force",
         action="store_true",
-        help="rebuild even though the store's voucher count may be incomplete (you checked it is not)",
+        help="rebuild even though the persist queue holds messages or cannot be read (you checked "
+        "that none are of this deal)",
     )
 
-    sub.add_parser(
+    relay = sub.add_parser(
         "relay",
-        help=f"relay outbox events to RabbitMQ: {NOT_BUILT}",
-        description=f"Relay the claim events of the outbox to RabbitMQ (SHOPCARDD_AMQP_URL): {NOT_BUILT}; "
-        "it exits 2 until the queue issue lands.",
+        help="relay the outbox's claim events to RabbitMQ (long-running; SIGTERM ends it)",
+        description="Move the claim events of the outbox (Redis streams, or the SQLite outbox) to "
+        "RabbitMQ (SHOPCARDD_AMQP_URL) with publisher confirms; an event leaves the outbox only "
+        "once RabbitMQ confirmed it. Several relays may run at once and share the work; the events "
+        "a relay that died had taken are taken over once its lease (--lease) runs out. Declares "
+        "the exchange and queues it needs. Runs until SIGTERM or SIGINT, then finishes the batch "
+        "in hand and exits 0. Logs one JSON line per event of note on stderr.",
+    )
+    relay.add_argument(
+        "--batch", type=whole_number(1, 10_000), default=500, help="events per batch (default 500)"
+    )
+    relay.add_argument(
+        "--lease",
+        type=whole_number(1, 3600),
+        default=30,
+        metavar="SECONDS",
+        help="how long an event taken by a relay is its own before another may take it over (default 30)",
     )
     worker = sub.add_parser(
         "worker",
-        help=f"run a queue worker: {NOT_BUILT}",
-        description="Run a queue worker (persist, notify or analytics) on RabbitMQ (SHOPCARDD_AMQP_URL): "
-        f"{NOT_BUILT}; it exits 2 until the queue issue lands.",
+        help="run a queue worker: persist, notify or analytics (long-running; SIGTERM ends it)",
+        description="Consume one job's queue on RabbitMQ (SHOPCARDD_AMQP_URL): persist stores each "
+        "issued voucher in the document store; notify emails (SHOPCARDD_SMTP_URL) and texts "
+        "(SHOPCARDD_SMS_URL) the customer, once per voucher; analytics counts claims issued and "
+        "refused per deal and minute (GET /v1/deals/{deal_id}/stats). Acknowledges a message only "
+        "once its work is durable; a message that cannot be read, or fails for good, is parked in "
+        "the job's .parked queue; one that keeps failing is parked after a few deliveries. A lost "
+        "broker is reconnected with backoff. SIGTERM or SIGINT finishes the batch in hand, exit 0.",
     )
-    worker.add_argument("name", choices=["persist", "notify", "analytics"])
+    worker.add_argument("name", choices=list(JOBS), metavar="JOB", help="persist, notify or analytics")
+    worker.add_argument(
+        "--prefetch",
+        type=whole_number(1, 10_000),
+        default=None,
+        help="messages RabbitMQ may hand over before they are acknowledged (default: twice a batch)",
+    )
     return parser
 
 
@@ -240,20 +271,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_merchant_create(args: argparse.Namespace) -> int:
-    from .app import open_store
     from .identity import register_merchant
+    from .runtime import Runtime
     from .stores.base import DuplicateError
 
-    settings = _settings()
-    store = open_store(settings)
-    try:
-        api_key = register_merchant(store, args.merchant)
-    except DuplicateError:
-        raise CommandError(f"merchant {args.merchant!r} already exists") from None
-    except ValueError as exc:  # the store's own check of the id (argparse checked it already)
-        raise UsageError(str(exc)) from None
-    finally:
-        store.close()
+    with Runtime(_settings()) as runtime:
+        try:
+            api_key = register_merchant(runtime.store, args.merchant)
+        except DuplicateError:
+            raise CommandError(f"merchant {args.merchant!r} already exists") from None
+        except ValueError as exc:  # the store's own check of the id (argparse checked it already)
+            raise UsageError(str(exc)) from None
     print(f"merchant {args.merchant} created; its API key (shown once, send it as X-API-Key):")
     print(api_key)
     return 0
@@ -275,38 +303,89 @@ def cmd_user_token(args: argparse.Namespace) -> int:
 
 
 def cmd_deal_rebuild(args: argparse.Namespace) -> int:
-    from .app import open_gate, open_store
-    from .claims import rebuild_deal
+    from .deals import DealNotFound
+    from .runtime import Runtime
 
-    settings = _settings()
     deal_id = args.deal_id
-    with contextlib.closing(open_store(settings)) as store, contextlib.closing(open_gate(settings)) as gate:
-        if store.get_deal(deal_id) is None:
-            raise CommandError(f"no deal {deal_id!r} in the document store")
-        held = gate.stock_left(deal_id)
-        if held is not None:
-            print(f"deal {deal_id} is still in the claim gate with {held} vouchers left; left alone")
-            return 0
-        vouchers = len(store.vouchers_of_deal(deal_id))
-        if not args.force:
-            raise CommandError(
-                f"deal {deal_id} is missing from the claim gate and the document store holds {vouchers} "
-                "vouchers of it; that count may be incomplete until the outbox and the persist worker "
-                "have drained (nothing writes vouchers to the store before the queue issue), and a "
-                "rebuild from an undercount resets stock and limits and oversells: not rebuilt; "
-                "rerun with --force once the count is complete"
-            )
-        left = rebuild_deal(gate, store, deal_id)
-    if left is None:  # removed from the store meanwhile
-        raise CommandError(f"no deal {deal_id!r} in the document store")
-    print(f"deal {deal_id} is in the claim gate with {left} vouchers left ({vouchers} vouchers in the store)")
+    with Runtime(_settings()) as runtime:
+        deals = runtime.deals
+        try:
+            held = deals.gate.stock_left(deal_id) if deals.store.get_deal(deal_id) else None
+            if held is not None:
+                print(f"deal {deal_id} is still in the claim gate with {held} vouchers left; left alone")
+                return 0
+            if not args.force:
+                claimed, from_outbox = deals.claimed_vouchers(deal_id)
+                waiting = runtime.queue_backlog()
+                if waiting:
+                    raise CommandError(
+                        f"deal {deal_id} is missing from the claim gate; the store and the outbox hold "
+                        f"{len(claimed)} of its vouchers ({from_outbox} still in the outbox), but "
+                        f"{waiting} claim events wait in the persist queue and may be of this deal: "
+                        "not rebuilt; rerun once the persist worker has drained the queue, or with "
+                        "--force"
+                    )
+            report = deals.rebuild(deal_id)
+        except DealNotFound:
+            raise CommandError(f"no deal {deal_id!r} in the document store") from None
+    print(
+        f"deal {deal_id} is in the claim gate with {report.stock_left} vouchers left "
+        f"({report.in_store} vouchers in the store, {report.in_outbox_only} more still in the outbox)"
+    )
     return 0
 
 
-def cmd_not_built(args: argparse.Namespace) -> int:
-    what = "relay" if args.command == "relay" else f"worker {args.name}"
-    print(f"shopcardd-backend {what}: not yet built (the queue issue adds it)", file=sys.stderr)
-    return 2
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: a long-running command finishes what it holds, then exits 0."""
+    stop = threading.Event()
+
+    def handle(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def _queue_settings(what: str) -> Settings:
+    """The settings of a long-running queue command, logging set up; RabbitMQ is required."""
+    from .logging import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    if not settings.amqp_url:
+        raise UsageError(
+            f"SHOPCARDD_AMQP_URL is not set: {what} RabbitMQ (without it, the API processes "
+            "handle the outbox themselves)"
+        )
+    return settings
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from .relay import Relay
+    from .runtime import Runtime
+
+    settings = _queue_settings("the relay publishes to")
+    stop = _stop_on_signals()
+    with Runtime(settings) as runtime:
+        Relay(runtime.gate, runtime.publisher, batch_size=args.batch, lease_seconds=args.lease).run(stop)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .queue.rabbitmq import consume
+    from .runtime import Runtime
+    from .workers import build_handler
+
+    settings = _queue_settings("workers consume")
+    stop = _stop_on_signals()
+    with Runtime(settings) as runtime:
+        handler = build_handler(args.name, runtime)
+        try:
+            consume(str(settings.amqp_url), handler, stop, prefetch=args.prefetch)
+        finally:
+            handler.close()
+    return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -314,8 +393,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "merchant": cmd_merchant_create,
     "user-token": cmd_user_token,
     "deal": cmd_deal_rebuild,
-    "relay": cmd_not_built,
-    "worker": cmd_not_built,
+    "relay": cmd_relay,
+    "worker": cmd_worker,
 }
 
 

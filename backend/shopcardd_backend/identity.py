@@ -68,6 +68,27 @@ def _token_fault(exc: jwt.PyJWTError) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class User:
+    """Who claims: the token's ``sub``, and where to tell them, when the token says."""
+
+    user_id: str
+    email: str | None = None
+    phone: str | None = None
+
+
+EMAIL: Final = re.compile(r"[^@\s]{1,64}@[^@\s]{1,190}")
+PHONE: Final = re.compile(r"\+?[0-9][0-9 ()-]{3,24}")
+
+
+def _contact(claims: dict[str, Any], name: str, form: re.Pattern[str]) -> str | None:
+    """A contact claim when it is usable; a malformed one is left out (the claim still counts)."""
+    value = claims.get(name)
+    if isinstance(value, str) and form.fullmatch(value) and value.isprintable():
+        return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class _PublicKey:
     alg: str
     key: Any
@@ -90,13 +111,17 @@ class UserTokenVerifier:
         self.issuer = issuer
         self._keys = public_keys or {}
         self._secret = secret
-        self._cache: dict[str, tuple[str, int]] = {}
+        self._cache: dict[str, tuple[User, int]] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._leeway = leeway
 
     def user_id(self, token: str, now: float | None = None) -> str:
         """The verified ``sub`` of ``token``; ``Unauthorized`` when it is not a valid token."""
+        return self.user(token, now).user_id
+
+    def user(self, token: str, now: float | None = None) -> User:
+        """The verified user of ``token``; ``Unauthorized`` when it is not a valid token."""
         now = time.time() if now is None else now
         hit = self._cache.get(token)
         if hit is not None:
@@ -113,7 +138,7 @@ class UserTokenVerifier:
                 self._cache[token] = (user, expires)
         return user
 
-    def _verify(self, token: str) -> tuple[str, int]:
+    def _verify(self, token: str) -> tuple[User, int]:
         try:
             header = jwt.get_unverified_header(token)
             if self._secret is not None:
@@ -136,7 +161,8 @@ class UserTokenVerifier:
         user = claims["sub"]
         if not is_user_id(user):
             raise Unauthorized(f"the bearer token's sub must be {USER_ID_RULE}")
-        return user, int(claims["exp"])
+        contacts = _contact(claims, "email", EMAIL), _contact(claims, "phone_number", PHONE)
+        return User(user, *contacts), int(claims["exp"])
 
 
 def is_user_id(value: object) -> bool:
@@ -188,10 +214,20 @@ def build_verifier(settings: Settings) -> UserTokenVerifier:
     return UserTokenVerifier(settings.user_issuer, public_keys=public, **common)
 
 
-def mint_user_token(key: SigningKey, issuer: str, user: str, ttl: int, now: float | None = None) -> str:
-    """A development bearer token for ``user`` (what the identity provider gives a real user)."""
+def mint_user_token(
+    key: SigningKey,
+    issuer: str,
+    user: str,
+    ttl: int,
+    now: float | None = None,
+    email: str | None = None,
+    phone: str | None = None,
+) -> str:
+    """A development bearer token for ``user`` (what the identity provider gives a real user),
+    with the OpenID Connect contact claims ``email`` and ``phone_number`` when given."""
     issued = int(time.time() if now is None else now)
-    claims = {"iss": issuer, "sub": user, "iat": issued, "exp": issued + ttl}
+    claims: dict[str, Any] = {"iss": issuer, "sub": user, "iat": issued, "exp": issued + ttl}
+    claims |= {name: value for name, value in (("email", email), ("phone_number", phone)) if value}
     return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid})
 
 

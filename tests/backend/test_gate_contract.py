@@ -273,7 +273,7 @@ def test_every_key_of_a_deal_is_in_one_cluster_slot(redis_gate: Any, redis_url: 
         assert len({key_slot(key.encode()) for key in script_keys}) == 1
         with redis.Redis.from_url(redis_url) as client:
             stored = {k.decode() for k in client.scan_iter(match=f"{redis_gate.prefix}:*", count=1000)}
-        stored.discard(redis_gate.registry_key)
+        stored.discard(redis_gate.active_key)
         assert {k for k in stored if deal in k} == set(script_keys)
 
 

@@ -7,31 +7,20 @@ costs more than the lookup. Those that call a store are plain ``def`` (STYLE tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from ..claims import ClaimService
+from ..deals import DealService
 from ..gates.base import ClaimGate
-from ..identity import Unauthorized, UserTokenVerifier, hash_api_key
+from ..identity import API_KEY_PREFIX, Unauthorized, User, hash_api_key
+from ..runtime import Runtime
 from ..settings import Settings
 from ..signing import VoucherSigner
 from ..stores.base import DocumentStore
 from .errors import Problem
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """What the lifespan opened (``app.state.runtime``), for the dependencies below."""
-
-    gate: ClaimGate
-    store: DocumentStore
-    signer: VoucherSigner
-    users: UserTokenVerifier
-    claims: ClaimService
-
 
 _bearer = HTTPBearer(auto_error=False, description="The user's token from the identity provider")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The merchant's API key")
@@ -65,30 +54,46 @@ async def get_claim_service(runtime: RuntimeDep) -> ClaimService:
     return runtime.claims
 
 
+async def get_deal_service(runtime: RuntimeDep) -> DealService:
+    return runtime.deals
+
+
 GateDep = Annotated[ClaimGate, Depends(get_gate)]
 StoreDep = Annotated[DocumentStore, Depends(get_store)]
 SignerDep = Annotated[VoucherSigner, Depends(get_signer)]
 ClaimServiceDep = Annotated[ClaimService, Depends(get_claim_service)]
+DealServiceDep = Annotated[DealService, Depends(get_deal_service)]
 
 
 async def current_user(
     runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str:
-    """The user id of the verified bearer token; 401 ``unauthorized`` otherwise."""
+) -> User:
+    """The user of the verified bearer token; 401 ``unauthorized`` otherwise."""
     if credentials is None:
         raise Problem(
             "unauthorized", "send the user's token: Authorization: Bearer TOKEN", headers=_challenge()
         )
+    if credentials.credentials.startswith(API_KEY_PREFIX):
+        raise Problem(
+            "unauthorized",
+            "that is a merchant's API key: merchant routes take it as X-API-Key: KEY; "
+            "a claim takes the user's token from the identity provider",
+            headers=_challenge(),
+        )
     try:
-        return runtime.users.user_id(credentials.credentials)
+        return runtime.users.user(credentials.credentials)
     except Unauthorized as exc:
         raise Problem("unauthorized", str(exc), headers=_challenge()) from None
 
 
-def current_merchant(store: StoreDep, api_key: Annotated[str | None, Depends(_api_key)]) -> str:
+def current_merchant(
+    request: Request, store: StoreDep, api_key: Annotated[str | None, Depends(_api_key)]
+) -> str:
     """The merchant whose API key this is; 401 ``unauthorized`` otherwise."""
     if not api_key:
-        raise Problem("unauthorized", "send the merchant's API key: X-API-Key: KEY")
+        sent_as_bearer = request.headers.get("authorization", "").startswith(f"Bearer {API_KEY_PREFIX}")
+        where = " (it was sent as Authorization: Bearer; use the X-API-Key header)" if sent_as_bearer else ""
+        raise Problem("unauthorized", f"send the merchant's API key: X-API-Key: KEY{where}")
     merchant = store.merchant_for_key_hash(hash_api_key(api_key))
     if merchant is None:
         raise Problem("unauthorized", "the API key is not a merchant's key")
@@ -99,7 +104,7 @@ def _challenge() -> dict[str, str]:
     return {"WWW-Authenticate": "Bearer"}
 
 
-CurrentUser = Annotated[str, Depends(current_user)]
+CurrentUser = Annotated[User, Depends(current_user)]
 CurrentMerchant = Annotated[str, Depends(current_merchant)]
 DealId = Annotated[str, Path(description="The deal's id")]
 IdempotencyKey = Annotated[

@@ -18,7 +18,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from ..deals import DealNotFound, NotYourDeal
 from ..storage import TransientError
+from ..stores.base import BadCursor
 
 PROBLEM_JSON: Final = "application/problem+json"
 log = logging.getLogger("shopcardd_backend.api")
@@ -33,7 +35,7 @@ CODES: Final[dict[str, int]] = {
     "method_not_allowed": 405,
     "sale_not_open": 403,
     "sold_out": 409,
-    "limit_reached": 429,
+    "limit_reached": 409,
     "rate_limited": 429,
     "unavailable": 503,
     "internal_error": 500,
@@ -160,6 +162,19 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     return problem_response(503, "unavailable", detail, {"Retry-After": str(exc.retry_after)})
 
 
+_DOMAIN_ERRORS: Final[dict[type[Exception], str]] = {
+    DealNotFound: "not_found",
+    NotYourDeal: "forbidden",
+    BadCursor: "invalid_request",
+}
+"""Errors of the use cases (``deals.py``, the stores) and the problem code each one answers."""
+
+
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    code = _DOMAIN_ERRORS[type(exc)]
+    return problem_response(CODES[code], code, str(exc))
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error", extra={"path": request.url.path})
     return problem_response(500, "internal_error", "an unexpected error; it has been logged")
@@ -169,4 +184,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(TransientError, _unavailable)
+    for error in _DOMAIN_ERRORS:
+        app.add_exception_handler(error, _domain_error)
     app.add_exception_handler(Exception, _unexpected)

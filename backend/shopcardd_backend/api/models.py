@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
 )
 
+from ..deals import DealView
 from ..stores.base import DealRecord, DealStatus
 
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
@@ -53,9 +54,11 @@ def _rfc3339_text(value: object) -> object:
 
 
 def _printable(value: str) -> str:
-    """No control characters: a title is shown on screens and receipts, and logged."""
+    """No control characters, not blank: a title is shown on screens and receipts, and logged."""
     if any(unicodedata.category(ch) == "Cc" for ch in value):
         raise ValueError("must not contain control characters")
+    if not value.strip():
+        raise ValueError("must not be blank: give the deal a title a customer can read")
     return value
 
 
@@ -104,7 +107,8 @@ class DealPublic(BaseModel):
     merchant_id: str
     title: str
     stock: int
-    stock_left: int
+    stock_left: int | None
+    """Vouchers left to claim; ``null`` in a list of deals (read one deal for its stock)."""
     per_user_limit: int
     voucher_ttl_seconds: int
     starts_at: datetime | None
@@ -112,7 +116,11 @@ class DealPublic(BaseModel):
     status: DealStatus
 
     @classmethod
-    def of(cls, deal: DealRecord, stock_left: int) -> DealPublic:
+    def of(cls, view: DealView) -> DealPublic:
+        return cls.stored(view.deal, view.stock_left)
+
+    @classmethod
+    def stored(cls, deal: DealRecord, stock_left: int | None = None) -> DealPublic:
         return cls(
             deal_id=deal.deal_id,
             merchant_id=deal.merchant_id,
@@ -125,6 +133,12 @@ class DealPublic(BaseModel):
             ends_at=deal.ends_at,
             status=deal.status,
         )
+
+
+class DealList(BaseModel):
+    deals: list[DealPublic]
+    next_cursor: str | None
+    """Pass as ``?cursor=`` for the next (older) page; ``null`` on the last page."""
 
 
 class ClaimCreate(BaseModel):

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from shopcardd_voucher import Voucher
 
+from ..events import ClaimIssued, event_payload
 from ..storage import TransientError
 
 
@@ -64,6 +65,9 @@ class ClaimAttempt:
     voucher_id: str
     """A fresh id (``shopcardd_voucher.new_voucher_id()``), used only if this attempt wins."""
     now: int
+    email: str | None = None
+    """Where to tell the customer, from the user's token; carried by the claim event only."""
+    phone: str | None = None
 
 
 class Outcome(StrEnum):
@@ -88,12 +92,9 @@ class ClaimDecision:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
-    """A claim event waiting to be relayed to RabbitMQ. ``event_id`` orders the outbox.
-
-    ``payload`` holds, for every adapter alike: ``type`` ("claim.issued"), ``voucher_id``,
-    ``deal_id``, ``merchant_id``, ``user_id``, ``idempotency_key``, ``issued_at`` and
-    ``expires_at`` (epoch seconds, integers).
-    """
+    """An event waiting to be relayed. ``event_id`` is the outbox's own id (orders it; what
+    ``ack_outbox`` takes); ``payload`` is ``events.event_payload`` of the event, the same on
+    every adapter (``events.parse_event`` reads it back)."""
 
     event_id: str
     payload: dict[str, Any]
@@ -102,21 +103,10 @@ class OutboxEvent:
 CHECK_DEAL_ID = "_shopcardd_check"
 """The deal ``check()`` claims against: never loaded, so the step runs and answers UNKNOWN_DEAL."""
 
-CLAIM_EVENT_TYPE = "claim.issued"
 
-
-def claim_event_payload(voucher: Voucher, idempotency_key: str) -> dict[str, Any]:
+def claim_event_payload(voucher: Voucher, attempt: ClaimAttempt) -> dict[str, Any]:
     """The outbox payload of one issued claim; every adapter builds it here, so they agree."""
-    return {
-        "type": CLAIM_EVENT_TYPE,
-        "voucher_id": voucher.voucher_id,
-        "deal_id": voucher.deal,
-        "merchant_id": voucher.merchant,
-        "user_id": voucher.user,
-        "idempotency_key": idempotency_key,
-        "issued_at": int(voucher.issued_at),
-        "expires_at": int(voucher.expires_at),
-    }
+    return event_payload(ClaimIssued.of(voucher, attempt.idempotency_key, attempt.email, attempt.phone))
 
 
 def check_claim_step(gate: ClaimGate) -> None:
@@ -150,12 +140,25 @@ class ClaimGate(Protocol):
     def cancel(self, deal_id: str) -> None:
         """Close the sale: every later claim is SALE_NOT_OPEN."""
 
-    def read_outbox(self, after: str | None = None, limit: int = 100) -> Sequence[OutboxEvent]:
-        """The oldest events not yet acknowledged, in order, after ``after`` (an ``event_id`` of
-        this same pass, to page through it). Each deal's events keep their claim order."""
+    def read_outbox(
+        self, after: str | None = None, limit: int | None = 100, deal_id: str | None = None
+    ) -> Sequence[OutboxEvent]:
+        """The oldest events not yet acknowledged (leased or not), in order, after ``after`` (an
+        ``event_id`` of this same pass, to page through it); ``limit`` None for all, ``deal_id``
+        for one deal's. For looking, not relaying: relays take events with ``lease_outbox``.
+        Each deal's events keep their claim order."""
+
+    def lease_outbox(self, consumer: str, limit: int = 100, lease_seconds: float = 30.0) -> list[OutboxEvent]:
+        """Take events for ``consumer`` (a relay) to publish: new ones, and those another
+        consumer took more than ``lease_seconds`` ago without acknowledging them (it died).
+        Several relays may lease at once; an event is leased to one at a time. May return a
+        few more than ``limit`` (the leases already taken are never dropped)."""
 
     def ack_outbox(self, event_ids: Iterable[str]) -> None:
         """Forget events the relay has published (confirmed); unknown ids are ignored."""
+
+    def add_event(self, deal_id: str, payload: dict[str, Any]) -> None:
+        """Append an event that no claim step writes (a tally of refusals) to the deal's outbox."""
 
     def check(self) -> None:
         """Prove the gate works end to end (runs the claim step's code), for ``/readyz``.

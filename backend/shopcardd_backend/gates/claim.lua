@@ -8,7 +8,8 @@
 -- KEYS[3] users hash   user_id -> vouchers issued to that user
 -- KEYS[4] claims hash  idempotency field (user and key) -> "issued_at expires_at voucher_id"
 -- KEYS[5] outbox       stream of claim events
--- ARGV: user_id, idempotency field, idempotency key, voucher_id, now (epoch seconds)
+-- ARGV: user_id, idempotency field, idempotency key, voucher_id, now (epoch seconds),
+--       email, phone ("" when the user's token gave none)
 -- Returns {outcome, voucher record or "", stock left, merchant_id}.
 
 local terms = redis.call('HMGET', KEYS[1], 'merchant_id', 'per_user_limit', 'voucher_ttl_seconds',
@@ -42,6 +43,9 @@ local record = ARGV[5] .. ' ' .. expires_at .. ' ' .. ARGV[4]
 stock = redis.call('DECR', KEYS[2])
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 redis.call('HSET', KEYS[4], ARGV[2], record)
-redis.call('XADD', KEYS[5], '*', 'voucher_id', ARGV[4], 'merchant_id', merchant, 'user_id', ARGV[1],
-  'idempotency_key', ARGV[3], 'issued_at', ARGV[5], 'expires_at', expires_at)
+local event = {'voucher_id', ARGV[4], 'merchant_id', merchant, 'user_id', ARGV[1],
+  'idempotency_key', ARGV[3], 'issued_at', ARGV[5], 'expires_at', expires_at}
+if ARGV[6] ~= '' then table.insert(event, 'email'); table.insert(event, ARGV[6]) end
+if ARGV[7] ~= '' then table.insert(event, 'phone'); table.insert(event, ARGV[7]) end
+redis.call('XADD', KEYS[5], '*', unpack(event))
 return {'issued', record, stock, merchant}

@@ -8,11 +8,21 @@ one cluster slot (``deal_keys``)::
     PREFIX:deal:{D}:stock    vouchers left
     PREFIX:deal:{D}:users    hash: user_id -> vouchers issued
     PREFIX:deal:{D}:claims   hash: (user, idempotency key) -> "issued_at expires_at voucher_id"
-    PREFIX:deal:{D}:outbox   stream: one entry per issued claim
-    PREFIX:outbox-deals      set of deal ids (written by load_deal, outside the script)
+    PREFIX:deal:{D}:outbox   stream: one entry per issued claim (and per refusal tally);
+                             consumer group ``relay``
+    PREFIX:outbox-active     sorted set: deal id -> when a writer last touched its outbox
 
-The outbox is one stream per deal (a single stream would put every deal in one slot), so
-``read_outbox`` merges the streams of the deals in ``PREFIX:outbox-deals``. An event id is
+The outbox is one stream per deal (a single stream would put every deal in one slot). Relays
+read only the deals in ``PREFIX:outbox-active``, never every deal ever created. That index
+lives in another slot than the deal, so the claim script cannot write it; instead every writer
+touches it (``ZADD``, at most once a second per deal and process) *before* it may append to a
+deal's stream, and a relay removes a deal only when its stream is empty and nobody has touched
+it for ``IDLE_SECONDS``, with a script that refuses if a touch came in between. So a deal with
+an event in its stream is always in the index.
+
+Relays share the streams through the consumer group ``relay``: ``XREADGROUP`` hands each new
+entry to one relay, ``XAUTOCLAIM`` takes over the entries a dead relay had leased, and an entry
+is acknowledged and deleted (``XACK``, ``XDEL``) once RabbitMQ confirmed it. An event id is
 ``<stream entry id>-<deal_id>``; events are ordered by entry id, then deal.
 
 The script is registered as a redis-py ``Script``: after a Redis restart empties the script
@@ -25,8 +35,10 @@ either applied or not; the client's retry with the same idempotency key answers 
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from importlib.resources import files
@@ -52,6 +64,19 @@ from .base import (
 
 KEY_PARTS = ("terms", "stock", "users", "claims", "outbox")
 """The keys of a deal, in the order the script receives them as KEYS."""
+RELAY_GROUP = "relay"
+TOUCH_SECONDS = 1.0
+"""A writer touches a deal in the active index at most this often (per process)."""
+IDLE_SECONDS = 60.0
+"""A relay drops a deal from the active index once its stream is empty and untouched this long.
+Far longer than ``TOUCH_SECONDS``, so the clocks of writers and relays may differ by most of it."""
+FORGET_IDLE_DEAL = """
+local touched = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if touched and tonumber(touched) <= tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
 KNOWN_FIELD = "merchant_id"
 """The terms field whose presence makes a deal known, here as in the script: a terms hash
 without it (a ``cancelled`` flag written just as Redis lost the deal) is a lost deal."""
@@ -91,9 +116,11 @@ class RedisClaimGate(Closing):
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError("prefix must be non-empty and free of braces (they would move the hash tag)")
         self.prefix = prefix
-        self.registry_key = f"{prefix}:outbox-deals"
+        self.active_key = f"{prefix}:outbox-active"
         self.retry_after = retry_after
         self._closed = False
+        self._touched: dict[str, float] = {}
+        self._clock: Callable[[], float] = time.time
         self._client: redis.Redis = redis.Redis.from_url(
             url,
             socket_timeout=socket_timeout,
@@ -102,6 +129,8 @@ class RedisClaimGate(Closing):
             decode_responses=True,
         )
         self._claim_script = self._client.register_script(_claim_script_source())
+        self._forget_idle_deal = self._client.register_script(FORGET_IDLE_DEAL)
+        self._lease_start = 0
 
     def deal_keys(self, deal_id: str) -> list[str]:
         """Every key of the deal (the script's KEYS), all in the deal's cluster slot."""
@@ -133,7 +162,8 @@ class RedisClaimGate(Closing):
         if terms.cancelled:  # in the same MULTI as the terms: never claimable in between
             fields["cancelled"] = "1"
         with self._mapped_errors():
-            self._client.sadd(self.registry_key, terms.deal_id)
+            self._touch(terms.deal_id, force=True)
+            self._create_group(self.deal_keys(terms.deal_id)[-1])
             pipe = self._client.pipeline(transaction=True)
             pipe.hset(terms_key, mapping=fields)
             if claimed:
@@ -155,8 +185,11 @@ class RedisClaimGate(Closing):
             attempt.idempotency_key,
             attempt.voucher_id,
             attempt.now,
+            attempt.email or "",
+            attempt.phone or "",
         ]
         with self._mapped_errors():
+            self._touch(attempt.deal_id)
             outcome, record, stock_left, merchant_id = self._claim_script(
                 keys=self.deal_keys(attempt.deal_id), args=args
             )
@@ -183,30 +216,97 @@ class RedisClaimGate(Closing):
             if self._client.hexists(terms_key, KNOWN_FIELD):
                 self._client.hset(terms_key, "cancelled", "1")
 
-    def read_outbox(self, after: str | None = None, limit: int = 100) -> Sequence[OutboxEvent]:
+    def _touch(self, deal_id: str, force: bool = False) -> None:
+        """Mark the deal's outbox active before a write may append to it (see the module's doc)."""
+        now = self._clock()
+        if force or now - self._touched.get(deal_id, -TOUCH_SECONDS) >= TOUCH_SECONDS:
+            self._client.zadd(self.active_key, {deal_id: now})
+            self._touched[deal_id] = now
+            if len(self._touched) > 100_000:  # a process that saw very many deals forgets old ones
+                self._touched = {d: t for d, t in self._touched.items() if now - t < TOUCH_SECONDS}
+
+    def _create_group(self, stream_key: str) -> None:
+        try:
+            self._client.xgroup_create(stream_key, RELAY_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read_outbox(
+        self, after: str | None = None, limit: int | None = 100, deal_id: str | None = None
+    ) -> Sequence[OutboxEvent]:
         with self._mapped_errors():
-            deals = sorted(self._client.smembers(self.registry_key))
+            deals = [deal_id] if deal_id is not None else sorted(self._client.zrange(self.active_key, 0, -1))
             if not deals:
                 return []
             after_key = None if after is None else _event_sort_key(after)
             pipe = self._client.pipeline(transaction=False)
-            for deal_id in deals:
+            for deal in deals:
                 start = "-"
                 if after_key is not None:
                     ms, seq, after_deal = after_key
-                    start = f"{ms}-{seq}" if deal_id > after_deal else f"({ms}-{seq}"
-                pipe.xrange(self.deal_keys(deal_id)[-1], min=start, count=limit)
+                    start = f"{ms}-{seq}" if deal > after_deal else f"({ms}-{seq}"
+                pipe.xrange(self.deal_keys(deal)[-1], min=start, count=limit)
             streams: list[list[tuple[str, dict[str, Any]]]] = pipe.execute()
         events = [
-            OutboxEvent(f"{entry_id}-{deal_id}", self._payload(deal_id, fields))
-            for deal_id, entries in zip(deals, streams, strict=True)
+            OutboxEvent(f"{entry_id}-{deal}", self._payload(deal, fields))
+            for deal, entries in zip(deals, streams, strict=True)
             for entry_id, fields in entries
         ]
         events.sort(key=lambda event: _event_sort_key(event.event_id))
-        return events[:limit]
+        return events if limit is None else events[:limit]
+
+    def lease_outbox(self, consumer: str, limit: int = 100, lease_seconds: float = 30.0) -> list[OutboxEvent]:
+        with self._mapped_errors():
+            deals = self._client.zrange(self.active_key, 0, -1, withscores=True)
+            if not deals:
+                return []
+            self._lease_start = (self._lease_start + 1) % len(deals)  # every deal gets its turn first
+            deals = deals[self._lease_start :] + deals[: self._lease_start]
+            events: list[OutboxEvent] = []
+            for chunk_start in range(0, len(deals), 32):
+                chunk = deals[chunk_start : chunk_start + 32]
+                events += self._lease_chunk(chunk, consumer, limit, int(lease_seconds * 1000))
+                if len(events) >= limit:
+                    break
+        return events
+
+    def _lease_chunk(
+        self, deals: list[tuple[str, float]], consumer: str, limit: int, lease_ms: int
+    ) -> list[OutboxEvent]:
+        """One round trip for the stale and the new entries of ``deals``; idle deals forgotten."""
+        pipe = self._client.pipeline(transaction=False)
+        for deal_id, _ in deals:
+            stream = self.deal_keys(deal_id)[-1]
+            pipe.xautoclaim(stream, RELAY_GROUP, consumer, lease_ms, "0-0", count=limit)
+            pipe.xreadgroup(RELAY_GROUP, consumer, {stream: ">"}, count=limit)
+            pipe.xlen(stream)
+        replies = pipe.execute(raise_on_error=False)
+        events: list[OutboxEvent] = []
+        idle_before = self._clock() - IDLE_SECONDS
+        for index, (deal_id, touched) in enumerate(deals):
+            stale, new, length = replies[3 * index : 3 * index + 3]
+            if isinstance(stale, redis.ResponseError) and "NOGROUP" in str(stale):
+                self._create_group(self.deal_keys(deal_id)[-1])  # a stream written before its group
+                continue
+            for reply in (stale, new, length):
+                if isinstance(reply, Exception):
+                    raise reply
+            entries = [*stale[1], *(new[0][1] if new else [])]
+            events += [
+                OutboxEvent(f"{entry_id}-{deal_id}", self._payload(deal_id, fields))
+                for entry_id, fields in entries
+                if fields  # an entry deleted while leased comes back empty: nothing to relay
+            ]
+            if not entries and length == 0 and touched <= idle_before:
+                self._forget_idle_deal(keys=[self.active_key], args=[deal_id, idle_before])
+        return events
 
     @staticmethod
     def _payload(deal_id: str, fields: dict[str, str]) -> dict[str, Any]:
+        if "payload" in fields:  # written by add_event
+            payload: dict[str, Any] = json.loads(fields["payload"])
+            return payload
         voucher = Voucher(
             fields["voucher_id"],
             deal_id,
@@ -215,7 +315,16 @@ class RedisClaimGate(Closing):
             int(fields["issued_at"]),
             int(fields["expires_at"]),
         )
-        return claim_event_payload(voucher, fields["idempotency_key"])
+        attempt = ClaimAttempt(
+            deal_id,
+            fields["user_id"],
+            fields["idempotency_key"],
+            fields["voucher_id"],
+            int(fields["issued_at"]),
+            fields.get("email"),
+            fields.get("phone"),
+        )
+        return claim_event_payload(voucher, attempt)
 
     def ack_outbox(self, event_ids: Iterable[str]) -> None:
         by_deal: dict[str, list[str]] = {}
@@ -227,8 +336,15 @@ class RedisClaimGate(Closing):
         with self._mapped_errors():
             pipe = self._client.pipeline(transaction=False)
             for deal_id, entry_ids in by_deal.items():
-                pipe.xdel(self.deal_keys(deal_id)[-1], *entry_ids)
-            pipe.execute()
+                stream = self.deal_keys(deal_id)[-1]
+                pipe.xack(stream, RELAY_GROUP, *entry_ids)
+                pipe.xdel(stream, *entry_ids)
+            pipe.execute(raise_on_error=False)  # a stream without its group still deletes
+
+    def add_event(self, deal_id: str, payload: dict[str, Any]) -> None:
+        with self._mapped_errors():
+            self._touch(deal_id)
+            self._client.xadd(self.deal_keys(deal_id)[-1], {"payload": json.dumps(payload)})
 
     def check(self) -> None:
         check_claim_step(self)

@@ -8,15 +8,18 @@ constraint as a last line of defence. Schema:
 - ``deals``: the terms, ``stock_left`` and ``cancelled``;
 - ``user_claims``: vouchers per (deal, user), for the per-user limit;
 - ``claims``: the voucher of each (deal, user, idempotency key), replayed on retries;
-- ``outbox``: claim events (JSON payload), ``event_id`` an increasing integer.
+- ``outbox``: events (JSON payload), ``event_id`` an increasing integer; ``deal_id`` to find
+  one deal's; ``leased_by`` and ``lease_until`` (epoch seconds) while a relay holds the event.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from shopcardd_voucher import Voucher
 
@@ -61,8 +64,17 @@ CREATE TABLE IF NOT EXISTS claims (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     event_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    payload TEXT NOT NULL
+    payload TEXT NOT NULL,
+    deal_id TEXT,
+    leased_by TEXT,
+    lease_until REAL
 );
+"""
+OUTBOX_COLUMNS_ADDED = {"deal_id": "TEXT", "leased_by": "TEXT", "lease_until": "REAL"}
+"""Columns an outbox made by an older version lacks; added at opening."""
+OUTBOX_INDEXES = """
+CREATE INDEX IF NOT EXISTS outbox_by_deal ON outbox (deal_id, event_id);
+CREATE INDEX IF NOT EXISTS outbox_by_lease ON outbox (lease_until, event_id);
 """
 
 COUNT_USER_CLAIM = "INSERT INTO user_claims VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET claimed = claimed + 1"
@@ -81,11 +93,28 @@ def _record_claim(tx: sqlite3.Connection, deal_id: str, idempotency_key: str, vo
     )
 
 
+def _append_event(tx: sqlite3.Connection, deal_id: str, payload: dict[str, Any]) -> None:
+    tx.execute("INSERT INTO outbox (payload, deal_id) VALUES (?, ?)", (json.dumps(payload), deal_id))
+
+
+def _event(event_id: int, payload: str) -> OutboxEvent:
+    return OutboxEvent(f"{event_id:0{EVENT_ID_DIGITS}d}", json.loads(payload))
+
+
 class SqliteClaimGate(Closing):
     """``ClaimGate`` on one SQLite file; threads and processes may share the file."""
 
     def __init__(self, path: Path | str, busy_timeout: float = 5.0) -> None:
         self._db = SqliteFile(path, SCHEMA, GateUnavailable, busy_timeout)
+        self._clock: Callable[[], float] = time.time
+        with self._db.transaction() as tx:
+            present = {row[1] for row in tx.execute("PRAGMA table_info(outbox)")}
+            for column, kind in OUTBOX_COLUMNS_ADDED.items():
+                if column not in present:
+                    tx.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
+            for statement in OUTBOX_INDEXES.split(";"):
+                if statement.strip():
+                    tx.execute(statement)
 
     def load_deal(self, terms: DealTerms, claimed: Iterable[tuple[str, Voucher]] = ()) -> None:
         claimed = list(claimed)
@@ -166,8 +195,7 @@ class SqliteClaimGate(Closing):
             issued = voucher(attempt.voucher_id, now, now + ttl)
             tx.execute("UPDATE deals SET stock_left = stock_left - 1 WHERE deal_id = ?", (attempt.deal_id,))
             _record_claim(tx, attempt.deal_id, attempt.idempotency_key, issued)
-            payload = claim_event_payload(issued, attempt.idempotency_key)
-            tx.execute("INSERT INTO outbox (payload) VALUES (?)", (json.dumps(payload),))
+            _append_event(tx, attempt.deal_id, claim_event_payload(issued, attempt))
             return ClaimDecision(Outcome.ISSUED, issued, stock_left - 1)
 
     def stock_left(self, deal_id: str) -> int | None:
@@ -179,20 +207,42 @@ class SqliteClaimGate(Closing):
         with self._db.transaction() as tx:
             tx.execute("UPDATE deals SET cancelled = 1 WHERE deal_id = ?", (deal_id,))
 
-    def read_outbox(self, after: str | None = None, limit: int = 100) -> Sequence[OutboxEvent]:
+    def read_outbox(
+        self, after: str | None = None, limit: int | None = 100, deal_id: str | None = None
+    ) -> Sequence[OutboxEvent]:
+        where, args = "event_id > ?", [int(after) if after else 0]
+        if deal_id is not None:
+            where += " AND deal_id = ?"
+            args.append(deal_id)
         with self._db.reading() as conn:
             rows = conn.execute(
-                "SELECT event_id, payload FROM outbox WHERE event_id > ? ORDER BY event_id LIMIT ?",
-                (int(after) if after else 0, limit),
+                f"SELECT event_id, payload FROM outbox WHERE {where} ORDER BY event_id LIMIT ?",
+                (*args, -1 if limit is None else limit),
             ).fetchall()
-        return [
-            OutboxEvent(f"{event_id:0{EVENT_ID_DIGITS}d}", json.loads(payload)) for event_id, payload in rows
-        ]
+        return [_event(event_id, payload) for event_id, payload in rows]
+
+    def lease_outbox(self, consumer: str, limit: int = 100, lease_seconds: float = 30.0) -> list[OutboxEvent]:
+        now = self._clock()
+        with self._db.transaction() as tx:
+            rows = tx.execute(
+                "SELECT event_id, payload FROM outbox WHERE lease_until IS NULL OR lease_until < ?"
+                " ORDER BY event_id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            tx.executemany(
+                "UPDATE outbox SET leased_by = ?, lease_until = ? WHERE event_id = ?",
+                [(consumer, now + lease_seconds, event_id) for event_id, _ in rows],
+            )
+        return [_event(event_id, payload) for event_id, payload in rows]
 
     def ack_outbox(self, event_ids: Iterable[str]) -> None:
         ids = [(int(event_id),) for event_id in event_ids]
         with self._db.transaction() as tx:
             tx.executemany("DELETE FROM outbox WHERE event_id = ?", ids)
+
+    def add_event(self, deal_id: str, payload: dict[str, Any]) -> None:
+        with self._db.transaction() as tx:
+            _append_event(tx, deal_id, payload)
 
     def check(self) -> None:
         check_claim_step(self)

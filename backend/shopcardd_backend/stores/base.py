@@ -12,6 +12,7 @@ millisecond precision, the precision of a BSON date: every adapter answers alike
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -73,6 +74,40 @@ class VoucherRecord:
     expires_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class DealPage:
+    """One page of a merchant's deals, newest first; ``next_cursor`` fetches the next page."""
+
+    deals: list[DealRecord]
+    next_cursor: str | None
+
+
+class BadCursor(StoreError, ValueError):
+    """A page cursor this store did not make (or one damaged on the way)."""
+
+
+def deal_cursor(deal: DealRecord) -> str:
+    """An opaque cursor after ``deal``: its creation time and id (the id breaks ties)."""
+    text = f"{utc_ms(deal.created_at).isoformat(timespec='milliseconds')}|{deal.deal_id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def parse_deal_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, deal_id) a cursor points after; ``BadCursor`` when it is not one of ours."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, deal_id = text.split("|", 1)
+        return utc_ms(datetime.fromisoformat(when)), deal_id
+    except (ValueError, UnicodeDecodeError):
+        raise BadCursor("not a cursor this API made; use the next_cursor of the previous page") from None
+
+
+def deal_page(deals: Sequence[DealRecord], limit: int) -> DealPage:
+    """A page of at most ``limit`` deals from up to ``limit + 1`` fetched, with the next cursor."""
+    shown = list(deals[:limit])
+    return DealPage(shown, deal_cursor(shown[-1]) if len(deals) > limit and shown else None)
+
+
 class DocumentStore(Protocol):
     def add_merchant(self, merchant: MerchantRecord) -> None:
         """Register a merchant; DuplicateError when the id is taken."""
@@ -85,11 +120,20 @@ class DocumentStore(Protocol):
 
     def get_deal(self, deal_id: str) -> DealRecord | None: ...
 
+    def deals_of_merchant(self, merchant_id: str, limit: int, after: str | None = None) -> DealPage:
+        """The merchant's deals, newest first (by ``created_at``, then id), ``limit`` at most,
+        after the cursor ``after``; ``BadCursor`` when it is not one of ``deal_page``'s."""
+
     def set_deal_status(self, deal_id: str, status: DealStatus) -> DealRecord | None:
         """Change a deal's status; the updated deal, or None when there is no such deal."""
 
     def save_voucher(self, voucher: VoucherRecord) -> bool:
         """Record an issued voucher idempotently; True when it was new."""
+
+    def save_vouchers(self, vouchers: Sequence[VoucherRecord]) -> list[str]:
+        """Record many issued vouchers in one round trip, idempotently: one already stored the
+        same way changes nothing. Returns the ids of those that exist *otherwise* (another
+        voucher with that id, or another voucher for that claim): the persist worker parks them."""
 
     def vouchers_of_deal(self, deal_id: str) -> Sequence[VoucherRecord]:
         """Every voucher of a deal, for rebuilding the gate's counters."""

@@ -3,7 +3,7 @@
 Collections (each record's id is its ``_id``, the other fields keep their names):
 
 - ``merchants``: ``_id`` merchant id; unique index ``api_key_hash``.
-- ``deals``: ``_id`` deal id; index ``merchant_id``.
+- ``deals``: ``_id`` deal id; index ``(merchant_id, created_at, _id)`` for a merchant's list.
 - ``vouchers``: ``_id`` the voucher id, i.e. the token's ``jti``; index ``(deal_id, issued_at)``
   for rebuilding the gate, unique index ``(deal_id, user_id, idempotency_key)``: one voucher
   per claim, whatever the relay redelivers.
@@ -31,9 +31,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from pymongo import ASCENDING, MongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import (
+    BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
@@ -44,6 +45,7 @@ from pymongo.errors import (
 
 from ..storage import Closing
 from .base import (
+    DealPage,
     DealRecord,
     DealStatus,
     DuplicateError,
@@ -52,10 +54,13 @@ from .base import (
     StoreError,
     StoreUnavailable,
     VoucherRecord,
+    deal_page,
+    parse_deal_cursor,
     record_fields,
     record_from_fields,
 )
 
+DUPLICATE_KEY = 11000
 TRANSIENT = (ConnectionFailure, ExecutionTimeout, WTimeoutError, InvalidOperation)
 """Server unreachable, timed out, or this store closed: worth a retry later (503)."""
 
@@ -109,7 +114,10 @@ class MongoDocumentStore(Closing):
         """Create the indexes (idempotent); at start-up, before the first request."""
         with self._mapped_errors():
             self._merchants.create_index("api_key_hash", unique=True, name="api_key_hash_unique")
-            self._deals.create_index("merchant_id", name="by_merchant")
+            self._deals.create_index(
+                [("merchant_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+                name="by_merchant_newest",
+            )
             self._vouchers.create_index([("deal_id", ASCENDING), ("issued_at", ASCENDING)], name="by_deal")
             self._vouchers.create_index(
                 [("deal_id", ASCENDING), ("user_id", ASCENDING), ("idempotency_key", ASCENDING)],
@@ -140,6 +148,18 @@ class MongoDocumentStore(Closing):
             found = self._deals.find_one({"_id": deal_id})
         return None if found is None else _record(DealRecord, "deal_id", found)
 
+    def deals_of_merchant(self, merchant_id: str, limit: int, after: str | None = None) -> DealPage:
+        query: dict[str, Any] = {"merchant_id": merchant_id}
+        if after is not None:
+            created_at, deal_id = parse_deal_cursor(after)
+            query["$or"] = [
+                {"created_at": {"$lt": created_at}},
+                {"created_at": created_at, "_id": {"$lt": deal_id}},
+            ]
+        with self._mapped_errors():
+            found = list(self._deals.find(query).sort([("created_at", -1), ("_id", -1)]).limit(limit + 1))
+        return deal_page([_record(DealRecord, "deal_id", document) for document in found], limit)
+
     def set_deal_status(self, deal_id: str, status: DealStatus) -> DealRecord | None:
         with self._mapped_errors():
             found = self._deals.find_one_and_update(
@@ -159,6 +179,26 @@ class MongoDocumentStore(Closing):
             ) == record_fields(voucher):
                 return False
             raise
+
+    def save_vouchers(self, vouchers: Sequence[VoucherRecord]) -> list[str]:
+        if not vouchers:
+            return []
+        documents = [_document("voucher_id", voucher) for voucher in vouchers]
+        with self._mapped_errors():
+            try:
+                self._vouchers.insert_many(documents, ordered=False)
+                return []
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                    raise
+                duplicates = [documents[error["index"]]["_id"] for error in errors]
+            stored = {
+                document["_id"]: record_fields(_record(VoucherRecord, "voucher_id", document))
+                for document in self._vouchers.find({"_id": {"$in": duplicates}})
+            }
+        wanted = {v.voucher_id: record_fields(v) for v in vouchers}
+        return [voucher_id for voucher_id in duplicates if stored.get(voucher_id) != wanted[voucher_id]]
 
     def vouchers_of_deal(self, deal_id: str) -> Sequence[VoucherRecord]:
         with self._mapped_errors():

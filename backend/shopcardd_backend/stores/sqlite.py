@@ -17,6 +17,7 @@ from typing import Any
 
 from ..storage import Closing, SqliteFile
 from .base import (
+    DealPage,
     DealRecord,
     DealStatus,
     DuplicateError,
@@ -24,6 +25,8 @@ from .base import (
     Record,
     StoreUnavailable,
     VoucherRecord,
+    deal_page,
+    parse_deal_cursor,
     record_fields,
     record_from_fields,
 )
@@ -46,7 +49,7 @@ CREATE TABLE IF NOT EXISTS deals (
     status TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS deals_by_merchant ON deals (merchant_id);
+CREATE INDEX IF NOT EXISTS deals_by_merchant_newest ON deals (merchant_id, created_at, deal_id);
 CREATE TABLE IF NOT EXISTS vouchers (
     voucher_id TEXT PRIMARY KEY,
     deal_id TEXT NOT NULL,
@@ -115,6 +118,20 @@ class SqliteDocumentStore(Closing):
     def get_deal(self, deal_id: str) -> DealRecord | None:
         return self._one(DealRecord, "SELECT * FROM deals WHERE deal_id = ?", deal_id)
 
+    def deals_of_merchant(self, merchant_id: str, limit: int, after: str | None = None) -> DealPage:
+        where, args = "merchant_id = ?", [merchant_id]
+        if after is not None:
+            created_at, deal_id = parse_deal_cursor(after)
+            stamp = created_at.isoformat(timespec="milliseconds")
+            where += " AND (created_at < ? OR (created_at = ? AND deal_id < ?))"
+            args += [stamp, stamp, deal_id]
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM deals WHERE {where} ORDER BY created_at DESC, deal_id DESC LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+        return deal_page([_record(DealRecord, row) for row in rows], limit)
+
     def set_deal_status(self, deal_id: str, status: DealStatus) -> DealRecord | None:
         with self._db.transaction() as tx:
             tx.execute("UPDATE deals SET status = ? WHERE deal_id = ?", (str(status), deal_id))
@@ -134,6 +151,28 @@ class SqliteDocumentStore(Closing):
             raise DuplicateError(
                 f"voucher {voucher.voucher_id} (or its idempotency key) exists otherwise"
             ) from None
+
+    def save_vouchers(self, vouchers: Sequence[VoucherRecord]) -> list[str]:
+        rows = [_row(voucher) for voucher in vouchers]
+        if not rows:
+            return []
+        with self._db.transaction() as tx:
+            tx.executemany(_insert("vouchers", rows[0]).replace("INSERT", "INSERT OR IGNORE", 1), rows)
+        return self._differing(vouchers)
+
+    def _differing(self, vouchers: Sequence[VoucherRecord]) -> list[str]:
+        """The vouchers whose id is stored with other contents, or not stored at all (their
+        claim holds another voucher)."""
+        wanted = {v.voucher_id: record_fields(v) for v in vouchers}
+        ids = list(wanted)
+        found: dict[str, dict[str, Any]] = {}
+        with self._db.reading() as conn:
+            for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+                chunk = ids[start : start + 500]
+                sql = f"SELECT * FROM vouchers WHERE voucher_id IN ({', '.join('?' * len(chunk))})"
+                for row in conn.execute(sql, chunk):
+                    found[row["voucher_id"]] = record_fields(_record(VoucherRecord, row))
+        return [voucher_id for voucher_id, fields in wanted.items() if found.get(voucher_id) != fields]
 
     def vouchers_of_deal(self, deal_id: str) -> Sequence[VoucherRecord]:
         with self._db.reading() as conn:

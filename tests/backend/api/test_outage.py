@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from servers import SpareRedis
 from shopcardd_backend.app import create_app
-from shopcardd_backend.claims import rebuild_deal
+from shopcardd_backend.deals import DealNotFound
 from shopcardd_backend.gates.base import GateUnavailable
 
 from .conftest import Api, assert_problem, build_settings
@@ -70,17 +70,22 @@ def test_a_deal_the_gate_lost_waits_for_the_operator_to_rebuild_it(
         cancel = client.post(f"/v1/deals/{cancelled_after}/cancel", headers={"X-API-Key": key})
         assert_problem(cancel, 503, "unavailable")
 
-        runtime = client.app.state.runtime  # type: ignore[attr-defined]
-        assert rebuild_deal(runtime.gate, runtime.store, deal) == 5
+        deals = client.app.state.runtime.deals  # type: ignore[attr-defined]
+
+        def rebuild_deal(deal_id: str) -> int:
+            return deals.rebuild(deal_id).stock_left
+
+        assert rebuild_deal(deal) == 5
         assert client.get(f"/v1/deals/{deal}").json()["stock_left"] == 5
-        assert rebuild_deal(runtime.gate, runtime.store, cancelled) == 5
-        assert rebuild_deal(runtime.gate, runtime.store, cancelled_after) == 5, "cancelled while lost"
+        assert rebuild_deal(cancelled) == 5
+        assert rebuild_deal(cancelled_after) == 5, "cancelled while lost"
         assert_problem(api.claim(cancelled_after, api.user_token("alice"), "k"), 403, "sale_not_open")
         after = client.post(f"/v1/deals/{cancelled_after}/cancel", headers={"X-API-Key": key})
         assert after.status_code == 200 and after.json()["status"] == "cancelled"
-        assert rebuild_deal(runtime.gate, runtime.store, "no-such-deal") is None
+        with pytest.raises(DealNotFound):
+            rebuild_deal("no-such-deal")
         assert api.claim(deal, api.user_token("alice"), "k").status_code == 201
-        assert rebuild_deal(runtime.gate, runtime.store, deal) == 4, "a held deal is left alone"
+        assert rebuild_deal(deal) == 4, "a held deal is left alone"
         assert_problem(api.claim(cancelled, api.user_token("alice"), "k"), 403, "sale_not_open")
 
 

@@ -33,10 +33,9 @@ _REFUSALS: dict[Outcome, tuple[str, str]] = {
         401: {},
         403: {"description": "sale_not_open"},
         404: {},
-        409: {"description": "sold_out"},
+        409: {"description": "sold_out, limit_reached"},
         413: {},
         422: {},
-        429: {"description": "limit_reached"},
         503: {"description": "unavailable, with Retry-After"},
     },
 )

@@ -1,0 +1,1 @@
+"""How events leave the outbox: the RabbitMQ adapter, or in-process without a broker (``base.py``)."""

@@ -1,0 +1,156 @@
+"""The composition root: ``Settings`` in, the open parts of the backend out. Knows no HTTP.
+
+Every process starts here: the API's lifespan, each command (``merchant create``, ``deal
+rebuild``), the relay and each queue worker. A part is opened on first use and closed with the
+runtime, so a worker that never signs never makes a signing key, and a command that only needs
+the store never connects to Redis. Parts are opened after any fork (in the lifespan of each
+API process, in ``main()`` of a command), never at import (STYLE trap 2).
+
+    with Runtime(settings) as runtime:
+        runtime.deals.create(...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from .metrics import Metrics
+from .settings import Settings, SettingsError
+from .storage import Closing
+
+if TYPE_CHECKING:
+    from .claims import ClaimService
+    from .deals import DealService
+    from .gates.base import ClaimGate
+    from .identity import UserTokenVerifier
+    from .queue.base import Publisher
+    from .signing import VoucherSigner
+    from .stores.base import DocumentStore
+
+
+class Runtime(Closing):
+    """The backend's parts, built from ``settings`` on first use; ``close()`` closes them all."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._stack = contextlib.ExitStack()
+
+    @cached_property
+    def store(self) -> DocumentStore:
+        """MongoDB when ``SHOPCARDD_MONGODB_URI`` is set, else SQLite in the data folder."""
+        if self.settings.mongodb_uri:
+            from .stores.mongo import MongoDocumentStore
+
+            store: DocumentStore = MongoDocumentStore(
+                self.settings.mongodb_uri, self.settings.mongodb_database
+            )
+            self._stack.callback(store.close)
+            store.ensure_indexes()
+        else:
+            from .stores.sqlite import SqliteDocumentStore
+
+            store = SqliteDocumentStore(self.settings.make_data_dir() / "store.sqlite3")
+            self._stack.callback(store.close)
+        return store
+
+    @cached_property
+    def gate(self) -> ClaimGate:
+        """Redis when ``SHOPCARDD_REDIS_URL`` is set, else SQLite in the data folder."""
+        if self.settings.redis_url:
+            from .gates.redis import RedisClaimGate
+
+            gate: ClaimGate = RedisClaimGate(self.settings.redis_url, prefix=self.settings.redis_prefix)
+        else:
+            from .gates.sqlite import SqliteClaimGate
+
+            gate = SqliteClaimGate(self.settings.make_data_dir() / "gate.sqlite3")
+        self._stack.callback(gate.close)
+        return gate
+
+    @cached_property
+    def signer(self) -> VoucherSigner:
+        """The voucher signing key of ``DATA_DIR/keys`` (made there on first start)."""
+        from .signing import load_signer
+
+        settings = self.settings
+        settings.make_data_dir()
+        kid = settings.signing_kid
+        if kid is not None and not (settings.keys_dir / f"{kid}.private.pem").is_file():
+            raise SettingsError(f"SHOPCARDD_SIGNING_KID: no private key {kid!r} in {settings.keys_dir}")
+        return load_signer(settings.keys_dir, settings.signing_alg, kid)
+
+    @cached_property
+    def users(self) -> UserTokenVerifier:
+        from .identity import build_verifier
+
+        return build_verifier(self.settings)
+
+    @cached_property
+    def claims(self) -> ClaimService:
+        from .claims import ClaimService
+
+        return ClaimService(self.gate, self.store, self.signer, self.metrics)
+
+    @cached_property
+    def deals(self) -> DealService:
+        from .deals import DealService
+
+        return DealService(self.gate, self.store)
+
+    @cached_property
+    def publisher(self) -> Publisher:
+        """RabbitMQ (``SHOPCARDD_AMQP_URL``), the topology declared; the relay's way out."""
+        from .queue.rabbitmq import RabbitPublisher
+
+        if not self.settings.amqp_url:
+            raise SettingsError("SHOPCARDD_AMQP_URL is not set: the relay publishes to RabbitMQ")
+        publisher = RabbitPublisher(self.settings.amqp_url)
+        self._stack.callback(publisher.close)
+        return publisher
+
+    def queue_backlog(self) -> int:
+        """Claim events relayed to RabbitMQ and not yet taken by the persist worker (0 without
+        ``SHOPCARDD_AMQP_URL``: then the outbox is the whole backlog). ``QueueUnavailable``
+        when the broker cannot be asked."""
+        if not self.settings.amqp_url:
+            return 0
+        from .queue.rabbitmq import queue_depth
+
+        return queue_depth(self.settings.amqp_url, "persist")
+
+    def start_background(self) -> None:
+        """The API process's own jobs, stopped when the runtime closes: refused-claim tallies into
+        the outbox about once a second, and, without RabbitMQ, the outbox's events handed to the
+        handlers in-process (``queue/inprocess.py``)."""
+        from functools import partial
+
+        from .loops import Background
+
+        claims, gate = self.claims, self.gate
+        # Closed in the reverse order: the loops stop, then the handlers close, then the last
+        # refusal counts are written.
+        self._stack.callback(claims.refusals.flush, gate)
+        pipeline = None
+        if not self.settings.amqp_url:
+            from .queue.inprocess import InProcessPipeline
+            from .relay import consumer_name
+            from .workers import JOBS, build_handler
+
+            pipeline = InProcessPipeline(gate, [build_handler(job, self) for job in JOBS], consumer_name())
+            self._stack.callback(pipeline.close)
+        background = Background()
+        self._stack.callback(background.close)
+        background.start(partial(claims.refusals.flush, gate), what="refusal tally", idle_wait=1.0)
+        if pipeline is not None:
+            background.start(pipeline.run_once, what="in-process queue", idle_wait=0.1)
+
+    def open_api_parts(self) -> None:
+        """Open what every request may need, so a bad setting or a dead store fails at start-up."""
+        for part in ("store", "gate", "signer", "users", "claims", "deals"):
+            getattr(self, part)
+
+    def close(self) -> None:
+        self._stack.close()
