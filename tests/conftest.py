@@ -77,6 +77,27 @@ def amqp_url() -> str:
     return AMQP_URL
 
 
+@pytest.fixture
+def amqp_vhost(amqp_url: str) -> Iterator[str]:
+    """The URL of a RabbitMQ virtual host of this test's own (made with ``rabbitmqctl``, removed
+    after): the topology's names are fixed (DESIGN.md), so tests keep apart by vhost."""
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        service_missing("rabbitmqctl is not installed; it makes each queue test its own vhost")
+    vhost = f"test-{uuid.uuid4().hex[:12]}"
+
+    def run(*args: str) -> None:
+        subprocess.run([str(ctl), "-q", *args], check=True, capture_output=True, timeout=60)
+
+    try:
+        run("add_vhost", vhost)
+        run("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    except (subprocess.SubprocessError, OSError) as exc:
+        service_missing(f"cannot make a RabbitMQ vhost with rabbitmqctl: {exc}")
+    yield AMQP_URL.rsplit("/", 1)[0] + "/" + vhost
+    run("delete_vhost", vhost)
+
+
 @pytest.fixture(scope="session")
 def mongodb_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A MongoDB server: ``SHOPCARDD_MONGODB_URI`` when set, else SecantusDB started here.

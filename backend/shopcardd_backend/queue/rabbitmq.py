@@ -104,55 +104,167 @@ def close_quietly(connection: pika.BlockingConnection | None) -> None:
             connection.close()
 
 
+class _Confirms:
+    """The confirms awaited for one published batch (delivery tags first..last)."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+        self.confirmed: set[int] = set()
+        self.failure = ""
+        self.done = threading.Event()
+
+    def fail(self, why: str) -> None:
+        self.failure = self.failure or why
+        self.done.set()
+
+
 class RabbitPublisher(Closing):
-    """``Publisher`` on one connection with publisher confirms; reconnects on the next batch
-    after a failure. Messages are persistent, ``mandatory`` (an event no queue takes is an
-    error, not a silent loss), with the event's id as ``message_id``."""
+    """``Publisher`` with publisher confirms awaited per batch, not per message.
 
-    def __init__(self, url: str) -> None:
+    Waiting for each message's confirm costs a broker round trip and a quorum queue's disk
+    write apiece (about 350 events/s here); so the publisher runs pika's ``SelectConnection`` on
+    a thread of its own, sends a whole batch, and waits until the broker confirmed all of it.
+    Messages are persistent and ``mandatory`` (an event no queue takes comes back: an error,
+    not a silent loss), with the event's id as ``message_id``. After any failure the connection
+    is dropped and the next batch opens a new one."""
+
+    def __init__(self, url: str, confirm_timeout: float = 30.0) -> None:
         self.url = url
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
+        self.confirm_timeout = confirm_timeout
+        self._connection: pika.SelectConnection | None = None
+        self._channel: Any = None
+        self._thread: threading.Thread | None = None
+        self._next_tag = 0
+        self._batch: _Confirms | None = None
 
-    def _open(self) -> BlockingChannel:
-        if self._channel is None or not self._channel.is_open:
-            self.close()
-            self._connection = connect(self.url)
-            channel = self._connection.channel()
-            declare_topology(channel)
-            channel.confirm_delivery()
+    def _open(self) -> None:
+        if self._connection is not None and self._connection.is_open and self._channel is not None:
+            return
+        self.close()
+        declared = connect(self.url)  # declare with a plain connection: errors surface here, at once
+        try:
+            declare_topology(declared.channel())
+        finally:
+            close_quietly(declared)
+        opened = threading.Event()
+        failure: list[str] = []
+
+        def on_channel(channel: Any) -> None:
+            channel.confirm_delivery(self._on_confirm, callback=lambda _frame: opened.set())
+            channel.add_on_return_callback(self._on_return)
+            channel.add_on_close_callback(
+                lambda _ch, reason: self._lost(connection, f"channel closed: {reason!r}")
+            )
             self._channel = channel
-        return self._channel
+
+        def on_open_error(_connection: Any, error: BaseException | str) -> None:
+            failure.append(repr(error))
+            opened.set()
+
+        params = pika.URLParameters(self.url)
+        params.heartbeat = 30
+        params.connection_attempts = 1
+
+        def on_close(conn: pika.SelectConnection, reason: BaseException) -> None:
+            self._lost(conn, f"connection closed: {reason!r}")
+            opened.set()
+            conn.ioloop.stop()
+
+        connection = pika.SelectConnection(
+            params,
+            on_open_callback=lambda conn: conn.channel(on_open_callback=on_channel),
+            on_open_error_callback=on_open_error,
+            on_close_callback=on_close,
+        )
+        self._connection, self._next_tag = connection, 0
+        self._thread = threading.Thread(target=connection.ioloop.start, name="amqp-publisher", daemon=True)
+        self._thread.start()
+        if not opened.wait(10) or failure or self._channel is None:
+            self.close()
+            raise QueueUnavailable(
+                f"RabbitMQ at {_where(self.url)} cannot be reached: {failure or 'timeout'}"
+            )
+
+    def _on_confirm(self, frame: Any) -> None:
+        batch, method = self._batch, frame.method
+        if batch is None:
+            return
+        if isinstance(method, pika.spec.Basic.Nack):
+            batch.fail("the broker refused (nack) an event")
+            return
+        tag = method.delivery_tag
+        if method.multiple:
+            batch.confirmed.update(range(batch.first, min(tag, batch.last) + 1))
+        elif batch.first <= tag <= batch.last:
+            batch.confirmed.add(tag)
+        if len(batch.confirmed) >= batch.last - batch.first + 1:
+            batch.done.set()
+
+    def _on_return(self, _channel: Any, method: Any, _properties: Any, _body: bytes) -> None:
+        if self._batch is not None:
+            self._batch.fail(f"no queue took an event (routing key {method.routing_key!r})")
+
+    def _lost(self, connection: pika.SelectConnection, why: str) -> None:
+        """The connection (or its channel) closed: fail the batch awaiting confirms on it."""
+        if connection is not self._connection:
+            return  # an older connection, already replaced
+        self._channel = None
+        if self._batch is not None:
+            self._batch.fail(why)
 
     def publish(self, events: Sequence[OutboxEvent]) -> None:
-        try:
-            channel = self._open()
-            for event in events:
-                payload = event.payload
-                channel.basic_publish(
-                    EXCHANGE,
-                    routing_key=str(payload.get("type", "claim.issued")),
-                    body=_json(payload),
-                    properties=pika.BasicProperties(
-                        content_type="application/json",
-                        delivery_mode=pika.DeliveryMode.Persistent,
-                        message_id=str(
-                            payload.get("voucher_id") or payload.get("event_id") or event.event_id
-                        ),
-                        type=str(payload.get("type", "claim.issued")),
-                    ),
-                    mandatory=True,
-                )
-        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+        if not events:
+            return
+        self._open()
+        assert self._connection is not None
+        batch = _Confirms(self._next_tag + 1, self._next_tag + len(events))
+        self._next_tag += len(events)
+        self._batch = batch
+        messages = [_message(event.payload, event.event_id) for event in events]
+
+        def send() -> None:
+            try:
+                for routing_key, body, properties in messages:
+                    self._channel.basic_publish(EXCHANGE, routing_key, body, properties, mandatory=True)
+            except Exception as exc:  # on the I/O thread: report, never raise into the loop
+                batch.fail(repr(exc))
+
+        self._connection.ioloop.add_callback_threadsafe(send)
+        if not batch.done.wait(self.confirm_timeout):
+            batch.fail(f"no confirm within {self.confirm_timeout:g} s")
+        self._batch = None
+        if batch.failure:
             self.close()
-            raise QueueUnavailable(f"RabbitMQ did not take an event: {exc!r}") from exc
-        except AMQP_ERRORS as exc:
-            self.close()
-            raise QueueUnavailable(f"RabbitMQ at {_where(self.url)}: {exc!r}") from exc
+            raise QueueUnavailable(f"RabbitMQ did not take the batch: {batch.failure}")
 
     def close(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        close_quietly(connection)
+        connection, thread = self._connection, self._thread
+        self._connection, self._thread, self._channel = None, None, None
+        if connection is None:
+            return
+
+        def stop() -> None:  # on the I/O thread; a clean close ends in on_close, which stops the loop
+            if connection.is_open:
+                connection.close()
+            elif not connection.is_closing:
+                connection.ioloop.stop()
+
+        with contextlib.suppress(*AMQP_ERRORS, RuntimeError):
+            connection.ioloop.add_callback_threadsafe(stop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+
+
+def _message(payload: dict[str, Any], outbox_id: str) -> tuple[str, bytes, pika.BasicProperties]:
+    """Routing key, body and properties of an outbox event."""
+    kind = str(payload.get("type", "claim.issued"))
+    properties = pika.BasicProperties(
+        content_type="application/json",
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=str(payload.get("voucher_id") or payload.get("event_id") or outbox_id),
+        type=kind,
+    )
+    return kind, _json(payload), properties
 
 
 def _json(payload: dict[str, Any]) -> bytes:

@@ -1,0 +1,125 @@
+"""The relay against the machine's RabbitMQ: every event of the outbox reaches its queues, none
+is lost when a relay dies, several relays share the outbox. Each test has its own vhost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from shopcardd_backend.events import ClaimsRefused, event_payload
+from shopcardd_backend.gates.base import ClaimGate, OutboxEvent
+from shopcardd_backend.queue.base import QueueUnavailable
+from shopcardd_backend.queue.rabbitmq import RabbitPublisher
+from shopcardd_backend.relay import Relay
+
+from .conftest import NOW, claim_many, drain, open_deal
+
+pytestmark = pytest.mark.rabbitmq
+
+
+def _until(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``seconds`` (a hang guard,
+    not a timing assertion)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {seconds} s")
+        time.sleep(0.05)
+
+
+def _relay_all(relay: Relay) -> None:
+    while relay.relay_once():
+        pass
+
+
+def test_each_event_reaches_the_queues_of_its_jobs_and_declaring_twice_is_harmless(
+    gate: ClaimGate, amqp_vhost: str
+) -> None:
+    open_deal(gate)
+    issued = claim_many(gate, 3)
+    gate.add_event("d1", event_payload(ClaimsRefused("tally-1", "d1", NOW // 60 * 60, {"sold_out": 7})))
+    with RabbitPublisher(amqp_vhost) as publisher:
+        _relay_all(Relay(gate, publisher))
+    issued += claim_many(gate, 1, start=3)
+    with RabbitPublisher(amqp_vhost) as publisher:  # declares the whole topology again
+        _relay_all(Relay(gate, publisher))
+    assert [m["voucher_id"] for m in drain(amqp_vhost, "shopcardd.persist")] == issued
+    assert [m["voucher_id"] for m in drain(amqp_vhost, "shopcardd.notify")] == issued
+    analytics = drain(amqp_vhost, "shopcardd.analytics")
+    assert sorted(m["type"] for m in analytics) == ["claim.issued"] * 4 + ["claims.refused"]
+    assert gate.read_outbox() == []
+
+
+def test_two_relays_at_once_publish_every_event_once(gate: ClaimGate, amqp_vhost: str) -> None:
+    open_deal(gate)
+    stop = threading.Event()
+    relays = [Relay(gate, RabbitPublisher(amqp_vhost), consumer=f"relay-{n}", batch_size=50) for n in (1, 2)]
+    threads = [threading.Thread(target=relay.run, args=(stop,)) for relay in relays]
+    for thread in threads:
+        thread.start()
+    try:
+        issued = claim_many(gate, 1500)
+        _until(lambda: not gate.read_outbox(limit=1), "the outbox drained")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        for relay in relays:
+            relay.publisher.close()
+    published = [m["voucher_id"] for m in drain(amqp_vhost, "shopcardd.persist")]
+    assert sorted(published) == sorted(issued)
+    assert all(relay.stats.published for relay in relays), "both relays took a share"
+
+
+class _DiesAfterPublishing:
+    """A publisher whose process dies right after the broker confirmed, before the outbox ack."""
+
+    def __init__(self, inner: RabbitPublisher) -> None:
+        self.inner = inner
+
+    def publish(self, events: Sequence[OutboxEvent]) -> None:
+        self.inner.publish(events)
+        raise _Killed
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _Killed(BaseException):
+    """Not an Exception: nothing in the relay may catch it, as nothing survives a SIGKILL."""
+
+
+def test_a_relay_killed_between_publish_and_ack_loses_nothing(gate: ClaimGate, amqp_vhost: str) -> None:
+    open_deal(gate)
+    issued = claim_many(gate, 40)
+    with RabbitPublisher(amqp_vhost) as inner:
+        dying = Relay(gate, _DiesAfterPublishing(inner), consumer="dying", batch_size=25, lease_seconds=0.5)
+        with pytest.raises(_Killed):
+            dying.relay_once()
+    with RabbitPublisher(amqp_vhost) as publisher:
+        survivor = Relay(gate, publisher, consumer="survivor", lease_seconds=0.5)
+        _until(
+            lambda: survivor.relay_once() == 0 and not gate.read_outbox(limit=1), "the dead lease taken over"
+        )
+    published = [m["voucher_id"] for m in drain(amqp_vhost, "shopcardd.persist")]
+    assert set(published) == set(issued), "every event reached the queue"
+    assert len(published) == 40 + 25, "the dead relay's batch was published again (at least once)"
+
+
+def test_a_broker_that_cannot_be_reached_is_a_transient_error_and_keeps_the_batch(
+    gate: ClaimGate, unused_port: int, amqp_vhost: str
+) -> None:
+    open_deal(gate)
+    issued = claim_many(gate, 5)
+    with RabbitPublisher(f"amqp://guest:guest@127.0.0.1:{unused_port}/%2F") as nowhere:
+        relay = Relay(gate, nowhere, consumer="r")
+        with pytest.raises(QueueUnavailable):
+            relay.relay_once()
+        assert len(gate.read_outbox()) == 5, "nothing left the outbox"
+        relay.publisher = RabbitPublisher(amqp_vhost)  # the broker is back
+        assert relay.relay_once() == 5, "the batch in hand is published first"
+        relay.publisher.close()
+    assert [m["voucher_id"] for m in drain(amqp_vhost, "shopcardd.persist")] == issued
