@@ -1,4 +1,5 @@
-"""``shopcardd-bench``: measure the voucher format, the counter device and the claim API.
+"""``shopcardd-bench``: measure the voucher format, the counter device, the claim API and its
+queue pipeline.
 
 Each benchmark is a module of this package with ``add_arguments(parser)`` and
 ``run(args) -> int``; it is imported only when chosen, so benchmarking the voucher on a
@@ -17,6 +18,7 @@ BENCHMARKS = {
     "voucher": "sign and verify operations per second per algorithm, token length and QR version",
     "device": "per-frame cost of decode, verify and record on the counter, and scans per second",
     "claims": "claim throughput and latency of the claim API on a chosen profile",
+    "pipeline": "soak of claims through the Redis gate, relay, RabbitMQ and the three workers",
 }
 
 

@@ -1,0 +1,372 @@
+"""The claim pipeline end to end: claims through the Redis gate, relay, RabbitMQ, the three workers.
+
+A soak, then a measure of each stage's capacity:
+
+1. Soak: --claims claims (default 100,000) are made through the claim service (the API's own
+   use case, without HTTP: Redis claim step, signature) from several threads, while one relay
+   and the persist, notify and analytics workers run as processes of their own. Halfway, the
+   persist worker is killed with SIGKILL and started again. The end-to-end lag (claim answered
+   -> voucher document stored) is read from the store's document count sampled every 50 ms,
+   the k-th document stored standing for the k-th claim answered (the stages keep order
+   closely, not exactly).
+2. Capacity: the relay and the persist worker are stopped, --backlog more claims wait in the
+   outbox; then the relay alone drains them (relay events/s), then the persist worker alone
+   stores them (persist documents/s), then the same documents are written with a bare
+   ``insert_many`` in batches of the worker's size to another collection of the same server:
+   the ratio of the two, in the same run, is the worker's own overhead.
+3. Checks: the store holds exactly the vouchers issued, each once; the analytics counters add
+   up to the claims; the outbox is empty; nothing was parked.
+
+Services: Redis (--redis-url), RabbitMQ (--amqp-url; a virtual host of its own is made with
+rabbitmqctl when it can be, and removed after), MongoDB (--mongodb-uri, else a SecantusDB
+started here on a free port). Every key, queue and database is the bench's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from shopcardd_voucher.commandline import whole_number
+
+DEFAULT_REDIS_URL = os.environ.get("SHOPCARDD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+DEFAULT_AMQP_URL = os.environ.get("SHOPCARDD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+JOBS = ("persist", "notify", "analytics")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--claims", type=whole_number(1), default=100_000, help="claims of the soak (default 100000)"
+    )
+    parser.add_argument(
+        "--backlog",
+        type=whole_number(1),
+        default=20_000,
+        help="claims left waiting for the capacity measures (default 20000)",
+    )
+    parser.add_argument("--threads", type=whole_number(1, 64), default=8, help="claiming threads (default 8)")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="the Redis of the claim gate")
+    parser.add_argument("--amqp-url", default=DEFAULT_AMQP_URL, help="the RabbitMQ (a vhost is made in it)")
+    parser.add_argument(
+        "--mongodb-uri", default=None, help="the MongoDB (default: a SecantusDB started here)"
+    )
+
+
+class Stage:
+    """A relay or worker process, started and stopped as the bench needs it."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args, self.env, self.log = args, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            exe = str(Path(sys.executable).with_name("shopcardd-backend"))
+            self.proc = subprocess.Popen(
+                [exe, *self.args], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            if self.proc.wait(60) != 0:
+                raise RuntimeError(f"{' '.join(self.args)} did not stop cleanly; see {self.log}")
+
+
+@contextmanager
+def _vhost(amqp_url: str) -> Iterator[str]:
+    """A RabbitMQ virtual host of the bench's own, when rabbitmqctl can make one."""
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        print("note: rabbitmqctl not found; using the URL's own vhost")
+        yield amqp_url
+        return
+    vhost = f"bench-{uuid.uuid4().hex[:8]}"
+    subprocess.run([ctl, "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run([ctl, "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True)
+    try:
+        yield amqp_url.rsplit("/", 1)[0] + "/" + vhost
+    finally:
+        subprocess.run([ctl, "-q", "delete_vhost", vhost], check=False, capture_output=True)
+
+
+@contextmanager
+def _mongodb(given: str | None, folder: Path) -> Iterator[str]:
+    if given:
+        yield given
+        return
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = shutil.which("secantusd-py") or str(Path(sys.executable).with_name("secantusd-py"))
+    log = (folder / "secantusd.log").open("wb")
+    proc = subprocess.Popen(
+        [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(folder / "mongo")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        _wait_for_mongo(uri, proc)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def _wait_for_mongo(uri: str, proc: subprocess.Popen[bytes]) -> None:
+    import pymongo
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with pymongo.MongoClient(uri, serverSelectionTimeoutMS=500) as client:
+                client.admin.command("ping")
+                return
+        except pymongo.errors.PyMongoError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("SecantusDB did not start") from None
+            time.sleep(0.2)
+
+
+class Sampler:
+    """The store's voucher count every 50 ms, in a thread: (seconds, count) pairs."""
+
+    def __init__(self, collection: Any) -> None:
+        self.collection = collection
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), self.collection.estimated_document_count()))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _until(condition: Any, what: str, seconds: float, progress: Any = None) -> float:
+    """Wait for ``condition`` (polled); the seconds it took."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > seconds:
+            raise RuntimeError(f"{what}: not within {seconds:g} s")
+        if progress is not None:
+            progress()
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def _claim_all(runtime: Any, deal_id: str, count: int, threads: int, start: int, bar: Any) -> list[float]:
+    """``count`` claims by distinct users; the wall-clock time each was answered."""
+    answered = [0.0] * count
+
+    def one(n: int) -> None:
+        runtime.claims.claim(deal_id, f"user{start + n}", "k")
+        answered[n] = time.time()
+        bar.update(1)
+
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(one, range(count)):
+            pass
+    return answered
+
+
+def _lags(answered: list[float], samples: list[tuple[float, int]]) -> list[float]:
+    """Claim answered -> document stored, the k-th stored document standing for the k-th claim."""
+    order = sorted(answered)
+    lags, k = [], 0
+    for when, stored in samples:
+        while k < min(stored, len(order)):
+            lags.append(max(0.0, when - order[k]))
+            k += 1
+    return lags
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    with ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shopcardd-pipeline-")))
+        amqp_url = stack.enter_context(_vhost(args.amqp_url))
+        mongodb_uri = stack.enter_context(_mongodb(args.mongodb_uri, folder))
+        run_id = uuid.uuid4().hex[:8]
+        env = {
+            **os.environ,
+            "SHOPCARDD_DATA_DIR": str(folder / "data"),
+            "SHOPCARDD_REDIS_URL": args.redis_url,
+            "SHOPCARDD_REDIS_PREFIX": f"bench-{run_id}",
+            "SHOPCARDD_AMQP_URL": amqp_url,
+            "SHOPCARDD_MONGODB_URI": mongodb_uri,
+            "SHOPCARDD_MONGODB_DATABASE": f"bench_{run_id}",
+            "SHOPCARDD_LOG_LEVEL": "WARNING",
+        }
+        return _measure(args, env, folder, stack, tqdm)
+
+
+def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack: ExitStack, tqdm: Any) -> int:
+    import pymongo
+
+    from shopcardd_backend.runtime import Runtime
+    from shopcardd_backend.settings import Settings
+
+    saved = os.environ.copy()
+    os.environ.update(env)
+    try:
+        settings = Settings.from_env()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    runtime = stack.enter_context(Runtime(settings))
+    client = stack.enter_context(pymongo.MongoClient(settings.mongodb_uri))
+    vouchers = client[settings.mongodb_database]["vouchers"]
+    total = args.claims + args.backlog
+    deal = runtime.deals.create(
+        "bench",
+        title="pipeline bench",
+        stock=total,
+        per_user_limit=1,
+        voucher_ttl_seconds=86_400,
+        starts_at=None,
+        ends_at=None,
+    ).deal
+    stages = {name: Stage(["worker", name], env, folder / f"{name}.log") for name in JOBS}
+    stages["relay"] = Stage(["relay"], env, folder / "relay.log")
+    for stage in stages.values():
+        stage.start()
+        stack.callback(stage.stop)
+
+    print(f"soak: {args.claims:,} claims, relay and three workers running; persist killed halfway")
+    half = args.claims // 2
+    with Sampler(vouchers) as sampler:
+        with tqdm(total=args.claims, unit="claim", desc="claims") as bar:
+            started = time.monotonic()
+            answered = _claim_all(runtime, deal.deal_id, half, args.threads, 0, bar)
+            stages["persist"].kill()
+            stages["persist"].start()
+            answered += _claim_all(runtime, deal.deal_id, args.claims - half, args.threads, half, bar)
+            claim_seconds = time.monotonic() - started
+        with tqdm(total=args.claims, unit="doc", desc="stored") as bar:
+            _until(
+                lambda: vouchers.estimated_document_count() >= args.claims,
+                "every soak voucher stored",
+                600,
+                lambda: bar.update(vouchers.estimated_document_count() - bar.n),
+            )
+    lags = sorted(_lags(answered, sampler.samples))
+
+    print(f"capacity: {args.backlog:,} claims waiting, then the relay alone, then persist alone")
+    stages["relay"].stop()
+    stages["persist"].stop()
+    gate = runtime.gate
+    with tqdm(total=args.backlog, unit="claim", desc="backlog") as bar:
+        _claim_all(runtime, deal.deal_id, args.backlog, args.threads, args.claims, bar)
+    stages["relay"].start()
+    relay_seconds = _until(lambda: not gate.read_outbox(limit=1), "the relay drained the backlog", 600)
+    before = vouchers.estimated_document_count()
+    stages["persist"].start()
+    persist_seconds = _until(
+        lambda: vouchers.estimated_document_count() >= total, "persist stored the backlog", 600
+    )
+    stored_backlog = vouchers.estimated_document_count() - before
+    bare_rate = _bare_insert(
+        client[settings.mongodb_database]["bare"], vouchers, deal.deal_id, stored_backlog
+    )
+
+    print("checks: store = vouchers issued, each once; analytics adds up; nothing parked")
+    issued = {f"user{n}" for n in range(total)}
+    stored_users = [doc["user_id"] for doc in vouchers.find({"deal_id": deal.deal_id}, {"user_id": 1})]
+    problems = []
+    if len(stored_users) != total or set(stored_users) != issued:
+        problems.append(
+            f"store holds {len(stored_users)} vouchers ({len(set(stored_users))} users), issued {total}"
+        )
+    if gate.read_outbox(limit=1):
+        problems.append("the outbox is not empty")
+    counted = _until_analytics(runtime, deal.deal_id, total)
+    if counted != total:
+        problems.append(f"analytics counted {counted} claims issued, not {total}")
+    from shopcardd_backend.queue.rabbitmq import queue_depth
+
+    parked = {job: queue_depth(env["SHOPCARDD_AMQP_URL"], f"{job}.parked") for job in JOBS}
+    if any(parked.values()):
+        problems.append(f"parked messages: {parked}")
+
+    def pct(fraction: float) -> float:
+        return lags[min(len(lags) - 1, int(fraction * len(lags)))] * 1000 if lags else float("nan")
+
+    relay_rate = args.backlog / relay_seconds
+    persist_rate = stored_backlog / persist_seconds
+    rows = [
+        (
+            f"soak claims/s (claim service, {args.threads} threads, Redis gate)",
+            f"{args.claims / claim_seconds:,.0f}",
+        ),
+        ("end-to-end lag p50 ms (claim answered -> stored)", f"{pct(0.5):,.0f}"),
+        ("end-to-end lag p99 ms", f"{pct(0.99):,.0f}"),
+        (f"relay events/s (alone, {args.backlog:,} waiting)", f"{relay_rate:,.0f}"),
+        ("persist documents/s (alone)", f"{persist_rate:,.0f}"),
+        ("bare insert_many documents/s (same server, same batches)", f"{bare_rate:,.0f}"),
+        ("persist / bare insert_many", f"{persist_rate / bare_rate:.2f}"),
+    ]
+    print("\n| measure | figure |\n| --- | ---: |")
+    for label, figure in rows:
+        print(f"| {label} | {figure} |")
+    print()
+    if problems:
+        for problem in problems:
+            print(f"FAILED: {problem}")
+        return 1
+    print(f"all {total:,} vouchers stored exactly once; analytics counted {counted:,}; nothing parked")
+    return 0
+
+
+def _bare_insert(bare: Any, vouchers: Any, deal_id: str, limit: int, batch: int = 500) -> float:
+    """Bare ``insert_many`` documents/s: up to ``limit`` of the deal's documents written again,
+    in the worker's batch size, to another collection of the same server."""
+    documents = [
+        {**doc, "_id": f"bare-{doc['_id']}"} for doc in vouchers.find({"deal_id": deal_id}).limit(limit)
+    ]
+    started = time.monotonic()
+    for start in range(0, len(documents), batch):
+        bare.insert_many(documents[start : start + batch], ordered=False)
+    return len(documents) / (time.monotonic() - started)
+
+
+def _until_analytics(runtime: Any, deal_id: str, total: int) -> int:
+    """The analytics worker's count of claims issued on the deal, once it reached ``total``."""
+
+    def counted() -> int:
+        return int(runtime.store.deal_stats(deal_id).totals["issued"])
+
+    with suppress(RuntimeError):  # a shortfall is reported by the caller, with the count
+        _until(lambda: counted() >= total, "analytics caught up", 300)
+    return counted()
