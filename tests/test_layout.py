@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 import tomllib
@@ -67,3 +68,85 @@ def test_a_benchmark_refuses_a_count_it_cannot_measure() -> None:
     for benchmark, option in (("device", "--runs"), ("claims", "--concurrency"), ("voucher", "--count")):
         result = subprocess.run([bench, benchmark, option, "0"], capture_output=True, text=True)
         assert result.returncode == 2 and "must be 1 or more, not 0" in result.stderr, result.stderr
+
+
+HIDE_AND_RUN = """
+import importlib.abc, importlib.metadata, sys
+
+hidden = set(sys.argv[1].split(","))
+
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in hidden:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Hide())
+sys.argv = sys.argv[2:]
+[entry] = importlib.metadata.entry_points(group="console_scripts", name=sys.argv[0])
+sys.exit(entry.load()())
+"""
+"""Runs the installed console script's entry point as the script would, with modules hidden as
+if their distribution were not installed."""
+
+
+@pytest.mark.parametrize(
+    ("hidden", "command", "extra"),
+    [
+        ("pydantic", ["shopcardd-backend", "--help"], "backend"),
+        ("segno", ["shopcardd-provision", "qr", "TOKEN", "--out", "v.png"], "provision"),
+        ("segno", ["shopcardd-bench", "voucher"], "bench"),
+        ("numpy", ["shopcardd-device", "verify", "voucher.png"], "device"),
+    ],
+)
+def test_a_command_whose_part_is_not_installed_names_the_extra_to_install(
+    hidden: str, command: list[str], extra: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", HIDE_AND_RUN, hidden, *command], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{command[0]}: the {extra} part of ShopCardd is not installed here (no module {hidden}); "
+        f"install it with: pip install 'shopcardd[{extra}]'"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_same_entry_point_runs_the_command_when_its_part_is_installed() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", HIDE_AND_RUN, "nothing", "shopcardd-backend", "--help"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("usage: shopcardd-backend"), result.stderr
+
+
+def test_the_launcher_checks_every_library_of_each_extra() -> None:
+    """The modules a command checks for are exactly those its extra installs (pyproject.toml)."""
+    from packaging.requirements import Requirement
+
+    from shopcardd_voucher.launcher import PARTS
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    modules_of: dict[str, set[str]] = {}
+    for module, distributions in importlib.metadata.packages_distributions().items():
+        for distribution in distributions:
+            modules_of.setdefault(distribution.lower().replace("_", "-"), set()).add(module)
+
+    def distributions(extra: str) -> set[str]:
+        found: set[str] = set()
+        for requirement in map(Requirement, extras[extra]):
+            if requirement.name == "shopcardd":
+                found |= {name for included in requirement.extras for name in distributions(included)}
+            else:
+                found.add(requirement.name.lower())
+        return found
+
+    for part in PARTS.values():
+        for distribution in distributions(part.extra):  # each library is checked by a module of its own
+            assert modules_of[distribution] & set(part.needs), (part.extra, distribution)
+        others = set(part.needs) - {m for d in distributions(part.extra) for m in modules_of[d]}
+        assert not others, (part.extra, others)
