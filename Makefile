@@ -7,11 +7,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean help
+.PHONY: demo test lint bench clean help system-libs
 
 help:
 	@echo "make demo   run ShopCardd end to end on the embedded profile (keys, voucher, QR, counter, claims)"
-	@echo "make test   lint, check the import walls, run the test suite"
+	@echo "make test   lint, check the import walls, run the test suite (installs libzbar0 as root)"
 	@echo "make lint   ruff and the import walls only (make test runs them first)"
 	@echo "make bench  print the voucher benchmark"
 	@echo "make clean  remove the virtual environment and demo output"
@@ -26,11 +26,26 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+# pyzbar loads the system's libzbar (Debian: libzbar0), which pip cannot install: install it
+# where we can (root with apt-get), else say in one line what to run (its tests skip until then,
+# or fail under CI=true).
+system-libs:
+	@$(PYTHON) -c 'import ctypes.util, sys; sys.exit(ctypes.util.find_library("zbar") is None)' || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing libzbar0 (the system library of the pyzbar QR decoder)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq libzbar0 >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get install -y -qq libzbar0 >/dev/null; } || \
+	    echo "libzbar0 could not be installed: run apt-get update && apt-get install libzbar0"; \
+	else \
+	    echo "libzbar0 is missing (pyzbar needs it): run sudo apt-get install libzbar0"; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: lint
+test: system-libs lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -1,8 +1,8 @@
 """Fixtures shared by every suite: the real services of the machine, found or started.
 
-A test that needs Redis, RabbitMQ or MongoDB asks for the fixture; where the service is
-missing it is skipped with the reason, except under ``CI=true``, where it fails: CI
-machines have these services and a silent skip would hide a broken setup.
+A test that needs Redis, RabbitMQ, MongoDB or a system library (libzbar) asks for the
+fixture; where it is missing the test is skipped with the reason, except under ``CI=true``,
+where it fails: CI machines have all of them and a silent skip would hide a broken setup.
 Nothing here touches whatever database a developer's settings point to: every test builds
 its own settings on temporary paths, its own Redis key prefix, its own database name.
 """
@@ -41,6 +41,15 @@ def _port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@pytest.fixture(scope="session")
+def libzbar() -> None:
+    """pyzbar's system library (Debian's libzbar0), which ``make test`` installs where it can."""
+    import ctypes.util
+
+    if ctypes.util.find_library("zbar") is None:  # how pyzbar itself looks for it
+        service_missing("libzbar0 is not installed (pyzbar needs it): run sudo apt-get install libzbar0")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,11 @@ contrast, and reads a dark-mode (inverted) code only with ``try_invert``.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zxingcpp
@@ -37,6 +42,8 @@ CASES = {
 
 @pytest.fixture(scope="module", params=["zxing", "zbar"])
 def decoder(request: pytest.FixtureRequest) -> Decoder:
+    if request.param == "zbar":
+        request.getfixturevalue("libzbar")
     return open_decoder(request.param)
 
 
@@ -51,6 +58,7 @@ def test_which_decoder_reads_which_degraded_code(decoder: Decoder, mint: Mint, c
         assert found == []  # unreadable is an empty answer, never an exception
 
 
+@pytest.mark.usefixtures("libzbar")
 def test_libzbar_needs_try_invert_for_a_dark_mode_phone(mint: Mint) -> None:
     token = mint()
     frame = render(token, Look(inverted=True, blur=1, noise=4))
@@ -88,7 +96,6 @@ def test_pyzbar_without_libzbar_says_what_to_install_and_auto_still_works(
 ) -> None:
     """A device without the libzbar0 package: pyzbar imports, but cannot find its library."""
     import ctypes.util
-    import sys
 
     for module in [m for m in sys.modules if m.startswith(("pyzbar", "shopcardd_device.decoders.zbar"))]:
         monkeypatch.delitem(sys.modules, module)
@@ -97,3 +104,22 @@ def test_pyzbar_without_libzbar_says_what_to_install_and_auto_still_works(
     with pytest.raises(ConfigError, match=r"^\[decoder\] name: .*apt install libzbar0"):
         open_decoder("zbar")
     assert open_decoder("auto").name == "zxing"
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("", "1 skipped"), ("true", "1 error")])
+def test_a_machine_without_libzbar_skips_its_tests_with_the_way_forward_except_in_ci(
+    ci: str, outcome: str, tmp_path: Path
+) -> None:
+    """As a missing Redis does: a laptop gets a skip that says what to install; CI=true fails."""
+    (tmp_path / "no_libzbar.py").write_text(
+        "import ctypes.util\n"
+        "real = ctypes.util.find_library\n"
+        "ctypes.util.find_library = lambda name: None if 'zbar' in name else real(name)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no_libzbar", "-p", "no:cacheprovider", "-q", "-rsE",
+         f"{__file__}::test_libzbar_needs_try_invert_for_a_dark_mode_phone"],
+        capture_output=True, text=True, env={**os.environ, "CI": ci, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert outcome in result.stdout, result.stdout
+    assert "libzbar0 is not installed (pyzbar needs it): run sudo apt-get install libzbar0" in result.stdout
