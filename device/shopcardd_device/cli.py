@@ -37,6 +37,7 @@ EXIT_REJECTED: Final = 1
 EXIT_USAGE: Final = 2
 SIGNAL_DRAIN_SECONDS: Final = 15.0
 REPEAT_NOTE: Final = "(repeat, not recorded or signalled again)"
+NO_INPUT: Final = "no input to judge: stdin was empty (give tokens, image files, or - and one token a line)"
 
 EXAMPLES = f"""\
 examples:
@@ -82,14 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
         "verify vouchers given as tokens, QR images or stdin lines",
         "Judge each INPUT as the counter would and record it in the ledger (unless --dry-run). Each "
         "answer is written and flushed as soon as it is decided, after its ledger commit. Exit 0 when "
-        "every input was accepted, 1 when any was rejected, 2 on a usage or configuration error. "
+        "every input was accepted, 1 when any was rejected, 2 on a usage or configuration error "
+        "(also when - gave no input at all). "
         "Ctrl-C (SIGINT) stops after the current input, quietly: what was answered stays recorded, and "
         "the exit code is that of the inputs judged so far (0 or 1), or 2 if none was judged.",
     )
     verify.add_argument(
         "--json",
         action="store_true",
-        help='one JSON object per line: {"input", "result", "voucher_id", "deal", "merchant"}',
+        help='one JSON object per line: {"input", "result", "voucher_id", "deal", "merchant", "detail"} '
+        "(detail: why, in words, or null)",
     )
     verify.add_argument(
         "--dry-run",
@@ -277,7 +280,7 @@ def _verify(args: argparse.Namespace, config: DeviceConfig, stop: _StopAfterCurr
                 except (FrameError, DecoderError) as exc:
                     codes, problem = [], str(exc)
                 else:
-                    problem = "no QR code found in the image"
+                    problem = f"no QR code found in {item}"
                 if not codes:
                     _unjudged(args, item, problem)
                     all_accepted = False
@@ -292,27 +295,29 @@ def _verify(args: argparse.Namespace, config: DeviceConfig, stop: _StopAfterCurr
             verdict = counter.scan(code, record=not args.dry_run)
             all_accepted &= verdict.is_accepted
             _answer(args, item, verdict.reason, policy.describe(verdict.voucher), verdict.detail)
-    if not judged and stop.requested:
-        return EXIT_USAGE  # interrupted before any input was judged
+    if not judged:
+        if not stop.requested:  # an empty stdin: nothing judged is not "all accepted"
+            print(f"shopcardd-device verify: {NO_INPUT}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK if all_accepted else EXIT_REJECTED
 
 
 def _unjudged(args: argparse.Namespace, item: str, problem: str) -> None:
     """An INPUT that gave no code to judge (a missing file, an image without a QR code): answered
-    bad_format but not recorded, since nothing was scanned. JSON has no room for why: stderr."""
+    bad_format but not recorded, since nothing was scanned."""
     _answer(args, item, Reason.BAD_FORMAT, None, problem)
-    if args.json:
-        print(f"shopcardd-device verify: {safe_code(problem)}", file=sys.stderr, flush=True)
 
 
 def _answer(
     args: argparse.Namespace, item: str, reason: Reason, fields: dict[str, str | None] | None, detail: str
 ) -> None:
-    """One line per INPUT; the input is echoed as the ledger stores a raw code (``safe_code``)."""
+    """One line per INPUT; the input is echoed as the ledger stores a raw code (``safe_code``), and
+    the detail says why in words (JSON: ``null`` when there is nothing to add)."""
     fields = fields or policy.describe(None)
     item = safe_code(item)
     if args.json:
-        line = json.dumps({"input": item, "result": str(reason), **fields}, separators=(",", ":"))
+        answer = {"input": item, "result": str(reason), **fields, "detail": safe_code(detail) or None}
+        line = json.dumps(answer, separators=(",", ":"))
     else:
         shown = item if len(item) <= 40 else item[:37] + "..."
         line = f"{reason:<16} {shown}  voucher {fields['voucher_id'] or '-'}  deal {fields['deal'] or '-'}"

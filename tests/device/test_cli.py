@@ -59,7 +59,7 @@ def test_verify_answers_one_json_line_per_input_and_exits_by_verdict(
     )
     assert result.returncode == 1, result.stderr
     first, second, third = answers(result.stdout)
-    assert set(first) == {"input", "result", "voucher_id", "deal", "merchant"}
+    assert set(first) == {"input", "result", "voucher_id", "deal", "merchant", "detail"}
     assert (first["input"], first["result"], first["deal"], first["merchant"]) == (
         token,
         "accepted",
@@ -394,9 +394,10 @@ def test_verify_a_missing_image_file_says_so_and_records_nothing(write_config: W
             "voucher_id": None,
             "deal": None,
             "merchant": None,
+            "detail": "no such file: shots/voucher.jpg",
         }
     ]
-    assert as_json.stderr == "shopcardd-device verify: no such file: shots/voucher.jpg\n"
+    assert as_json.stderr == ""  # the reason is in the answer, for the program that reads it
     assert rejected_raw(config) == []  # nothing was scanned
     url = device_command("verify", "--config", config, "--dry-run", "https://example.com/menu")
     assert "not a compact JWS" in url.stdout  # a URL is a code (another QR code), not a path
@@ -457,5 +458,32 @@ def test_verify_refuses_an_image_too_large_for_any_camera_with_a_verdict(
     Image.new("1", (side, side), 1).save(huge)  # a few kB on disk, hundreds of megapixels decoded
     result = device_command("verify", "--config", write_config(), "--json", huge)
     assert result.returncode == 1, result.stderr
-    assert answers(result.stdout)[0]["result"] == "bad_format"
-    assert result.stderr.count("\n") == 1 and "cannot read image" in result.stderr
+    [answer] = answers(result.stdout)
+    assert answer["result"] == "bad_format" and "cannot read image" in str(answer["detail"])
+    assert result.stderr == ""
+
+
+def test_verify_json_says_why_each_input_was_refused(
+    write_config: WriteConfig, mint: Mint, tmp_path: Path
+) -> None:
+    """A missing file, a blank image and garbage are all bad_format; the detail tells them apart."""
+    from PIL import Image
+
+    Image.new("L", (64, 64), 255).save(tmp_path / "blank.png")
+    token = mint()
+    inputs = ["gone.png", str(tmp_path / "blank.png"), "garbage", token]
+    result = device_command("verify", "--config", write_config(), "--json", *inputs)
+    assert result.returncode == 1, result.stderr
+    missing, blank, garbage, good = answers(result.stdout)
+    assert missing["detail"] == "no such file: gone.png"
+    assert blank["detail"] == f"no QR code found in {tmp_path / 'blank.png'}"
+    assert garbage["detail"] == "not a compact JWS (three dot-separated parts)"
+    assert {missing["result"], blank["result"], garbage["result"]} == {"bad_format"}
+    assert good["result"] == "accepted" and good["detail"] is None
+
+
+def test_verify_with_nothing_on_stdin_is_a_usage_error_not_all_accepted(write_config: WriteConfig) -> None:
+    for stdin in ("", "\n  \n"):
+        result = device_command("verify", "--config", write_config(), "-", stdin=stdin)
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr == f"shopcardd-device verify: {cli.NO_INPUT}\n"
