@@ -13,6 +13,7 @@ from shopcardd_voucher import ALGORITHMS, DEFAULT_ALGORITHM, issue
 from shopcardd_voucher.commandline import CommandParser
 
 from .keys import ProvisionError, check_published, keygen, load_signing_key
+from .qr import format_list
 
 EXAMPLES = """\
 examples:
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "qr",
         help="render a voucher as a QR code image",
         description="Render TOKEN as a QR code (error correction M). The format follows the file "
-        "extension: .png, .svg, .pdf, ...",
+        f"extension of --out: {format_list()}.",
     )
     qr.add_argument("token", metavar="TOKEN", help="the voucher, or - to read it from stdin")
     qr.add_argument("--out", required=True, type=Path, metavar="FILE", help="image file to write")

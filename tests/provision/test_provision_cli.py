@@ -219,13 +219,24 @@ def test_issue_without_a_key_set_beside_the_key_says_the_kid_is_unchecked(tmp_pa
         (["qr", "", "--out", "e.png"], "token is empty"),
         (["qr", "x" * 3000, "--out", "e.png"], "does not fit in a QR code"),
         (["qr", "abc", "--out", "e.png", "--scale", "100000"], "scale must be from 1 to 64"),
-        (["qr", "abc", "--out", "e"], "the extension names the image format"),
+        (["qr", "abc", "--out", "e"], "the file extension names the image format, and 'none' is not"),
+        (["qr", "abc", "--out", "e.xyz"], "and '.xyz' is not one it can write; use .png, .svg, .svgz, .pdf"),
     ],
 )
 def test_qr_refuses_what_it_cannot_draw(tmp_path: Path, args: list[str], says: str) -> None:
     result = subprocess.run([PROVISION, *args], capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 2 and says in result.stderr
-    assert not (tmp_path / "e.png").exists()
+    assert result.returncode == 2 and says in result.stderr and result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_qr_writes_every_format_it_names(tmp_path: Path) -> None:
+    """The list an unknown extension is answered with is true: each of them is written."""
+    from shopcardd_provision.qr import FORMATS
+
+    for name in FORMATS:
+        provision("qr", "abc", "--out", tmp_path / f"v.{name}")
+        assert (tmp_path / f"v.{name}").stat().st_size > 0, name
+    assert "--out: .png, .svg, .svgz" in provision("qr", "--help").stdout.replace("\n", " ")
 
 
 @pytest.mark.parametrize("kid", ["k 1", "k\x1b1", ".hidden", "a/b", "k" * 17, ""])
