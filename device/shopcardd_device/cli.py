@@ -15,11 +15,10 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from shopcardd_voucher import Reason
+from shopcardd_voucher import Reason, readable_time
 from shopcardd_voucher.commandline import CommandParser
 
 from . import policy
@@ -328,8 +327,9 @@ def _answer(
 # -- status ---------------------------------------------------------------------------------
 
 
-def _iso(moment: float | None) -> str | None:
-    return None if moment is None else datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+def _readable(moment: float | None, config: DeviceConfig) -> str | None:
+    """A time for the operator: in the shop's time zone (``timezone``), as a person reads it."""
+    return None if moment is None else readable_time(moment, config.timezone)
 
 
 def status_report(counter: Counter) -> dict[str, Any]:
@@ -376,8 +376,8 @@ def show_status(args: argparse.Namespace, config: DeviceConfig) -> int:
     print(f"  rejected   {rejected}")
     print(f"  unsynced   {report['unsynced']}")
     print(f"  keys       {keys}")
-    print(f"  time floor {_iso(report['time_floor']) or 'none'}  (clock {report['clock']})")
-    print(f"  last sync  {_iso(report['last_sync']) or 'never'}")
+    print(f"  time floor {_readable(report['time_floor'], config) or 'none'}  (clock {report['clock']})")
+    print(f"  last sync  {_readable(report['last_sync'], config) or 'never'}")
     if report["degraded"]:
         print("  WARNING: amber: the clock cannot be trusted or no key is in force; sync the device")
     return EXIT_OK

@@ -14,8 +14,10 @@ import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any, Final, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from shopcardd_voucher import DEFAULT_LEEWAY_SECONDS
 
@@ -78,6 +80,8 @@ class DeviceConfig:
     backend_url: str | None = None
     leeway_seconds: int = DEFAULT_LEEWAY_SECONDS
     log_level: str = "info"
+    timezone: tzinfo | None = None
+    """The shop's time zone for the times a person reads (verdicts, status); ``None``: the system's."""
     gpio: GpioConfig = field(default_factory=GpioConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
@@ -119,6 +123,7 @@ class DeviceConfig:
             backend_url=top.text("backend_url", "") or None,
             leeway_seconds=top.number("leeway_seconds", DEFAULT_LEEWAY_SECONDS, int, 0, 3600),
             log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error")),
+            timezone=_timezone(top),
             gpio=_gpio(top.table("gpio")),
             camera=_camera(top.table("camera")),
             decoder=_decoder(top.table("decoder")),
@@ -129,6 +134,20 @@ class DeviceConfig:
         if config.backend_url and not config.backend_url.startswith(("https://", "http://")):
             raise ConfigError(f"backend_url: must start with https:// or http://, not {config.backend_url!r}")
         return config
+
+
+def _timezone(table: _Table) -> tzinfo | None:
+    """``timezone``, an IANA name such as "Europe/Berlin"; unset, the system's own time zone."""
+    name = table.text("timezone", "")
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(
+            f'timezone: unknown time zone {name!r} (an IANA name such as "Europe/Berlin"; '
+            "timedatectl list-timezones lists them)"
+        ) from None
 
 
 def _gpio(table: _Table) -> GpioConfig:

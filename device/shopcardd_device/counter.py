@@ -128,6 +128,7 @@ class Counter(Closing):
             facts=self.ledger,
             time=now,
             leeway=self.config.leeway_seconds,
+            tz=self.config.timezone,
         )
 
     def commit(self, code: str, verdict: Verdict, now: TrustedTime) -> Verdict:

@@ -260,8 +260,9 @@ class Ledger(Closing):
             )
         )
 
-    def is_redeemed(self, voucher_id: str) -> bool:
-        return bool(self._one("SELECT 1 FROM redemptions WHERE voucher_id = ?", voucher_id))
+    def redeemed_at(self, voucher_id: str) -> float | None:
+        value = self._one("SELECT redeemed_at FROM redemptions WHERE voucher_id = ?", voucher_id)
+        return None if value is None else float(value)
 
     # -- recording scans --------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from typing import Final, Protocol
 
@@ -42,6 +42,7 @@ from shopcardd_voucher import (
     VerificationKey,
     Voucher,
     check_time,
+    readable_time,
     verify,
 )
 
@@ -127,7 +128,9 @@ class LedgerFacts(Protocol):
 
     def is_revoked(self, voucher_id: str, deal: str) -> bool: ...
 
-    def is_redeemed(self, voucher_id: str) -> bool: ...
+    def redeemed_at(self, voucher_id: str) -> float | None:
+        """When the voucher was redeemed at this device (trusted time), or ``None``."""
+        ...
 
 
 def judge(
@@ -138,8 +141,9 @@ def judge(
     facts: LedgerFacts,
     time: TrustedTime,
     leeway: float,
+    tz: tzinfo | None = None,
 ) -> Verdict:
-    """The verdict on one scanned code.
+    """The verdict on one scanned code; its detail gives times in ``tz`` (``None``: the system's).
 
     Order: format, key, signature, claims, key window, merchant (the voucher module), then
     revoked, already redeemed (final whatever the time), then the clock, then ``nbf``/``exp``.
@@ -150,11 +154,13 @@ def judge(
         return verdict
     if facts.is_revoked(voucher.voucher_id, voucher.deal):
         return Verdict(Reason.REVOKED, voucher, "voucher or its deal was revoked")
-    if facts.is_redeemed(voucher.voucher_id):
-        return Verdict(Reason.ALREADY_REDEEMED, voucher, "redeemed before at this device")
+    redeemed = facts.redeemed_at(voucher.voucher_id)
+    if redeemed is not None:
+        when = readable_time(redeemed, tz)
+        return Verdict(Reason.ALREADY_REDEEMED, voucher, f"redeemed at this device {when}")
     if time.now is None:
         return Verdict(Reason.CLOCK_UNTRUSTED, voucher, "no trusted time: clock unset and never synced")
-    return check_time(voucher, time.now, leeway)
+    return check_time(voucher, time.now, leeway, tz)
 
 
 def keys_in_force(keys: Iterable[VerificationKey], now: float | None) -> bool:

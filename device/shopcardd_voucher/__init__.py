@@ -28,6 +28,7 @@ from .voucher import (
     check_time,
     issue,
     new_voucher_id,
+    readable_time,
     sign,
     verify,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "check_time",
     "issue",
     "new_voucher_id",
+    "readable_time",
     "sign",
     "verify",
 ]

@@ -15,6 +15,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 from functools import cache
 from typing import Any, Final
 
@@ -238,10 +239,19 @@ def verify(
     return check_time(voucher, time.time() if now is None else now, leeway)
 
 
-def check_time(voucher: Voucher, now: float, leeway: float = DEFAULT_LEEWAY_SECONDS) -> Verdict:
-    """Judge ``nbf``/``exp`` against a clock the caller trusts."""
+def check_time(
+    voucher: Voucher, now: float, leeway: float = DEFAULT_LEEWAY_SECONDS, tz: tzinfo | None = None
+) -> Verdict:
+    """Judge ``nbf``/``exp`` against a clock the caller trusts; the detail gives the time in ``tz``
+    (the system's local time zone when ``None``), as the person at the counter reads it."""
     if voucher.not_before is not None and now + leeway < voucher.not_before:
-        return Verdict(Reason.NOT_YET_VALID, voucher, f"valid from {voucher.not_before}")
+        return Verdict(Reason.NOT_YET_VALID, voucher, f"valid from {readable_time(voucher.not_before, tz)}")
     if now - leeway >= voucher.expires_at:
-        return Verdict(Reason.EXPIRED, voucher, f"expired at {voucher.expires_at}")
+        return Verdict(Reason.EXPIRED, voucher, f"expired at {readable_time(voucher.expires_at, tz)}")
     return Verdict(Reason.ACCEPTED, voucher)
+
+
+def readable_time(moment: float, tz: tzinfo | None = None) -> str:
+    """``2026-12-02 14:03:05 CET``: a moment in ``tz`` (``None``: the system's local time zone)."""
+    local = datetime.fromtimestamp(moment, tz).astimezone(tz)  # tz None: naive local, then made aware
+    return local.strftime("%Y-%m-%d %H:%M:%S ") + (local.tzname() or local.strftime("%z"))

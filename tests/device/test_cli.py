@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -487,3 +488,32 @@ def test_verify_with_nothing_on_stdin_is_a_usage_error_not_all_accepted(write_co
         result = device_command("verify", "--config", write_config(), "-", stdin=stdin)
         assert result.returncode == 2 and result.stdout == ""
         assert result.stderr == f"shopcardd-device verify: {cli.NO_INPUT}\n"
+
+
+def test_verdict_details_give_times_in_the_shops_time_zone_as_a_person_reads_them(
+    write_config: WriteConfig, mint: Mint
+) -> None:
+    """Not epoch seconds: the cashier and the operator read the shop's local time."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    config = write_config(top='timezone = "America/New_York"')
+    now = time.time()
+    old = mint(now=now - 7200, ttl=3600)  # expired an hour ago
+    expired_at = datetime.fromtimestamp(int(now - 3600), ZoneInfo("America/New_York"))
+    token = mint()
+    assert device_command("verify", "--config", config, token).returncode == 0
+    result = device_command("verify", "--config", config, "--json", old, token)
+    expired, again = answers(result.stdout)
+    assert expired["result"] == "expired"
+    assert expired["detail"] == f"expired at {expired_at:%Y-%m-%d %H:%M:%S} {expired_at.tzname()}"
+    assert again["result"] == "already_redeemed"
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d E[SD]T"  # New York's abbreviation, not epoch seconds
+    assert re.fullmatch(f"redeemed at this device {when}", str(again["detail"]))
+
+
+def test_an_unknown_time_zone_is_refused_at_start_up_in_one_line(write_config: WriteConfig) -> None:
+    result = device_command("status", "--config", write_config(top='timezone = "Europe/Berln"'))
+    assert result.returncode == 2
+    assert result.stderr.startswith("shopcardd-device status: timezone: unknown time zone 'Europe/Berln'")
+    assert result.stderr.count("\n") == 1

@@ -22,13 +22,13 @@ DAY = 86_400.0
 class Facts:
     revoked_vouchers: set[str] = field(default_factory=set)
     revoked_deals: set[str] = field(default_factory=set)
-    redeemed: set[str] = field(default_factory=set)
+    redeemed: dict[str, float] = field(default_factory=dict)
 
     def is_revoked(self, voucher_id: str, deal: str) -> bool:
         return voucher_id in self.revoked_vouchers or deal in self.revoked_deals
 
-    def is_redeemed(self, voucher_id: str) -> bool:
-        return voucher_id in self.redeemed
+    def redeemed_at(self, voucher_id: str) -> float | None:
+        return self.redeemed.get(voucher_id)
 
 
 def judge(
@@ -80,7 +80,7 @@ def test_revocation_of_the_voucher_or_its_whole_deal(keys: Keys, mint: Mint) -> 
 
 def test_already_redeemed_is_told_apart_from_revoked_and_expired(keys: Keys, mint: Mint) -> None:
     token = mint()
-    redeemed = Facts(redeemed={voucher_id(keys, token)})
+    redeemed = Facts(redeemed={voucher_id(keys, token): NOW})
     assert judge(keys, token, redeemed).reason is Reason.ALREADY_REDEEMED
     # shown again days later: the cashier learns it was used, not merely that it is old
     assert judge(keys, token, redeemed, clock=NOW + 3 * DAY).reason is Reason.ALREADY_REDEEMED
@@ -88,7 +88,7 @@ def test_already_redeemed_is_told_apart_from_revoked_and_expired(keys: Keys, min
 
 def test_a_wrong_merchant_voucher_is_not_called_redeemed_or_revoked(keys: Keys, mint: Mint) -> None:
     token = mint(merchant="m-other")
-    facts = Facts(redeemed={voucher_id(keys, token)}, revoked_deals={"d-espresso"})
+    facts = Facts(redeemed={voucher_id(keys, token): NOW}, revoked_deals={"d-espresso"})
     assert judge(keys, token, facts).reason is Reason.WRONG_MERCHANT
 
 
@@ -156,7 +156,7 @@ def test_every_reason_code_is_reached_with_every_algorithm(alg: str) -> None:
         )
 
     revoked, redeemed = mint(), mint()
-    facts = Facts(revoked_vouchers={_id(keyset, revoked)}, redeemed={_id(keyset, redeemed)})
+    facts = Facts(revoked_vouchers={_id(keyset, revoked)}, redeemed={_id(keyset, redeemed): NOW})
     cases = {
         Reason.ACCEPTED: (mint(), NOW, None),
         Reason.BAD_FORMAT: ("not a voucher", NOW, None),
