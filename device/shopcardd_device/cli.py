@@ -156,7 +156,7 @@ def run_loop(args: argparse.Namespace, config: DeviceConfig) -> int:
     from .frames import open_source
     from .scanner import Scan, Scanner
 
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.device_id)
 
     def print_scan(scan: Scan) -> None:
         """One line per verdict, and one more the first time a held code is read again; further

@@ -167,6 +167,7 @@ class Scanner:
         verdict = self.counter.scan(code)
         if self.signal is not None:
             self.signal.show(verdict.reason)
+        fields = policy.describe(verdict.voucher)
         event(
             log,
             "scan",
@@ -174,7 +175,9 @@ class Scanner:
             result=str(verdict.reason),
             origin=origin,
             detail=verdict.detail,
-            **policy.describe(verdict.voucher),
+            voucher_id=fields["voucher_id"],  # ids named as on every process's log lines
+            deal_id=fields["deal"],
+            merchant_id=fields["merchant"],
         )
         return verdict
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from logschema import log_entry
 from shopcardd_device import cli
 from shopcardd_device.counter import Counter
 from shopcardd_provision.qr import save_qr
@@ -268,14 +269,17 @@ def test_run_reads_the_image_files_in_name_order_and_exits_0(
     # the repeat says so once (and claims no light); the frames after it print nothing more
     assert lines[3].endswith("(repeat, not recorded or signalled again)") and "light" not in lines[3]
     assert lines[3].split("  (")[0] == lines[0].split("  ->")[0]  # the same verdict line
-    log = [json.loads(line) for line in result.stderr.splitlines()]
-    assert {entry["event"] for entry in log} >= {"scan", "frame_failed", "source_ended"}
-    assert [e["result"] for e in log if e["event"] == "scan"] == [
+    log = [log_entry(line, "shopcardd-device") for line in result.stderr.splitlines()]
+    assert {entry["message"] for entry in log} >= {"scan", "frame_failed", "source_ended"}
+    assert {entry["device_id"] for entry in log} == {"counter-1"}
+    [first] = [e for e in log if e["message"] == "scan" and e["result"] == "accepted"]
+    assert (first["deal_id"], first["merchant_id"]) == ("d-espresso", MERCHANT)  # as the backend names ids
+    assert [e["result"] for e in log if e["message"] == "scan"] == [
         "accepted",
         "bad_signature",
         "wrong_merchant",
     ]
-    [ended] = [e for e in log if e["event"] == "source_ended"]
+    [ended] = [e for e in log if e["message"] == "source_ended"]
     assert (ended["frames_read"], ended["frames_unreadable"]) == (5, 1)  # 6 files, one broken
     with closing(sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")) as db:
         assert db.execute("SELECT count(*) FROM redemptions").fetchone() == (1,)
@@ -416,8 +420,8 @@ def test_run_with_a_usb_scanner_rejects_a_garbled_line_with_a_verdict_and_a_ledg
     assert garbled.startswith("bad_format") and "red light" in garbled
     assert good.startswith("accepted")
     log = [strict_json(line) for line in result.stderr.splitlines()]
-    assert [entry["result"] for entry in log if entry["event"] == "scan"] == ["bad_format", "accepted"]
-    assert not [entry for entry in log if entry["event"].endswith("_failed")]
+    assert [entry["result"] for entry in log if entry["message"] == "scan"] == ["bad_format", "accepted"]
+    assert not [entry for entry in log if entry["message"].endswith("_failed")]
     assert rejected_raw(config) == [("bad_format", "bad\\xff")]
 
 
@@ -430,7 +434,7 @@ def test_run_logs_a_file_name_that_is_not_utf8_as_valid_json(
     save_qr(mint(), frames / "02-voucher.png")
     result = device_command("run", "--config", write_config(f'[camera]\nsource = "files"\npath = "{frames}"'))
     assert result.returncode == 0 and result.stdout.startswith("accepted")
-    [failed] = [e for e in map(strict_json, result.stderr.splitlines()) if e["event"] == "frame_failed"]
+    [failed] = [e for e in map(strict_json, result.stderr.splitlines()) if e["message"] == "frame_failed"]
     assert "01-caf\\xe9.png" in failed["error"]
 
 
