@@ -29,8 +29,14 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "ok: genuine voucher, first use -> accepted" in told
     assert "refused: second use -> already_redeemed" in told
     # Chapter 3: the flash sale issues exactly the stock, within the limit, and a retry replays.
+    assert "refused: claim 3 of user00: over the per-customer limit of 2 -> limit_reached" in told
+    assert "Then the rush: 15 customers each claim 12 times (180 claims, 32 in flight at once" in told
+    assert "sold out (sold_out)" in told and "{'" not in told  # refusals in words, not a Python dict
     assert "ok: exactly the stock was issued: 20 vouchers" in told
     assert "ok: nobody exceeded the limit" in told
     assert "no second voucher issued" in told
     assert "ok: the counter accepted a voucher the API issued" in told
     assert "Demo finished" in result.stdout
+    # the server it stops is not offered as a URL to visit; how to start one is
+    while_running, after = told.split("ok: backend stopped cleanly")
+    assert "/docs" not in while_running and "shopcardd-backend serve --port 8000" in after
