@@ -16,9 +16,24 @@ help:
 	@echo "make bench  print the voucher benchmark"
 	@echo "make clean  remove the virtual environment and demo output"
 
+# $(call apt_install,PACKAGE,WHY): install a Debian package where we can (root with apt-get),
+# else say in one line what to run. WHY must hold no comma.
+define apt_install
+if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+    echo "installing $(1) ($(2))"; \
+    export DEBIAN_FRONTEND=noninteractive; \
+    apt-get install -y -qq $(1) >/dev/null 2>&1 || \
+    { apt-get update -qq && apt-get install -y -qq $(1) >/dev/null; } || \
+    echo "$(1) could not be installed: run apt-get update && apt-get install $(1)"; \
+else \
+    echo "$(1) is missing ($(2)): run sudo apt-get install $(1)"; \
+fi
+endef
+
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ShopCardd needs Python 3.11 or newer")'
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) >/dev/null 2>&1 || \
+	{ rm -rf $(VENV); $(call apt_install,python3-venv,Debian keeps venv apart); $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
@@ -27,19 +42,10 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 # pyzbar loads the system's libzbar (Debian: libzbar0), which pip cannot install: install it
-# where we can (root with apt-get), else say in one line what to run (its tests skip until then,
-# or fail under CI=true).
+# where we can, else say in one line what to run (its tests skip until then; under CI=true they fail).
 system-libs:
 	@$(PYTHON) -c 'import ctypes.util, sys; sys.exit(ctypes.util.find_library("zbar") is None)' || \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing libzbar0 (the system library of the pyzbar QR decoder)"; \
-	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -qq libzbar0 >/dev/null 2>&1 || \
-	    { apt-get update -qq && apt-get install -y -qq libzbar0 >/dev/null; } || \
-	    echo "libzbar0 could not be installed: run apt-get update && apt-get install libzbar0"; \
-	else \
-	    echo "libzbar0 is missing (pyzbar needs it): run sudo apt-get install libzbar0"; \
-	fi
+	{ $(call apt_install,libzbar0,the system library of the pyzbar QR decoder); }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
