@@ -20,5 +20,4 @@ def log_entry(line: str, service: str) -> dict[str, Any]:
     assert {"time", "level", "logger", "message", "service"} <= set(entry), line
     assert datetime.fromisoformat(entry["time"]).utcoffset() == UTC.utcoffset(None), line  # ISO 8601, UTC
     assert entry["level"] in LEVELS and entry["service"] == service, line
-    assert "ts" not in entry and "event" not in entry, line  # the device's old names
     return entry
