@@ -6,10 +6,12 @@ start them live in ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -71,3 +73,80 @@ class SpareRedis:
             self.signal(signal.SIGCONT)
             self.proc.terminate() if graceful else self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+class DroppingProxy:
+    """A TCP proxy on a free loopback port to ``upstream`` (host, port) that cuts the connection
+    at every ``every``-th request: alternately before the request reaches the server (it never
+    happened) and after the server answered (it happened, but the client never hears of it).
+    Requests are counted at the start of each chunk the client sends: a client that sends one
+    request at a time and waits for its answer, as the device's sync does."""
+
+    def __init__(self, upstream: tuple[str, int], every: int) -> None:
+        self.upstream, self.every = upstream, every
+        self.requests = self.drops = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+    def __enter__(self) -> DroppingProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(client, server), daemon=True).start()
+
+    def _pipe(self, client: socket.socket, server: socket.socket) -> None:
+        """Client to server on this thread, answers back on another; cut both ends to drop."""
+        cut = threading.Event()
+
+        def answers() -> None:
+            while data := _recv(server):
+                if cut.is_set():
+                    break
+                client.sendall(data)
+            _shut(client, server)
+
+        threading.Thread(target=answers, daemon=True).start()
+        while data := _recv(client):
+            if data.startswith((b"POST ", b"GET ")):
+                with self._lock:
+                    self.requests += 1
+                    drop = self.requests % self.every == 0
+                    self.drops += drop
+                    before = drop and self.drops % 2 == 1
+                if before:
+                    break
+                if drop:
+                    cut.set()  # the server does the work; its answer is swallowed
+            server.sendall(data)
+        if not cut.is_set():
+            _shut(client, server)
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+def _shut(*socks: socket.socket) -> None:
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()

@@ -1,9 +1,10 @@
-"""``shopcardd-device``: the counter's commands: run the scan loop, verify codes, show status.
+"""``shopcardd-device``: the counter's commands: run the scan loop, verify codes, show status, sync.
 
 Everything (configuration, ledger, GPIO, camera) is built here in ``main``, never at import.
-Exit codes: 0 done (every input accepted, for ``verify``), 1 a voucher was rejected,
-2 usage, configuration or start-up error. Ctrl-C ends ``verify`` after the current input with the
-code of the verdicts so far (2 if none was judged), and ``run`` with 0; never with a traceback.
+Exit codes: 0 done (every input accepted, for ``verify``), 1 a voucher was rejected (``sync``:
+the backend could not be reached or refused), 2 usage, configuration or start-up error. Ctrl-C
+ends ``verify`` after the current input with the code of the verdicts so far (2 if none was
+judged), and ``run`` with 0; never with a traceback.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ examples:
   shopcardd-device verify --json "$(cat voucher.txt)" voucher.png
   shopcardd-provision issue ... | shopcardd-device verify --json -
   shopcardd-device status --json
+  shopcardd-device sync --config device.toml
 
 The configuration is --config PATH, else ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH}.
 GPIO follows gpiozero's GPIOZERO_PIN_FACTORY (lgpio on a Pi; mock off it).
@@ -114,21 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON object on one line instead of text")
     command(
         "sync",
-        "(not yet built) upload redemptions, download keys and revocations",
-        "Not yet built: see the issue 'device enrolment and sync'.",
+        "sync once with the backend: redemptions up; keys, revocations, peers, time down",
+        "One sync with backend_url, then exit (a systemd timer runs it): redemptions not yet confirmed "
+        "go up in batches of [sync] batch_size (at most 500), each request with a new token signed by "
+        "device_key; the backend's verdict on each (ok, or conflict: another counter redeemed it first) "
+        "is kept in the ledger. The key set is replaced (a running scan loop takes it up without a "
+        "restart), revocations and the merchant's other counters stored, and the server's time sets the "
+        "time floor. A failure that may pass (no network, a timeout, HTTP 5xx) is tried again with a "
+        "growing pause; what was confirmed stays, and the next run starts where the last confirmed batch "
+        "ended. Prints one summary line. Exit 0 synced, 1 the backend could not be reached or refused "
+        "(the reason in one line), 2 a usage or configuration error (no backend_url or device_key).",
     )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "sync":
-        print("shopcardd-device sync: not yet built (issue: device enrolment and sync)", file=sys.stderr)
-        return EXIT_USAGE
     commands: dict[str, Callable[[argparse.Namespace, DeviceConfig], int]] = {
         "run": run_loop,
         "verify": verify_inputs,
         "status": show_status,
+        "sync": run_sync,
     }
     try:
         config = DeviceConfig.load(args.config)
@@ -332,6 +340,12 @@ def _readable(moment: float | None, config: DeviceConfig) -> str | None:
     return None if moment is None else readable_time(moment, config.timezone)
 
 
+STATUS_CONFLICTS: Final = 100
+"""The most conflicts ``status --json`` lists (the latest); ``conflict_count`` counts them all."""
+STATUS_CONFLICT_LINES: Final = 10
+"""The most conflicts ``status`` shows as text."""
+
+
 def status_report(counter: Counter) -> dict[str, Any]:
     ledger, now = counter.ledger, counter.time()  # one reading: clock, floor and health agree
     health = counter.health(now)
@@ -341,6 +355,17 @@ def status_report(counter: Counter) -> dict[str, Any]:
         "accepted": ledger.accepted_count(),
         "rejected": ledger.rejected_counts(),
         "unsynced": ledger.unsynced_count(),
+        "conflict_count": ledger.conflict_count(),
+        "conflicts": [
+            {
+                "voucher_id": r.voucher_id,
+                "deal": r.deal,
+                "redeemed_at": r.redeemed_at,
+                "first_device_id": r.first_device_id,
+                "first_redeemed_at": r.first_redeemed_at,
+            }
+            for r in ledger.conflicts(STATUS_CONFLICTS)
+        ],
         "keys": [
             {
                 "kid": key.kid,
@@ -351,9 +376,17 @@ def status_report(counter: Counter) -> dict[str, Any]:
             }
             for key in counter.keys
         ],
+        "keyset": {
+            "issued_at": counter.keyset_issued_at,
+            "valid_until": counter.keyset_valid_until,
+            "stale": health.keyset_stale,
+        },
+        "revocations": ledger.revocation_count(),
+        "peers": sorted(ledger.peers()),
         "time_floor": now.floor,
         "last_sync": ledger.last_sync,
         "clock": str(now.state),
+        "clock_synchronised": now.synchronised,
         "trusted_time": now.now,
         "degraded": health.is_degraded,
         "ledger": safe_code(str(ledger.path)),
@@ -375,11 +408,63 @@ def show_status(args: argparse.Namespace, config: DeviceConfig) -> int:
     print(f"  accepted   {report['accepted']}")
     print(f"  rejected   {rejected}")
     print(f"  unsynced   {report['unsynced']}")
+    print(f"  conflicts  {report['conflict_count']}")
+    for conflict in report["conflicts"][:STATUS_CONFLICT_LINES]:
+        print(
+            f"    voucher {conflict['voucher_id']}  deal {conflict['deal']}: redeemed here "
+            f"{_readable(conflict['redeemed_at'], config)}, first at {conflict['first_device_id']} "
+            f"{_readable(conflict['first_redeemed_at'], config) or '(time unknown)'}"
+        )
     print(f"  keys       {keys}")
-    print(f"  time floor {_readable(report['time_floor'], config) or 'none'}  (clock {report['clock']})")
+    keyset = report["keyset"]
+    if keyset["valid_until"] is None:
+        print("  key set    from the keyset file (not synced yet)")
+    else:
+        stale = "  STALE: sync the device" if keyset["stale"] else ""
+        print(f"  key set    synced, valid until {_readable(keyset['valid_until'], config)}{stale}")
+    print(f"  revoked    {report['revocations']}  (vouchers and deals)")
+    print(f"  peers      {', '.join(report['peers']) or 'none'}")
+    synchronised = "synchronised" if report["clock_synchronised"] else "not synchronised"
+    print(
+        f"  time floor {_readable(report['time_floor'], config) or 'none'}  "
+        f"(clock {report['clock']}, {synchronised})"
+    )
     print(f"  last sync  {_readable(report['last_sync'], config) or 'never'}")
     if report["degraded"]:
-        print("  WARNING: amber: the clock cannot be trusted or no key is in force; sync the device")
+        print(
+            "  WARNING: amber: the clock cannot be trusted, no key is in force, or the key set is stale; "
+            "sync the device"
+        )
+    return EXIT_OK
+
+
+# -- sync -----------------------------------------------------------------------------------
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def run_sync(args: argparse.Namespace, config: DeviceConfig) -> int:
+    """One sync; the reason of a failure in one line (exit 1)."""
+    from .sync import SyncFailed, load_device_key, sync
+
+    setup_logging(config.log_level, config.device_id)
+    load_device_key(config)  # a configuration error (exit 2) before anything is opened
+    with Counter.open(config) as counter:
+        try:
+            report = sync(config, counter.ledger)
+        except SyncFailed as exc:
+            print(f"shopcardd-device sync: {exc}", file=sys.stderr)
+            return EXIT_REJECTED
+    conflicts = f" ({_count(report.conflicts, 'conflict')})" if report.conflicts else ""
+    print(
+        f"synced with {config.backend_url}: {_count(report.uploaded, 'redemption')} up{conflicts}, "
+        f"{_count(report.revoked, 'revocation')} down, key set {' '.join(report.kids)} valid until "
+        f"{_readable(report.keys_valid_until, config)}, {_count(report.peers, 'peer')}, "
+        f"server time {_readable(report.server_time, config)}",
+        flush=True,
+    )
     return EXIT_OK
 
 

@@ -64,7 +64,9 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class SyncConfig:
-    """For ``shopcardd-device sync`` (a later issue); read now so a config never goes stale."""
+    """For ``shopcardd-device sync``: ``interval_seconds`` is what the systemd timer should use (a
+    hint for operators and the fleet tooling), ``batch_size`` redemptions per request (the backend
+    takes at most 500), ``timeout_seconds`` per request."""
 
     interval_seconds: int = 300
     batch_size: int = 200
@@ -226,7 +228,7 @@ def _decoder(table: _Table) -> DecoderConfig:
 def _sync(table: _Table) -> SyncConfig:
     config = SyncConfig(
         interval_seconds=table.number("interval_seconds", SyncConfig.interval_seconds, int, 10, 86_400),
-        batch_size=table.number("batch_size", SyncConfig.batch_size, int, 1, 10_000),
+        batch_size=table.number("batch_size", SyncConfig.batch_size, int, 1, 500),
         timeout_seconds=table.number("timeout_seconds", SyncConfig.timeout_seconds, float, 0.5, 300.0),
     )
     table.refuse_unknown()

@@ -1,5 +1,10 @@
 """The counter: verify one scanned code against the ledger and record it. One place for both
 the scan loop and ``shopcardd-device verify``, so the two can never judge differently.
+
+The key set comes from the ledger, the device's one source of keys: the ``keyset`` file only
+seeds a ledger that has none. Before each scan the counter asks the ledger whether the key set
+changed (one small read), so a running scan loop verifies with what ``shopcardd-device sync``
+stored, without a restart.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from typing import Self
 from shopcardd_voucher import InvalidKeyError, KeySet, Verdict
 
 from . import policy
+from .clock import Synchronised, system_clock_synchronised
 from .closing import Closing
 from .config import DeviceConfig
 from .errors import ConfigError
-from .ledger import Ledger
+from .ledger import Ledger, StoredKeys
 from .policy import ClockState, TrustedTime
 
 Clock = Callable[[], float]
@@ -23,14 +29,16 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True, slots=True)
 class Health:
-    """Whether the device can be trusted to judge time: drives the steady amber light."""
+    """Whether the device can be trusted to judge time and keys: drives the steady amber light."""
 
     clock: ClockState
     keys_in_force: bool
+    keyset_stale: bool = False
+    """Past the key set's ``valid_until``: verification goes on, but the device needs a sync."""
 
     @property
     def is_degraded(self) -> bool:
-        return self.clock is ClockState.UNTRUSTED or not self.keys_in_force
+        return self.clock is ClockState.UNTRUSTED or not self.keys_in_force or self.keyset_stale
 
 
 def load_keyset(config: DeviceConfig) -> KeySet:
@@ -58,63 +66,104 @@ def make_data_dir(config: DeviceConfig) -> None:
 
 
 class Counter(Closing):
-    """Judge and record scans for one device; ``clock`` is injectable (tests set it back)."""
+    """Judge and record scans for one device; ``clock`` and ``synchronised`` are injectable (tests
+    set the clock back and say whether the system calls it synchronised)."""
 
-    def __init__(self, config: DeviceConfig, ledger: Ledger, keys: KeySet, clock: Clock = time.time) -> None:
-        self.config, self.ledger, self.keys, self.clock = config, ledger, keys, clock
+    def __init__(
+        self,
+        config: DeviceConfig,
+        ledger: Ledger,
+        keys: KeySet | StoredKeys,
+        clock: Clock = time.time,
+        synchronised: Synchronised = system_clock_synchronised,
+    ) -> None:
+        self.config, self.ledger, self.clock, self.synchronised = config, ledger, clock, synchronised
+        stored = keys if isinstance(keys, StoredKeys) else StoredKeys(keys, -1, None, None)
+        self._use(stored)
+
+    def _use(self, stored: StoredKeys) -> None:
+        self.keys, self.keys_version = stored.keys, stored.version
+        self.keyset_issued_at, self.keyset_valid_until = stored.issued_at, stored.valid_until
+
+    def refresh_keys(self) -> bool:
+        """Take up a key set another process (``sync``) stored; return whether it changed."""
+        if self.keys_version < 0 or self.ledger.keyset_version() == self.keys_version:
+            return False
+        stored = self.ledger.stored_keys()
+        if stored is None:
+            return False
+        self._use(stored)
+        return True
 
     @classmethod
-    def open(cls, config: DeviceConfig, clock: Clock = time.time, *, read_only: bool = False) -> Self:
-        """Load the key set, open (and check) the ledger, note the clock: start-up in one call.
+    def open(
+        cls,
+        config: DeviceConfig,
+        clock: Clock = time.time,
+        *,
+        read_only: bool = False,
+        synchronised: Synchronised = system_clock_synchronised,
+    ) -> Self:
+        """Open (and check) the ledger, seed its key set from the ``keyset`` file when it has none,
+        note a synchronised clock's reading: start-up in one call.
 
         ``read_only`` (``status``) writes nothing, not even the clock reading, so it also works
-        on a ledger it may not write.
+        on a ledger it may not write. Nothing is deleted here: synced rows go only at a sync, by
+        the server's time (``Ledger.apply_sync``).
         """
-        keys = load_keyset(config)
         if read_only:
-            return cls(config, Ledger(config.ledger_path, read_only=True), keys, clock)
+            ledger = Ledger(config.ledger_path, read_only=True)
+            return cls(config, ledger, _keys_of(config, ledger), clock, synchronised)
         make_data_dir(config)
         ledger = Ledger(config.ledger_path)
         try:
             now = clock()
-            ledger.store_keyset(keys, now)
-            floor = ledger.time_floor
-            moment = policy.raised_floor(floor, now)
-            if moment is not None and moment != floor:
+            if ledger.keyset_version() == 0:
+                ledger.seed_keyset(load_keyset(config), now)
+            moment = policy.raised_floor(ledger.time_floor, now if synchronised() else None)
+            if moment is not None and moment != ledger.time_floor:
                 ledger.raise_floor(moment)
-            trusted = policy.trusted_time(now, moment).now
-            if trusted is not None:  # retention: synced rows of expired vouchers are no longer needed
-                ledger.prune(trusted, config.leeway_seconds)
+            keys = _keys_of(config, ledger)
         except BaseException:
             ledger.close()
             raise
-        return cls(config, ledger, keys, clock)
+        return cls(config, ledger, keys, clock, synchronised)
 
     @classmethod
-    def open_dry_run(cls, config: DeviceConfig, clock: Clock = time.time) -> Self:
+    def open_dry_run(
+        cls,
+        config: DeviceConfig,
+        clock: Clock = time.time,
+        synchronised: Synchronised = system_clock_synchronised,
+    ) -> Self:
         """Judge without writing anything anywhere (``verify --dry-run``): the ledger is opened
         read-only when it exists; before it exists the scans are judged against an empty ledger in
         memory (nothing redeemed, nothing revoked, no time floor), and no folder or file is made."""
-        keys = load_keyset(config)
         if config.ledger_path.exists():
-            return cls(config, Ledger(config.ledger_path, read_only=True), keys, clock)
-        return cls(config, Ledger.empty(), keys, clock)
+            return cls.open(config, clock, read_only=True, synchronised=synchronised)
+        return cls(config, Ledger.empty(), load_keyset(config), clock, synchronised)
 
     def close(self) -> None:
         self.ledger.close()
 
     def time(self) -> TrustedTime:
-        """Read afresh each time: another process (``sync``, ``verify``) may have raised the floor."""
-        return policy.trusted_time(self.clock(), self.ledger.time_floor)
+        """Read afresh each time: another process (``sync``, ``verify``) may have moved the floor."""
+        return policy.trusted_time(self.clock(), self.ledger.time_floor, self.synchronised())
 
     def health(self, now: TrustedTime | None = None) -> Health:
-        """The health at ``now`` (a fresh ``time()`` when not given)."""
+        """The health at ``now`` (a fresh ``time()`` when not given), with the key set in force now."""
+        self.refresh_keys()
         if now is None:
             now = self.time()
-        return Health(now.state, policy.keys_in_force(self.keys, now.now))
+        return Health(
+            now.state,
+            policy.keys_in_force(self.keys, now.now),
+            policy.keyset_is_stale(self.keyset_valid_until, now.now),
+        )
 
     def scan(self, code: str, *, record: bool = True) -> Verdict:
         """Judge ``code`` and, unless ``record`` is false (dry run), commit it before returning."""
+        self.refresh_keys()
         now = self.time()
         verdict = self.judge(code, now)
         return self.commit(code, verdict, now) if record else verdict
@@ -143,3 +192,8 @@ class Counter(Closing):
             clock_at=now.clock,
             time_floor=floor if floor != now.floor else None,
         )
+
+
+def _keys_of(config: DeviceConfig, ledger: Ledger) -> StoredKeys | KeySet:
+    """The ledger's key set; the ``keyset`` file only for a ledger that holds none (read-only)."""
+    return ledger.stored_keys() or load_keyset(config)

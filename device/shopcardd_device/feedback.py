@@ -11,8 +11,8 @@ without reading anything:
 - a scan the device could not record (ledger locked, disk full): both LEDs flash twice
   with two long beeps, and no verdict: the customer scans again; if it repeats, the
   device needs an operator (the log says why);
-- steady amber (both LEDs) between scans while the clock cannot be trusted or no key in
-  the key set is in force any more.
+- steady amber (both LEDs) between scans while the clock cannot be trusted, no key in
+  the key set is in force any more, or the key set is stale (past its ``valid_until``).
 
 Patterns play one after another on a worker thread, so the scan loop never waits for a
 light; at most ``MAX_PENDING`` wait their turn (a burst of scans does not queue forever).

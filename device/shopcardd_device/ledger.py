@@ -5,16 +5,25 @@ that returned survives a power cut; the accept signal is given only after that c
 voucher id is the primary key of ``redemptions``: two scans racing for one voucher (two
 processes, two threads) cannot both insert, and the loser is told ``already_redeemed``.
 Rejections go to their own table with the reason and the raw code (as pretix keeps failed
-check-ins), so a rejected scan never blocks a later valid one. Rows stay until the voucher
-has expired and the row was synced.
+check-ins), so a rejected scan never blocks a later valid one.
+
+The ledger is also the device's one source of the key set (seeded from the ``keyset`` file,
+replaced by each sync), its revocations, its peers and its time floor. ``apply_sync`` writes
+all a sync brought in one transaction, so a sync cut off at any point leaves the ledger as it
+was or as the backend confirmed it, never half-way. Redemptions are numbered (``seq``) as
+they are recorded; the upload watermark is the last number the backend confirmed, so the next
+sync starts where the last confirmed batch ended (trusted times are no order: a sync may set
+the floor back). Synced redemptions go only when their voucher expired by the server's time of
+a sync, never by the word of the device's own clock.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +35,7 @@ from .closing import Closing
 from .errors import LedgerError
 from .inputs import safe_code
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 REJECTION_RETENTION_SECONDS: Final = 30 * 86_400
 BUSY_TIMEOUT_MS: Final = 10_000
 _IN_MEMORY: Final = ":memory:"
@@ -75,11 +84,39 @@ CREATE TABLE IF NOT EXISTS state (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 """
+SCHEMA_V2: Final = """
+ALTER TABLE redemptions ADD COLUMN seq INTEGER;                -- recording order: the upload watermark
+ALTER TABLE redemptions ADD COLUMN backend_status TEXT;        -- the backend's verdict: ok or conflict
+ALTER TABLE redemptions ADD COLUMN first_device_id TEXT;       -- conflict: the device recorded first
+ALTER TABLE redemptions ADD COLUMN first_redeemed_at REAL;     -- and when it redeemed the voucher
+UPDATE redemptions SET seq = numbered.n FROM (
+    SELECT voucher_id, row_number() OVER (ORDER BY redeemed_at, voucher_id) AS n FROM redemptions
+) AS numbered WHERE numbered.voucher_id = redemptions.voucher_id;
+CREATE UNIQUE INDEX redemptions_seq ON redemptions (seq);
+DROP INDEX IF EXISTS redemptions_unsynced;
+CREATE INDEX redemptions_synced_expiry ON redemptions (expires_at) WHERE synced_at IS NOT NULL;
+INSERT INTO state (name, value) SELECT 'redemption_seq', CAST(count(*) AS TEXT) FROM redemptions
+    WHERE true ON CONFLICT (name) DO NOTHING;
+CREATE TABLE peers (
+    device_id  TEXT PRIMARY KEY,                               -- the merchant's other counters
+    public_key TEXT NOT NULL                                   -- their Ed25519 JWK (JSON)
+) WITHOUT ROWID;
+"""
+MIGRATIONS: Final = (SCHEMA, SCHEMA_V2)
+"""The schema step by step: ``MIGRATIONS[n]`` takes a ledger from version n to n + 1."""
+_NEXT_SEQ: Final = """
+INSERT INTO state (name, value) VALUES ('redemption_seq', '1') ON CONFLICT (name)
+DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) RETURNING CAST(value AS INTEGER)
+"""
 _INSERT_REDEMPTION: Final = """
 INSERT INTO redemptions
-    (voucher_id, nonce, device_id, redeemed_at, clock_at, deal, user, merchant, expires_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (voucher_id) DO NOTHING
+    (voucher_id, nonce, device_id, redeemed_at, clock_at, deal, user, merchant, expires_at, seq)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (voucher_id) DO NOTHING
 """
+_REDEMPTION_COLUMNS: Final = (
+    "voucher_id, nonce, device_id, redeemed_at, clock_at, deal, user, merchant, expires_at, result,"
+    " synced_at, seq, backend_status, first_device_id, first_redeemed_at"
+)
 _INSERT_REJECTION: Final = """
 INSERT INTO rejections (nonce, device_id, scanned_at, clock_at, result, voucher_id, deal, raw, detail)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -99,6 +136,11 @@ class Redemption:
     expires_at: int
     result: str
     synced_at: float | None
+    seq: int
+    backend_status: str | None = None
+    """The backend's verdict once synced: ``ok``, or ``conflict`` (another device redeemed it first)."""
+    first_device_id: str | None = None
+    first_redeemed_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +156,47 @@ class Rejection:
     raw: str
     detail: str
     synced_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKeys:
+    """The key set in force and what is known of its freshness."""
+
+    keys: KeySet
+    version: int
+    """Changes whenever the stored key set or its window does: a running counter reloads then."""
+    issued_at: float | None
+    valid_until: float | None
+    """Past it the key set is stale (the device should have synced); ``None``: seeded from the
+    ``keyset`` file, which says nothing of freshness."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendVerdict:
+    """The backend's word on one uploaded redemption (docs/backend-api.md, "One sync")."""
+
+    voucher_id: str
+    status: str
+    first_device_id: str | None = None
+    first_redeemed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRecord:
+    """What one sync round trip brought, applied to the ledger at once (``Ledger.apply_sync``)."""
+
+    uploaded_through: int
+    """The ``seq`` of the last redemption the answer confirmed: the new upload watermark."""
+    verdicts: Sequence[BackendVerdict]
+    keys: KeySet
+    keys_issued_at: float
+    keys_valid_until: float
+    revoked_vouchers: Sequence[str]
+    revoked_deals: Sequence[str]
+    revocations_watermark: str | None
+    peers: dict[str, dict[str, Any]]
+    """device id -> its public Ed25519 JWK."""
+    server_time: float
 
 
 class Ledger(Closing):
@@ -203,16 +286,25 @@ class Ledger(Closing):
         """A read-only ledger cannot be migrated: its schema must be this software's."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version < SCHEMA_VERSION:
-            raise LedgerError(f"ledger {self.path} is not set up yet (run or verify sets it up)")
+            raise LedgerError(
+                f"ledger {self.path} is not set up yet, or older (run, verify or sync sets it up)"
+            )
         self._refuse_newer(version)
 
     def _migrate(self) -> None:
+        """Bring the schema up to ``SCHEMA_VERSION`` in one transaction; the version is read again
+        inside it, so two processes starting at once migrate once."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         self._refuse_newer(version)
-        if version < SCHEMA_VERSION:
-            self._db.executescript(
-                f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            )
+        if version == SCHEMA_VERSION:
+            return
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            self._refuse_newer(version)
+            for script in MIGRATIONS[version:]:
+                for statement in _statements(script):
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _refuse_newer(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -286,6 +378,7 @@ class Ledger(Closing):
                 self._raise_floor(db, time_floor)
             voucher = verdict.voucher
             if verdict.is_accepted and voucher is not None and scanned_at is not None:
+                seq = db.execute(_NEXT_SEQ).fetchone()[0]
                 inserted = db.execute(
                     _INSERT_REDEMPTION,
                     (
@@ -298,6 +391,7 @@ class Ledger(Closing):
                         voucher.user,
                         voucher.merchant,
                         voucher.expires_at,
+                        seq,
                     ),
                 ).rowcount
                 if inserted:
@@ -321,15 +415,22 @@ class Ledger(Closing):
 
     # -- time -------------------------------------------------------------------------------
 
-    @property
-    def time_floor(self) -> float | None:
-        value = self._one("SELECT value FROM state WHERE name = 'time_floor'")
+    def _state(self, name: str) -> str | None:
+        value = self._one("SELECT value FROM state WHERE name = ?", name)
+        return None if value is None else str(value)
+
+    def _number(self, name: str) -> float | None:
+        value = self._state(name)
         return None if value is None else float(value)
 
     @property
+    def time_floor(self) -> float | None:
+        return self._number("time_floor")
+
+    @property
     def last_sync(self) -> float | None:
-        value = self._one("SELECT value FROM state WHERE name = 'last_sync'")
-        return None if value is None else float(value)
+        """The server's time at the last sync."""
+        return self._number("last_sync")
 
     def _raise_floor(self, db: sqlite3.Connection, moment: float) -> None:
         db.execute(
@@ -339,17 +440,24 @@ class Ledger(Closing):
         )
 
     def raise_floor(self, moment: float) -> None:
-        """Note that ``moment`` has passed (the floor never goes down)."""
+        """Note that ``moment`` has passed (only a sync sets the floor down)."""
         with self._write() as db:
             self._raise_floor(db, moment)
 
     def note_sync(self, server_time: float) -> None:
-        """After a sync: the server's time is both the last sync and a floor."""
+        """A sync's server time: the last sync, and the floor, set down as well as up."""
         with self._write() as db:
-            self._raise_floor(db, server_time)
-            self._set(db, "last_sync", repr(float(server_time)))
+            self._note_sync(db, server_time)
 
-    # -- keys and revocations ---------------------------------------------------------------
+    def _note_sync(self, db: sqlite3.Connection, server_time: float) -> None:
+        """The floor becomes the server's time, but never less than ``pruned_through``: a redemption
+        let go was of a voucher expired by then, and must stay refused (as ``expired``)."""
+        kept = self._one("SELECT value FROM state WHERE name = 'pruned_through'")
+        floor = max(float(server_time), float(kept) if kept is not None else float(server_time))
+        self._set(db, "time_floor", repr(floor))
+        self._set(db, "last_sync", repr(float(server_time)))
+
+    # -- keys, revocations and peers --------------------------------------------------------
 
     def _set(self, db: sqlite3.Connection, name: str, value: str) -> None:
         db.execute(
@@ -358,30 +466,169 @@ class Ledger(Closing):
             (name, value),
         )
 
-    def store_keyset(self, keys: KeySet, loaded_at: float) -> bool:
-        """Remember the key set in force; return whether it changed."""
-        text = keys.to_json()
-        if self._one("SELECT value FROM state WHERE name = 'keyset'") == text:
+    def _store_keyset(
+        self,
+        db: sqlite3.Connection,
+        keys: KeySet,
+        loaded_at: float,
+        issued_at: float | None = None,
+        valid_until: float | None = None,
+    ) -> bool:
+        """Replace the key set (and its window) when it differs; return whether it did."""
+        wanted = {
+            "keyset": keys.to_json(),
+            "keyset_issued_at": "" if issued_at is None else repr(float(issued_at)),
+            "keyset_valid_until": "" if valid_until is None else repr(float(valid_until)),
+        }
+        stored = dict(db.execute("SELECT name, value FROM state WHERE name IN (?, ?, ?)", tuple(wanted)))
+        if stored == wanted:
             return False
-        with self._write() as db:
-            self._set(db, "keyset", text)
-            self._set(db, "keyset_loaded_at", repr(float(loaded_at)))
+        for name, value in wanted.items():
+            self._set(db, name, value)
+        self._set(db, "keyset_loaded_at", repr(float(loaded_at)))
+        self._set(db, "keyset_version", str(self.keyset_version() + 1))
         return True
 
+    def store_keyset(
+        self, keys: KeySet, loaded_at: float, issued_at: float | None = None, valid_until: float | None = None
+    ) -> bool:
+        """Replace the key set in force, at once for every reader; return whether it changed."""
+        with self._write() as db:
+            return self._store_keyset(db, keys, loaded_at, issued_at, valid_until)
+
+    def seed_keyset(self, keys: KeySet, loaded_at: float) -> bool:
+        """Store ``keys`` (the ``keyset`` file) only if the ledger holds no key set yet: after
+        that the ledger is the one source, and only a sync replaces it."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM state WHERE name = 'keyset'").fetchone():
+                return False
+            return self._store_keyset(db, keys, loaded_at)
+
+    def keyset_version(self) -> int:
+        """Cheap to ask before every scan: a new number means a new key set to load."""
+        return int(self._state("keyset_version") or 0)
+
     def keyset(self) -> KeySet | None:
-        text = self._one("SELECT value FROM state WHERE name = 'keyset'")
+        text = self._state("keyset")
         return None if text is None else KeySet.from_jwks(text)
+
+    def stored_keys(self) -> StoredKeys | None:
+        """The key set in force with its version and window, read in one statement (consistent)."""
+        names = ("keyset", "keyset_version", "keyset_issued_at", "keyset_valid_until")
+        rows = dict(self._db.execute("SELECT name, value FROM state WHERE name IN (?, ?, ?, ?)", names))
+        if "keyset" not in rows:
+            return None
+
+        def moment(name: str) -> float | None:
+            return float(rows[name]) if rows.get(name) else None
+
+        return StoredKeys(
+            KeySet.from_jwks(rows["keyset"]),
+            int(rows.get("keyset_version") or 0),
+            moment("keyset_issued_at"),
+            moment("keyset_valid_until"),
+        )
+
+    def _revoke(
+        self, db: sqlite3.Connection, vouchers: Iterable[str], deals: Iterable[str], at: float | None
+    ) -> None:
+        rows = [("voucher", v, at) for v in vouchers] + [("deal", d, at) for d in deals]
+        db.executemany("INSERT OR IGNORE INTO revocations (kind, value, revoked_at) VALUES (?, ?, ?)", rows)
 
     def revoke(
         self, *, vouchers: Iterable[str] = (), deals: Iterable[str] = (), at: float | None = None
     ) -> None:
-        rows = [("voucher", v, at) for v in vouchers] + [("deal", d, at) for d in deals]
+        with self._write() as db:
+            self._revoke(db, vouchers, deals, at)
+
+    def revocation_count(self) -> int:
+        return int(self._one("SELECT count(*) FROM revocations"))
+
+    @property
+    def revocations_watermark(self) -> str | None:
+        """The backend's watermark of the revocations this ledger holds (``revocations_after``)."""
+        return self._state("revocations_watermark") or None
+
+    def peers(self) -> dict[str, dict[str, Any]]:
+        """The merchant's other counters, by device id, with their public keys (from the last sync)."""
+        rows = self._db.execute("SELECT device_id, public_key FROM peers ORDER BY device_id")
+        return {device_id: json.loads(jwk) for device_id, jwk in rows}
+
+    # -- sync -------------------------------------------------------------------------------
+
+    @property
+    def upload_watermark(self) -> int:
+        """The ``seq`` of the last redemption the backend confirmed; later ones wait for upload."""
+        return int(self._state("uploaded_through") or 0)
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the last redemption recorded."""
+        return int(self._state("redemption_seq") or 0)
+
+    def to_upload(self, *, limit: int, through: int | None = None) -> list[Redemption]:
+        """The next ``limit`` redemptions after the upload watermark (up to ``through``), in order."""
+        rows = self._db.execute(
+            f"SELECT {_REDEMPTION_COLUMNS} FROM redemptions WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (self.upload_watermark, self.last_seq if through is None else through, limit),
+        )
+        return [Redemption(*row) for row in rows]
+
+    def apply_sync(self, record: SyncRecord, leeway: float) -> int:
+        """Everything one sync brought, in one transaction; return how many rows were let go.
+
+        The backend's verdicts are kept beside the redemptions (the verdict the counter gave is
+        never changed); the upload watermark moves on; the key set is replaced whole (a key the
+        backend retired leaves); revocations are added; peers replaced; the server's time sets
+        the floor and decides which synced rows are no longer needed.
+        """
         with self._write() as db:
             db.executemany(
-                "INSERT OR IGNORE INTO revocations (kind, value, revoked_at) VALUES (?, ?, ?)", rows
+                "UPDATE redemptions SET synced_at = ?, backend_status = ?, first_device_id = ?,"
+                " first_redeemed_at = ? WHERE voucher_id = ?",
+                [
+                    (record.server_time, v.status, v.first_device_id, v.first_redeemed_at, v.voucher_id)
+                    for v in record.verdicts
+                ],
             )
+            if record.uploaded_through > self.upload_watermark:
+                self._set(db, "uploaded_through", str(record.uploaded_through))
+            self._store_keyset(
+                db, record.keys, record.server_time, record.keys_issued_at, record.keys_valid_until
+            )
+            self._revoke(db, record.revoked_vouchers, record.revoked_deals, record.server_time)
+            self._set(db, "revocations_watermark", record.revocations_watermark or "")
+            db.execute("DELETE FROM peers")
+            db.executemany(
+                "INSERT INTO peers (device_id, public_key) VALUES (?, ?)",
+                [(device, json.dumps(jwk, sort_keys=True)) for device, jwk in record.peers.items()],
+            )
+            self._note_sync(db, record.server_time)
+            return self._prune(db, record.server_time, leeway)
 
-    # -- status, sync and retention ---------------------------------------------------------
+    def _prune(self, db: sqlite3.Connection, server_time: float, leeway: float) -> int:
+        """Let go of synced redemptions whose voucher expired by the server's time (they can only be
+        ``expired`` now), remembering the latest such expiry in ``pruned_through`` so that no later
+        sync sets the floor below it; and of rejections older than 30 days."""
+        horizon = db.execute(
+            "SELECT max(expires_at) + ? FROM redemptions WHERE synced_at IS NOT NULL AND expires_at < ?",
+            (leeway, server_time - leeway),
+        ).fetchone()[0]
+        gone = 0
+        if horizon is not None:
+            kept = self._one("SELECT value FROM state WHERE name = 'pruned_through'")
+            self._set(db, "pruned_through", repr(max(float(horizon), float(kept or 0))))
+            gone = db.execute(
+                "DELETE FROM redemptions WHERE synced_at IS NOT NULL AND expires_at < ?",
+                (server_time - leeway,),
+            ).rowcount
+        gone += db.execute(
+            "DELETE FROM rejections WHERE coalesce(scanned_at, clock_at) < ?",
+            (server_time - REJECTION_RETENTION_SECONDS,),
+        ).rowcount
+        return gone
+
+    # -- status -----------------------------------------------------------------------------
 
     def accepted_count(self) -> int:
         return int(self._one("SELECT count(*) FROM redemptions"))
@@ -391,41 +638,40 @@ class Ledger(Closing):
         return {result: count for result, count in rows}
 
     def unsynced_count(self) -> int:
-        return int(
-            self._one(
-                "SELECT (SELECT count(*) FROM redemptions WHERE synced_at IS NULL)"
-                " + (SELECT count(*) FROM rejections WHERE synced_at IS NULL)"
-            )
-        )
+        """Redemptions the backend has not confirmed yet (rejections stay on the device)."""
+        return int(self._one("SELECT count(*) FROM redemptions WHERE seq > ?", self.upload_watermark))
 
     def redemptions(self, *, unsynced_only: bool = False, limit: int = -1) -> list[Redemption]:
         where = "WHERE synced_at IS NULL" if unsynced_only else ""
-        rows = self._db.execute(f"SELECT * FROM redemptions {where} ORDER BY redeemed_at LIMIT ?", (limit,))
+        rows = self._db.execute(
+            f"SELECT {_REDEMPTION_COLUMNS} FROM redemptions {where} ORDER BY seq LIMIT ?", (limit,)
+        )
         return [Redemption(*row) for row in rows]
 
-    def rejections(self, *, unsynced_only: bool = False, limit: int = -1) -> list[Rejection]:
-        where = "WHERE synced_at IS NULL" if unsynced_only else ""
-        rows = self._db.execute(f"SELECT * FROM rejections {where} ORDER BY id LIMIT ?", (limit,))
+    def conflicts(self, limit: int = -1) -> list[Redemption]:
+        """Redemptions the backend says another device made first, latest first."""
+        rows = self._db.execute(
+            f"SELECT {_REDEMPTION_COLUMNS} FROM redemptions WHERE backend_status = 'conflict'"
+            " ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        )
+        return [Redemption(*row) for row in rows]
+
+    def conflict_count(self) -> int:
+        return int(self._one("SELECT count(*) FROM redemptions WHERE backend_status = 'conflict'"))
+
+    def rejections(self, *, limit: int = -1) -> list[Rejection]:
+        rows = self._db.execute("SELECT * FROM rejections ORDER BY id LIMIT ?", (limit,))
         return [Rejection(*row) for row in rows]
 
-    def mark_synced(
-        self, *, redemptions: Iterable[str] = (), rejections: Iterable[int] = (), at: float
-    ) -> None:
-        """Mark rows the backend confirmed (by voucher id and rejection id)."""
-        with self._write() as db:
-            db.executemany(
-                "UPDATE redemptions SET synced_at = ? WHERE voucher_id = ?", [(at, v) for v in redemptions]
-            )
-            db.executemany("UPDATE rejections SET synced_at = ? WHERE id = ?", [(at, i) for i in rejections])
 
-    def prune(self, now: float, leeway: float) -> int:
-        """Drop synced rows no longer needed: redemptions of expired vouchers, old rejections."""
-        with self._write() as db:
-            gone = db.execute(
-                "DELETE FROM redemptions WHERE synced_at IS NOT NULL AND expires_at + ? < ?", (leeway, now)
-            ).rowcount
-            gone += db.execute(
-                "DELETE FROM rejections WHERE synced_at IS NOT NULL AND clock_at < ?",
-                (now - REJECTION_RETENTION_SECONDS,),
-            ).rowcount
-        return gone
+def _statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, one at a time (``executescript`` would commit first)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement.strip()
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement: {statement.strip()[:60]!r}")

@@ -3,27 +3,29 @@
 An import-linter contract keeps this module free of sqlite3, requests, gpiozero and the
 like, so every rule can be tested with plain values and read in one place.
 
-The clock rule (DESIGN.md, "Clock"). A Pi has no real-time clock, so the device keeps a
-*time floor* in its ledger: the latest of its own believable clock readings, the server time
-of the last sync, and the ``iat`` of every genuine voucher it judged with a trusted time.
-Every one of those is a moment known to have passed, so the floor never runs ahead of the
-real time. The time a scan is judged at is ``max(clock, floor)``: a clock set back never
-makes an expired voucher valid again.
+The clock rule (DESIGN.md, "Clock"). A Pi has no real-time clock, and after an offline boot
+its clock reads whatever fake-hwclock or timesyncd saved at the last shutdown: believable, but
+maybe days behind. So the device keeps a *time floor* in its ledger, raised by evidence that a
+moment has passed:
 
-A voucher's ``iat`` is only as good as the issuer's clock, and the floor never goes down, so
-one genuine voucher issued "in the future" (a backend clock far ahead, or a signed voucher
-crafted so) must not push the floor ahead of the real time: every later voucher would read
-as expired. While the clock is *trusted* (believable and not behind the floor) an ``iat``
-therefore raises the floor at most to ``clock + leeway`` (the grace already allowed for
-``nbf``/``exp``); a clock behind the floor by no more than the leeway (where such a capped
-``iat``, or a backend clock a little ahead, leaves it) still bounds it, or two future vouchers
-in a row would get round the bound. Only when the clock is *behind the floor* by more (set
-back, or lost at boot: the recovery the ``iat`` rule exists for) does an ``iat`` count as it is.
+- the server time of a sync, the strongest: it *sets* the floor, down as well as up, so it
+  also corrects a floor pushed ahead (the ledger applies it, ``Ledger.apply_sync``);
+- the clock's own reading, but only while the system says the clock is synchronised
+  (``TrustedTime.synchronised``; ``shopcardd_device.clock`` asks the kernel): a clock restored
+  days behind, or set far ahead by hand, is no evidence of anything;
+- the ``iat`` of every genuine voucher. While the clock is synchronised an ``iat`` raises the
+  floor at most to ``clock + leeway`` (one voucher issued "in the future" must not push the
+  floor ahead and make every later voucher ``expired``); while it is not, the ``iat`` counts
+  in full, since it is then the best evidence of the time there is: one fresh voucher after
+  an offline boot lifts the floor to the real time, and vouchers that expired while the Pi was
+  off are refused from then on. A floor that an ``iat`` pushed ahead is set right by the next
+  sync.
 
-A clock reading counts only when it is later than ``EARLIEST_BELIEVABLE_TIME`` (the build
-date of this software): a Pi that booted without network reads 1970 or a stale fake-hwclock
-date. ``clock_untrusted`` is the verdict only when there is nothing to trust at all: no floor
-yet and an unbelievable clock.
+The time a scan is judged at is ``max(clock, floor)``: a clock set back never makes an expired
+voucher valid again. A clock reading before ``EARLIEST_BELIEVABLE_TIME`` (the build date of
+this software) is certainly wrong; ``clock_untrusted`` is the verdict only when there is
+nothing to trust at all: no floor yet and such a clock. A voucher's ``iat`` does not count
+then either, or an old voucher shown first would vouch for itself.
 """
 
 from __future__ import annotations
@@ -69,18 +71,25 @@ class TrustedTime:
     state: ClockState
     clock: float
     floor: float | None
+    synchronised: bool = False
+    """Whether the system said the clock is synchronised: only then is its reading evidence."""
 
 
-def trusted_time(clock: float, floor: float | None) -> TrustedTime:
+def trusted_time(clock: float, floor: float | None, synchronised: bool = False) -> TrustedTime:
     """Combine the system clock with the ledger's floor (see the module docstring)."""
     believable = clock >= EARLIEST_BELIEVABLE_TIME
     if floor is None:
         if believable:
-            return TrustedTime(clock, ClockState.TRUSTED, clock, floor)
-        return TrustedTime(None, ClockState.UNTRUSTED, clock, floor)
+            return TrustedTime(clock, ClockState.TRUSTED, clock, floor, synchronised)
+        return TrustedTime(None, ClockState.UNTRUSTED, clock, floor, synchronised)
     if believable and clock >= floor:
-        return TrustedTime(clock, ClockState.TRUSTED, clock, floor)
-    return TrustedTime(floor, ClockState.BEHIND_FLOOR, clock, floor)
+        return TrustedTime(clock, ClockState.TRUSTED, clock, floor, synchronised)
+    return TrustedTime(floor, ClockState.BEHIND_FLOOR, clock, floor, synchronised)
+
+
+def clock_evidence(time: TrustedTime) -> float | None:
+    """The clock's reading as evidence for the floor: only while the system says it is synchronised."""
+    return time.clock if time.synchronised else None
 
 
 def raised_floor(floor: float | None, *moments: float | None) -> float | None:
@@ -90,32 +99,22 @@ def raised_floor(floor: float | None, *moments: float | None) -> float | None:
 
 
 def floor_after(time: TrustedTime, verdict: Verdict, leeway: float = DEFAULT_LEEWAY_SECONDS) -> float | None:
-    """The floor after a scan: the clock reading, and the ``iat`` of a genuine voucher.
+    """The floor after a scan: the synchronised clock's reading, and the ``iat`` of a genuine voucher.
 
     A voucher's ``iat`` counts only when the scan had a time to trust: with nothing to
     trust, an old voucher shown first would otherwise vouch for its own validity. With a
-    trusted clock an ``iat`` raises the floor at most to ``clock + leeway``, so a voucher
-    issued in the future cannot push the floor ahead of the real time; behind the floor it
-    counts as it is (see the module docstring).
+    synchronised clock an ``iat`` raises the floor at most to ``clock + leeway``, so a voucher
+    issued in the future cannot push the floor ahead of the real time; with a clock the system
+    does not call synchronised it counts in full (see the module docstring).
     """
     if time.state is ClockState.UNTRUSTED:
         return time.floor
     issued_at: float | None = None
     if is_genuine(verdict) and verdict.voucher:
         issued_at = verdict.voucher.issued_at
-        if _clock_vouches(time, leeway):
+        if time.synchronised:
             issued_at = min(issued_at, time.clock + leeway)
-    return raised_floor(time.floor, time.clock, issued_at)
-
-
-def _clock_vouches(time: TrustedTime, leeway: float) -> bool:
-    """Whether the clock bounds an ``iat``: it is trusted, or behind the floor by no more than the
-    leeway. A capped ``iat`` itself leaves the clock up to ``leeway`` behind the floor; were that
-    "behind the floor", a second future voucher shown right after the first would count in full."""
-    if time.state is ClockState.TRUSTED:
-        return True
-    believable = time.clock >= EARLIEST_BELIEVABLE_TIME
-    return believable and time.floor is not None and time.clock + leeway >= time.floor
+    return raised_floor(time.floor, clock_evidence(time), issued_at)
 
 
 def is_genuine(verdict: Verdict) -> bool:
@@ -166,6 +165,13 @@ def judge(
 def keys_in_force(keys: Iterable[VerificationKey], now: float | None) -> bool:
     """Whether any key may still sign at ``now``: a key set all past its window is stale."""
     return now is not None and any(key.is_valid_at(now) for key in keys)
+
+
+def keyset_is_stale(valid_until: float | None, now: float | None) -> bool:
+    """Whether the key set is past the ``valid_until`` its last sync gave (``None``: a key set
+    seeded from the ``keyset`` file, which says nothing of its freshness). The counter keeps
+    verifying with a stale key set; it only says it needs a sync."""
+    return valid_until is not None and now is not None and now > valid_until
 
 
 def describe(voucher: Voucher | None) -> dict[str, str | None]:

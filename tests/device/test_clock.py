@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -10,9 +11,14 @@ from shopcardd_device.counter import Counter
 from shopcardd_device.policy import ClockState
 from shopcardd_voucher import KeySet, Reason
 
-from .conftest import Keys, Mint, WriteConfig
+from .conftest import Keys, Mint, WriteConfig, device_command
 
 DAY = 86_400.0
+
+
+def ntp_synchronised() -> bool:
+    """The system says the clock is synchronised (NTP reached)."""
+    return True
 
 
 class Clock:
@@ -71,7 +77,7 @@ def test_a_genuine_voucher_issued_days_ahead_does_not_brick_the_counter(
 ) -> None:
     real = time.time()
     clock = Clock(real)
-    with Counter.open(config, clock=clock) as counter:
+    with Counter.open(config, clock=clock, synchronised=ntp_synchronised) as counter:
         ahead = mint(merchant="m-other", now=real + 2 * DAY)  # genuinely signed, iat two days ahead
         assert counter.scan(ahead).reason is Reason.WRONG_MERCHANT
         assert counter.ledger.time_floor <= real + config.leeway_seconds  # at most the grace ahead
@@ -79,7 +85,7 @@ def test_a_genuine_voucher_issued_days_ahead_does_not_brick_the_counter(
         assert counter.scan(mint(merchant="m-other", now=real + 3 * DAY)).reason is Reason.WRONG_MERCHANT
         assert counter.ledger.time_floor <= real + config.leeway_seconds  # a second one right after
     clock.now = real + 120
-    with Counter.open(config, clock=clock) as counter:  # nor after a restart
+    with Counter.open(config, clock=clock, synchronised=ntp_synchronised) as counter:  # nor after a restart
         assert counter.time().state is ClockState.TRUSTED
         assert counter.scan(mint(now=real, ttl=600)).reason is Reason.ACCEPTED
 
@@ -121,3 +127,46 @@ def test_a_key_set_past_its_window_shows_amber_but_still_verifies_what_it_signed
         assert counter.health().is_degraded  # no key may sign any more: time to sync
         assert counter.scan(mint(now=real - 2 * DAY, ttl=int(4 * DAY))).reason is Reason.ACCEPTED
         assert counter.scan(mint()).reason is Reason.UNKNOWN_KEY  # signed after the key was retired
+
+
+def unsynchronised() -> bool:
+    """What the system says after an offline boot: the clock was restored, not synchronised."""
+    return False
+
+
+def test_after_days_off_a_fresh_voucher_lifts_the_floor_in_full_and_what_expired_meanwhile_is_refused(
+    config: DeviceConfig, mint: Mint
+) -> None:
+    real = time.time()
+    shutdown = real - 5 * DAY
+    clock = Clock(shutdown)
+    with Counter.open(config, clock=clock, synchronised=ntp_synchronised) as counter:  # its last day on
+        assert counter.ledger.time_floor == shutdown
+    # Five days off; fake-hwclock restores the shutdown time and there is no network yet.
+    lapsed = mint(now=real - 3 * DAY, ttl=int(DAY))  # expired two days ago: valid by the restored clock
+    with Counter.open(config, clock=clock, synchronised=unsynchronised) as counter:
+        assert counter.time().state is ClockState.TRUSTED  # believable, and not behind the floor
+        assert counter.scan(mint(now=real)).reason is Reason.ACCEPTED
+        assert counter.ledger.time_floor == int(real)  # the fresh voucher's iat, in full
+        assert counter.scan(lapsed).reason is Reason.EXPIRED
+        clock.now = shutdown + 3600  # an hour of the wrong clock later: still no evidence
+        assert counter.ledger.time_floor == int(real)
+
+
+def test_a_key_set_past_its_valid_until_is_stale_shows_amber_and_still_verifies(
+    config: DeviceConfig, mint: Mint, keys: Keys
+) -> None:
+    real = time.time()
+    with Counter.open(config) as counter:
+        assert not counter.health().keyset_stale  # seeded from the keyset file: no date to be past
+        counter.ledger.store_keyset(
+            KeySet.load(keys.jwks), real, issued_at=real - 8 * DAY, valid_until=real - DAY
+        )
+        assert counter.scan(mint()).reason is Reason.ACCEPTED
+        health = counter.health()
+        assert health.keyset_stale and health.is_degraded  # steady amber: sync the device
+    assert config.source_file is not None
+    status = json.loads(device_command("status", "--config", config.source_file, "--json").stdout)
+    assert status["keyset"] == {"issued_at": real - 8 * DAY, "valid_until": real - DAY, "stale": True}
+    assert status["degraded"] is True
+    assert "STALE: sync the device" in device_command("status", "--config", config.source_file).stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.counter import Counter
 from shopcardd_device.errors import DeviceError, LedgerError
-from shopcardd_device.ledger import Ledger
+from shopcardd_device.ledger import SCHEMA, BackendVerdict, Ledger, SyncRecord
 from shopcardd_voucher import KeySet, Reason
 
 from .conftest import Keys, Mint
@@ -116,21 +117,61 @@ def test_the_key_set_in_force_is_stored(config: DeviceConfig, keys: Keys) -> Non
         assert not counter.ledger.store_keyset(KeySet.load(keys.jwks), time.time())  # unchanged
 
 
-def test_unsynced_rows_are_listed_marked_and_pruned_after_expiry(config: DeviceConfig, mint: Mint) -> None:
+def answer(
+    ledger: Ledger, keys: KeySet, server_time: float, *verdicts: BackendVerdict, through: int | None = None
+) -> SyncRecord:
+    """What a sync at ``server_time`` would bring: ``verdicts`` for the batch up to ``through``."""
+    return SyncRecord(
+        uploaded_through=ledger.last_seq if through is None else through,
+        verdicts=verdicts,
+        keys=keys,
+        keys_issued_at=server_time,
+        keys_valid_until=server_time + 7 * 86_400,
+        revoked_vouchers=[],
+        revoked_deals=[],
+        revocations_watermark=None,
+        peers={},
+        server_time=server_time,
+    )
+
+
+def test_synced_rows_go_only_when_the_server_time_says_their_voucher_expired(
+    config: DeviceConfig, mint: Mint
+) -> None:
     with Counter.open(config) as counter:
-        ledger = counter.ledger
+        ledger, keys = counter.ledger, counter.keys
         counter.scan(mint(ttl=60))
         counter.scan("junk")
-        assert ledger.unsynced_count() == 2
-        [redemption] = ledger.redemptions(unsynced_only=True)
-        [rejection] = ledger.rejections(unsynced_only=True)
+        assert ledger.unsynced_count() == 1  # rejections stay on the device: the sync carries redemptions
+        [redemption] = ledger.to_upload(limit=10)
         now = time.time()
-        assert ledger.prune(now + 3600, 60) == 0  # expired but not synced: kept
-        ledger.mark_synced(redemptions=[redemption.voucher_id], rejections=[rejection.id], at=now)
-        assert ledger.unsynced_count() == 0
-        assert ledger.prune(now, 60) == 0  # synced but the voucher is still valid: kept
-        assert ledger.prune(now + 3600, 60) == 1
+        ledger.apply_sync(answer(ledger, keys, now, through=0), 60)  # a sync that confirmed nothing
+        assert ledger.unsynced_count() == 1 and ledger.accepted_count() == 1  # expired but not synced: kept
+        ok = BackendVerdict(redemption.voucher_id, "ok")
+        assert ledger.apply_sync(answer(ledger, keys, now, ok), 60) == 0  # still valid: kept
+        assert ledger.unsynced_count() == 0 and ledger.to_upload(limit=10) == []
+        assert ledger.redemptions()[0].backend_status == "ok"
+        assert ledger.apply_sync(answer(ledger, keys, now + 3600), 60) == 1  # expired by the server's time
         assert ledger.accepted_count() == 0
+        # the floor never goes below the expiry of a redemption let go, whatever a later sync says
+        ledger.apply_sync(answer(ledger, keys, now - 86_400), 60)
+        assert ledger.time_floor is not None and ledger.time_floor >= redemption.expires_at + 60
+
+
+def test_a_version_1_ledger_is_migrated_in_place_with_its_redemptions_numbered(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(SCHEMA)
+        db.executemany(
+            "INSERT INTO redemptions (voucher_id, nonce, device_id, redeemed_at, clock_at, deal, user,"
+            " merchant, expires_at) VALUES (?, ?, 'c', ?, 0, 'd', 'u', 'm', 0)",
+            [("v-late", "n1", 20.0), ("v-early", "n2", 10.0)],
+        )
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+    with Ledger(path) as ledger:
+        assert [(r.voucher_id, r.seq) for r in ledger.to_upload(limit=10)] == [("v-early", 1), ("v-late", 2)]
+        assert ledger.last_seq == 2 and ledger.unsynced_count() == 2 and ledger.peers() == {}
 
 
 def test_the_ledger_file_is_plain_sqlite_with_a_unique_voucher_key(config: DeviceConfig, mint: Mint) -> None:
@@ -140,7 +181,8 @@ def test_the_ledger_file_is_plain_sqlite_with_a_unique_voucher_key(config: Devic
     voucher_id = db.execute("SELECT voucher_id FROM redemptions").fetchone()[0]
     with pytest.raises(sqlite3.IntegrityError):
         db.execute(
-            "INSERT INTO redemptions VALUES (?, 'n', 'd', 0, 0, 'd', 'u', 'm', 0, 'accepted', NULL)",
+            "INSERT INTO redemptions (voucher_id, nonce, device_id, redeemed_at, clock_at, deal, user,"
+            " merchant, expires_at, seq) VALUES (?, 'n', 'd', 0, 0, 'd', 'u', 'm', 0, 99)",
             (voucher_id,),
         )
     db.close()

@@ -101,22 +101,40 @@ def test_trusted_time_is_the_clock_unless_it_is_behind_the_floor() -> None:
     assert trusted_time(EARLIEST_BELIEVABLE_TIME + 1, None).state is ClockState.TRUSTED
 
 
-def test_the_floor_rises_with_clock_readings_and_genuine_iat_but_never_falls(keys: Keys, mint: Mint) -> None:
+def test_the_floor_rises_with_synchronised_clock_readings_and_genuine_iat_but_never_falls(
+    keys: Keys, mint: Mint
+) -> None:
     token = mint(now=NOW + 30)  # the backend's clock a little ahead of ours
     verdict = judge(keys, token)
-    assert policy.floor_after(trusted_time(NOW, NOW - DAY), verdict) == int(NOW + 30)
-    assert policy.floor_after(trusted_time(NOW - DAY, NOW), Verdict(Reason.BAD_FORMAT)) == NOW
+    assert policy.floor_after(trusted_time(NOW, NOW - DAY, True), verdict) == int(NOW + 30)
+    assert policy.floor_after(trusted_time(NOW - DAY, NOW, True), Verdict(Reason.BAD_FORMAT)) == NOW
     forged = judge(keys, mint(key=keys.forger, now=NOW + DAY))
-    assert policy.floor_after(trusted_time(NOW, None), forged) == NOW  # a forged iat proves nothing
+    assert policy.floor_after(trusted_time(NOW, None, True), forged) == NOW  # a forged iat proves nothing
 
 
-def test_with_a_trusted_clock_a_future_iat_raises_the_floor_at_most_by_the_leeway(
+def test_an_unsynchronised_clock_is_no_evidence_of_the_time(keys: Keys, mint: Mint) -> None:
+    """A clock restored days behind at boot, or set far ahead by hand, moves no floor."""
+    bad = Verdict(Reason.BAD_FORMAT)
+    assert policy.floor_after(trusted_time(NOW, None), bad) is None
+    assert policy.floor_after(trusted_time(NOW + 30 * DAY, NOW), bad) == NOW
+    assert policy.floor_after(trusted_time(NOW + 30 * DAY, NOW, True), bad) == NOW + 30 * DAY
+
+
+def test_with_a_synchronised_clock_a_future_iat_raises_the_floor_at_most_by_the_leeway(
     keys: Keys, mint: Mint
 ) -> None:
     ahead = judge(keys, mint(merchant="m-other", now=NOW + 2 * DAY))
     assert ahead.reason is Reason.WRONG_MERCHANT  # genuine, but two days ahead
-    assert policy.floor_after(trusted_time(NOW, NOW - DAY), ahead, 60) == NOW + 60
-    assert policy.floor_after(trusted_time(NOW - 3 * DAY, NOW - DAY), ahead, 60) == int(NOW + 2 * DAY)
+    assert policy.floor_after(trusted_time(NOW, NOW - DAY, True), ahead, 60) == NOW + 60
+    assert policy.floor_after(trusted_time(NOW - 3 * DAY, NOW - DAY, True), ahead, 60) == NOW - DAY
+
+
+def test_with_an_unsynchronised_clock_a_genuine_iat_counts_in_full(keys: Keys, mint: Mint) -> None:
+    """After an offline boot the clock reads what fake-hwclock saved: a fresh voucher is the best
+    evidence of the time there is (a floor it pushes ahead is set right by the next sync)."""
+    fresh = judge(keys, mint(now=NOW + 3 * DAY))
+    assert policy.floor_after(trusted_time(NOW, NOW - DAY), fresh, 60) == int(NOW + 3 * DAY)
+    assert policy.floor_after(trusted_time(NOW - 3 * DAY, NOW - DAY), fresh, 60) == int(NOW + 3 * DAY)
 
 
 def test_with_nothing_to_trust_a_genuine_voucher_is_clock_untrusted_and_raises_no_floor(

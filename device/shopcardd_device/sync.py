@@ -1,0 +1,374 @@
+"""``shopcardd-device sync``: one sync with the backend, then exit (a systemd timer runs it).
+
+The wire contract is docs/backend-api.md, "Devices". Each request carries a new device token
+signed with the device key (``shopcardd_voucher.device_auth``). Redemptions go up in batches
+after the ledger's upload watermark; each answer (the backend's verdict per redemption, the
+key set, revocations, peers, the server's time) is written to the ledger in one transaction
+(``Ledger.apply_sync``) before the next batch is sent. So a sync cut off anywhere resumes, on
+the next try or the next run, where the last confirmed batch ended; a batch whose answer was
+lost is sent again, which the backend makes harmless (it keeps the first upload).
+
+A failure that may pass (no connection, a timeout, 408/429/5xx) is retried with a growing
+pause (``Retry-After`` when the backend gives one); a refusal (401, 403, 422, an answer that
+is no sync answer) is final and ends the run at once. Either way what was confirmed stays,
+and nothing a failed sync does changes a verdict the counter has given: the backend's
+verdict is kept beside the counter's.
+
+The scan loop never waits on this: it is another process, and it holds the ledger's write
+lock only for the short transaction that applies one answer.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import requests
+
+from shopcardd_voucher import InvalidKeyError, KeySet, SigningKey
+from shopcardd_voucher.device_auth import make_device_token
+
+from .closing import Closing
+from .config import DeviceConfig
+from .errors import ConfigError, DeviceError
+from .ledger import BackendVerdict, Ledger, Redemption, SyncRecord
+from .log import event, get_logger
+
+SYNC_PATH: Final = "/v1/devices/sync"
+MAX_BATCH: Final = 500
+"""The most redemptions the backend takes in one request."""
+TRIES: Final = 6
+"""Tries of one request before the run gives up (5 pauses: 1, 2, 4, 8, 16 s, each up to 25 % more)."""
+FIRST_PAUSE_SECONDS: Final = 1.0
+MAX_PAUSE_SECONDS: Final = 60.0
+TRANSIENT_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
+CLOCK_SKEW_SECONDS: Final = 30.0
+"""A backend ``Date`` further than this from the device's clock: sign tokens by the backend's time."""
+
+log = get_logger("sync")
+Clock = Callable[[], float]
+Sleep = Callable[[float], object]
+
+
+class SyncFailed(DeviceError, RuntimeError):
+    """The backend could not be reached or refused the sync (exit 1); the message says why."""
+
+
+class _WatermarkRefused(SyncFailed):
+    """The backend did not give the revocation watermark sent (restored from a backup, another
+    backend): start over from ``null``, as the contract says."""
+
+
+class _Transient(Exception):
+    """A failure worth another try; ``retry_after`` is the backend's word on when, if it gave one."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+@dataclass
+class SyncReport:
+    """What one run did, for the command's summary line and the log."""
+
+    uploaded: int = 0
+    conflicts: int = 0
+    revoked: int = 0
+    requests: int = 0
+    retries: int = 0
+    let_go: int = 0
+    kids: list[str] = field(default_factory=list)
+    keys_valid_until: float | None = None
+    peers: int = 0
+    server_time: float | None = None
+
+
+def load_device_key(config: DeviceConfig) -> SigningKey:
+    """The device's Ed25519 key (``device_key``); any problem is a configuration error (exit 2)."""
+    if config.backend_url is None:
+        raise ConfigError("backend_url: not set; sync needs the backend's URL (shopcardd-provision enroll)")
+    if config.device_key is None:
+        raise ConfigError("device_key: not set; sync signs its requests with the device's key from enrolment")
+    try:
+        key = SigningKey.load(config.device_id, config.device_key)
+    except OSError as exc:
+        raise ConfigError(f"device_key: cannot read {config.device_key}: {exc.strerror}") from None
+    except InvalidKeyError as exc:
+        raise ConfigError(f"device_key: {config.device_key}: {exc}") from None
+    if key.alg != "EdDSA":
+        raise ConfigError(f"device_key: {config.device_key} is a {key.alg} key; a device key is Ed25519")
+    return key
+
+
+class BackendClient(Closing):
+    """``POST /v1/devices/sync`` over one keep-alive session, a new device token per request.
+
+    Tokens are dated by the device's clock, unless the backend's ``Date`` header says that clock
+    is off (a Pi booted days behind): then by the backend's time, so a sync can still happen
+    and set the time floor right. The ``Date`` header only dates tokens; it never moves the floor.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        key: SigningKey,
+        *,
+        timeout: float,
+        clock: Clock = time.time,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.key, self.timeout, self.clock = key, timeout, clock
+        self.session = session or requests.Session()
+        self.offset = 0.0
+        """Seconds to add to the device's clock to get the backend's (0 while they agree)."""
+
+    def close(self) -> None:
+        self.session.close()
+
+    def sync(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One sync request; its JSON answer. ``_Transient`` for what may pass, ``SyncFailed`` else."""
+        token = make_device_token(self.key, self.url, now=self.clock() + self.offset)
+        try:
+            response = self.session.post(
+                self.url + SYNC_PATH,
+                json=body,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise _Transient(f"cannot reach the backend at {self.url} ({_reason(exc)})") from None
+        clock_was_off = self._learn_offset(response)
+        if response.status_code == 200:
+            try:
+                answer = response.json()
+            except ValueError:
+                raise SyncFailed(
+                    f"{self.url}{SYNC_PATH} answered 200 without JSON: is it a ShopCardd backend?"
+                ) from None
+            if not isinstance(answer, dict):
+                raise SyncFailed(f"{self.url}{SYNC_PATH} did not answer with a sync answer")
+            return answer
+        detail = _detail(response)
+        if response.status_code == 401 and clock_was_off:
+            raise _Transient(f"the device's clock is off; dating the token by the backend's ({detail})", 0.0)
+        if response.status_code == 422 and "revocations_after" in detail:
+            raise _WatermarkRefused(detail)
+        if response.status_code in TRANSIENT_STATUSES:
+            raise _Transient(
+                f"the backend answered HTTP {response.status_code}: {detail}", _retry_after(response)
+            )
+        raise SyncFailed(f"the backend refused the sync (HTTP {response.status_code}): {detail}")
+
+    def _learn_offset(self, response: requests.Response) -> bool:
+        """Note how far the backend's ``Date`` is from the device's clock; whether that changed the
+        dating of tokens (then a refused token is worth one more try)."""
+        try:
+            date = email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            return False
+        offset = date - self.clock()
+        offset = offset if abs(offset) > CLOCK_SKEW_SECONDS else 0.0
+        changed = abs(offset - self.offset) > CLOCK_SKEW_SECONDS
+        self.offset = offset
+        return changed
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """The useful end of a requests error (urllib3 nests its reasons)."""
+    text = str(exc)
+    return (text.split(": ")[-1] if text else type(exc).__name__)[:200].strip("()'\" ")
+
+
+def _detail(response: requests.Response) -> str:
+    """The problem document's ``detail``, else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200].strip() or response.reason or "no detail"
+    return str(body.get("detail", body))[:300] if isinstance(body, dict) else str(body)[:300]
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else None
+
+
+def _rfc3339(moment: float) -> str:
+    """``2026-12-01T13:05:09.123Z`` (the contract's form; ``time.strftime`` is the quick way)."""
+    millis = int(moment * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{millis:03d}Z"
+
+
+def _moment(text: Any) -> float:
+    if not isinstance(text, str):
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    return datetime.fromisoformat(text).timestamp()
+
+
+IDENTIFIER: Final = re.compile(r"[\x21-\x7e]{1,64}")
+"""An id as the backend takes it: 1 to 64 printable ASCII characters."""
+
+
+def _upload(redemption: Redemption) -> dict[str, Any]:
+    upload: dict[str, Any] = {
+        "voucher_id": redemption.voucher_id,
+        "deal_id": redemption.deal,
+        "redeemed_at": _rfc3339(redemption.redeemed_at),
+        "expires_at": _rfc3339(redemption.expires_at),
+    }
+    if IDENTIFIER.fullmatch(redemption.user):
+        upload["user_id"] = redemption.user
+    return upload
+
+
+def read_answer(answer: dict[str, Any], batch: list[Redemption], uploaded_through: int) -> SyncRecord:
+    """The ledger's record of one answer; ``SyncFailed`` for an answer that does not fit the batch."""
+    try:
+        results = answer["results"]
+        if [r["voucher_id"] for r in results] != [r.voucher_id for r in batch]:
+            raise ValueError("its results are not one per redemption sent, in order")
+        verdicts = [
+            BackendVerdict(
+                r["voucher_id"],
+                r["status"],
+                r.get("first_device_id"),
+                _moment(r["first_redeemed_at"]) if r.get("first_redeemed_at") else None,
+            )
+            for r in results
+        ]
+        if any(v.status not in ("ok", "conflict") for v in verdicts):
+            raise ValueError("a result's status is neither ok nor conflict")
+        keys = KeySet.from_jwks({"keys": answer["keys"]["keys"]})
+        if not len(keys):
+            raise ValueError("its key set is empty")
+        revocations = answer["revocations"]
+        return SyncRecord(
+            uploaded_through=uploaded_through,
+            verdicts=verdicts,
+            keys=keys,
+            keys_issued_at=_moment(answer["keys"]["issued_at"]),
+            keys_valid_until=_moment(answer["keys"]["valid_until"]),
+            revoked_vouchers=[str(v) for v in revocations["vouchers"]],
+            revoked_deals=[str(d) for d in revocations["deals"]],
+            revocations_watermark=revocations["watermark"],
+            peers={str(p["device_id"]): dict(p["public_key"]) for p in answer["peers"]},
+            server_time=_moment(answer["server_time"]),
+        )
+    except (KeyError, TypeError, ValueError, InvalidKeyError) as exc:
+        detail = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise SyncFailed(f"the backend's answer is not a sync answer ({detail})") from None
+
+
+class Syncer:
+    """One run of ``sync``: batches up until everything recorded before it began is confirmed."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        client: BackendClient,
+        *,
+        batch_size: int,
+        leeway: float,
+        sleep: Sleep = time.sleep,
+        tries: int = TRIES,
+    ) -> None:
+        self.ledger, self.client, self.sleep, self.tries = ledger, client, sleep, tries
+        self.batch_size = min(batch_size, MAX_BATCH)
+        self.leeway = leeway
+        self.report = SyncReport()
+
+    def run(self) -> SyncReport:
+        through = self.ledger.last_seq  # redemptions recorded during the run wait for the next one
+        more_revocations = True
+        while more_revocations or self.ledger.upload_watermark < through:
+            batch = self.ledger.to_upload(limit=self.batch_size, through=through)
+            # A short batch holds every row up to ``through``: gaps in seq need no later request.
+            confirmed = through if len(batch) < self.batch_size else batch[-1].seq
+            answer = self._request(batch)
+            record = read_answer(answer, batch, confirmed)
+            self.report.let_go += self.ledger.apply_sync(record, self.leeway)
+            more_revocations = bool(answer["revocations"].get("more"))
+            self._note(record)
+        return self.report
+
+    def _request(self, batch: list[Redemption]) -> dict[str, Any]:
+        """Send one batch; a revocation watermark the backend refuses is dropped (all revocations
+        come again, which changes nothing already stored)."""
+        body = {
+            "redemptions": [_upload(r) for r in batch],
+            "revocations_after": self.ledger.revocations_watermark,
+        }
+        try:
+            return self._send(body)
+        except _WatermarkRefused as exc:
+            event(log, "sync_watermark_refused", logging.WARNING, error=str(exc))
+            return self._send({**body, "revocations_after": None})
+
+    def _send(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Send one request, trying again after a growing pause while the failure may pass."""
+        pause = FIRST_PAUSE_SECONDS
+        for attempt in range(1, self.tries + 1):
+            self.report.requests += 1
+            try:
+                return self.client.sync(body)
+            except _Transient as exc:
+                if attempt == self.tries:
+                    raise SyncFailed(f"{exc} (gave up after {self.tries} tries)") from None
+                wait = exc.retry_after if exc.retry_after is not None else pause * random.uniform(1, 1.25)
+                wait = min(wait, MAX_PAUSE_SECONDS)
+                self.report.retries += 1
+                event(
+                    log, "sync_retry", logging.WARNING, error=str(exc), attempt=attempt, pause=round(wait, 2)
+                )
+                self.sleep(wait)
+                pause = min(pause * 2, MAX_PAUSE_SECONDS)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _note(self, record: SyncRecord) -> None:
+        conflicts = sum(v.status == "conflict" for v in record.verdicts)
+        report = self.report
+        report.uploaded += len(record.verdicts)
+        report.conflicts += conflicts
+        report.revoked += len(record.revoked_vouchers) + len(record.revoked_deals)
+        report.kids = record.keys.kids
+        report.keys_valid_until = record.keys_valid_until
+        report.peers = len(record.peers)
+        report.server_time = record.server_time
+        event(
+            log,
+            "sync_batch",
+            logging.WARNING if conflicts else logging.INFO,
+            redemptions=len(record.verdicts),
+            conflicts=conflicts,
+            revocations=len(record.revoked_vouchers) + len(record.revoked_deals),
+            uploaded_through=record.uploaded_through,
+            server_time=_rfc3339(record.server_time),
+        )
+
+
+def sync(
+    config: DeviceConfig,
+    ledger: Ledger,
+    *,
+    clock: Clock = time.time,
+    sleep: Sleep = time.sleep,
+    session: requests.Session | None = None,
+) -> SyncReport:
+    """One sync of ``ledger`` with ``config``'s backend (``SyncFailed``: exit 1)."""
+    key = load_device_key(config)
+    assert config.backend_url is not None  # load_device_key refused a config without it
+    with BackendClient(
+        config.backend_url, key, timeout=config.sync.timeout_seconds, clock=clock, session=session
+    ) as client:
+        syncer = Syncer(
+            ledger, client, batch_size=config.sync.batch_size, leeway=config.leeway_seconds, sleep=sleep
+        )
+        return syncer.run()

@@ -1,0 +1,329 @@
+"""``shopcardd-device sync`` against a served backend: real HTTP on loopback, no mock of the backend.
+
+One ``shopcardd-backend serve`` (embedded profile) for the module; each test registers a merchant
+of its own, enrols its counters with ``shopcardd-provision enroll``'s code and signs vouchers
+with the backend's own signing key (what a claim would give, without the claim).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from servers import DroppingProxy
+from shopcardd_backend.stores.sqlite import SqliteDocumentStore
+from shopcardd_bench.claims import backend_command, running_backend
+from shopcardd_bench.sync import enrol_counter, fill_ledger
+from shopcardd_device import cli
+from shopcardd_device.config import DeviceConfig
+from shopcardd_device.counter import Counter
+from shopcardd_device.policy import ClockState
+from shopcardd_device.sync import BackendClient, Syncer, SyncFailed, load_device_key, sync
+from shopcardd_provision.keys import keygen
+from shopcardd_voucher import KeySet, Reason, SigningKey, issue
+
+from .conftest import device_command, start_device
+
+DAY = 86_400.0
+_numbers = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    env: dict[str, str]
+    data: Path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("backend")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPCARDD_")}
+    env["SHOPCARDD_DATA_DIR"] = str(folder / "data")
+    with running_backend(env, folder / "serve.log") as backend:
+        yield Served(backend.url, env, folder / "data")
+
+
+class Clock:
+    """The device's clock, settable by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def unsynchronised() -> bool:
+    """What a Pi says after an offline boot (and what this container's kernel says too)."""
+    return False
+
+
+@dataclass
+class Shop:
+    """One merchant of the served backend, with its API key, its counters and the signing key."""
+
+    served: Served
+    merchant: str
+    api_key: str
+    folder: Path
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.served.data / "keys"
+
+    def signing_key(self, kid: str | None = None) -> SigningKey:
+        kid = kid or KeySet.load(self.keys_dir / "jwks.json").kids[0]
+        return SigningKey.load(kid, self.keys_dir / f"{kid}.private.pem")
+
+    def enrol(self, name: str) -> DeviceConfig:
+        device = f"{self.merchant}-{name}"
+        return DeviceConfig.load(
+            enrol_counter(self.served.url, self.api_key, device, self.folder / name, self.merchant)
+        )
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = requests.request(
+            method, self.served.url + path, json=body, headers={"X-API-Key": self.api_key}, timeout=30
+        )
+        assert response.status_code < 300, response.text
+        return response.json()
+
+    def deal(self) -> str:
+        body = {"title": "Flat white", "stock": 100, "per_user_limit": 5, "voucher_ttl_seconds": 3600}
+        return str(self.call("POST", "/v1/deals", body)["deal_id"])
+
+    def voucher(self, deal: str, *, now: float | None = None, ttl: int = 3600, kid: str | None = None) -> str:
+        return issue(self.signing_key(kid), deal=deal, merchant=self.merchant, user="u-ada", ttl=ttl, now=now)
+
+
+@pytest.fixture
+def shop(served: Served, tmp_path: Path) -> Shop:
+    merchant = f"cafe-{next(_numbers)}-{os.getpid()}"
+    created = backend_command(served.env, "merchant", "create", "--merchant", merchant)
+    return Shop(served, merchant, created.strip().splitlines()[-1], tmp_path)
+
+
+def voucher_id(counter: Counter, token: str) -> str:
+    verdict = counter.judge(token, counter.time())
+    assert verdict.voucher is not None
+    return verdict.voucher.voucher_id
+
+
+def no_pause(seconds: float) -> None:
+    """The backoff's sleep, skipped: what is tested is where a sync resumes, not how long it waits."""
+
+
+def test_two_offline_counters_both_accept_a_voucher_and_each_ledger_holds_the_backends_verdict(
+    shop: Shop,
+) -> None:
+    till_a, till_b = shop.enrol("till-a"), shop.enrol("till-b")
+    token = shop.voucher(shop.deal())
+    with Counter.open(till_a) as a, Counter.open(till_b) as b:  # no network: each judges alone
+        assert a.scan(token).reason is Reason.ACCEPTED
+        assert b.scan(token).reason is Reason.ACCEPTED
+        redeemed_at_a = a.ledger.redemptions()[0].redeemed_at
+        report = sync(till_a, a.ledger)
+        assert (report.uploaded, report.conflicts) == (1, 0)
+    done = device_command("sync", "--config", till_b.source_file)  # the command a systemd timer runs
+    assert done.returncode == 0, done.stderr
+    assert "1 redemption up (1 conflict)" in done.stdout
+
+    [conflict] = shop.call("GET", f"/v1/merchants/{shop.merchant}/conflicts")["conflicts"]
+    assert [r["device_id"] for r in conflict["redemptions"]] == [till_a.device_id, till_b.device_id]
+    with Counter.open(till_a) as a, Counter.open(till_b) as b:
+        [mine] = a.ledger.redemptions()
+        assert (mine.backend_status, mine.first_device_id) == ("ok", None)
+        [theirs] = b.ledger.redemptions()
+        assert (theirs.backend_status, theirs.first_device_id) == ("conflict", till_a.device_id)
+        assert theirs.first_redeemed_at == pytest.approx(redeemed_at_a, abs=1)  # the backend keeps seconds
+        assert theirs.result == "accepted"  # the verdict the counter gave is never changed
+        assert a.ledger.peers().keys() == {till_b.device_id}  # the merchant's other counter, with its key
+        assert b.ledger.unsynced_count() == 0
+
+    status = json.loads(device_command("status", "--config", till_b.source_file, "--json").stdout)
+    assert status["conflict_count"] == 1 and status["unsynced"] == 0
+    assert status["conflicts"][0]["voucher_id"] == conflict["voucher_id"]
+    assert status["conflicts"][0]["first_device_id"] == till_a.device_id
+    assert status["keyset"]["stale"] is False and status["keyset"]["valid_until"] > time.time()
+    assert status["peers"] == [till_a.device_id]
+    text = device_command("status", "--config", till_b.source_file).stdout
+    assert "conflicts  1" in text and f"first at {till_a.device_id}" in text
+
+
+def test_10000_redemptions_over_a_connection_that_keeps_dropping_are_stored_exactly_once(
+    shop: Shop, served: Served
+) -> None:
+    config = shop.enrol("till-bulk")
+    fill_ledger(config.ledger_path, 10_000, merchant=shop.merchant, deal="d-bulk", now=time.time())
+    host, port = served.url.removeprefix("http://").split(":")
+    with DroppingProxy((host, int(port)), every=4) as proxy, Counter.open(config) as counter:
+        flaky = replace(config, backend_url=proxy.url)
+        # a run that gives up at the first cut: what the backend confirmed stays confirmed
+        with (
+            BackendClient(proxy.url, load_device_key(flaky), timeout=10) as client,
+            pytest.raises(SyncFailed, match="cannot reach the backend"),
+        ):
+            Syncer(counter.ledger, client, batch_size=200, leeway=60, sleep=no_pause, tries=1).run()
+        confirmed = counter.ledger.upload_watermark
+        assert 0 < confirmed < 10_000 and counter.ledger.unsynced_count() == 10_000 - confirmed
+        report = sync(flaky, counter.ledger, sleep=no_pause)  # the next run resumes there
+        assert report.uploaded == 10_000 - confirmed and report.retries > 0
+        assert proxy.drops >= 10
+        assert counter.ledger.unsynced_count() == 0
+        assert {r.backend_status for r in counter.ledger.redemptions()} == {"ok"}
+        assert sync(flaky, counter.ledger, sleep=no_pause).uploaded == 0  # nothing left to send
+
+    with SqliteDocumentStore(served.data / "store.sqlite3") as store:
+        assert store.count_redemptions(shop.merchant) == 10_000
+
+
+def test_a_revoked_voucher_and_a_cancelled_deal_are_refused_after_sync(shop: Shop) -> None:
+    config = shop.enrol("till-1")
+    deal, recalled = shop.deal(), shop.deal()
+    revoked, fine, of_recalled = shop.voucher(deal), shop.voucher(deal), shop.voucher(recalled)
+    with Counter.open(config) as counter:
+        assert counter.scan(revoked, record=False).reason is Reason.ACCEPTED  # not revoked yet
+        shop.call("POST", f"/v1/vouchers/{voucher_id(counter, revoked)}/revoke", {"deal_id": deal})
+        shop.call("POST", f"/v1/deals/{recalled}/cancel")
+        assert sync(config, counter.ledger).revoked == 2
+        assert counter.scan(revoked).reason is Reason.REVOKED
+        assert counter.scan(of_recalled).reason is Reason.REVOKED
+        assert counter.scan(fine).reason is Reason.ACCEPTED
+        assert sync(config, counter.ledger).revoked == 0  # the watermark: each revocation comes once
+
+
+def test_a_counter_booted_30_days_behind_refuses_what_expired_and_a_sync_sets_the_floor_right(
+    shop: Shop,
+) -> None:
+    config, deal = shop.enrol("till-1"), shop.deal()
+    real = time.time()
+    clock = Clock(real)
+    with Counter.open(config, clock, synchronised=unsynchronised) as counter:
+        sync(config, counter.ledger, clock=clock)
+        assert counter.ledger.time_floor == pytest.approx(real, abs=5)
+    clock.now = real - 30 * DAY  # an offline boot: the clock restored a month behind, not synchronised
+    # valid by the wrong clock, expired in truth: issued 31 days ago for two days
+    lapsed = shop.voucher(deal, now=real - 31 * DAY, ttl=int(2 * DAY))
+    with Counter.open(config, clock, synchronised=unsynchronised) as counter:
+        assert counter.time().state is ClockState.BEHIND_FLOOR
+        assert counter.scan(lapsed).reason is Reason.EXPIRED
+        assert counter.scan(shop.voucher(deal)).reason is Reason.ACCEPTED
+        # the device token is dated by the backend's clock (its Date header), so the sync goes through
+        report = sync(config, counter.ledger, clock=clock, sleep=no_pause)
+        assert report.uploaded == 1
+        assert counter.ledger.time_floor == pytest.approx(time.time(), abs=5)
+        assert counter.ledger.last_sync == counter.ledger.time_floor
+        assert counter.scan(lapsed).reason is Reason.EXPIRED
+
+
+def test_a_clock_set_far_ahead_deletes_nothing_and_no_recovery_revives_a_redeemed_voucher(
+    shop: Shop,
+) -> None:
+    config, deal = shop.enrol("till-1"), shop.deal()
+    real = time.time()
+    clock = Clock(real)
+    redeemed = shop.voucher(deal, ttl=600)
+    with Counter.open(config, clock, synchronised=unsynchronised) as counter:
+        assert counter.scan(redeemed).reason is Reason.ACCEPTED
+        sync(config, counter.ledger, clock=clock)  # synced: a row the old start-up pruning could delete
+    clock.now = real + 365 * DAY  # set a year ahead by hand: not synchronised, so no evidence
+    with Counter.open(config, clock, synchronised=unsynchronised) as counter:
+        assert counter.ledger.time_floor == pytest.approx(real, abs=5)
+        assert counter.ledger.accepted_count() == 1
+    # Worse: the system calls that clock synchronised (a bad time server): the floor follows it...
+    with Counter.open(config, clock, synchronised=lambda: True) as counter:
+        assert counter.ledger.time_floor == clock.now
+        assert counter.ledger.accepted_count() == 1  # ...but nothing is deleted on a clock's word
+    clock.now = real
+    with Counter.open(config, clock, synchronised=unsynchronised) as counter:
+        assert counter.scan(shop.voucher(deal)).reason is Reason.EXPIRED  # judged at the pushed floor
+        sync(config, counter.ledger, clock=clock)  # the recovery: the server's time sets the floor down
+        assert counter.ledger.time_floor == pytest.approx(time.time(), abs=5)
+        assert counter.scan(redeemed).reason is Reason.ALREADY_REDEEMED
+        assert counter.scan(shop.voucher(deal)).reason is Reason.ACCEPTED
+
+
+def test_a_running_scan_loop_verifies_with_the_key_set_sync_stored_without_a_restart(shop: Shop) -> None:
+    config, deal = shop.enrol("till-1"), shop.deal()
+    stranger = SigningKey.generate("k-old")  # the bundle's key set: a key the backend does not sign with
+    config.keyset.write_text(KeySet([stranger.verification_key()]).to_json())
+    assert config.source_file is not None
+    with config.source_file.open("a") as toml:
+        toml.write('\n[camera]\nsource = "keyboard"\npath = "-"\n\n[decoder]\ndebounce_seconds = 0\n')
+    loop = start_device("run", "--config", config.source_file)
+    try:
+        assert loop.stdin is not None and loop.stdout is not None
+
+        def show(token: str) -> str:
+            loop.stdin.write(token + "\n")  # type: ignore[union-attr]
+            loop.stdin.flush()  # type: ignore[union-attr]
+            return loop.stdout.readline().split()[0]  # type: ignore[union-attr]
+
+        assert show(shop.voucher(deal)) == "unknown_key"
+        done = device_command("sync", "--config", config.source_file)
+        assert done.returncode == 0, done.stderr
+        assert show(shop.voucher(deal)) == "accepted"
+    finally:
+        if loop.stdin:
+            loop.stdin.close()
+        assert loop.wait(timeout=30) == 0
+
+
+def test_key_rotation_end_to_end(shop: Shop) -> None:
+    """A key the backend publishes reaches the counter at the next sync; vouchers of the older key
+    stay valid meanwhile; a key the backend no longer publishes leaves the counter at the next sync."""
+    config, deal = shop.enrol("till-1"), shop.deal()
+    jwks = shop.keys_dir / "jwks.json"
+    published = jwks.read_text()
+    kid = f"kr{next(_numbers)}"
+    try:
+        keygen("EdDSA", kid, shop.keys_dir)  # step 1 of a rotation: publish first
+        with Counter.open(config) as counter:
+            assert counter.scan(shop.voucher(deal, kid=kid)).reason is Reason.UNKNOWN_KEY
+            sync(config, counter.ledger)
+            assert kid in counter.ledger.keyset()  # the counter takes it up at its next scan
+            assert counter.scan(shop.voucher(deal, kid=kid)).reason is Reason.ACCEPTED
+            assert counter.scan(shop.voucher(deal)).reason is Reason.ACCEPTED  # the older key still works
+            jwks.write_text(published)  # the backend stops publishing it
+            sync(config, counter.ledger)
+            assert kid not in counter.ledger.keyset()
+            assert counter.scan(shop.voucher(deal, kid=kid)).reason is Reason.UNKNOWN_KEY
+    finally:
+        jwks.write_text(published)
+        (shop.keys_dir / f"{kid}.private.pem").unlink(missing_ok=True)
+
+
+def test_sync_says_why_it_failed_in_one_line_and_exits_1_or_2(
+    shop: Shop, write_config: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unconfigured = device_command("sync", "--config", write_config())
+    assert unconfigured.returncode == 2
+    assert (
+        unconfigured.stderr.strip().splitlines()[-1].startswith("shopcardd-device sync: backend_url: not set")
+    )
+
+    config = shop.enrol("till-1")
+    shop.call("POST", f"/v1/devices/{config.device_id}/revoke")
+    refused = device_command("sync", "--config", config.source_file)
+    assert refused.returncode == 1
+    assert (
+        f"the backend refused the sync (HTTP 401): device {config.device_id!r} is revoked" in refused.stderr
+    )
+
+    monkeypatch.setattr("shopcardd_device.sync.FIRST_PAUSE_SECONDS", 0.001)
+    assert config.source_file is not None
+    toml = config.source_file.read_text().replace(shop.served.url, "http://127.0.0.1:9")  # nobody listens
+    config.source_file.write_text(toml)
+    assert cli.main(["sync", "--config", str(config.source_file)]) == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("shopcardd-device")]
+    assert "cannot reach the backend at http://127.0.0.1:9" in line and "gave up after 6 tries" in line
