@@ -73,7 +73,7 @@ def _backend_exe() -> str:
     return str(Path(sys.executable).with_name("shopcardd-backend"))
 
 
-def _backend(env: dict[str, str], *args: str) -> str:
+def backend_command(env: dict[str, str], *args: str) -> str:
     proc = subprocess.run([_backend_exe(), *args], env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"shopcardd-backend {args[0]} failed: {proc.stderr.strip()}")
@@ -194,8 +194,8 @@ def _measure(
     """Median claim figures, median baseline figures, and the median same-run ratio of the two."""
     from tqdm import tqdm
 
-    api_key = _backend(env, "merchant", "create", "--merchant", "bench").strip().splitlines()[-1]
-    tokens = _backend(env, "user-token", *(f"u{i}" for i in range(args.users))).split()
+    api_key = backend_command(env, "merchant", "create", "--merchant", "bench").strip().splitlines()[-1]
+    tokens = backend_command(env, "user-token", *(f"u{i}" for i in range(args.users))).split()
     runs: list[tuple[Figures, Figures]] = []
     started = time.perf_counter()
     with running_backend(env, folder / f"serve-{profile}.log") as backend:
