@@ -34,3 +34,17 @@ def test_the_device_benchmark_prints_a_table() -> None:
     for cell in cells[3:8]:  # each stage as median/p95, and the p95 is never below the median
         median, p95 = map(float, cell.split("/"))
         assert 0 < median <= p95
+
+
+def test_the_sync_benchmark_prints_a_table() -> None:
+    result = subprocess.run(
+        [str(BIN / "shopcardd-bench"), "sync", "--redemptions", "300", "--runs", "1", "--batch-size", "100"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()[1:3]
+    assert header.split() == ["redemptions", "batch", "requests", "seconds", "redemptions/s"]
+    redemptions, batch, requests, seconds, rate = row.split()
+    assert (redemptions, batch, requests) == ("300", "100", "3") and float(seconds) > 0 < float(rate)
