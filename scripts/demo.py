@@ -16,11 +16,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTERS = ["demo_voucher", "demo_device", "demo_backend"]
+CHAPTERS = ["demo_voucher", "demo_device", "demo_backend", "demo_sync"]
 
 BOLD, DIM, GREEN, RED, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m"
 
@@ -36,6 +37,12 @@ class Demo:
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     facts: dict[str, object] = field(default_factory=dict)
     """What one chapter hands to the next (key paths, a voucher, the backend's URL)."""
+    endings: list[Callable[[], None]] = field(default_factory=list)
+    """What to do after the last chapter, latest first (stop a server a later chapter used too)."""
+
+    def at_end(self, ending: Callable[[], None]) -> None:
+        """Run ``ending`` once every chapter is done, or one failed."""
+        self.endings.append(ending)
 
     def _paint(self, code: str, text: str) -> str:
         return f"{code}{text}{RESET}" if self.color else text
@@ -95,15 +102,38 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     sys.modules.setdefault("demo", sys.modules[__name__])  # chapters' DemoFailed is the one caught below
     started = time.monotonic()
+    try:
+        told_all = _chapters(demo)
+    finally:
+        ended = _end(demo)  # a server is stopped even when a chapter failed
+    if not (told_all and ended):
+        return 1
+    print(f"\nDemo finished in {time.monotonic() - started:.1f} s; everything it made is in {demo.out}")
+    return 0
+
+
+def _chapters(demo: Demo) -> bool:
+    """Tell every chapter in order; whether all did what they said."""
     for name in CHAPTERS:
         chapter = importlib.import_module(name)
         try:
             chapter.run(demo)
         except DemoFailed as exc:
             print(f"\ndemo failed in {name}: {exc}", file=sys.stderr)
-            return 1
-    print(f"\nDemo finished in {time.monotonic() - started:.1f} s; everything it made is in {demo.out}")
-    return 0
+            return False
+    return True
+
+
+def _end(demo: Demo) -> bool:
+    """Run the endings, latest first; whether every one did what it said."""
+    ok = True
+    while demo.endings:
+        try:
+            demo.endings.pop()()
+        except DemoFailed as exc:
+            print(f"\ndemo failed at its end: {exc}", file=sys.stderr)
+            ok = False
+    return ok
 
 
 if __name__ == "__main__":

@@ -138,79 +138,88 @@ def run(demo: Demo) -> None:
     url = f"http://127.0.0.1:{port}"
     log = demo.out / "backend.log"
     server = demo.spawn("shopcardd-backend", "serve", "--port", str(port), log=log)
-    try:
-        _wait_ready(url, server, log)
-        demo.ok(f"backend ready at {url} (GET /readyz ran the claim gate end to end)")
+    demo.at_end(lambda: _stop(demo, server, log))  # the sync chapter uses it too
+    _wait_ready(url, server, log)
+    demo.ok(f"backend ready at {url} (GET /readyz ran the claim gate end to end)")
 
-        created = demo.run("shopcardd-backend", "merchant", "create", "--merchant", "cafe-42")
-        api_key = created.stdout.strip().splitlines()[-1]
-        demo.say(f"The merchant starts a sale of {STOCK} vouchers, at most {LIMIT} per customer:")
-        body = {
-            "title": "Half-price flat white",
-            "stock": STOCK,
-            "per_user_limit": LIMIT,
-            "voucher_ttl_seconds": 3600,
-        }
-        demo.say(f"  POST /v1/deals  X-API-Key: {api_key[:8]}...  {json.dumps(body)}")
-        deal = httpx.post(f"{url}/v1/deals", json=body, headers={"X-API-Key": api_key}).json()
-        if "deal_id" not in deal:
-            raise DemoFailed(f"deal not created: {deal}")
-        demo.ok(f"deal {deal['deal_id']} created, stock_left {deal['stock_left']}")
+    created = demo.run("shopcardd-backend", "merchant", "create", "--merchant", "cafe-42")
+    api_key = created.stdout.strip().splitlines()[-1]
+    demo.say(f"The merchant starts a sale of {STOCK} vouchers, at most {LIMIT} per customer:")
+    body = {
+        "title": "Half-price flat white",
+        "stock": STOCK,
+        "per_user_limit": LIMIT,
+        "voucher_ttl_seconds": 3600,
+    }
+    demo.say(f"  POST /v1/deals  X-API-Key: {api_key[:8]}...  {json.dumps(body)}")
+    deal = httpx.post(f"{url}/v1/deals", json=body, headers={"X-API-Key": api_key}).json()
+    if "deal_id" not in deal:
+        raise DemoFailed(f"deal not created: {deal}")
+    demo.ok(f"deal {deal['deal_id']} created, stock_left {deal['stock_left']}")
 
-        users = [f"user{i:02d}" for i in range(USERS)]
-        minted = demo.run("shopcardd-backend", "user-token", *users, show=False).stdout.split()
-        tokens = dict(zip(users, minted, strict=True))
-        demo.say(f"  ({len(tokens)} bearer tokens, one per line, signed by the development identity key)")
-        greedy = _greedy_customer(demo, url, deal["deal_id"], users[0], tokens[users[0]])
-        demo.say(
-            f"Then the rush: {USERS} customers each claim {CLAIMS_PER_USER} times ({USERS * CLAIMS_PER_USER} "
-            f"claims, {IN_FLIGHT} in flight at once; {users[0]} tries again too):"
-        )
-        rush = asyncio.run(_flood(demo, url, deal["deal_id"], tokens))
-        refused = Counter(str(answer.get("code")) for _, _, status, answer in rush if status != 201)
-        demo.say(f"  {len(rush) - refused.total()} vouchers issued (201); refused: {_in_words(refused)}")
+    users = [f"user{i:02d}" for i in range(USERS)]
+    minted = demo.run("shopcardd-backend", "user-token", *users, show=False).stdout.split()
+    tokens = dict(zip(users, minted, strict=True))
+    demo.say(f"  ({len(tokens)} bearer tokens, one per line, signed by the development identity key)")
+    greedy = _greedy_customer(demo, url, deal["deal_id"], users[0], tokens[users[0]])
+    demo.say(
+        f"Then the rush: {USERS} customers each claim {CLAIMS_PER_USER} times ({USERS * CLAIMS_PER_USER} "
+        f"claims, {IN_FLIGHT} in flight at once; {users[0]} tries again too):"
+    )
+    rush = asyncio.run(_flood(demo, url, deal["deal_id"], tokens))
+    refused = Counter(str(answer.get("code")) for _, _, status, answer in rush if status != 201)
+    demo.say(f"  {len(rush) - refused.total()} vouchers issued (201); refused: {_in_words(refused)}")
 
-        results = greedy + rush
-        issued = [(user, key, answer) for user, key, status, answer in results if status == 201]
-        refused = Counter(str(answer.get("code")) for _, _, status, answer in results if status != 201)
-        per_user = Counter(user for user, _, _ in issued)
-        ids = {answer["voucher_id"] for _, _, answer in issued}
-        if len(issued) != STOCK or len(ids) != STOCK:
-            raise DemoFailed(
-                f"expected exactly {STOCK} distinct vouchers, got {len(issued)} ({len(ids)} ids)"
-            )
-        demo.ok(f"exactly the stock was issued: {STOCK} vouchers, {STOCK} distinct voucher ids")
-        if max(per_user.values()) > LIMIT or set(refused) - set(REFUSALS):
-            raise DemoFailed(f"limit broken or unexpected refusals: {per_user.most_common(3)} {refused}")
-        demo.ok(f"nobody exceeded the limit: at most {max(per_user.values())} vouchers per customer")
-        left = httpx.get(f"{url}/v1/deals/{deal['deal_id']}").json()["stock_left"]
-        demo.ok(f"GET /v1/deals/{deal['deal_id']} says stock_left {left}")
+    results = greedy + rush
+    issued = [(user, key, answer) for user, key, status, answer in results if status == 201]
+    refused = Counter(str(answer.get("code")) for _, _, status, answer in results if status != 201)
+    per_user = Counter(user for user, _, _ in issued)
+    ids = {answer["voucher_id"] for _, _, answer in issued}
+    if len(issued) != STOCK or len(ids) != STOCK:
+        raise DemoFailed(f"expected exactly {STOCK} distinct vouchers, got {len(issued)} ({len(ids)} ids)")
+    demo.ok(f"exactly the stock was issued: {STOCK} vouchers, {STOCK} distinct voucher ids")
+    if max(per_user.values()) > LIMIT or set(refused) - set(REFUSALS):
+        raise DemoFailed(f"limit broken or unexpected refusals: {per_user.most_common(3)} {refused}")
+    demo.ok(f"nobody exceeded the limit: at most {max(per_user.values())} vouchers per customer")
+    left = httpx.get(f"{url}/v1/deals/{deal['deal_id']}").json()["stock_left"]
+    demo.ok(f"GET /v1/deals/{deal['deal_id']} says stock_left {left}")
 
-        user, key, voucher = issued[0]
-        demo.say(f"{user}'s app retries a claim after a lost answer (same Idempotency-Key {key}):")
-        again = httpx.post(
-            f"{url}/v1/deals/{deal['deal_id']}/claims",
-            headers={"Authorization": f"Bearer {tokens[user]}", "Idempotency-Key": key},
-        )
-        if again.status_code != 200 or again.json()["voucher_id"] != voucher["voucher_id"]:
-            raise DemoFailed(f"the retry did not return the same voucher: {again.status_code} {again.text}")
-        demo.ok(f"200 with the same voucher {voucher['voucher_id']}, no second voucher issued")
+    user, key, voucher = issued[0]
+    demo.say(f"{user}'s app retries a claim after a lost answer (same Idempotency-Key {key}):")
+    again = httpx.post(
+        f"{url}/v1/deals/{deal['deal_id']}/claims",
+        headers={"Authorization": f"Bearer {tokens[user]}", "Idempotency-Key": key},
+    )
+    if again.status_code != 200 or again.json()["voucher_id"] != voucher["voucher_id"]:
+        raise DemoFailed(f"the retry did not return the same voucher: {again.status_code} {again.text}")
+    demo.ok(f"200 with the same voucher {voucher['voucher_id']}, no second voucher issued")
 
-        jwks_path = demo.out / "backend-jwks.json"
-        jwks_path.write_text(httpx.get(f"{url}/.well-known/jwks.json").text)
-        demo.ok(f"GET /.well-known/jwks.json saved to {jwks_path.name} (the counter's key set)")
-        config = Path(str(demo.facts["device_config"]))  # chapter 2's counter
-        copy = _counter_config(config, jwks_path, voucher["merchant_id"], demo.out / "device-backend.toml")
-        demo.say(f"{user} shows voucher {voucher['voucher_id']} at the counter of {voucher['merchant_id']}:")
-        demo.run("shopcardd-device", "verify", "--config", copy.relative_to(demo.out), voucher["token"])
-        demo.ok("the counter accepted a voucher the API issued, offline, with the published keys")
-        metrics = httpx.get(f"{url}/metrics").text
-        for line in metrics.splitlines():
-            if line.startswith("shopcardd_claims_total{"):
-                demo.say(f"  /metrics  {line}")
-    finally:
-        server.terminate()
-        code = server.wait(timeout=30)
+    jwks_path = demo.out / "backend-jwks.json"
+    jwks_path.write_text(httpx.get(f"{url}/.well-known/jwks.json").text)
+    demo.ok(f"GET /.well-known/jwks.json saved to {jwks_path.name} (the counter's key set)")
+    config = Path(str(demo.facts["device_config"]))  # chapter 2's counter
+    copy = _counter_config(config, jwks_path, voucher["merchant_id"], demo.out / "device-backend.toml")
+    demo.say(f"{user} shows voucher {voucher['voucher_id']} at the counter of {voucher['merchant_id']}:")
+    demo.run("shopcardd-device", "verify", "--config", copy.relative_to(demo.out), voucher["token"])
+    demo.ok("the counter accepted a voucher the API issued, offline, with the published keys")
+    metrics = httpx.get(f"{url}/metrics").text
+    for line in metrics.splitlines():
+        if line.startswith("shopcardd_claims_total{"):
+            demo.say(f"  /metrics  {line}")
+    demo.facts.update(
+        backend_url=url,
+        api_key=api_key,
+        shop=voucher["merchant_id"],
+        deal_id=deal["deal_id"],
+        unused_vouchers=[answer for _, _, answer in issued[1:]],
+    )
+
+
+def _stop(demo: Demo, server: Any, log: Path) -> None:
+    """Stop the backend and check that it stopped cleanly (after the last chapter that uses it)."""
+    demo.say("\nThe backend is stopped:")
+    server.terminate()
+    code = server.wait(timeout=30)
     # uvicorn finishes its graceful shutdown, then dies of the SIGTERM it caught (as systemd expects).
     if code not in (0, -signal.SIGTERM) or "Application shutdown complete" not in log.read_text():
         raise DemoFailed(f"the backend did not stop cleanly (exit {code}); see {log}")

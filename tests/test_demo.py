@@ -36,7 +36,16 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "ok: nobody exceeded the limit" in told
     assert "no second voucher issued" in told
     assert "ok: the counter accepted a voucher the API issued" in told
+    # Chapter 4: two enrolled tills accept one voucher offline; after sync the merchant sees the
+    # conflict, and a voucher revoked on the backend is refused after sync.
+    assert "ok: both tills accepted it: offline" in told
+    assert "redemption up (1 conflict)" in told
+    assert "ok: the merchant sees voucher" in told and "redeemed at till-1 and till-2" in told
+    assert "first at till-1" in told  # till-2's status shows the backend's verdict
+    assert "refused: a voucher revoked on the backend, at a counter after sync -> revoked" in told
     assert "Demo finished" in result.stdout
-    # the server it stops is not offered as a URL to visit; how to start one is
+    # the server it stops (after the last chapter that uses it) is not offered as a URL to visit;
+    # how to start one is
     while_running, after = told.split("ok: backend stopped cleanly")
+    assert "== 4." in while_running
     assert "/docs" not in while_running and "shopcardd-backend serve --port 8000" in after
