@@ -1,4 +1,5 @@
-"""The document store port: the durable record of merchants, deals and vouchers.
+"""The document store port: the durable record of merchants, deals and vouchers, and what the
+queue workers keep (claim tallies for a deal's statistics, notices sent to customers).
 
 The claim gate decides claims; this store remembers what was decided, for reads, audits
 and for rebuilding the gate's counters. Adapters: ``mongo.py`` (pymongo; indexes created
@@ -17,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from ..storage import TransientError
 
@@ -72,6 +73,37 @@ class VoucherRecord:
     idempotency_key: str
     issued_at: datetime
     expires_at: datetime
+
+
+CLAIM_COUNTS: Final = ("issued", "sold_out", "limit_reached", "sale_not_open")
+"""What a deal's statistics count, per minute: claims issued, and refused by outcome."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimTally:
+    """One event's share of a deal's statistics: claims issued or refused in one minute.
+
+    Stored once per ``event_id`` (a redelivered event adds nothing), so the counts are exact."""
+
+    event_id: str
+    deal_id: str
+    minute: datetime
+    """The minute's start."""
+    issued: int = 0
+    sold_out: int = 0
+    limit_reached: int = 0
+    sale_not_open: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteCounts:
+    """A deal's claims in one minute: the sum of that minute's tallies."""
+
+    minute: datetime
+    issued: int
+    sold_out: int
+    limit_reached: int
+    sale_not_open: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +170,20 @@ class DocumentStore(Protocol):
     def vouchers_of_deal(self, deal_id: str) -> Sequence[VoucherRecord]:
         """Every voucher of a deal, for rebuilding the gate's counters."""
 
+    def add_claim_tallies(self, tallies: Sequence[ClaimTally]) -> None:
+        """Record each tally once, in one round trip: a tally whose event id is already
+        recorded changes nothing (the analytics worker's redelivered events)."""
+
+    def claims_by_minute(self, deal_id: str) -> list[MinuteCounts]:
+        """The deal's tallies summed per minute, oldest first (minutes without any left out)."""
+
+    def claim_notice(self, voucher_id: str, channel: str) -> bool:
+        """Take the right to send a voucher's notice on ``channel`` (``email``, ``sms``): True
+        for the first caller, False once taken (it was sent, or is being sent)."""
+
+    def release_notice(self, voucher_id: str, channel: str) -> None:
+        """Give a taken notice back (its send failed and may be tried again); harmless when not taken."""
+
     def check(self) -> None:
         """Prove the store answers (for ``/readyz``); StoreUnavailable when it does not."""
 
@@ -145,6 +191,7 @@ class DocumentStore(Protocol):
 
 
 Record = TypeVar("Record", MerchantRecord, DealRecord, VoucherRecord)
+Stored = MerchantRecord | DealRecord | VoucherRecord | ClaimTally
 
 
 def utc_ms(value: datetime) -> datetime:
@@ -155,7 +202,7 @@ def utc_ms(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
-def record_fields(record: MerchantRecord | DealRecord | VoucherRecord) -> dict[str, Any]:
+def record_fields(record: Stored) -> dict[str, Any]:
     """A record as plain values (times normalised with ``utc_ms``, enums as strings)."""
     values: dict[str, Any] = {}
     for field in fields(record):
