@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from .api.errors import install_error_handlers
 from .api.middleware import BodyLimits, HeadAsGet
 from .api.models import ProblemDocument
-from .api.routes import claims, deals, health, keys
+from .api.routes import claims, deals, health, keys, stats
 from .logging import configure_logging
 from .metrics import Metrics
 from .runtime import Runtime
@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds)
     app.add_middleware(HeadAsGet, router=app.router)
-    for router in (deals.router, claims.router, keys.router, health.router):
+    for router in (deals.router, stats.router, claims.router, keys.router, health.router):
         app.include_router(router)
     return app
 
