@@ -131,9 +131,9 @@ class NotifyHandler:
     def _send_once(self, channel: Channel, claim: ClaimIssued, to: str, down: dict[str, Result]) -> Result:
         """Send unless sent before: the notice is taken first, given back if the send may be
         retried. A channel found down goes into ``down``, with the result of its events."""
+        message = MESSAGES[channel.name](claim, self._title(claim.deal_id))  # before taking the notice
         if not self.store.claim_notice(claim.voucher_id, channel.name):
             return DONE
-        message = MESSAGES[channel.name](claim, self._title(claim.deal_id))
         where = {"channel": channel.name, "voucher_id": claim.voucher_id, "deal_id": claim.deal_id}
         failure = SendDeferred("not tried")
         for attempt in range(self.tries):
