@@ -365,7 +365,7 @@ def _until_analytics(runtime: Any, deal_id: str, total: int) -> int:
     """The analytics worker's count of claims issued on the deal, once it reached ``total``."""
 
     def counted() -> int:
-        return int(runtime.store.deal_stats(deal_id).totals["issued"])
+        return sum(minute.issued for minute in runtime.store.claims_by_minute(deal_id))
 
     with suppress(RuntimeError):  # a shortfall is reported by the caller, with the count
         _until(lambda: counted() >= total, "analytics caught up", 300)
