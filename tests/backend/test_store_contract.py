@@ -15,10 +15,15 @@ from shopcardd_backend.stores.base import (
     ClaimTally,
     DealRecord,
     DealStatus,
+    DeviceRecord,
+    DeviceStatus,
     DocumentStore,
     DuplicateError,
     MerchantRecord,
     MinuteCounts,
+    RedemptionRecord,
+    RevocationKind,
+    RevocationRecord,
     StoreUnavailable,
     VoucherRecord,
 )
@@ -232,3 +237,110 @@ def test_in_mongodb_a_voucher_id_is_its_document_id(make_store: MakeStore, mongo
         assert [("api_key_hash", 1)] in [list(key.items()) for key in unique]
         tally_keys = [list(ix["key"].items()) for ix in db["claim_tallies"].list_indexes()]
         assert [("deal_id", 1), ("minute", 1)] in tally_keys
+
+
+# --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---
+
+JWK = {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+
+
+def device(device_id: str = "c1", merchant_id: str = "m1") -> DeviceRecord:
+    return DeviceRecord(device_id, merchant_id, JWK, DeviceStatus.ACTIVE, T0)
+
+
+def redemption(voucher_id: str, device_id: str = "c1", received: int = 0, **changes: Any) -> RedemptionRecord:
+    record = RedemptionRecord(
+        voucher_id, device_id, "m1", "d1", T0, T0 + timedelta(seconds=received), "u1", T0 + timedelta(hours=1)
+    )
+    return replace(record, **changes)
+
+
+def test_a_device_reads_back_and_its_id_is_taken_for_good(store: DocumentStore) -> None:
+    store.add_device(device("c1"))
+    store.add_device(device("c2"))
+    store.add_device(device("c3", merchant_id="m2"))
+    assert store.get_device("c1") == device("c1")
+    assert store.get_device("nope") is None
+    assert [d.device_id for d in store.devices_of_merchant("m1")] == ["c1", "c2"]
+    with pytest.raises(DuplicateError):
+        store.add_device(device("c1", merchant_id="m2"))
+
+    revoked = store.set_device_status("c1", DeviceStatus.REVOKED, T0 + timedelta(hours=1))
+    assert revoked == replace(device("c1"), status=DeviceStatus.REVOKED, revoked_at=T0 + timedelta(hours=1))
+    again = store.set_device_status("c1", DeviceStatus.REVOKED, T0 + timedelta(hours=2))
+    assert again == revoked, "revoking again keeps the first time"
+    assert store.set_device_status("nope", DeviceStatus.REVOKED, T0) is None
+    with pytest.raises(DuplicateError):
+        store.add_device(device("c1"))
+
+
+def test_a_device_token_id_is_used_once_until_it_is_forgotten(store: DocumentStore) -> None:
+    keep = T0 + timedelta(minutes=10)
+    assert store.use_token_id("c1", "jti-1", keep, now=T0)
+    assert not store.use_token_id("c1", "jti-1", keep, now=T0 + timedelta(minutes=5))
+    assert store.use_token_id("c2", "jti-1", keep, now=T0), "token ids are per device"
+    assert store.use_token_id("c1", "jti-1", keep + timedelta(minutes=10), now=keep + timedelta(seconds=1))
+
+
+def test_redemptions_are_stored_once_and_the_first_recorded_wins(store: DocumentStore) -> None:
+    first = store.save_redemptions([redemption("v1"), redemption("v2")])
+    assert first == {"v1": redemption("v1"), "v2": redemption("v2")}
+    again = store.save_redemptions([redemption("v1", received=60), redemption("v2", received=60)])
+    assert again == first, "a batch sent twice keeps what was stored the first time"
+    assert store.count_redemptions("m1") == 2
+
+    later = store.save_redemptions([redemption("v2", "c2", received=30), redemption("v3", "c2", received=30)])
+    assert later == {"v2": redemption("v2"), "v3": redemption("v3", "c2", received=30)}
+    assert store.count_redemptions("m1") == 4
+    assert store.count_redemptions("m2") == 0
+
+
+def test_conflicts_are_vouchers_redeemed_at_several_devices(store: DocumentStore) -> None:
+    store.save_redemptions([redemption(f"v{i}") for i in range(5)])
+    store.save_redemptions([redemption("v3", "c2", received=20), redemption("v1", "c2", received=10)])
+    store.save_redemptions([redemption("v3", "c3", received=5)])
+    store.save_redemptions(
+        [redemption("v9", "c9", merchant_id="m2"), redemption("v9", "c8", merchant_id="m2")]
+    )
+    conflicts = store.conflicts_of_merchant("m1", limit=10)
+    assert [[(r.voucher_id, r.device_id) for r in group] for group in conflicts] == [
+        [("v1", "c1"), ("v1", "c2")],
+        [("v3", "c1"), ("v3", "c3"), ("v3", "c2")],
+    ]
+    assert [group[0].voucher_id for group in store.conflicts_of_merchant("m1", limit=1)] == ["v1"]
+    assert [group[0].voucher_id for group in store.conflicts_of_merchant("m1", 10, after="v1")] == ["v3"]
+
+
+def test_revocations_are_numbered_per_merchant_once_per_target(store: DocumentStore) -> None:
+    a = store.add_revocation("m1", RevocationKind.VOUCHER, "v1", T0)
+    b = store.add_revocation("m1", RevocationKind.DEAL, "d1", T0 + timedelta(seconds=1))
+    c = store.add_revocation("m2", RevocationKind.VOUCHER, "v1", T0)
+    assert (a.seq, b.seq, c.seq) == (1, 2, 1)
+    assert store.add_revocation("m1", RevocationKind.VOUCHER, "v1", T0 + timedelta(hours=1)) == a
+    assert store.add_revocation("m1", RevocationKind.VOUCHER, "d1", T0).seq == 3, "kinds are apart"
+    assert store.revocations_after("m1", 0, limit=10) == [
+        a,
+        b,
+        RevocationRecord("m1", RevocationKind.VOUCHER, "d1", T0, 3),
+    ]
+    assert [r.seq for r in store.revocations_after("m1", 1, limit=1)] == [2]
+    assert store.revocations_after("m1", 3, limit=10) == []
+
+
+def test_revocations_from_threads_get_every_seq_once(store: DocumentStore) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(
+            pool.map(
+                lambda i: store.add_revocation("m1", RevocationKind.VOUCHER, f"v{i % 20}", T0), range(40)
+            )
+        )
+    assert sorted({r.seq for r in made}) == list(range(1, 21))
+    assert [r.seq for r in store.revocations_after("m1", 0, 100)] == list(range(1, 21))
+
+
+def test_a_stored_voucher_is_found_by_its_id(store: DocumentStore) -> None:
+    store.save_voucher(voucher("v1"))
+    assert store.get_voucher("v1") == voucher("v1")
+    assert store.get_voucher("v2") is None

@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Final, Protocol, TypeVar
+from functools import cache
+from typing import Any, Final, Protocol, TypeVar, get_type_hints
 
 from ..storage import TransientError
 
@@ -140,7 +141,117 @@ def deal_page(deals: Sequence[DealRecord], limit: int) -> DealPage:
     return DealPage(shown, deal_cursor(shown[-1]) if len(deals) > limit and shown else None)
 
 
-class DocumentStore(Protocol):
+# --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---
+
+
+class DeviceStatus(StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """An enrolled counter device: its merchant and the public key its sync tokens are checked with."""
+
+    device_id: str
+    merchant_id: str
+    public_key: dict[str, str]
+    """The device's public Ed25519 JWK (``kty``, ``crv``, ``x``)."""
+    status: DeviceStatus
+    enrolled_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RedemptionRecord:
+    """A voucher accepted at a counter, as the counter uploaded it. One per voucher and device:
+    the same voucher at two devices is two records (a conflict the merchant sees)."""
+
+    voucher_id: str
+    device_id: str
+    merchant_id: str
+    deal_id: str
+    redeemed_at: datetime
+    """When the counter accepted it, by the counter's trusted time."""
+    received_at: datetime
+    """When the backend first stored it: orders redemptions of one voucher (counter clocks may lie)."""
+    user_id: str | None = None
+    expires_at: datetime | None = None
+
+
+def first_redemption(redemptions: Sequence[RedemptionRecord]) -> RedemptionRecord:
+    """The redemption of a voucher the backend recorded first (ties broken by device id), the
+    same answer however often and in whichever order it is asked."""
+    return min(redemptions, key=lambda r: (utc_ms(r.received_at), r.device_id))
+
+
+class RevocationKind(StrEnum):
+    VOUCHER = "voucher"
+    DEAL = "deal"
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationRecord:
+    """A voucher, or a whole deal, revoked after issue. ``seq`` numbers a merchant's revocations
+    1, 2, 3, ... without gaps, in the order they became visible: a device's watermark."""
+
+    merchant_id: str
+    kind: RevocationKind
+    target_id: str
+    revoked_at: datetime
+    seq: int
+
+
+class DeviceRecords(Protocol):
+    """The part of the store device enrolment and sync use (``devices.py``)."""
+
+    def add_device(self, device: DeviceRecord) -> None:
+        """Enrol a device; DuplicateError when the id is taken (a revoked device's too)."""
+
+    def get_device(self, device_id: str) -> DeviceRecord | None: ...
+
+    def set_device_status(self, device_id: str, status: DeviceStatus, at: datetime) -> DeviceRecord | None:
+        """Change a device's status (``revoked_at`` becomes ``at`` when revoked, kept when repeated);
+        the updated device, or None when there is no such device."""
+
+    def devices_of_merchant(self, merchant_id: str) -> Sequence[DeviceRecord]:
+        """Every device of the merchant, revoked ones too, by device id."""
+
+    def use_token_id(self, device_id: str, token_id: str, keep_until: datetime, now: datetime) -> bool:
+        """Remember a device token's ``jti`` until ``keep_until``; False when it was already used
+        (a replay). Forgets the ids whose time has passed (as of ``now``)."""
+
+    def save_redemptions(self, redemptions: Sequence[RedemptionRecord]) -> dict[str, RedemptionRecord]:
+        """Store redemptions idempotently (a voucher and device already stored is left as it
+        was) and return, for each voucher of the batch, the redemption recorded first, from
+        whichever device (``first_redemption``). All of one merchant."""
+
+    def count_redemptions(self, merchant_id: str) -> int:
+        """How many redemptions of the merchant are stored (one per voucher and device)."""
+
+    def conflicts_of_merchant(
+        self, merchant_id: str, limit: int, after: str | None = None
+    ) -> list[list[RedemptionRecord]]:
+        """Vouchers of the merchant redeemed at more than one device, by voucher id (after the
+        voucher id ``after``), at most ``limit``; each its redemptions in the order recorded."""
+
+    def add_revocation(
+        self, merchant_id: str, kind: RevocationKind, target_id: str, at: datetime
+    ) -> RevocationRecord:
+        """Record a revocation with the merchant's next ``seq``; one already recorded for that
+        target is returned as it was (revoking twice is harmless)."""
+
+    def revocations_after(self, merchant_id: str, after: int, limit: int) -> list[RevocationRecord]:
+        """The merchant's revocations with ``seq`` above ``after``, oldest first, ``limit`` at most."""
+
+    def get_voucher(self, voucher_id: str) -> VoucherRecord | None:
+        """An issued voucher by its id (known once the persist worker has stored it)."""
+
+
+# --- end of the device sync block ---
+
+
+class DocumentStore(DeviceRecords, Protocol):
     def add_merchant(self, merchant: MerchantRecord) -> None:
         """Register a merchant; DuplicateError when the id is taken."""
 
@@ -190,8 +301,8 @@ class DocumentStore(Protocol):
     def close(self) -> None: ...
 
 
-Record = TypeVar("Record", MerchantRecord, DealRecord, VoucherRecord)
-Stored = MerchantRecord | DealRecord | VoucherRecord | ClaimTally
+Record = TypeVar("Record")
+"""Any record dataclass of this module."""
 
 
 def utc_ms(value: datetime) -> datetime:
@@ -202,7 +313,7 @@ def utc_ms(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 
-def record_fields(record: Stored) -> dict[str, Any]:
+def record_fields(record: Any) -> dict[str, Any]:
     """A record as plain values (times normalised with ``utc_ms``, enums as strings)."""
     values: dict[str, Any] = {}
     for field in fields(record):
@@ -222,7 +333,16 @@ def record_from_fields(kind: type[Record], values: Mapping[str, Any]) -> Record:
         value = values[field.name]
         if isinstance(value, datetime):
             value = utc_ms(value)
-        elif field.name == "status":
-            value = DealStatus(value)
+        elif field.name in _enum_fields(kind) and value is not None:
+            value = _enum_fields(kind)[field.name](value)
         kwargs[field.name] = value
     return kind(**kwargs)
+
+
+@cache
+def _enum_fields(kind: type) -> dict[str, type[StrEnum]]:
+    """The fields of a record that hold an enum (``status``, ``kind``), with the enum's type."""
+    hints = get_type_hints(kind)
+    return {
+        name: hint for name, hint in hints.items() if isinstance(hint, type) and issubclass(hint, StrEnum)
+    }

@@ -5,12 +5,14 @@ threads of one process), so several API processes may share the file. Times are 
 ISO 8601 text in UTC with milliseconds, which also sorts in time order. Tables mirror the
 Mongo collections: ``merchants`` (``api_key_hash`` unique), ``deals`` (indexed by merchant),
 ``vouchers`` (indexed by deal; one voucher per deal, user and idempotency key),
-``claim_tallies`` (one row per event, indexed by deal and minute) and ``notices`` (one row per
-voucher and channel taken).
+``claim_tallies`` (one row per event, indexed by deal and minute), ``notices`` (one row per
+voucher and channel taken); for device sync ``devices``, ``redemptions`` (one per voucher and
+device), ``revocations`` (numbered per merchant) and ``used_device_tokens``.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -24,17 +26,23 @@ from .base import (
     DealPage,
     DealRecord,
     DealStatus,
+    DeviceRecord,
+    DeviceStatus,
     DuplicateError,
     MerchantRecord,
     MinuteCounts,
     Record,
-    Stored,
+    RedemptionRecord,
+    RevocationKind,
+    RevocationRecord,
     StoreUnavailable,
     VoucherRecord,
     deal_page,
+    first_redemption,
     parse_deal_cursor,
     record_fields,
     record_from_fields,
+    utc_ms,
 )
 
 SCHEMA = """
@@ -84,13 +92,61 @@ CREATE TABLE IF NOT EXISTS notices (
     PRIMARY KEY (voucher_id, channel)
 );
 """
+DEVICE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    enrolled_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE INDEX IF NOT EXISTS devices_by_merchant ON devices (merchant_id, device_id);
+CREATE TABLE IF NOT EXISTS redemptions (
+    voucher_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    merchant_id TEXT NOT NULL,
+    deal_id TEXT NOT NULL,
+    redeemed_at TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    user_id TEXT,
+    expires_at TEXT,
+    PRIMARY KEY (voucher_id, device_id)
+);
+CREATE INDEX IF NOT EXISTS redemptions_by_merchant ON redemptions (merchant_id, voucher_id);
+CREATE TABLE IF NOT EXISTS revocations (
+    merchant_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    revoked_at TEXT NOT NULL,
+    PRIMARY KEY (merchant_id, seq),
+    UNIQUE (merchant_id, kind, target_id)
+);
+CREATE TABLE IF NOT EXISTS used_device_tokens (
+    token_key TEXT PRIMARY KEY,
+    keep_until TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS used_device_tokens_by_time ON used_device_tokens (keep_until);
+"""
 
 
-def _row(record: Stored) -> dict[str, Any]:
-    return {
-        name: value.isoformat(timespec="milliseconds") if isinstance(value, datetime) else value
-        for name, value in record_fields(record).items()
-    }
+JSON_COLUMNS = frozenset({"public_key"})
+"""Columns holding a JSON object (a device's public JWK) as text."""
+
+
+def _row(record: Any) -> dict[str, Any]:
+    row = record_fields(record)
+    for name, value in row.items():
+        if isinstance(value, datetime):
+            row[name] = _stamp(value)
+        elif name in JSON_COLUMNS:
+            row[name] = json.dumps(value, sort_keys=True)
+    return row
+
+
+def _stamp(value: datetime) -> str:
+    return utc_ms(value).isoformat(timespec="milliseconds")
 
 
 def _record(kind: type[Record], row: sqlite3.Row) -> Record:
@@ -98,6 +154,8 @@ def _record(kind: type[Record], row: sqlite3.Row) -> Record:
         name: datetime.fromisoformat(row[name]) if name.endswith("_at") and row[name] else row[name]
         for name in row.keys()  # noqa: SIM118 (a Row is not a dict)
     }
+    for name in JSON_COLUMNS & values.keys():
+        values[name] = json.loads(values[name])
     return record_from_fields(kind, values)
 
 
@@ -109,9 +167,9 @@ class SqliteDocumentStore(Closing):
     """``DocumentStore`` on one SQLite file."""
 
     def __init__(self, path: Path | str, busy_timeout: float = 5.0) -> None:
-        self._db = SqliteFile(path, SCHEMA, StoreUnavailable, busy_timeout)
+        self._db = SqliteFile(path, SCHEMA + DEVICE_SCHEMA, StoreUnavailable, busy_timeout)
 
-    def _add(self, table: str, record: Stored) -> None:
+    def _add(self, table: str, record: Any) -> None:
         row = _row(record)
         try:
             with self._db.transaction() as tx:
@@ -119,7 +177,7 @@ class SqliteDocumentStore(Closing):
         except sqlite3.IntegrityError as exc:
             raise DuplicateError(f"{table}: {exc}") from exc
 
-    def _add_new(self, table: str, records: Sequence[Stored]) -> None:
+    def _add_new(self, table: str, records: Sequence[Any]) -> None:
         """Insert the records in one transaction; one whose key is taken is left as stored."""
         rows = [_row(record) for record in records]
         if rows:
@@ -231,6 +289,115 @@ class SqliteDocumentStore(Closing):
     def release_notice(self, voucher_id: str, channel: str) -> None:
         with self._db.transaction() as tx:
             tx.execute("DELETE FROM notices WHERE voucher_id = ? AND channel = ?", (voucher_id, channel))
+
+    # --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---
+
+    def add_device(self, device: DeviceRecord) -> None:
+        self._add("devices", device)
+
+    def get_device(self, device_id: str) -> DeviceRecord | None:
+        return self._one(DeviceRecord, "SELECT * FROM devices WHERE device_id = ?", device_id)
+
+    def set_device_status(self, device_id: str, status: DeviceStatus, at: datetime) -> DeviceRecord | None:
+        revoked_at = _stamp(at) if status is DeviceStatus.REVOKED else None
+        with self._db.transaction() as tx:
+            tx.execute(
+                "UPDATE devices SET status = ?, revoked_at = CASE WHEN ? IS NULL THEN NULL "
+                "ELSE COALESCE(revoked_at, ?) END WHERE device_id = ?",
+                (str(status), revoked_at, revoked_at, device_id),
+            )
+            row = tx.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+        return None if row is None else _record(DeviceRecord, row)
+
+    def devices_of_merchant(self, merchant_id: str) -> Sequence[DeviceRecord]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT * FROM devices WHERE merchant_id = ? ORDER BY device_id", (merchant_id,)
+            ).fetchall()
+        return [_record(DeviceRecord, row) for row in rows]
+
+    def use_token_id(self, device_id: str, token_id: str, keep_until: datetime, now: datetime) -> bool:
+        with self._db.transaction() as tx:
+            tx.execute("DELETE FROM used_device_tokens WHERE keep_until < ?", (_stamp(now),))
+            inserted = tx.execute(
+                "INSERT OR IGNORE INTO used_device_tokens (token_key, keep_until) VALUES (?, ?)",
+                (f"{device_id} {token_id}", _stamp(keep_until)),
+            )
+        return inserted.rowcount == 1
+
+    def save_redemptions(self, redemptions: Sequence[RedemptionRecord]) -> dict[str, RedemptionRecord]:
+        if not redemptions:
+            return {}
+        rows = [_row(redemption) for redemption in redemptions]
+        merchant_id = redemptions[0].merchant_id
+        ids = list({redemption.voucher_id for redemption in redemptions})
+        found: dict[str, list[RedemptionRecord]] = {}
+        with self._db.transaction() as tx:
+            tx.executemany(_insert("redemptions", rows[0]).replace("INSERT", "INSERT OR IGNORE", 1), rows)
+            for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+                chunk = ids[start : start + 500]
+                sql = (
+                    "SELECT * FROM redemptions WHERE merchant_id = ? "
+                    f"AND voucher_id IN ({', '.join('?' * len(chunk))})"
+                )
+                for row in tx.execute(sql, (merchant_id, *chunk)):
+                    found.setdefault(row["voucher_id"], []).append(_record(RedemptionRecord, row))
+        return {voucher_id: first_redemption(records) for voucher_id, records in found.items()}
+
+    def count_redemptions(self, merchant_id: str) -> int:
+        with self._db.reading() as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM redemptions WHERE merchant_id = ?", (merchant_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def conflicts_of_merchant(
+        self, merchant_id: str, limit: int, after: str | None = None
+    ) -> list[list[RedemptionRecord]]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT * FROM redemptions WHERE merchant_id = ? AND voucher_id IN ("
+                "  SELECT voucher_id FROM redemptions WHERE merchant_id = ? AND voucher_id > ?"
+                "  GROUP BY voucher_id HAVING COUNT(*) > 1 ORDER BY voucher_id LIMIT ?)"
+                " ORDER BY voucher_id, received_at, device_id",
+                (merchant_id, merchant_id, after or "", limit),
+            ).fetchall()
+        grouped: dict[str, list[RedemptionRecord]] = {}
+        for row in rows:
+            grouped.setdefault(row["voucher_id"], []).append(_record(RedemptionRecord, row))
+        return list(grouped.values())
+
+    def add_revocation(
+        self, merchant_id: str, kind: RevocationKind, target_id: str, at: datetime
+    ) -> RevocationRecord:
+        where = "WHERE merchant_id = ? AND kind = ? AND target_id = ?"
+        with self._db.transaction() as tx:
+            row = tx.execute(
+                f"SELECT * FROM revocations {where}", (merchant_id, str(kind), target_id)
+            ).fetchone()
+            if row is None:
+                (last,) = tx.execute(
+                    "SELECT COALESCE(MAX(seq), 0) FROM revocations WHERE merchant_id = ?", (merchant_id,)
+                ).fetchone()
+                record = RevocationRecord(merchant_id, kind, target_id, at, last + 1)
+                tx.execute(_insert("revocations", _row(record)), _row(record))
+                row = tx.execute(
+                    f"SELECT * FROM revocations {where}", (merchant_id, str(kind), target_id)
+                ).fetchone()
+        return _record(RevocationRecord, row)
+
+    def revocations_after(self, merchant_id: str, after: int, limit: int) -> list[RevocationRecord]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT * FROM revocations WHERE merchant_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (merchant_id, after, limit),
+            ).fetchall()
+        return [_record(RevocationRecord, row) for row in rows]
+
+    def get_voucher(self, voucher_id: str) -> VoucherRecord | None:
+        return self._one(VoucherRecord, "SELECT * FROM vouchers WHERE voucher_id = ?", voucher_id)
+
+    # --- end of the device sync block ---
 
     def check(self) -> None:
         with self._db.reading() as conn:
