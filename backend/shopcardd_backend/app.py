@@ -19,7 +19,8 @@ from fastapi import FastAPI
 from .api.errors import install_error_handlers
 from .api.middleware import BodyLimits, HeadAsGet
 from .api.models import ProblemDocument
-from .api.routes import claims, deals, health, keys, stats
+from .api.routes import claims, deals, devices, health, keys, merchants, stats, vouchers
+from .api.routes.devices import SYNC_MAX_BODY_BYTES, SYNC_PATH
 from .logging import configure_logging
 from .metrics import Metrics
 from .runtime import Runtime
@@ -58,9 +59,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_body_bytes,
+        timeout=settings.body_timeout_seconds,
+        larger={SYNC_PATH: SYNC_MAX_BODY_BYTES},
+    )
     app.add_middleware(HeadAsGet, router=app.router)
-    for router in (deals.router, stats.router, claims.router, keys.router, health.router):
+    routers = (deals.router, stats.router, claims.router, devices.router, vouchers.router, merchants.router)
+    for router in (*routers, keys.router, health.router):
         app.include_router(router)
     return app
 

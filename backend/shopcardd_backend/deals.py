@@ -25,7 +25,15 @@ from shopcardd_voucher import Voucher
 
 from .events import ClaimIssued, parse_event
 from .gates.base import ClaimGate, DealTerms, GateUnavailable
-from .stores.base import DealPage, DealRecord, DealStatus, DocumentStore, DuplicateError, VoucherRecord
+from .stores.base import (
+    DealPage,
+    DealRecord,
+    DealStatus,
+    DocumentStore,
+    DuplicateError,
+    RevocationKind,
+    VoucherRecord,
+)
 
 log = logging.getLogger("shopcardd_backend.deals")
 ID_ATTEMPTS = 5
@@ -146,7 +154,8 @@ class DealService:
         return self.store.deals_of_merchant(merchant_id, limit, after)
 
     def cancel(self, deal_id: str, merchant_id: str) -> DealView:
-        """Close the sale (every later claim is ``sale_not_open``); repeating it is harmless.
+        """Close the sale (every later claim is ``sale_not_open``) and revoke its vouchers (every
+        counter refuses them after its next sync); repeating it is harmless.
 
         On a deal the gate lost, the cancellation is still recorded in the store (``rebuild``
         loads the deal cancelled) and the answer is 503, as for any other use of that deal."""
@@ -154,6 +163,7 @@ class DealService:
         if deal.merchant_id != merchant_id:
             raise NotYourDeal(f"deal {deal_id!r} belongs to another merchant")
         cancelled = self.store.set_deal_status(deal_id, DealStatus.CANCELLED) or deal
+        self.store.add_revocation(merchant_id, RevocationKind.DEAL, deal_id, self.now())
         self.gate.cancel(deal_id)
         log.info("deal cancelled", extra={"deal_id": deal_id, "merchant_id": merchant_id})
         return self._view(cancelled)

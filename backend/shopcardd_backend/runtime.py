@@ -23,10 +23,11 @@ from .storage import Closing
 if TYPE_CHECKING:
     from .claims import ClaimService
     from .deals import DealService
+    from .devices import DeviceService
     from .gates.base import ClaimGate
     from .identity import UserTokenVerifier
     from .queue.base import Publisher
-    from .signing import VoucherSigner
+    from .signing import PublishedKeys, VoucherSigner
     from .stores.base import DocumentStore
 
 
@@ -101,6 +102,19 @@ class Runtime(Closing):
         return DealService(self.gate, self.store)
 
     @cached_property
+    def published_keys(self) -> PublishedKeys:
+        """The voucher key set served and sent at sync, as ``DATA_DIR/keys/jwks.json`` holds it now."""
+        from .signing import PublishedKeys
+
+        return PublishedKeys(self.signer, self.settings.keys_dir / "jwks.json")
+
+    @cached_property
+    def devices(self) -> DeviceService:
+        from .devices import DeviceService
+
+        return DeviceService(self.store, self.published_keys.jwks, self.settings.keyset_valid_seconds)
+
+    @cached_property
     def publisher(self) -> Publisher:
         """RabbitMQ (``SHOPCARDD_AMQP_URL``), the topology declared; the relay's way out."""
         from .queue.rabbitmq import RabbitPublisher
@@ -149,7 +163,7 @@ class Runtime(Closing):
 
     def open_api_parts(self) -> None:
         """Open what every request may need, so a bad setting or a dead store fails at start-up."""
-        for part in ("store", "gate", "signer", "users", "claims", "deals"):
+        for part in ("store", "gate", "signer", "users", "claims", "deals", "devices"):
             getattr(self, part)
 
     def close(self) -> None:

@@ -166,6 +166,13 @@ class Settings(BaseSettings):
     signing_kid: str | None = None
     """Which key of ``DATA_DIR/keys`` signs; default the newest one with a private key."""
 
+    device_audience: str | None = None
+    """The ``aud`` a device's sync token must carry: the backend URL the counters are configured
+    with (``backend_url``, no trailing ``/``). Unset: the URL the request reached this API at
+    (set it behind a proxy, and in production)."""
+    keyset_valid_seconds: int = Field(default=7 * 86_400, gt=0)
+    """How long a key set sent at sync counts as fresh on the device (its ``valid_until``)."""
+
     max_body_bytes: int = Field(default=16 * 1024, gt=0)
     body_timeout_seconds: float = Field(default=10.0, gt=0)
     """Time a client has to send a request's whole body; a slower one gets 408 and is closed."""

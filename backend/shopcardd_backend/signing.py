@@ -2,12 +2,14 @@
 
 The folder has the layout ``shopcardd-provision keygen`` writes: ``KID.private.pem`` (0600)
 and ``jwks.json`` holding every public key, including retired ones, so vouchers signed before a
-rotation still verify. ``GET /.well-known/jwks.json`` publishes that file's keys.
+rotation still verify. ``GET /.well-known/jwks.json`` and each device sync publish that file's
+keys as it is now (``PublishedKeys``), so a key added while the API runs is published at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 from collections.abc import Collection
 from pathlib import Path
@@ -15,6 +17,8 @@ from typing import Any, Final
 
 from shopcardd_provision.keys import ProvisionError, add_key, key_folder
 from shopcardd_voucher import Algorithm, InvalidKeyError, KeySet, SigningKey, Voucher, sign
+
+log = logging.getLogger("shopcardd_backend.signing")
 
 
 class SigningKeyError(RuntimeError):
@@ -74,3 +78,36 @@ def load_signer(keys_dir: Path, alg: Algorithm = "EdDSA", kid: str | None = None
         except (OSError, InvalidKeyError) as exc:
             raise SigningKeyError(f"cannot load signing key {chosen!r} from {keys_dir}: {exc}") from exc
     return VoucherSigner(key, keyset)
+
+
+class PublishedKeys:
+    """The voucher key set as the key folder's ``jwks.json`` holds it now, read again whenever
+    the file changes, with the signing key always in it.
+
+    So a key that ``shopcardd-provision keygen`` adds is published (``/.well-known/jwks.json``,
+    each sync) by every running API process at once, before any process signs with it: counters
+    learn it at their next sync, and no voucher of it is ``unknown_key``. A file that cannot be
+    read keeps the last good key set (logged)."""
+
+    def __init__(self, signer: VoucherSigner, jwks_path: Path) -> None:
+        self.signer = signer
+        self.path = jwks_path
+        self._seen: tuple[int, int] | None = None
+        self._jwks = signer.jwks
+
+    def jwks(self) -> dict[str, Any]:
+        try:
+            info = self.path.stat()
+        except OSError:
+            return self._jwks
+        seen = (info.st_mtime_ns, info.st_size)
+        if seen != self._seen:
+            try:
+                keyset = KeySet.load(self.path)
+                if self.signer.key.kid not in keyset:
+                    keyset.add(self.signer.key.verification_key())
+                self._jwks = keyset.to_jwks()
+            except InvalidKeyError as exc:
+                log.warning("key set not reloaded; the last good one stays", extra={"error": str(exc)})
+            self._seen = seen
+        return self._jwks

@@ -14,12 +14,13 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from ..claims import ClaimService
 from ..deals import DealService
+from ..devices import DeviceService
 from ..gates.base import ClaimGate
 from ..identity import API_KEY_PREFIX, Unauthorized, User, hash_api_key
 from ..runtime import Runtime
 from ..settings import Settings
 from ..signing import VoucherSigner
-from ..stores.base import DocumentStore
+from ..stores.base import DeviceRecord, DocumentStore
 from .errors import Problem
 
 _bearer = HTTPBearer(auto_error=False, description="The user's token from the identity provider")
@@ -103,6 +104,41 @@ def current_merchant(
 def _challenge() -> dict[str, str]:
     return {"WWW-Authenticate": "Bearer"}
 
+
+# --- Devices (device enrolment and sync) ---
+
+_device_bearer = HTTPBearer(
+    auto_error=False, scheme_name="DeviceToken", description="A token signed by the device's enrolled key"
+)
+
+
+async def get_device_service(runtime: RuntimeDep) -> DeviceService:
+    return runtime.devices
+
+
+DeviceServiceDep = Annotated[DeviceService, Depends(get_device_service)]
+
+
+def current_device(
+    request: Request,
+    settings: SettingsDep,
+    devices: DeviceServiceDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_device_bearer)],
+) -> DeviceRecord:
+    """The active device whose enrolled key signed the bearer token for this backend; the
+    token's ``jti`` is used up. 401 ``unauthorized`` otherwise (``DeviceUnauthorized``)."""
+    if credentials is None:
+        raise Problem(
+            "unauthorized", "send the device's token: Authorization: Bearer TOKEN", headers=_challenge()
+        )
+    audience = settings.device_audience or str(request.base_url).rstrip("/")
+    return devices.authenticate(credentials.credentials, audience)
+
+
+CurrentDevice = Annotated[DeviceRecord, Depends(current_device)]
+DeviceId = Annotated[str, Path(description="The device's id")]
+
+# --- end of the device block ---
 
 CurrentUser = Annotated[User, Depends(current_user)]
 CurrentMerchant = Annotated[str, Depends(current_merchant)]

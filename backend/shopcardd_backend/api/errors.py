@@ -19,6 +19,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from ..deals import DealNotFound, NotYourDeal
+from ..devices import (
+    BadWatermark,
+    DeviceIdTaken,
+    DeviceKeyRefused,
+    DeviceNotFound,
+    DeviceUnauthorized,
+    NotYourDevice,
+    NotYourVoucher,
+    VoucherNotFound,
+)
 from ..storage import TransientError
 from ..stores.base import BadCursor
 
@@ -36,6 +46,7 @@ CODES: Final[dict[str, int]] = {
     "sale_not_open": 403,
     "sold_out": 409,
     "limit_reached": 409,
+    "conflict": 409,
     "rate_limited": 429,
     "unavailable": 503,
     "internal_error": 500,
@@ -166,13 +177,22 @@ _DOMAIN_ERRORS: Final[dict[type[Exception], str]] = {
     DealNotFound: "not_found",
     NotYourDeal: "forbidden",
     BadCursor: "invalid_request",
+    DeviceNotFound: "not_found",
+    NotYourDevice: "forbidden",
+    DeviceIdTaken: "conflict",
+    DeviceKeyRefused: "invalid_request",
+    DeviceUnauthorized: "unauthorized",
+    VoucherNotFound: "not_found",
+    NotYourVoucher: "forbidden",
+    BadWatermark: "invalid_request",
 }
 """Errors of the use cases (``deals.py``, the stores) and the problem code each one answers."""
 
 
 async def _domain_error(request: Request, exc: Exception) -> Response:
     code = _DOMAIN_ERRORS[type(exc)]
-    return problem_response(CODES[code], code, str(exc))
+    challenge = {"WWW-Authenticate": "Bearer"} if code == "unauthorized" else None
+    return problem_response(CODES[code], code, str(exc), challenge)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -22,16 +22,21 @@ from .errors import Problem, problem_response
 
 
 class BodyLimits:
-    """413 ``payload_too_large`` over ``max_bytes``; 408 ``request_timeout`` when the whole body
-    has not arrived ``timeout`` seconds after the request started."""
+    """413 ``payload_too_large`` over ``max_bytes`` (or the limit ``larger`` gives a path); 408
+    ``request_timeout`` when the whole body has not arrived ``timeout`` seconds after the request
+    started."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, timeout: float, larger: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self.larger = larger or {}
 
-    def _too_large(self) -> Problem:
-        return Problem("payload_too_large", f"the request body is larger than {self.max_bytes} bytes")
+    @staticmethod
+    def _too_large(limit: int) -> Problem:
+        return Problem("payload_too_large", f"the request body is larger than {limit} bytes")
 
     def _too_slow(self) -> Problem:
         detail = f"the request body did not arrive within {self.timeout:g} seconds"
@@ -41,11 +46,14 @@ class BodyLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = max(self.max_bytes, self.larger.get(scope["path"], 0))
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
+                if not value.isdigit() or int(value) > limit:
                     problem = (
-                        self._too_large() if value.isdigit() else Problem("invalid_request", "bad length")
+                        self._too_large(limit)
+                        if value.isdigit()
+                        else Problem("invalid_request", "bad length")
                     )
                     response = problem_response(problem.status_code, problem.code, str(problem.detail))
                     await response(scope, receive, send)
@@ -66,8 +74,8 @@ class BodyLimits:
                 raise self._too_slow() from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise self._too_large()
+                if seen > limit:
+                    raise self._too_large(limit)
                 complete = not message.get("more_body", False)
             return message
 

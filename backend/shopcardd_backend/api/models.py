@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -18,13 +18,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationInfo,
     field_validator,
 )
 
 from ..deals import DealView
+from ..devices import MAX_REDEMPTIONS_PER_SYNC
 from ..stats import DealStats
-from ..stores.base import DealRecord, DealStatus
+from ..stores.base import DealRecord, DealStatus, DeviceStatus
 
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -206,3 +208,148 @@ class JWKS(BaseModel):
 class Health(BaseModel):
     status: str
     profile: str | None = None
+
+
+# --- Devices: enrolment, sync, conflicts, voucher revocation (device enrolment and sync) ---
+
+
+def _instant_text(value: datetime) -> str:
+    """RFC 3339 in UTC, with milliseconds only when there are any: ``2026-12-01T13:05:09Z``."""
+    text = value.astimezone(UTC).isoformat(timespec="milliseconds" if value.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+Instant = Annotated[datetime, PlainSerializer(_instant_text, return_type=str)]
+"""A time in an answer about devices: RFC 3339, UTC, ``Z``."""
+Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
+"""A voucher, deal or user id as a counter uploads it: 1 to 64 printable ASCII characters."""
+DeviceIdentifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+class DeviceCreate(BaseModel):
+    """Enrol a counter: its id and the public half of its Ed25519 key (a JWK)."""
+
+    model_config = STRICT_REQUEST
+
+    device_id: DeviceIdentifier
+    public_key: dict[str, str] = Field(max_length=8)
+    """``{"kty": "OKP", "crv": "Ed25519", "x": ...}``; a private member (``d``) is refused."""
+    merchant_id: str | None = Field(default=None, max_length=64)
+    """Optional: the merchant the enrolment is meant for; refused (403) unless it is the key's."""
+
+
+class DevicePublic(BaseModel):
+    device_id: str
+    merchant_id: str
+    public_key: dict[str, str]
+    status: DeviceStatus
+    enrolled_at: Instant
+    revoked_at: Instant | None
+
+
+class RedemptionUpload(BaseModel):
+    """One redemption the counter recorded."""
+
+    model_config = STRICT_REQUEST
+
+    voucher_id: Identifier
+    deal_id: Identifier
+    redeemed_at: UtcDatetime
+    """When the counter accepted it (its trusted time), RFC 3339."""
+    user_id: Identifier | None = None
+    expires_at: UtcDatetime | None = None
+
+
+class SyncRequest(BaseModel):
+    """What a counter sends: its redemptions not yet confirmed (at most 500) and its watermark."""
+
+    model_config = STRICT_REQUEST
+
+    redemptions: list[RedemptionUpload] = Field(default_factory=list, max_length=MAX_REDEMPTIONS_PER_SYNC)
+    revocations_after: str | None = Field(default=None, max_length=40)
+    """The ``revocations.watermark`` of the previous answer; ``null`` on the first sync."""
+
+    @field_validator("redemptions")
+    @classmethod
+    def _one_per_voucher(cls, redemptions: list[RedemptionUpload]) -> list[RedemptionUpload]:
+        seen: set[str] = set()
+        for redemption in redemptions:
+            if redemption.voucher_id in seen:
+                raise ValueError(f"voucher {redemption.voucher_id} appears twice; a counter redeems it once")
+            seen.add(redemption.voucher_id)
+        return redemptions
+
+
+class RedemptionResultPublic(BaseModel):
+    voucher_id: str
+    status: Literal["ok", "conflict"]
+    first_device_id: str | None
+    """With ``conflict``: the device whose redemption of the voucher the backend recorded first."""
+    first_redeemed_at: Instant | None
+    """With ``conflict``: when that device redeemed it."""
+
+
+class KeySetDown(BaseModel):
+    keys: list[dict[str, object]]
+    """The voucher verification keys (RFC 7517): every key that may still have live vouchers."""
+    issued_at: Instant
+    valid_until: Instant
+    """After this, the counter should count its key set as stale until it syncs again."""
+
+
+class RevocationsDown(BaseModel):
+    vouchers: list[str]
+    deals: list[str]
+    watermark: str | None
+    """Send it back as ``revocations_after`` at the next sync."""
+    more: bool
+    """More revocations wait than one answer carries: sync again at once."""
+
+
+class Peer(BaseModel):
+    device_id: str
+    public_key: dict[str, str]
+
+
+class SyncResponse(BaseModel):
+    results: list[RedemptionResultPublic]
+    keys: KeySetDown
+    revocations: RevocationsDown
+    peers: list[Peer]
+    """The merchant's other active counters, with the keys their LAN messages are signed with."""
+    server_time: Instant
+
+
+class ConflictingRedemption(BaseModel):
+    device_id: str
+    redeemed_at: Instant
+    received_at: Instant
+
+
+class Conflict(BaseModel):
+    voucher_id: str
+    deal_id: str
+    redemptions: list[ConflictingRedemption]
+    """Every device's redemption of the voucher, the first the backend recorded first."""
+
+
+class ConflictList(BaseModel):
+    conflicts: list[Conflict]
+    next_cursor: str | None
+    """Pass as ``?cursor=`` for the next page; ``null`` on the last page."""
+
+
+class VoucherRevoke(BaseModel):
+    """Optional body: the voucher's deal, for a voucher the store does not hold yet."""
+
+    model_config = STRICT_REQUEST
+
+    deal_id: Identifier | None = None
+
+
+class VoucherRevoked(BaseModel):
+    voucher_id: str
+    deal_id: str | None
+    merchant_id: str
+    status: Literal["revoked"] = "revoked"
+    revoked_at: Instant

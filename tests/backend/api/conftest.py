@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from fastapi.testclient import TestClient
 from shopcardd_backend.app import create_app
 from shopcardd_backend.identity import dev_identity_key, mint_user_token, register_merchant
 from shopcardd_backend.settings import Settings
+from shopcardd_voucher import SigningKey
+from shopcardd_voucher.device_auth import make_device_token, public_jwk
 
 PROFILES = ["embedded", "scaled"]
 
@@ -144,3 +147,52 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     assert problem["code"] == code
     assert problem["title"] and problem["detail"]
     return problem
+
+
+# --- Devices (device enrolment and sync) ---
+
+AUDIENCE = "http://testserver"
+"""The audience of device tokens in TestClient tests: the URL the requests reach the app at."""
+T_REDEEMED = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+
+def redemption(voucher_id: str, deal_id: str = "d1", at: int = 0) -> dict[str, Any]:
+    """One redemption as a counter uploads it, ``at`` seconds after 2026-12-01T10:00:00Z."""
+    when = (T_REDEEMED + timedelta(seconds=at)).isoformat().replace("+00:00", "Z")
+    return {"voucher_id": voucher_id, "deal_id": deal_id, "redeemed_at": when}
+
+
+@dataclass
+class Counter:
+    """An enrolled counter device as the backend sees it over HTTP: its key makes its tokens."""
+
+    api: Api
+    device_id: str
+    key: SigningKey
+    merchant_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The merchant's headers, for the merchant routes a test calls beside the sync."""
+        return {"X-API-Key": self.merchant_key}
+
+    def token(self, **kwargs: Any) -> str:
+        return make_device_token(self.key, AUDIENCE, **kwargs)
+
+    def bearer(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token()}"}
+
+    def sync(
+        self, redemptions: list[dict[str, Any]], watermark: str | None = None, token: str | None = None
+    ) -> httpx.Response:
+        body = {"redemptions": redemptions, "revocations_after": watermark}
+        return self.api.client.post("/v1/devices/sync", json=body, headers=self.bearer(token))
+
+
+def enrol(api: Api, merchant_key: str, device_id: str) -> Counter:
+    """Enrol a new counter with a fresh Ed25519 key, as ``shopcardd-provision enroll`` does."""
+    key = SigningKey.generate(device_id)
+    body = {"device_id": device_id, "public_key": public_jwk(key)}
+    made = api.client.post("/v1/devices", json=body, headers={"X-API-Key": merchant_key})
+    assert made.status_code == 201, made.text
+    return Counter(api, device_id, key, merchant_key)

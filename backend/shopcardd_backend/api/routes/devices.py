@@ -1,0 +1,56 @@
+"""Devices: a merchant enrols its counters and revokes them; a counter syncs. Thin adapters over
+``DeviceService`` (``devices.py``)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from fastapi import APIRouter
+
+from ...devices import Redemption
+from ..deps import CurrentDevice, CurrentMerchant, DeviceId, DeviceServiceDep
+from ..models import (
+    DeviceCreate,
+    DevicePublic,
+    KeySetDown,
+    Peer,
+    RedemptionResultPublic,
+    RevocationsDown,
+    SyncRequest,
+    SyncResponse,
+)
+
+router = APIRouter(prefix="/v1/devices", tags=["devices"])
+SYNC_PATH: Final = "/v1/devices/sync"
+SYNC_MAX_BODY_BYTES: Final = 256 * 1024
+"""A sync carries up to 500 redemptions (about 300 bytes each at most): more than the 16 KiB
+every other body may have (``SHOPCARDD_MAX_BODY_BYTES``)."""
+
+
+@router.post("", status_code=201, responses={401: {}, 403: {}, 409: {"description": "id taken"}, 422: {}})
+def enrol_device(body: DeviceCreate, merchant: CurrentMerchant, devices: DeviceServiceDep) -> DevicePublic:
+    """Enrol a counter of the key's merchant with the public half of its Ed25519 key."""
+    device = devices.enrol(merchant, body.device_id, body.public_key, body.merchant_id)
+    return DevicePublic.model_validate(device, from_attributes=True)
+
+
+@router.post("/sync", responses={401: {}, 413: {}, 422: {}, 503: {}})
+def sync_device(body: SyncRequest, device: CurrentDevice, devices: DeviceServiceDep) -> SyncResponse:
+    """One sync: the counter's redemptions up (idempotent), key set, revocations, peers and time down."""
+    uploads = [Redemption(**upload.model_dump()) for upload in body.redemptions]
+    answer = devices.sync(device, uploads, body.revocations_after)
+    return SyncResponse(
+        results=[RedemptionResultPublic.model_validate(r, from_attributes=True) for r in answer.results],
+        keys=KeySetDown(
+            keys=answer.keys["keys"], issued_at=answer.keys_issued_at, valid_until=answer.keys_valid_until
+        ),
+        revocations=RevocationsDown.model_validate(answer.revocations, from_attributes=True),
+        peers=[Peer(device_id=peer.device_id, public_key=peer.public_key) for peer in answer.peers],
+        server_time=answer.server_time,
+    )
+
+
+@router.post("/{device_id}/revoke", responses={401: {}, 403: {}, 404: {}})
+def revoke_device(device_id: DeviceId, merchant: CurrentMerchant, devices: DeviceServiceDep) -> DevicePublic:
+    """Revoke a counter: its sync is refused (401) from now on. Repeating it is harmless."""
+    return DevicePublic.model_validate(devices.revoke(merchant, device_id), from_attributes=True)

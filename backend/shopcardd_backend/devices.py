@@ -1,0 +1,318 @@
+"""The device use cases: enrol and revoke counters, authenticate their sync, run one sync,
+list conflicting redemptions, revoke vouchers.
+
+The routes (``api/routes/devices.py``, ``vouchers.py``, ``merchants.py``) are thin adapters
+over ``DeviceService``. A counter proves who it is with a short-lived token signed by its own
+Ed25519 key (``shopcardd_voucher.device_auth``, which the counter imports too); the key is
+the one enrolled for that device id, the algorithm the key's, and each token's ``jti`` works
+once. One sync is one round trip: redemptions up (stored once per voucher and device, so a
+batch sent twice changes nothing), and down the voucher key set, the revocations since the
+device's watermark, the merchant's other counters and the server's time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from shopcardd_voucher.device_auth import (
+    DEVICE_ID,
+    DEVICE_ID_RULE,
+    DEVICE_TOKEN_LEEWAY_SECONDS,
+    DeviceTokenError,
+    device_of_token,
+    parse_public_jwk,
+    read_device_token,
+)
+
+from .stores.base import (
+    DeviceRecord,
+    DeviceStatus,
+    DocumentStore,
+    DuplicateError,
+    RedemptionRecord,
+    RevocationKind,
+    RevocationRecord,
+)
+
+log = logging.getLogger("shopcardd_backend.devices")
+MAX_REDEMPTIONS_PER_SYNC: Final = 500
+MAX_REVOCATIONS_PER_SYNC: Final = 1000
+
+
+class DeviceNotFound(LookupError):
+    """No device of that id is enrolled."""
+
+
+class NotYourDevice(PermissionError):
+    """The device belongs to another merchant (or the enrolment names another merchant)."""
+
+
+class DeviceIdTaken(ValueError):
+    """A device of that id is enrolled already (revoked ones keep their id)."""
+
+
+class DeviceKeyRefused(ValueError):
+    """The public key sent for enrolment is not a public Ed25519 JWK."""
+
+
+class DeviceUnauthorized(Exception):
+    """A sync token that does not prove a device: ``str(exc)`` says why."""
+
+
+class VoucherNotFound(LookupError):
+    """A voucher the store does not know, revoked without naming its deal."""
+
+
+class NotYourVoucher(PermissionError):
+    """The voucher (or the deal named for it) belongs to another merchant."""
+
+
+class BadWatermark(ValueError):
+    """A revocation watermark this backend did not give."""
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    """One redemption as a counter uploads it."""
+
+    voucher_id: str
+    deal_id: str
+    redeemed_at: datetime
+    user_id: str | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RedemptionResult:
+    """``ok``: this device's redemption is the first the backend recorded for the voucher.
+    ``conflict``: another device's was, named with its time."""
+
+    voucher_id: str
+    status: str
+    first_device_id: str | None = None
+    first_redeemed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Revocations:
+    vouchers: list[str]
+    deals: list[str]
+    watermark: str | None
+    """Give it back at the next sync (``revocations_after``); None while the merchant has none."""
+    more: bool
+    """True when more revocations wait than one answer carries: sync again at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAnswer:
+    results: list[RedemptionResult]
+    keys: dict[str, Any]
+    keys_issued_at: datetime
+    keys_valid_until: datetime
+    revocations: Revocations
+    peers: list[DeviceRecord]
+    server_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class VoucherRevocation:
+    voucher_id: str
+    deal_id: str | None
+    merchant_id: str
+    revoked_at: datetime
+
+
+def parse_watermark(watermark: str | None) -> int:
+    """The ``seq`` a watermark stands for (0: from the start)."""
+    if watermark is None:
+        return 0
+    if not watermark.isascii() or not watermark.isdigit() or len(watermark) > 18:
+        raise BadWatermark(f"revocations_after: {watermark[:40]!r} is not a watermark this backend gave")
+    return int(watermark)
+
+
+class DeviceService:
+    def __init__(
+        self,
+        store: DocumentStore,
+        keys: Callable[[], dict[str, Any]],
+        keyset_valid_seconds: int,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        """The voucher key set (JWKS) to send: every key that may still have live vouchers."""
+        self.keyset_valid = timedelta(seconds=keyset_valid_seconds)
+        self.now = now
+
+    def enrol(
+        self, merchant_id: str, device_id: str, public_key: Any, named_merchant: str | None = None
+    ) -> DeviceRecord:
+        """Enrol a counter of ``merchant_id`` with its public key."""
+        if named_merchant is not None and named_merchant != merchant_id:
+            raise NotYourDevice(f"the API key is merchant {merchant_id!r}'s, not {named_merchant[:64]!r}'s")
+        if not DEVICE_ID.fullmatch(device_id):
+            raise DeviceKeyRefused(f"device_id: use {DEVICE_ID_RULE}")
+        try:
+            parse_public_jwk(public_key)
+        except DeviceTokenError as exc:
+            raise DeviceKeyRefused(str(exc)) from None
+        device = DeviceRecord(
+            device_id=device_id,
+            merchant_id=merchant_id,
+            public_key={name: public_key[name] for name in ("kty", "crv", "x")},
+            status=DeviceStatus.ACTIVE,
+            enrolled_at=self.now(),
+        )
+        try:
+            self.store.add_device(device)
+        except DuplicateError:
+            raise DeviceIdTaken(f"device {device_id!r} is enrolled already; choose another id") from None
+        log.info("device enrolled", extra={"device_id": device_id, "merchant_id": merchant_id})
+        return self.store.get_device(device_id) or device
+
+    def revoke(self, merchant_id: str, device_id: str) -> DeviceRecord:
+        """Revoke a device: its sync tokens are refused from now on. Repeating it is harmless."""
+        self._own_device(merchant_id, device_id)
+        revoked = self.store.set_device_status(device_id, DeviceStatus.REVOKED, self.now())
+        if revoked is None:
+            raise DeviceNotFound(f"no device {device_id[:64]!r}")
+        log.warning("device revoked", extra={"device_id": device_id, "merchant_id": merchant_id})
+        return revoked
+
+    def authenticate(self, token: str, audience: str) -> DeviceRecord:
+        """The enrolled, active device that signed ``token`` for ``audience``; the token's ``jti``
+        is used up. ``DeviceUnauthorized`` otherwise (nothing is used up then)."""
+        try:
+            device = self.store.get_device(device_of_token(token))
+            if device is None:
+                raise DeviceUnauthorized("the device token's kid is not an enrolled device")
+            claims = read_device_token(
+                token, parse_public_jwk(device.public_key), audience, now=self.now().timestamp()
+            )
+        except DeviceTokenError as exc:
+            raise DeviceUnauthorized(str(exc)) from None
+        if device.status is not DeviceStatus.ACTIVE:
+            raise DeviceUnauthorized(f"device {device.device_id!r} is revoked")
+        keep_until = datetime.fromtimestamp(claims.expires_at + DEVICE_TOKEN_LEEWAY_SECONDS, UTC)
+        if not self.store.use_token_id(device.device_id, claims.token_id, keep_until, self.now()):
+            raise DeviceUnauthorized("the device token was used before: make a new one (new jti) per request")
+        return device
+
+    def sync(
+        self, device: DeviceRecord, redemptions: Sequence[Redemption], watermark: str | None
+    ) -> SyncAnswer:
+        """Store the device's redemptions and tell it what it needs to verify offline."""
+        after = parse_watermark(watermark)
+        now = self.now()
+        records = [
+            RedemptionRecord(
+                voucher_id=r.voucher_id,
+                device_id=device.device_id,
+                merchant_id=device.merchant_id,
+                deal_id=r.deal_id,
+                redeemed_at=r.redeemed_at,
+                received_at=now,
+                user_id=r.user_id,
+                expires_at=r.expires_at,
+            )
+            for r in redemptions
+        ]
+        firsts = self.store.save_redemptions(records)
+        results = [self._result(device.device_id, firsts[r.voucher_id]) for r in records]
+        conflicts = sum(result.status == "conflict" for result in results)
+        if conflicts:
+            log.warning(
+                "vouchers redeemed at another device first",
+                extra={"device_id": device.device_id, "merchant_id": device.merchant_id, "count": conflicts},
+            )
+        return SyncAnswer(
+            results=results,
+            keys=self.keys(),
+            keys_issued_at=now,
+            keys_valid_until=now + self.keyset_valid,
+            revocations=self._revocations(device.merchant_id, after),
+            peers=[
+                peer
+                for peer in self.store.devices_of_merchant(device.merchant_id)
+                if peer.status is DeviceStatus.ACTIVE and peer.device_id != device.device_id
+            ],
+            server_time=now,
+        )
+
+    def conflicts(
+        self, merchant_id: str, limit: int, after: str | None = None
+    ) -> list[list[RedemptionRecord]]:
+        """The merchant's vouchers redeemed at more than one device, each with every redemption."""
+        return self.store.conflicts_of_merchant(merchant_id, limit, after)
+
+    def revoke_voucher(
+        self, merchant_id: str, voucher_id: str, deal_id: str | None = None
+    ) -> VoucherRevocation:
+        """Revoke one voucher: every counter of the merchant refuses it after its next sync.
+
+        The store knows a voucher once the persist worker has written it; a voucher issued a
+        moment ago may not be there yet, so the merchant may name its deal instead (which must
+        be the merchant's). A known voucher's deal must match the one named."""
+        voucher = self.store.get_voucher(voucher_id)
+        if voucher is not None:
+            if voucher.merchant_id != merchant_id:
+                raise NotYourVoucher(f"voucher {voucher_id!r} belongs to another merchant")
+            if deal_id is not None and deal_id != voucher.deal_id:
+                raise NotYourVoucher(f"voucher {voucher_id!r} is not of deal {deal_id[:64]!r}")
+            deal_id = voucher.deal_id
+        elif deal_id is None:
+            raise VoucherNotFound(
+                f"no voucher {voucher_id[:64]!r} is stored (yet): if it was issued moments ago, "
+                'name its deal in the body: {"deal_id": "..."}'
+            )
+        else:
+            deal = self.store.get_deal(deal_id)
+            if deal is None:
+                raise VoucherNotFound(f"no deal {deal_id[:64]!r}")
+            if deal.merchant_id != merchant_id:
+                raise NotYourVoucher(f"deal {deal_id!r} belongs to another merchant")
+        record = self.store.add_revocation(merchant_id, RevocationKind.VOUCHER, voucher_id, self.now())
+        log.info("voucher revoked", extra={"voucher_id": voucher_id, "merchant_id": merchant_id})
+        return VoucherRevocation(voucher_id, deal_id, merchant_id, record.revoked_at)
+
+    def _own_device(self, merchant_id: str, device_id: str) -> DeviceRecord:
+        device = self.store.get_device(device_id)
+        if device is None:
+            raise DeviceNotFound(f"no device {device_id[:64]!r}")
+        if device.merchant_id != merchant_id:
+            raise NotYourDevice(f"device {device_id!r} belongs to another merchant")
+        return device
+
+    @staticmethod
+    def _result(device_id: str, first: RedemptionRecord) -> RedemptionResult:
+        if first.device_id == device_id:
+            return RedemptionResult(first.voucher_id, "ok")
+        return RedemptionResult(first.voucher_id, "conflict", first.device_id, first.redeemed_at)
+
+    def _revocations(self, merchant_id: str, after: int) -> Revocations:
+        found: list[RevocationRecord] = self.store.revocations_after(
+            merchant_id, after, MAX_REVOCATIONS_PER_SYNC + 1
+        )
+        shown = found[:MAX_REVOCATIONS_PER_SYNC]
+        if (
+            not shown
+            and after
+            and [r.seq for r in self.store.revocations_after(merchant_id, after - 1, 1)] != [after]
+        ):
+            # A watermark past the merchant's last revocation was not given here (another
+            # backend, or a store restored from an older backup): start over rather than skip.
+            raise BadWatermark(
+                f"revocations_after: {after} is not a watermark this backend gave; send null to start over"
+            )
+        last = shown[-1].seq if shown else after
+        return Revocations(
+            vouchers=[r.target_id for r in shown if r.kind is RevocationKind.VOUCHER],
+            deals=[r.target_id for r in shown if r.kind is RevocationKind.DEAL],
+            watermark=str(last) if last else None,
+            more=len(found) > MAX_REVOCATIONS_PER_SYNC,
+        )

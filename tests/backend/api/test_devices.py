@@ -1,0 +1,342 @@
+"""Device enrolment and sync over HTTP, on both profiles: the wire contract of docs/backend-api.md.
+
+Every test runs through FastAPI's TestClient against real stores (SQLite; MongoDB on the
+scaled profile), and signs its device tokens with ``shopcardd_voucher.device_auth``, as a
+counter does.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from fastapi.testclient import TestClient
+from jwt.utils import base64url_encode
+
+from shopcardd_backend.app import create_app
+from shopcardd_backend.stores.base import VoucherRecord
+from shopcardd_provision.keys import keygen
+from shopcardd_voucher import KeySet, Reason, SigningKey, verify
+from shopcardd_voucher.device_auth import make_device_token, public_jwk
+
+from .conftest import AUDIENCE, Api, Counter, assert_problem, enrol, redemption
+
+
+def stored(api: Api, merchant: str = "m1") -> int:
+    return api.client.app.state.runtime.store.count_redemptions(merchant)  # type: ignore[attr-defined]
+
+
+def test_enrolment_takes_a_public_ed25519_jwk_and_an_unused_id(api: Api) -> None:
+    key = api.merchant_key("m1")
+    device_key = SigningKey.generate("c1")
+    headers = {"X-API-Key": key}
+    made = api.client.post(
+        "/v1/devices", json={"device_id": "c1", "public_key": public_jwk(device_key)}, headers=headers
+    )
+    assert made.status_code == 201, made.text
+    assert made.json() | {"enrolled_at": None} == {
+        "device_id": "c1",
+        "merchant_id": "m1",
+        "public_key": public_jwk(device_key),
+        "status": "active",
+        "enrolled_at": None,
+        "revoked_at": None,
+    }
+    again = api.client.post(
+        "/v1/devices", json={"device_id": "c1", "public_key": public_jwk(device_key)}, headers=headers
+    )
+    assert "enrolled already" in assert_problem(again, 409, "conflict")["detail"]
+
+    private = device_key.private_key.private_bytes_raw()
+    refused = {
+        "private member": {**public_jwk(device_key), "d": base64url_encode(private).decode()},
+        "rsa": {"kty": "RSA", "n": "AQAB", "e": "AQAB"},
+        "x25519": {**public_jwk(device_key), "crv": "X25519"},
+        "short x": {**public_jwk(device_key), "x": "AAAA"},
+        "alg": {**public_jwk(device_key), "alg": "RS256"},
+    }
+    for what, jwk in refused.items():
+        answer = api.client.post("/v1/devices", json={"device_id": "c2", "public_key": jwk}, headers=headers)
+        assert "public_key" in assert_problem(answer, 422, "invalid_request")["detail"], what
+    for device_id in ("", "a b", "x" * 65, "ü"):
+        answer = api.client.post(
+            "/v1/devices",
+            json={"device_id": device_id, "public_key": public_jwk(device_key)},
+            headers=headers,
+        )
+        assert_problem(answer, 422, "invalid_request")
+    body = {"device_id": "c2", "public_key": public_jwk(device_key), "merchant_id": "m2"}
+    assert (
+        "not 'm2'"
+        in assert_problem(api.client.post("/v1/devices", json=body, headers=headers), 403, "forbidden")[
+            "detail"
+        ]
+    )
+    body = {"device_id": "c2", "public_key": public_jwk(device_key)}
+    assert_problem(api.client.post("/v1/devices", json=body), 401, "unauthorized")
+    assert_problem(
+        api.client.post("/v1/devices", json=body, headers={"X-API-Key": "sck_nope"}), 401, "unauthorized"
+    )
+
+
+def test_a_bad_sync_token_is_401_and_changes_nothing(api: Api) -> None:
+    key = api.merchant_key("m1")
+    counter = enrol(api, key, "c1")
+    other = enrol(api, key, "c2")
+    batch = [redemption("v1")]
+    now = time.time()
+    replayed = counter.token()
+    assert counter.sync([], token=replayed).status_code == 200
+
+    stranger = SigningKey.generate("c1")  # the right kid, another key
+    tokens = {
+        "forged": make_device_token(stranger, AUDIENCE),
+        "another device's key": make_device_token(SigningKey("c1", other.key.private_key), AUDIENCE),
+        "expired": counter.token(now=now - 1000),
+        "replayed": replayed,
+        "wrong audience": make_device_token(counter.key, "https://elsewhere.example"),
+        "too long a life": jwt.encode(
+            {"sub": "c1", "aud": AUDIENCE, "iat": int(now), "exp": int(now) + 3600, "jti": "j" * 22},
+            counter.key.private_key,
+            algorithm="EdDSA",
+            headers={"kid": "c1"},
+        ),
+        "alg none": jwt.encode(
+            {"sub": "c1", "aud": AUDIENCE, "iat": int(now), "exp": int(now) + 60, "jti": "n" * 22},
+            None,
+            algorithm="none",
+            headers={"kid": "c1"},
+        ),
+        "unknown device": make_device_token(SigningKey.generate("c9"), AUDIENCE),
+        "not a jwt": "hello",
+    }
+    for what, token in tokens.items():
+        answer = counter.sync(batch, token=token)
+        problem = assert_problem(answer, 401, "unauthorized")
+        assert answer.headers["www-authenticate"] == "Bearer", what
+        assert problem["detail"], what
+    assert_problem(api.client.post("/v1/devices/sync", json={"redemptions": []}), 401, "unauthorized")
+    assert stored(api) == 0
+
+    revoked = api.client.post("/v1/devices/c1/revoke", headers={"X-API-Key": key})
+    assert revoked.status_code == 200 and revoked.json()["status"] == "revoked"
+    assert revoked.json()["revoked_at"] is not None
+    problem = assert_problem(counter.sync(batch), 401, "unauthorized")
+    assert "revoked" in problem["detail"]
+    assert stored(api) == 0
+    assert other.sync(batch).json()["results"] == [
+        {"voucher_id": "v1", "status": "ok", "first_device_id": None, "first_redeemed_at": None}
+    ]
+
+
+def test_only_the_merchant_revokes_its_devices(api: Api) -> None:
+    enrol(api, api.merchant_key("m1"), "c1")
+    other_key = api.merchant_key("m2")
+    assert_problem(
+        api.client.post("/v1/devices/c1/revoke", headers={"X-API-Key": other_key}), 403, "forbidden"
+    )
+    assert_problem(
+        api.client.post("/v1/devices/c9/revoke", headers={"X-API-Key": other_key}), 404, "not_found"
+    )
+
+
+def test_the_same_batch_twice_changes_nothing(api: Api) -> None:
+    counter = enrol(api, api.merchant_key("m1"), "c1")
+    batch = [redemption(f"v{i}", at=i) for i in range(50)]
+    first = counter.sync(batch).json()
+    second = counter.sync(batch).json()
+    assert first["results"] == second["results"]
+    assert {r["status"] for r in first["results"]} == {"ok"}
+    assert [r["voucher_id"] for r in first["results"]] == [f"v{i}" for i in range(50)]
+    assert stored(api) == 50
+    assert (
+        counter.api.client.get("/v1/merchants/m1/conflicts", headers=counter.headers).json()["conflicts"]
+        == []
+    )
+
+
+def test_a_voucher_redeemed_at_two_devices_is_a_conflict_naming_the_first(api: Api) -> None:
+    key = api.merchant_key("m1")
+    first, second = enrol(api, key, "till-1"), enrol(api, key, "till-2")
+    assert first.sync([redemption("v1", at=0), redemption("v2", at=5)]).status_code == 200
+    answer = second.sync([redemption("v1", at=30), redemption("v3", at=31)]).json()
+    assert answer["results"] == [
+        {
+            "voucher_id": "v1",
+            "status": "conflict",
+            "first_device_id": "till-1",
+            "first_redeemed_at": "2026-12-01T10:00:00Z",
+        },
+        {"voucher_id": "v3", "status": "ok", "first_device_id": None, "first_redeemed_at": None},
+    ]
+    again = first.sync([redemption("v1", at=0)]).json()["results"]
+    assert again[0]["status"] == "ok", "the first device's re-upload stays ok"
+
+    conflicts = api.client.get("/v1/merchants/m1/conflicts", headers={"X-API-Key": key})
+    assert conflicts.status_code == 200
+    (conflict,) = conflicts.json()["conflicts"]
+    assert conflict["voucher_id"] == "v1" and conflict["deal_id"] == "d1"
+    assert [(r["device_id"], r["redeemed_at"]) for r in conflict["redemptions"]] == [
+        ("till-1", "2026-12-01T10:00:00Z"),
+        ("till-2", "2026-12-01T10:00:30Z"),
+    ]
+    assert all(r["received_at"] for r in conflict["redemptions"])
+    assert conflicts.json()["next_cursor"] is None
+    other = api.merchant_key("m2")
+    assert_problem(
+        api.client.get("/v1/merchants/m1/conflicts", headers={"X-API-Key": other}), 403, "forbidden"
+    )
+    assert (
+        api.client.get("/v1/merchants/m2/conflicts", headers={"X-API-Key": other}).json()["conflicts"] == []
+    )
+
+
+def test_revocations_reach_the_next_sync_once(api: Api) -> None:
+    key = api.merchant_key("m1")
+    counter = enrol(api, key, "c1")
+    deal = api.create_deal(key)["deal_id"]
+    other_deal = api.create_deal(key)["deal_id"]
+    start = counter.sync([]).json()["revocations"]
+    assert start == {"vouchers": [], "deals": [], "watermark": None, "more": False}
+
+    revoked = api.client.post("/v1/vouchers/vX/revoke", json={"deal_id": deal}, headers=counter.headers)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json() | {"revoked_at": None} == {
+        "voucher_id": "vX",
+        "deal_id": deal,
+        "merchant_id": "m1",
+        "status": "revoked",
+        "revoked_at": None,
+    }
+    assert api.client.post(f"/v1/deals/{other_deal}/cancel", headers=counter.headers).status_code == 200
+    again = api.client.post("/v1/vouchers/vX/revoke", json={"deal_id": deal}, headers=counter.headers)
+    assert again.json() == revoked.json(), "revoking twice is harmless"
+
+    down = counter.sync([], watermark=start["watermark"]).json()["revocations"]
+    assert down == {"vouchers": ["vX"], "deals": [other_deal], "watermark": "2", "more": False}
+    after = counter.sync([], watermark=down["watermark"]).json()["revocations"]
+    assert after == {"vouchers": [], "deals": [], "watermark": "2", "more": False}
+    assert counter.sync([], watermark=None).json()["revocations"]["vouchers"] == ["vX"], "null starts over"
+    for bogus in ("7", "abc", "-1"):
+        assert_problem(counter.sync([], watermark=bogus), 422, "invalid_request")
+
+
+def test_a_voucher_is_revoked_by_its_own_merchant_only(api: Api) -> None:
+    key, other = api.merchant_key("m1"), api.merchant_key("m2")
+    deal = api.create_deal(key)["deal_id"]
+    store = api.client.app.state.runtime.store  # type: ignore[attr-defined]
+    now = datetime.now(UTC)
+    store.save_voucher(VoucherRecord("vK", deal, "m1", "u1", "k1", now, now + timedelta(hours=1)))
+
+    known = api.client.post("/v1/vouchers/vK/revoke", headers={"X-API-Key": key})
+    assert known.status_code == 200 and known.json()["deal_id"] == deal, "a stored voucher needs no body"
+    unknown = api.client.post("/v1/vouchers/vU/revoke", headers={"X-API-Key": key})
+    assert "name its deal" in assert_problem(unknown, 404, "not_found")["detail"]
+    assert_problem(api.client.post("/v1/vouchers/vK/revoke", headers={"X-API-Key": other}), 403, "forbidden")
+    foreign = api.client.post("/v1/vouchers/vU/revoke", json={"deal_id": deal}, headers={"X-API-Key": other})
+    assert_problem(foreign, 403, "forbidden")
+    wrong = api.client.post("/v1/vouchers/vK/revoke", json={"deal_id": "other"}, headers={"X-API-Key": key})
+    assert_problem(wrong, 403, "forbidden")
+    nowhere = api.client.post(
+        "/v1/vouchers/vU/revoke", json={"deal_id": "nodeal"}, headers={"X-API-Key": key}
+    )
+    assert_problem(nowhere, 404, "not_found")
+
+
+def test_sync_sends_the_key_set_peers_and_time(api: Api) -> None:
+    key = api.merchant_key("m1")
+    counter, peer, gone = enrol(api, key, "c1"), enrol(api, key, "c2"), enrol(api, key, "c3")
+    enrol(api, api.merchant_key("m2"), "x1")
+    api.client.post("/v1/devices/c3/revoke", headers={"X-API-Key": key})
+    before = datetime.now(UTC).replace(microsecond=0)
+    answer = counter.sync([]).json()
+    assert answer["peers"] == [{"device_id": "c2", "public_key": public_jwk(peer.key)}]
+    assert gone.device_id not in str(answer["peers"])
+    assert answer["keys"]["keys"] == api.client.get("/.well-known/jwks.json").json()["keys"]
+    issued = datetime.fromisoformat(answer["keys"]["issued_at"])
+    assert datetime.fromisoformat(answer["keys"]["valid_until"]) - issued == timedelta(days=7)
+    server_time = datetime.fromisoformat(answer["server_time"])
+    assert before <= server_time <= datetime.now(UTC) + timedelta(seconds=1)
+
+
+def test_a_batch_is_at_most_500_redemptions_of_distinct_vouchers(api: Api) -> None:
+    counter = enrol(api, api.merchant_key("m1"), "c1")
+    assert_problem(counter.sync([redemption(f"v{i}") for i in range(501)]), 422, "invalid_request")
+    assert_problem(counter.sync([redemption("v1"), redemption("v1")]), 422, "invalid_request")
+    bad = [{"voucher_id": "v1", "deal_id": "d1", "redeemed_at": 1764583200}]
+    assert_problem(counter.sync(bad), 422, "invalid_request")
+    assert_problem(counter.sync([{**redemption("v1"), "shop": "x"}]), 422, "invalid_request")
+    assert stored(api) == 0
+    big = [
+        {
+            **redemption(f"{i:0>64}"),
+            "deal_id": "d" * 64,
+            "user_id": "u" * 64,
+            "expires_at": "2026-12-02T10:00:00Z",
+        }
+        for i in range(500)
+    ]
+    answer = counter.sync(big)
+    assert answer.status_code == 200, answer.text[:300]
+    assert stored(api) == 500
+
+
+def test_ten_thousand_redemptions_in_batches_are_stored_exactly_once(api: Api) -> None:
+    key = api.merchant_key("m1")
+    first, second = enrol(api, key, "c1"), enrol(api, key, "c2")
+    batches = [[redemption(f"v{b:02d}-{i:03d}", at=i) for i in range(500)] for b in range(20)]
+    for batch in batches:
+        assert {r["status"] for r in first.sync(batch).json()["results"]} == {"ok"}
+    assert stored(api) == 10_000
+    again = first.sync(batches[7]).json()["results"]  # a batch whose answer was lost, sent again
+    assert {r["status"] for r in again} == {"ok"} and len(again) == 500
+    clash = second.sync(batches[3][:10]).json()["results"]
+    assert {(r["status"], r["first_device_id"]) for r in clash} == {("conflict", "c1")}
+    assert stored(api) == 10_010
+    conflicts = api.client.get("/v1/merchants/m1/conflicts?limit=4", headers={"X-API-Key": key}).json()
+    assert [c["voucher_id"] for c in conflicts["conflicts"]] == [f"v03-{i:03d}" for i in range(4)]
+    assert conflicts["next_cursor"] == "v03-003"
+    rest = api.client.get(
+        f"/v1/merchants/m1/conflicts?cursor={conflicts['next_cursor']}", headers={"X-API-Key": key}
+    ).json()
+    assert len(rest["conflicts"]) == 6 and rest["next_cursor"] is None
+
+
+def test_a_sync_body_may_be_larger_than_other_bodies_but_is_bounded(api: Api) -> None:
+    counter = enrol(api, api.merchant_key("m1"), "c1")
+    huge = b'{"redemptions": [' + b" " * (300 * 1024) + b"]}"
+    answer = api.client.post(
+        "/v1/devices/sync", content=huge, headers={**counter.bearer(), "Content-Type": "application/json"}
+    )
+    assert_problem(answer, 413, "payload_too_large")
+    deal = api.client.post("/v1/deals", content=b" " * (20 * 1024), headers=counter.headers)
+    assert_problem(deal, 413, "payload_too_large")
+
+
+def test_a_key_rotation_publishes_the_new_key_at_once_and_keeps_the_old(api: Api) -> None:
+    """The operator's rotation (docs/backend-api.md, Keys): keygen into the key folder, then
+    SHOPCARDD_SIGNING_KID and a restart. Both keys reach the counters before and after."""
+    key = api.merchant_key("m1")
+    counter = enrol(api, key, "c1")
+    deal = api.create_deal(key, stock=10)["deal_id"]
+    old = api.claim(deal, api.user_token("alice"), "a-1").json()["token"]
+    old_kid = jwt.get_unverified_header(old)["kid"]
+
+    keygen("EdDSA", "k2", api.settings.keys_dir)
+    published = counter.sync([]).json()["keys"]["keys"]
+    assert [k["kid"] for k in published] == [old_kid, "k2"], "published before any process signs with it"
+    assert [k["kid"] for k in api.client.get("/.well-known/jwks.json").json()["keys"]] == [old_kid, "k2"]
+    still = api.claim(deal, api.user_token("bob"), "b-1").json()["token"]
+    assert jwt.get_unverified_header(still)["kid"] == old_kid, "no process signs with it before the restart"
+
+    rotated = api.settings.model_copy(update={"signing_kid": "k2"})
+    with TestClient(create_app(rotated), raise_server_exceptions=False) as client:
+        restarted = Api(client, rotated)
+        new = restarted.claim(deal, restarted.user_token("carol"), "c-1").json()["token"]
+        assert jwt.get_unverified_header(new)["kid"] == "k2"
+        after = Counter(restarted, "c1", counter.key, key).sync([]).json()["keys"]
+    keys = KeySet.from_jwks({"keys": after["keys"]})
+    assert keys.kids == [old_kid, "k2"]
+    for token in (old, still, new):
+        assert verify(token, keys, merchant="m1").reason is Reason.ACCEPTED
