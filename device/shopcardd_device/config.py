@@ -78,6 +78,8 @@ class DeviceConfig:
     data_dir: Path
     keyset: Path
     backend_url: str | None = None
+    device_key: Path | None = None
+    """This device's Ed25519 key (PEM, from ``shopcardd-provision enroll``): signs its sync tokens."""
     leeway_seconds: int = DEFAULT_LEEWAY_SECONDS
     log_level: str = "info"
     timezone: tzinfo | None = None
@@ -121,6 +123,7 @@ class DeviceConfig:
             data_dir=top.path("data_dir"),
             keyset=top.path("keyset"),
             backend_url=top.text("backend_url", "") or None,
+            device_key=top.path("device_key") if "device_key" in data else None,
             leeway_seconds=top.number("leeway_seconds", DEFAULT_LEEWAY_SECONDS, int, 0, 3600),
             log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error")),
             timezone=_timezone(top),

@@ -1,4 +1,5 @@
-"""``shopcardd-provision``: signing keys, manually issued vouchers and their QR codes.
+"""``shopcardd-provision``: signing keys, manually issued vouchers and their QR codes, and
+counter devices' enrolment bundles.
 
 Run on the backend or a provisioning host: this is where private keys live.
 """
@@ -6,14 +7,20 @@ Run on the backend or a provisioning host: this is where private keys live.
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 import sys
 from pathlib import Path
 
 from shopcardd_voucher import ALGORITHMS, DEFAULT_ALGORITHM, issue
 from shopcardd_voucher.commandline import CommandParser
+from shopcardd_voucher.device_auth import DEVICE_ID, DEVICE_ID_RULE
 
+from .enroll import BUNDLE, DEFAULT_DATA_DIR, EnrolFailed, backend_url, enroll
 from .keys import ProvisionError, check_published, keygen, load_signing_key
 from .qr import format_list
+
+API_KEY_ENV = "SHOPCARDD_API_KEY"
 
 EXAMPLES = """\
 examples:
@@ -21,13 +28,52 @@ examples:
   shopcardd-provision issue --key keys/k1.private.pem --kid k1 \\
       --deal d1 --merchant m1 --user u1 --ttl 86400 > voucher.txt
   shopcardd-provision qr "$(cat voucher.txt)" --out voucher.png
+  SHOPCARDD_API_KEY=sck_... shopcardd-provision enroll --merchant cafe-42 --device till-1 \\
+      --backend https://api.example.com --out bundle-till-1/
 """
+
+ENROLL_EXAMPLE = """The merchant's API key (from `shopcardd-backend merchant create`) is read from
+SHOPCARDD_API_KEY, or asked for without echo when that is unset and this runs in a
+terminal; never from an argument (arguments show in ps and the shell history).
+
+Writes into DIR (made 0700; nothing in it is ever overwritten):
+  device.toml          the device configuration: device_id, merchant_id, data_dir,
+                       keyset, backend_url and device_key, paths relative to itself
+  device.private.pem   the device's Ed25519 key (0600); its public half is enrolled
+  jwks.json            the voucher key set, until the device's first sync
+
+Copy DIR to the device as /etc/shopcardd/ and check it there:
+  shopcardd-device status --config /etc/shopcardd/device.toml
+
+exit status: 0 enrolled; 1 the backend could not be reached or refused, or DIR already
+holds a bundle (why, in one line; DIR is left as it was); 2 a usage error.
+
+example:
+  export SHOPCARDD_API_KEY=sck_...
+  shopcardd-provision enroll --merchant cafe-42 --device till-1 \\
+      --backend https://api.example.com --out bundle-till-1/
+"""
+
+
+def _identifier(text: str) -> str:
+    """An argparse type: a merchant or device id (the backend's rule for both)."""
+    if not DEVICE_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use {DEVICE_ID_RULE}")
+    return text
+
+
+def _backend(text: str) -> str:
+    try:
+        return backend_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--backend ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shopcardd-provision",
-        description="Make voucher signing keys, issue vouchers by hand, render them as QR codes.",
+        description="Make voucher signing keys, issue vouchers by hand, render them as QR codes, "
+        "enrol counter devices with the backend.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -81,13 +127,64 @@ def build_parser() -> argparse.ArgumentParser:
     qr.add_argument("token", metavar="TOKEN", help="the voucher, or - to read it from stdin")
     qr.add_argument("--out", required=True, type=Path, metavar="FILE", help="image file to write")
     qr.add_argument("--scale", type=int, default=8, help="pixels per module (default 8)")
+
+    enr = sub.add_parser(
+        "enroll",
+        help="enrol a counter device with the backend and write its bundle",
+        description="Make a counter device's Ed25519 key pair, enrol its public key with the backend "
+        "(POST /v1/devices) for the merchant whose API key is given, fetch the voucher key set "
+        "(GET /.well-known/jwks.json) and write the device's bundle into DIR.",
+        epilog=ENROLL_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    enr.add_argument("--merchant", required=True, type=_identifier, metavar="M", help="the merchant's id")
+    enr.add_argument(
+        "--device",
+        required=True,
+        type=_identifier,
+        metavar="D",
+        help=f"the new device's id: {DEVICE_ID_RULE}",
+    )
+    enr.add_argument(
+        "--backend",
+        required=True,
+        type=_backend,
+        metavar="URL",
+        help="the backend's base URL as the device will reach it (its sync tokens are signed for it)",
+    )
+    enr.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the bundle")
+    enr.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        metavar="PATH",
+        help=f"data_dir for device.toml: the device's ledger folder (default {DEFAULT_DATA_DIR})",
+    )
     return parser
+
+
+def _api_key() -> str:
+    """The merchant's API key: from the environment, or asked for in a terminal."""
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if not key and sys.stdin.isatty():
+        key = getpass.getpass(
+            "merchant API key (shown once by `shopcardd-backend merchant create`): "
+        ).strip()
+    if not key:
+        raise ProvisionError(f"no merchant API key: set {API_KEY_ENV} (or run in a terminal to be asked)")
+    return key
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "keygen":
+        if args.command == "enroll":
+            bundle = enroll(args.merchant, args.device, args.backend, args.out, _api_key(), args.data_dir)
+            print(
+                f"enrolled device {bundle.device_id!r} of merchant {bundle.merchant_id!r}; wrote "
+                f"{bundle.folder}/ ({', '.join(BUNDLE)}; voucher keys {', '.join(bundle.kids)})",
+                file=sys.stderr,
+            )
+        elif args.command == "keygen":
             result = keygen(args.alg, args.kid, args.out)
             print(f"wrote {result.private_key_path} (0600, keep it secret)", file=sys.stderr)
             print(f"added {result.key.alg} key {result.key.kid!r} to {result.jwks_path}", file=sys.stderr)
@@ -107,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ProvisionError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
             version = save_qr(token, args.out, scale=args.scale)
             print(f"wrote {args.out} (QR version {version}, {len(token)} characters)", file=sys.stderr)
+    except EnrolFailed as exc:
+        print(f"shopcardd-provision {args.command}: {exc}", file=sys.stderr)
+        return 1
     except (ProvisionError, ValueError) as exc:
         print(f"shopcardd-provision {args.command}: {exc}", file=sys.stderr)
         return 2
