@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from .api.errors import install_error_handlers
 from .api.middleware import BodyLimits, HeadAsGet
 from .api.models import ProblemDocument
-from .api.routes import claims, deals, devices, health, keys, merchants, vouchers
+from .api.routes import claims, deals, devices, health, keys, merchants, stats, vouchers
 from .api.routes.devices import SYNC_MAX_BODY_BYTES, SYNC_PATH
 from .logging import configure_logging
 from .metrics import Metrics
@@ -40,6 +40,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     with Runtime(settings, app.state.metrics) as runtime:
         runtime.open_api_parts()
+        runtime.start_background()
         app.state.runtime = runtime
         where = {"profile": settings.profile, "data_dir": str(settings.data_dir)}
         log.info("backend started", extra={**where, "kid": runtime.signer.key.kid})
@@ -65,7 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
         larger={SYNC_PATH: SYNC_MAX_BODY_BYTES},
     )
     app.add_middleware(HeadAsGet, router=app.router)
-    routers = (deals.router, claims.router, devices.router, vouchers.router, merchants.router)
+    routers = (deals.router, stats.router, claims.router, devices.router, vouchers.router, merchants.router)
     for router in (*routers, keys.router, health.router):
         app.include_router(router)
     return app

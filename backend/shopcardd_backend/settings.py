@@ -4,7 +4,9 @@ Built by ``Settings.from_env()`` in ``main()`` (or a worker process's app factor
 import. No settings at all is the embedded profile: SQLite gate and store under
 ``SHOPCARDD_DATA_DIR``. ``SHOPCARDD_REDIS_URL`` moves the claim gate to Redis,
 ``SHOPCARDD_MONGODB_URI`` the document store to MongoDB; ``SHOPCARDD_AMQP_URL`` is read here
-and used by the relay and workers.
+and used by the relay and workers. The notify worker's channels (``SHOPCARDD_SMTP_URL`` with
+``SHOPCARDD_MAIL_FROM``, ``SHOPCARDD_SMS_URL`` with ``SHOPCARDD_SMS_API_KEY``) are each off
+until both of their settings are given.
 
 Every mistake an operator can make in a variable is found here, before anything starts, and
 reported as ``SettingsError``: one line naming the variable (the commands exit 2 with it). A
@@ -17,9 +19,13 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Literal, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,7 +47,12 @@ URL_SCHEMES = {
     "redis_url": ("redis://", "rediss://", "unix://"),
     "mongodb_uri": ("mongodb://", "mongodb+srv://"),
     "amqp_url": ("amqp://", "amqps://"),
+    "sms_url": ("https://", "http://"),
 }
+SMTP_SCHEMES = {"smtp": False, "smtp+starttls": True}
+"""The schemes of ``SHOPCARDD_SMTP_URL``, and whether each upgrades the connection with STARTTLS."""
+SMTP_DEFAULT_PORTS = {False: 25, True: 587}
+MAILBOX = re.compile(r"[^@\s<>]+@[^@\s<>]+")
 
 
 class SettingsError(ValueError):
@@ -50,6 +61,46 @@ class SettingsError(ValueError):
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpServer:
+    """The mail server of ``SHOPCARDD_SMTP_URL``, taken apart."""
+
+    host: str
+    port: int
+    starttls: bool
+    username: str | None = None
+    password: SecretStr | None = field(default=None, repr=False)
+
+
+def parse_smtp_url(url: str) -> SmtpServer:
+    """``smtp://[user:password@]host[:port]`` (or ``smtp+starttls://``); ``ValueError`` says what
+    is wrong without echoing the URL (it may hold a password)."""
+    form = "smtp://[user:password@]host[:port] or smtp+starttls://..."
+    parts = urlsplit(url)
+    if parts.scheme not in SMTP_SCHEMES:
+        raise ValueError(f"must be {form}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    if not parts.hostname:
+        raise ValueError(f"names no mail server: {form}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"must hold nothing after the port: {form}")
+    if (parts.username is None) != (parts.password is None):
+        raise ValueError("give both a user and a password (smtp://user:password@host), or neither")
+    starttls = SMTP_SCHEMES[parts.scheme]
+    return SmtpServer(
+        parts.hostname,
+        port or SMTP_DEFAULT_PORTS[starttls],
+        starttls,
+        None if parts.username is None else unquote(parts.username),
+        None if parts.password is None else SecretStr(unquote(parts.password)),
+    )
 
 
 def load_jwks(value: str) -> dict[str, Any]:
@@ -88,6 +139,16 @@ class Settings(BaseSettings):
     mongodb_uri: str | None = None
     mongodb_database: str = "shopcardd"
     amqp_url: str | None = None
+
+    smtp_url: SecretStr | None = None
+    """The mail server of customer emails: ``smtp://[user:password@]host[:port]`` (port 25), or
+    ``smtp+starttls://`` (port 587) to upgrade to TLS before logging in. Unset: no emails."""
+    mail_from: str | None = None
+    """The sender of customer emails (``ShopCardd <vouchers@example.com>``); needed with ``smtp_url``."""
+    sms_url: str | None = None
+    """The SMS provider's send endpoint: ``{"to", "text"}`` is POSTed to it as JSON. Unset: no SMS."""
+    sms_api_key: SecretStr | None = None
+    """Sent to the SMS provider as ``Authorization: Bearer KEY``; needed with ``sms_url``."""
 
     user_issuer: str = "shopcardd-dev"
     """``iss`` every user token must carry."""
@@ -136,6 +197,10 @@ class Settings(BaseSettings):
         return "embedded" if gate == store == "sqlite" else f"scaled (gate {gate}, store {store})"
 
     @property
+    def smtp_server(self) -> SmtpServer | None:
+        return None if self.smtp_url is None else parse_smtp_url(self.smtp_url.get_secret_value())
+
+    @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
 
@@ -165,12 +230,26 @@ class Settings(BaseSettings):
     def _upper_case_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("redis_url", "mongodb_uri", "amqp_url")
+    @field_validator("redis_url", "mongodb_uri", "amqp_url", "sms_url")
     @classmethod
     def _known_scheme(cls, value: str | None, info: ValidationInfo) -> str | None:
         schemes = URL_SCHEMES[str(info.field_name)]
         if value is not None and not value.startswith(schemes):
             raise ValueError(f"must start with {' or '.join(schemes)}")  # no echo: URLs hold passwords
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _usable_smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_smtp_url(value.get_secret_value())
+        return value
+
+    @field_validator("mail_from")
+    @classmethod
+    def _one_mailbox(cls, value: str | None) -> str | None:
+        if value is not None and (not MAILBOX.fullmatch(parseaddr(value)[1]) or not value.isprintable()):
+            raise ValueError("must be one address: vouchers@example.com or ShopCardd <vouchers@example.com>")
         return value
 
     @field_validator("redis_prefix")
@@ -195,6 +274,12 @@ class Settings(BaseSettings):
     def _refuse_unsafe_production(self) -> Self:
         if self.user_jwks is not None and self.user_secret is not None:
             raise ValueError("set SHOPCARDD_USER_JWKS or SHOPCARDD_USER_SECRET, not both")
+        for channel, needed in (("smtp_url", "mail_from"), ("sms_url", "sms_api_key")):
+            if (getattr(self, channel) is None) != (getattr(self, needed) is None):
+                raise ValueError(
+                    f"set {env_name(channel)} and {env_name(needed)} together, or neither "
+                    f"(the {'email' if channel == 'smtp_url' else 'SMS'} channel needs both)"
+                )
         if self.environment != "production":
             return self
         if self.uses_dev_identity:
@@ -209,6 +294,9 @@ class Settings(BaseSettings):
                     f"SHOPCARDD_USER_SECRET is a placeholder or shorter than {MIN_SECRET_BYTES} bytes; "
                     "refused in production"
                 )
+        sms_api_key = self.sms_api_key.get_secret_value() if self.sms_api_key is not None else None
+        if sms_api_key is not None and sms_api_key.lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("SHOPCARDD_SMS_API_KEY is a placeholder; refused in production")
         return self
 
 

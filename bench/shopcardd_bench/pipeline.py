@@ -9,9 +9,9 @@ A soak, then a measure of each stage's capacity:
    -> voucher document stored) is read from the store's document count sampled every 50 ms,
    the k-th document stored standing for the k-th claim answered (the stages keep order
    closely, not exactly).
-2. Capacity: the relay and the persist worker are stopped, --backlog more claims wait in the
-   outbox; then the relay alone drains them (relay events/s), then the persist worker alone
-   stores them (persist documents/s), then the same documents are written with a bare
+2. Capacity: every stage is stopped, --backlog more claims wait in the outbox; then the relay
+   alone drains them (relay events/s), then the persist worker alone stores them (persist
+   documents/s, nothing else writing to the store), then the same documents are written with a bare
    ``insert_many`` in batches of the worker's size to another collection of the same server:
    the ratio of the two, in the same run, is the worker's own overhead.
 3. Checks: the store holds exactly the vouchers issued, each once; the analytics counters add
@@ -284,8 +284,8 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
     lags = sorted(_lags(answered, sampler.samples))
 
     print(f"capacity: {args.backlog:,} claims waiting, then the relay alone, then persist alone")
-    stages["relay"].stop()
-    stages["persist"].stop()
+    for stage in stages.values():
+        stage.stop()
     gate = runtime.gate
     with tqdm(total=args.backlog, unit="claim", desc="backlog") as bar:
         _claim_all(runtime, deal.deal_id, args.backlog, args.threads, args.claims, bar)
@@ -365,7 +365,7 @@ def _until_analytics(runtime: Any, deal_id: str, total: int) -> int:
     """The analytics worker's count of claims issued on the deal, once it reached ``total``."""
 
     def counted() -> int:
-        return int(runtime.store.deal_stats(deal_id).totals["issued"])
+        return sum(minute.issued for minute in runtime.store.claims_by_minute(deal_id))
 
     with suppress(RuntimeError):  # a shortfall is reported by the caller, with the count
         _until(lambda: counted() >= total, "analytics caught up", 300)

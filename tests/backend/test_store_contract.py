@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from shopcardd_backend.stores.base import (
+    ClaimTally,
     DealRecord,
     DealStatus,
     DeviceRecord,
@@ -19,6 +20,7 @@ from shopcardd_backend.stores.base import (
     DocumentStore,
     DuplicateError,
     MerchantRecord,
+    MinuteCounts,
     RedemptionRecord,
     RevocationKind,
     RevocationRecord,
@@ -124,16 +126,71 @@ def test_vouchers_of_a_deal_in_issue_order(store: DocumentStore) -> None:
     assert store.vouchers_of_deal("nope") == []
 
 
+MINUTE = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def tally(event_id: str, deal_id: str = "d1", minute: int = 0, **counts: int) -> ClaimTally:
+    return ClaimTally(event_id, deal_id, MINUTE + timedelta(minutes=minute), **counts)
+
+
+def test_claim_tallies_sum_per_minute_oldest_first(store: DocumentStore) -> None:
+    store.add_claim_tallies(
+        [
+            tally("v2", minute=1, issued=1),
+            tally("v1", issued=1),
+            tally("r1", sold_out=3, limit_reached=1),
+            tally("r2", minute=1, sold_out=2, sale_not_open=4),
+            tally("r3", minute=1, sold_out=1),
+            tally("x1", deal_id="d2", issued=1),
+        ]
+    )
+    assert store.claims_by_minute("d1") == [
+        MinuteCounts(MINUTE, issued=1, sold_out=3, limit_reached=1, sale_not_open=0),
+        MinuteCounts(MINUTE + timedelta(minutes=1), issued=1, sold_out=3, limit_reached=0, sale_not_open=4),
+    ]
+    assert store.claims_by_minute("nope") == []
+
+
+def test_a_tally_recorded_again_counts_once(store: DocumentStore) -> None:
+    first = [tally("v1", issued=1), tally("r1", sold_out=2)]
+    store.add_claim_tallies(first)
+    store.add_claim_tallies([*first, tally("v2", issued=1)])
+    store.add_claim_tallies(first[:1])
+    store.add_claim_tallies([])
+    assert store.claims_by_minute("d1") == [
+        MinuteCounts(MINUTE, issued=2, sold_out=2, limit_reached=0, sale_not_open=0)
+    ]
+
+
+def test_a_notice_is_taken_once_per_voucher_and_channel(store: DocumentStore) -> None:
+    assert store.claim_notice("v1", "email") is True
+    assert store.claim_notice("v1", "email") is False
+    assert store.claim_notice("v1", "sms") is True, "each channel is taken on its own"
+    assert store.claim_notice("v2", "email") is True
+
+
+def test_a_released_notice_can_be_taken_again(store: DocumentStore) -> None:
+    store.release_notice("v1", "email")  # never taken: harmless
+    assert store.claim_notice("v1", "email") is True
+    store.release_notice("v1", "email")
+    assert store.claim_notice("v1", "email") is True
+    assert store.claim_notice("v1", "email") is False
+
+
 def test_records_survive_reopening(make_store: MakeStore, store_kind: str, tmp_path: Any) -> None:
     where = {"path": tmp_path / "reopen.sqlite3"} if store_kind == "sqlite" else {"database": "reopen"}
     with make_store(store_kind, **where) as first:
         first.add_merchant(merchant())
         first.add_deal(deal())
         first.save_voucher(voucher())
+        first.add_claim_tallies([tally("v1", issued=1)])
+        first.claim_notice("v1", "email")
     again = make_store(store_kind, **where)
     assert again.merchant_for_key_hash("hash-1") == "m1"
     assert again.get_deal("d1") == deal()
     assert again.vouchers_of_deal("d1") == [voucher()]
+    assert again.claims_by_minute("d1") == [MinuteCounts(MINUTE, 1, 0, 0, 0)]
+    assert again.claim_notice("v1", "email") is False
 
 
 def test_check_passes_on_an_open_store_and_fails_on_a_closed_one(
@@ -178,6 +235,8 @@ def test_in_mongodb_a_voucher_id_is_its_document_id(make_store: MakeStore, mongo
         }
         unique = [ix["key"] for ix in db["merchants"].list_indexes() if ix.get("unique")]
         assert [("api_key_hash", 1)] in [list(key.items()) for key in unique]
+        tally_keys = [list(ix["key"].items()) for ix in db["claim_tallies"].list_indexes()]
+        assert [("deal_id", 1), ("minute", 1)] in tally_keys
 
 
 # --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---

@@ -25,6 +25,7 @@ from pydantic import (
 
 from ..deals import DealView
 from ..devices import MAX_REDEMPTIONS_PER_SYNC
+from ..stats import DealStats
 from ..stores.base import DealRecord, DealStatus, DeviceStatus
 
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
@@ -141,6 +142,37 @@ class DealList(BaseModel):
     deals: list[DealPublic]
     next_cursor: str | None
     """Pass as ``?cursor=`` for the next (older) page; ``null`` on the last page."""
+
+
+class ClaimCounts(BaseModel):
+    issued: int
+    """Vouchers issued."""
+    sold_out: int
+    """Claims refused: no vouchers left."""
+    limit_reached: int
+    """Claims refused: the customer already held ``per_user_limit`` vouchers."""
+    sale_not_open: int
+    """Claims refused: before ``starts_at``, from ``ends_at`` on, or cancelled."""
+
+
+class MinuteClaims(ClaimCounts):
+    minute: datetime
+    """The minute's start, in UTC."""
+
+
+class DealStatsPublic(BaseModel):
+    deal_id: str
+    minutes: list[MinuteClaims]
+    """Minutes with any claim, oldest first."""
+    totals: ClaimCounts
+
+    @classmethod
+    def of(cls, stats: DealStats) -> DealStatsPublic:
+        return cls(
+            deal_id=stats.deal_id,
+            minutes=[MinuteClaims.model_validate(minute, from_attributes=True) for minute in stats.minutes],
+            totals=ClaimCounts(**stats.totals),
+        )
 
 
 class ClaimCreate(BaseModel):

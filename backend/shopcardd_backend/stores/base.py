@@ -1,4 +1,5 @@
-"""The document store port: the durable record of merchants, deals and vouchers.
+"""The document store port: the durable record of merchants, deals and vouchers, and what the
+queue workers keep (claim tallies for a deal's statistics, notices sent to customers).
 
 The claim gate decides claims; this store remembers what was decided, for reads, audits
 and for rebuilding the gate's counters. Adapters: ``mongo.py`` (pymongo; indexes created
@@ -18,7 +19,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
-from typing import Any, Protocol, TypeVar, get_type_hints
+from typing import Any, Final, Protocol, TypeVar, get_type_hints
 
 from ..storage import TransientError
 
@@ -73,6 +74,37 @@ class VoucherRecord:
     idempotency_key: str
     issued_at: datetime
     expires_at: datetime
+
+
+CLAIM_COUNTS: Final = ("issued", "sold_out", "limit_reached", "sale_not_open")
+"""What a deal's statistics count, per minute: claims issued, and refused by outcome."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimTally:
+    """One event's share of a deal's statistics: claims issued or refused in one minute.
+
+    Stored once per ``event_id`` (a redelivered event adds nothing), so the counts are exact."""
+
+    event_id: str
+    deal_id: str
+    minute: datetime
+    """The minute's start."""
+    issued: int = 0
+    sold_out: int = 0
+    limit_reached: int = 0
+    sale_not_open: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteCounts:
+    """A deal's claims in one minute: the sum of that minute's tallies."""
+
+    minute: datetime
+    issued: int
+    sold_out: int
+    limit_reached: int
+    sale_not_open: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +280,20 @@ class DocumentStore(DeviceRecords, Protocol):
 
     def vouchers_of_deal(self, deal_id: str) -> Sequence[VoucherRecord]:
         """Every voucher of a deal, for rebuilding the gate's counters."""
+
+    def add_claim_tallies(self, tallies: Sequence[ClaimTally]) -> None:
+        """Record each tally once, in one round trip: a tally whose event id is already
+        recorded changes nothing (the analytics worker's redelivered events)."""
+
+    def claims_by_minute(self, deal_id: str) -> list[MinuteCounts]:
+        """The deal's tallies summed per minute, oldest first (minutes without any left out)."""
+
+    def claim_notice(self, voucher_id: str, channel: str) -> bool:
+        """Take the right to send a voucher's notice on ``channel`` (``email``, ``sms``): True
+        for the first caller, False once taken (it was sent, or is being sent)."""
+
+    def release_notice(self, voucher_id: str, channel: str) -> None:
+        """Give a taken notice back (its send failed and may be tried again); harmless when not taken."""
 
     def check(self) -> None:
         """Prove the store answers (for ``/readyz``); StoreUnavailable when it does not."""

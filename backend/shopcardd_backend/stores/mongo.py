@@ -7,6 +7,9 @@ Collections (each record's id is its ``_id``, the other fields keep their names)
 - ``vouchers``: ``_id`` the voucher id, i.e. the token's ``jti``; index ``(deal_id, issued_at)``
   for rebuilding the gate, unique index ``(deal_id, user_id, idempotency_key)``: one voucher
   per claim, whatever the relay redelivers.
+- ``claim_tallies``: ``_id`` the event's id (one record per event: a redelivery inserts
+  nothing); index ``(deal_id, minute)``: a deal's statistics are one aggregation over it.
+- ``notices``: ``_id`` ``"<voucher id>/<channel>"``: a notice taken for sending.
 - ``devices``: ``_id`` device id; index ``(merchant_id, _id)`` for a merchant's peers.
 - ``redemptions``: unique index ``(merchant_id, voucher_id, device_id)``: one per voucher and
   device, so a re-uploaded batch changes nothing.
@@ -27,15 +30,17 @@ unique because it is 128 random bits, but a unique index must contain the shard 
 sharded cluster the ``(deal_id, user_id, idempotency_key)`` index becomes
 ``(merchant_id, deal_id, user_id, idempotency_key)`` (a deal belongs to one merchant, so the
 guarantee is the same). ``merchants`` and ``deals`` are small and stay unsharded on the primary
-shard. Lookups by ``_id`` alone (a voucher by its ``jti``) are scatter-gather there; the device
-sync path always knows the merchant and includes it.
+shard. ``claim_tallies`` is sharded on ``{deal_id: "hashed"}``: a deal's statistics read one
+shard, and a redelivered event (same deal, same shard) still meets its ``_id`` there.
+``notices`` is sharded on ``{_id: "hashed"}``. Lookups by ``_id`` alone (a voucher by its ``jti``)
+are scatter-gather there; the device sync path always knows the merchant and includes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
@@ -52,6 +57,8 @@ from pymongo.errors import (
 
 from ..storage import Closing
 from .base import (
+    CLAIM_COUNTS,
+    ClaimTally,
     DealPage,
     DealRecord,
     DealStatus,
@@ -59,6 +66,7 @@ from .base import (
     DeviceStatus,
     DuplicateError,
     MerchantRecord,
+    MinuteCounts,
     Record,
     RedemptionRecord,
     RevocationKind,
@@ -114,6 +122,8 @@ class MongoDocumentStore(Closing):
         self._merchants: Collection[dict[str, Any]] = db["merchants"]
         self._deals: Collection[dict[str, Any]] = db["deals"]
         self._vouchers: Collection[dict[str, Any]] = db["vouchers"]
+        self._tallies: Collection[dict[str, Any]] = db["claim_tallies"]
+        self._notices: Collection[dict[str, Any]] = db["notices"]
         self._devices: Collection[dict[str, Any]] = db["devices"]
         self._redemptions: Collection[dict[str, Any]] = db["redemptions"]
         self._revocations: Collection[dict[str, Any]] = db["revocations"]
@@ -142,6 +152,7 @@ class MongoDocumentStore(Closing):
                 unique=True,
                 name="one_voucher_per_claim",
             )
+            self._tallies.create_index([("deal_id", ASCENDING), ("minute", ASCENDING)], name="by_deal_minute")
         self._ensure_device_indexes()
 
     def _insert(self, collection: Collection[dict[str, Any]], document: dict[str, Any]) -> None:
@@ -204,14 +215,9 @@ class MongoDocumentStore(Closing):
             return []
         documents = [_document("voucher_id", voucher) for voucher in vouchers]
         with self._mapped_errors():
-            try:
-                self._vouchers.insert_many(documents, ordered=False)
+            duplicates = self._insert_new(self._vouchers, documents)
+            if not duplicates:
                 return []
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if any(error.get("code") != DUPLICATE_KEY for error in errors):
-                    raise
-                duplicates = [documents[error["index"]]["_id"] for error in errors]
             stored = {
                 document["_id"]: record_fields(_record(VoucherRecord, "voucher_id", document))
                 for document in self._vouchers.find({"_id": {"$in": duplicates}})
@@ -219,10 +225,51 @@ class MongoDocumentStore(Closing):
         wanted = {v.voucher_id: record_fields(v) for v in vouchers}
         return [voucher_id for voucher_id in duplicates if stored.get(voucher_id) != wanted[voucher_id]]
 
+    def _insert_new(
+        self, collection: Collection[dict[str, Any]], documents: list[dict[str, Any]]
+    ) -> list[Any]:
+        """Insert the documents (unordered, one round trip); the ``_id`` of those already there."""
+        try:
+            collection.insert_many(documents, ordered=False)
+            return []
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                raise
+            return [documents[error["index"]]["_id"] for error in errors]
+
     def vouchers_of_deal(self, deal_id: str) -> Sequence[VoucherRecord]:
         with self._mapped_errors():
             found = list(self._vouchers.find({"deal_id": deal_id}).sort([("issued_at", 1), ("_id", 1)]))
         return [_record(VoucherRecord, "voucher_id", document) for document in found]
+
+    def add_claim_tallies(self, tallies: Sequence[ClaimTally]) -> None:
+        if tallies:
+            with self._mapped_errors():
+                self._insert_new(self._tallies, [_document("event_id", tally) for tally in tallies])
+
+    def claims_by_minute(self, deal_id: str) -> list[MinuteCounts]:
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"deal_id": deal_id}},
+            {"$group": {"_id": "$minute", **{name: {"$sum": f"${name}"} for name in CLAIM_COUNTS}}},
+            {"$sort": {"_id": 1}},
+        ]
+        with self._mapped_errors():
+            found = list(self._tallies.aggregate(pipeline))
+        return [MinuteCounts(utc_ms(g["_id"]), *(int(g[name]) for name in CLAIM_COUNTS)) for g in found]
+
+    def claim_notice(self, voucher_id: str, channel: str) -> bool:
+        notice = {"_id": f"{voucher_id}/{channel}", "taken_at": datetime.now(UTC)}
+        with self._mapped_errors():
+            try:
+                self._notices.insert_one(notice)
+            except DuplicateKeyError:
+                return False
+        return True
+
+    def release_notice(self, voucher_id: str, channel: str) -> None:
+        with self._mapped_errors():
+            self._notices.delete_one({"_id": f"{voucher_id}/{channel}"})
 
     # --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---
 

@@ -4,9 +4,10 @@ Opened through ``storage.py`` (WAL, ``synchronous=FULL``, busy timeout, a lock f
 threads of one process), so several API processes may share the file. Times are stored as
 ISO 8601 text in UTC with milliseconds, which also sorts in time order. Tables mirror the
 Mongo collections: ``merchants`` (``api_key_hash`` unique), ``deals`` (indexed by merchant),
-``vouchers`` (indexed by deal; one voucher per deal, user and idempotency key); for device
-sync ``devices``, ``redemptions`` (one per voucher and device), ``revocations`` (numbered per
-merchant) and ``used_device_tokens``.
+``vouchers`` (indexed by deal; one voucher per deal, user and idempotency key),
+``claim_tallies`` (one row per event, indexed by deal and minute), ``notices`` (one row per
+voucher and channel taken); for device sync ``devices``, ``redemptions`` (one per voucher and
+device), ``revocations`` (numbered per merchant) and ``used_device_tokens``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..storage import Closing, SqliteFile
 from .base import (
+    CLAIM_COUNTS,
+    ClaimTally,
     DealPage,
     DealRecord,
     DealStatus,
@@ -27,6 +30,7 @@ from .base import (
     DeviceStatus,
     DuplicateError,
     MerchantRecord,
+    MinuteCounts,
     Record,
     RedemptionRecord,
     RevocationKind,
@@ -71,6 +75,22 @@ CREATE TABLE IF NOT EXISTS vouchers (
     UNIQUE (deal_id, user_id, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS vouchers_by_deal ON vouchers (deal_id, issued_at);
+CREATE TABLE IF NOT EXISTS claim_tallies (
+    event_id TEXT PRIMARY KEY,
+    deal_id TEXT NOT NULL,
+    minute TEXT NOT NULL,
+    issued INTEGER NOT NULL,
+    sold_out INTEGER NOT NULL,
+    limit_reached INTEGER NOT NULL,
+    sale_not_open INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS claim_tallies_by_deal ON claim_tallies (deal_id, minute);
+CREATE TABLE IF NOT EXISTS notices (
+    voucher_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    taken_at TEXT NOT NULL,
+    PRIMARY KEY (voucher_id, channel)
+);
 """
 DEVICE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -157,6 +177,13 @@ class SqliteDocumentStore(Closing):
         except sqlite3.IntegrityError as exc:
             raise DuplicateError(f"{table}: {exc}") from exc
 
+    def _add_new(self, table: str, records: Sequence[Any]) -> None:
+        """Insert the records in one transaction; one whose key is taken is left as stored."""
+        rows = [_row(record) for record in records]
+        if rows:
+            with self._db.transaction() as tx:
+                tx.executemany(_insert(table, rows[0]).replace("INSERT", "INSERT OR IGNORE", 1), rows)
+
     def _one(self, kind: type[Record], sql: str, *args: Any) -> Record | None:
         with self._db.reading() as conn:
             row = conn.execute(sql, args).fetchone()
@@ -213,11 +240,9 @@ class SqliteDocumentStore(Closing):
             ) from None
 
     def save_vouchers(self, vouchers: Sequence[VoucherRecord]) -> list[str]:
-        rows = [_row(voucher) for voucher in vouchers]
-        if not rows:
+        if not vouchers:
             return []
-        with self._db.transaction() as tx:
-            tx.executemany(_insert("vouchers", rows[0]).replace("INSERT", "INSERT OR IGNORE", 1), rows)
+        self._add_new("vouchers", vouchers)
         return self._differing(vouchers)
 
     def _differing(self, vouchers: Sequence[VoucherRecord]) -> list[str]:
@@ -240,6 +265,30 @@ class SqliteDocumentStore(Closing):
                 "SELECT * FROM vouchers WHERE deal_id = ? ORDER BY issued_at, voucher_id", (deal_id,)
             ).fetchall()
         return [_record(VoucherRecord, row) for row in rows]
+
+    def add_claim_tallies(self, tallies: Sequence[ClaimTally]) -> None:
+        self._add_new("claim_tallies", tallies)
+
+    def claims_by_minute(self, deal_id: str) -> list[MinuteCounts]:
+        sums = ", ".join(f"SUM({name})" for name in CLAIM_COUNTS)
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT minute, {sums} FROM claim_tallies WHERE deal_id = ? GROUP BY minute ORDER BY minute",
+                (deal_id,),
+            ).fetchall()
+        return [MinuteCounts(datetime.fromisoformat(minute), *counts) for minute, *counts in rows]
+
+    def claim_notice(self, voucher_id: str, channel: str) -> bool:
+        with self._db.transaction() as tx:
+            taken = tx.execute(
+                "INSERT OR IGNORE INTO notices (voucher_id, channel, taken_at) VALUES (?, ?, ?)",
+                (voucher_id, channel, datetime.now(UTC).isoformat(timespec="milliseconds")),
+            )
+        return taken.rowcount == 1
+
+    def release_notice(self, voucher_id: str, channel: str) -> None:
+        with self._db.transaction() as tx:
+            tx.execute("DELETE FROM notices WHERE voucher_id = ? AND channel = ?", (voucher_id, channel))
 
     # --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---
 

@@ -364,3 +364,48 @@ def test_odd_requests_never_get_a_500(api: Api) -> None:
         assert answer.status_code == 422, (body, answer.text)
     empty = api.claim(deal, token, "k", content=b"", headers={"Content-Type": "application/json"})
     assert empty.status_code == 201
+
+
+def test_a_merchant_lists_its_own_deals_newest_first_page_by_page(api: Api) -> None:
+    key, other = api.merchant_key("m1"), api.merchant_key("m2")
+    made = [api.create_deal(key, title=f"deal {n}")["deal_id"] for n in range(5)]
+    api.create_deal(other, title="not yours")
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = api.client.get("/v1/deals", params=params, headers={"X-API-Key": key})
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert all(d["merchant_id"] == "m1" and d["stock_left"] is None for d in body["deals"])
+        seen += [d["deal_id"] for d in body["deals"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == made[::-1] and pages == 3
+    assert_problem(
+        api.client.get("/v1/deals", params={"cursor": "nonsense"}, headers={"X-API-Key": key}),
+        422,
+        "invalid_request",
+    )
+    assert_problem(api.client.get("/v1/deals"), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("title", ["   ", "\u3000 \u00a0"])
+def test_a_blank_title_is_refused(api: Api, title: str) -> None:
+    refused = api.client.post(
+        "/v1/deals",
+        json={"title": title, "stock": 1, "per_user_limit": 1, "voucher_ttl_seconds": 60},
+        headers={"X-API-Key": api.merchant_key("m1")},
+    )
+    assert "blank" in assert_problem(refused, 422, "invalid_request")["detail"]
+
+
+def test_a_merchant_key_sent_as_a_bearer_token_is_named_as_such(api: Api) -> None:
+    key = api.merchant_key("m1")
+    deal = api.create_deal(key)["deal_id"]
+    bearer = {"Authorization": f"Bearer {key}"}
+    as_merchant = api.client.post("/v1/deals", json={}, headers=bearer)
+    assert "use the X-API-Key header" in assert_problem(as_merchant, 401, "unauthorized")["detail"]
+    as_user = api.client.post(f"/v1/deals/{deal}/claims", headers={**bearer, "Idempotency-Key": "k"})
+    assert "merchant's API key" in assert_problem(as_user, 401, "unauthorized")["detail"]

@@ -1,0 +1,33 @@
+"""A deal's statistics for its merchant: claims issued and refused, by minute and in total.
+
+The use case behind ``GET /v1/deals/{deal_id}/stats``; the counts are the analytics worker's
+(``workers/analytics.py``), so a claim shows here once its event has been through the queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .deals import DealNotFound, NotYourDeal
+from .stores.base import CLAIM_COUNTS, DocumentStore, MinuteCounts
+
+
+@dataclass(frozen=True, slots=True)
+class DealStats:
+    deal_id: str
+    minutes: list[MinuteCounts]
+    """Minutes with any claim, oldest first."""
+    totals: dict[str, int]
+    """The minutes summed, by count (``CLAIM_COUNTS``)."""
+
+
+def deal_stats(store: DocumentStore, deal_id: str, merchant_id: str) -> DealStats:
+    """The deal's statistics; ``DealNotFound``, or ``NotYourDeal`` for another merchant's deal."""
+    deal = store.get_deal(deal_id)
+    if deal is None:
+        raise DealNotFound(f"no deal {deal_id[:100]!r}")
+    if deal.merchant_id != merchant_id:
+        raise NotYourDeal(f"deal {deal_id!r} belongs to another merchant")
+    minutes = store.claims_by_minute(deal_id)
+    totals = {name: sum(getattr(minute, name) for minute in minutes) for name in CLAIM_COUNTS}
+    return DealStats(deal_id, minutes, totals)
