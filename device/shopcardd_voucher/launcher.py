@@ -40,8 +40,9 @@ _BACKEND: Final = (
     "pymongo",
     "pika",
     "prometheus_client",
+    "requests",
 )
-_PROVISION: Final = ("segno",)
+_PROVISION: Final = ("segno", "requests")
 
 PARTS: Final = {
     "shopcardd-device": Part("device", "shopcardd_device.cli:main", _DEVICE),
