@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import re
 import shutil
@@ -354,6 +355,7 @@ def _queue_settings(what: str) -> Settings:
 
     settings = _settings()
     configure_logging(settings.log_level)
+    logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLogger().level))  # a line a frame
     if not settings.amqp_url:
         raise UsageError(
             f"SHOPCARDD_AMQP_URL is not set: {what} RabbitMQ (without it, the API processes "

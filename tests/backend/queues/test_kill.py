@@ -113,8 +113,11 @@ def test_a_persist_worker_killed_mid_batch_loses_and_duplicates_nothing(
     for kills in range(3):
         _until(lambda k=kills: stored() > (k + 1) * total // 5, "the worker making progress")
         _kill(worker)
+        started_at = log.stat().st_size
         worker = _start(env, "worker", "persist", log=log)
     _until(lambda: stored() == total and queue_depth(amqp_vhost, "persist") == 0, "every voucher stored")
+    # The last one may have found nothing left to do: SIGTERM once it is running, not starting.
+    _until(lambda: "worker consuming" in log.read_text()[started_at:], "the last worker consuming")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0, log.read_text()[-2000:]
     vouchers = store.vouchers_of_deal("d1")
