@@ -163,6 +163,7 @@ def run_loop(args: argparse.Namespace, config: DeviceConfig) -> int:
     from .feedback import FeedbackPanel, describe_pattern
     from .frames import open_source
     from .scanner import Scan, Scanner
+    from .watchdog import Watchdog
 
     setup_logging(config.log_level, config.device_id)
 
@@ -185,6 +186,7 @@ def run_loop(args: argparse.Namespace, config: DeviceConfig) -> int:
             decoder = None if config.camera.source == "keyboard" else _open_decoder(config)
             gpio = config.gpio
             with (
+                Watchdog.from_environment() as watchdog,
                 open_source(config.camera) as source,
                 FeedbackPanel(
                     gpio.accept, gpio.reject, gpio.buzzer, signal_seconds=gpio.signal_seconds
@@ -197,8 +199,11 @@ def run_loop(args: argparse.Namespace, config: DeviceConfig) -> int:
                     panel,
                     debounce_seconds=config.decoder.debounce_seconds,
                     on_scan=print_scan,
+                    heartbeat=watchdog.feed,
                 )
+                watchdog.ready(feeding=config.camera.source != "keyboard")  # a scanner waits on a person
                 scanner.run()
+                watchdog.stopping()
                 panel.wait_for_idle(SIGNAL_DRAIN_SECONDS)  # let the last verdict be seen
     except KeyboardInterrupt:
         pass  # a scan cut short was rolled back and never signalled

@@ -71,12 +71,15 @@ class Scanner:
         *,
         debounce_seconds: float = 3.0,
         on_scan: Callable[[Scan], None] | None = None,
+        heartbeat: Callable[[], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self.source, self.decoder, self.counter, self.signal = source, decoder, counter, signal
         self.debounce_seconds = debounce_seconds
         self.on_scan = on_scan
+        self.heartbeat = heartbeat
+        """Called once per turn of the loop (systemd's watchdog): a stuck stage stops the calls."""
         self._monotonic, self._sleep = monotonic, sleep
         self._recent: dict[str, tuple[float, Verdict, int]] = {}
         self._stop = threading.Event()
@@ -92,6 +95,8 @@ class Scanner:
         """Scan until the source ends or ``stop`` is called."""
         failures_in_a_row = 0
         while not self._stop.is_set():
+            if self.heartbeat is not None:
+                self.heartbeat()
             self._show_health()
             try:
                 frame = self.source.read()
