@@ -1,0 +1,28 @@
+"""The fleet playbook and its role pass ansible-lint's strictest (production) profile."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from .conftest import ANSIBLE, BIN
+
+
+def test_ansible_lint_passes_with_the_production_profile() -> None:
+    done = subprocess.run(
+        [
+            str(BIN / "ansible-lint"),
+            "--offline",
+            "--profile",
+            "production",
+            "--nocolor",
+            "counters.yml",
+            "roles",
+        ],
+        cwd=ANSIBLE,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,184 @@
+"""nginx, with the repository's site, in front of two claim API processes on loopback.
+
+One API process is killed (SIGKILL) in the middle of a stream of claims. Every claim answered
+201 must still be known afterwards (the same user and Idempotency-Key return the same voucher),
+no more vouchers exist than were answered, and the customers whose request was cut off get an
+answer all the same: nginx sends a claim that a dying process dropped to the other one, which is
+safe only because a claim is idempotent by its key.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from servers import free_port
+
+from .conftest import BIN, UNITS, require_tool
+
+pytestmark = pytest.mark.slow
+
+SITE = UNITS / "nginx" / "shopcardd-api.conf"
+USERS, CLAIMS_PER_USER, IN_FLIGHT = 40, 5, 8
+KILL_AFTER = 60  # answers before one API process dies
+
+
+def wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"{url} did not come up: {log.read_text()[-3000:]}")
+
+
+@dataclass
+class Stack:
+    url: str
+    apis: list[subprocess.Popen[bytes]]
+    env: dict[str, str]
+
+
+def site_for_test(api_ports: list[int], port: int) -> str:
+    """The shipped site with this test's ports; every rewrite must find its line, so a changed site
+    cannot slip past the test."""
+    site = SITE.read_text()
+    for old, new in [
+        ("127.0.0.1:8001", f"127.0.0.1:{api_ports[0]}"),
+        ("127.0.0.1:8002", f"127.0.0.1:{api_ports[1]}"),
+        ("listen 80;", f"listen 127.0.0.1:{port};"),
+        ("listen [::]:80;", ""),
+    ]:
+        assert old in site, f"{SITE} no longer has {old!r}"
+        site = site.replace(old, new)
+    return site
+
+
+def nginx_conf(folder: Path) -> str:
+    """A main configuration of the test's own (its files in ``folder``) that includes the site."""
+    temp = "".join(
+        f"    {name}_temp_path {folder}/{name};\n" for name in ["proxy", "fastcgi", "uwsgi", "scgi"]
+    )
+    return f"""{"user root root;" if os.geteuid() == 0 else ""}
+daemon off;
+worker_processes 1;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log;
+events {{ worker_connections 512; }}
+http {{
+    access_log {folder}/access.log;
+    client_body_temp_path {folder}/body;
+{temp}    include {folder}/site.conf;
+}}
+"""
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    nginx = require_tool("nginx", "nginx-light")
+    env = {**os.environ, "SHOPCARDD_DATA_DIR": str(tmp_path / "data")}
+    env = {k: v for k, v in env.items() if not k.startswith("SHOPCARDD_") or k == "SHOPCARDD_DATA_DIR"}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        api_ports = [free_port(), free_port()]
+        for port in api_ports:
+            log = tmp_path / f"api-{port}.log"
+            with log.open("wb") as out:
+                cmd = [str(BIN / "shopcardd-backend"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+                procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
+            wait_until_up(f"http://127.0.0.1:{port}/healthz", procs[-1], log)
+        port = free_port()
+        (tmp_path / "site.conf").write_text(site_for_test(api_ports, port))
+        (tmp_path / "nginx.conf").write_text(nginx_conf(tmp_path))
+        checked = subprocess.run(
+            [nginx, "-t", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stderr
+        log = tmp_path / "error.log"
+        procs.append(subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf")], stderr=subprocess.DEVNULL))
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", procs[-1], log)
+        yield Stack(f"http://127.0.0.1:{port}", procs[:2], env)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def backend(stack: Stack, *args: str) -> str:
+    done = subprocess.run(
+        [str(BIN / "shopcardd-backend"), *args], env=stack.env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class Claim:
+    user: int
+    key: str
+    status: int
+    voucher_id: str | None
+
+
+def test_killing_one_api_process_mid_run_loses_no_claim_answered_201(stack: Stack) -> None:
+    api_key = backend(stack, "merchant", "create", "--merchant", "m-nginx").splitlines()[-1].strip()
+    tokens = backend(stack, "user-token", *[f"u{n}" for n in range(USERS)]).split()
+    with httpx.Client(base_url=stack.url, timeout=60) as client:
+        created = client.post(
+            "/v1/deals",
+            headers={"X-API-Key": api_key},
+            json={
+                "title": "Flash",
+                "stock": 10_000,
+                "per_user_limit": CLAIMS_PER_USER,
+                "voucher_ttl_seconds": 3600,
+            },
+        )
+        assert created.status_code == 201, created.text
+        deal = created.json()["deal_id"]
+
+        def claim(user: int, key: str) -> Claim:
+            answer = client.post(
+                f"/v1/deals/{deal}/claims",
+                headers={"Authorization": f"Bearer {tokens[user]}", "Idempotency-Key": key},
+            )
+            voucher = answer.json().get("voucher_id") if answer.status_code in (200, 201) else None
+            return Claim(user, key, answer.status_code, voucher)
+
+        work = [(user, f"k-{user}-{n}") for n in range(CLAIMS_PER_USER) for user in range(USERS)]
+        answered: list[Claim] = []
+        with ThreadPoolExecutor(IN_FLIGHT) as pool:
+            for result in pool.map(lambda item: claim(*item), work):
+                answered.append(result)
+                if len(answered) == KILL_AFTER:
+                    os.kill(stack.apis[0].pid, signal.SIGKILL)
+        assert stack.apis[0].wait(10) == -signal.SIGKILL  # it really died mid-run, not after
+        statuses = {c.status for c in answered}
+        assert statuses <= {200, 201}, [c for c in answered if c.status not in (200, 201)][:5]
+
+        won = [c for c in answered if c.status == 201]
+        # Every voucher answered 201 is still there: the same claim again returns it (200).
+        for c in won:
+            again = claim(c.user, c.key)
+            assert (again.status, again.voucher_id) == (200, c.voucher_id), c
+        vouchers = {c.voucher_id for c in answered}
+        left = client.get(f"/v1/deals/{deal}").json()["stock_left"]
+        assert 10_000 - left == len(vouchers) == len(work)  # no voucher lost, none made twice
