@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean help system-libs
+.PHONY: demo test lint bench clean help system-libs appliance-tools
 
 help:
 	@echo "make demo   run ShopCardd end to end on the embedded profile (keys, voucher, QR, counter, claims)"
@@ -47,11 +47,27 @@ system-libs:
 	@$(PYTHON) -c 'import ctypes.util, sys; sys.exit(ctypes.util.find_library("zbar") is None)' || \
 	{ $(call apt_install,libzbar0,the system library of the pyzbar QR decoder); }
 
+# tests/appliance provisions an arm64 Debian root (debootstrap; qemu-user-static runs its binaries
+# through binfmt_misc), checks the units with systemd-analyze and runs nginx: install them where
+# we can, and register qemu's arm64 interpreter (a container may need binfmt_misc mounted).
+appliance-tools:
+	@missing=""; \
+	for pair in debootstrap:debootstrap qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support \
+	    systemd-analyze:systemd nginx:nginx-light; do \
+	    PATH="$$PATH:/usr/sbin:/sbin" command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then $(call apt_install,$$missing,the appliance tests: an arm64 root and the units); fi; \
+	if [ "$$(id -u)" = 0 ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then \
+	    [ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true; \
+	    PATH="$$PATH:/usr/sbin:/sbin" update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || \
+	    echo "qemu-aarch64 is not registered with binfmt_misc: the arm64 tests will say"; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: system-libs lint
+test: system-libs appliance-tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
