@@ -63,6 +63,14 @@ def counter_config(bundle: Bundle, tmp_path: Path, camera: str) -> Path:
     return config
 
 
+def camera_config(bundle: Bundle, tmp_path: Path) -> Path:
+    """A counter whose camera sees two frames of a voucher (image files), then ends."""
+    frames = tmp_path / "frames"
+    save_qr(bundle.voucher(), frames / "01.png")
+    save_qr(bundle.voucher(), frames / "02.png")
+    return counter_config(bundle, tmp_path, f'[camera]\nsource = "files"\npath = "{frames}"')
+
+
 def run_device(config: Path, sock: socket.socket | None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock", "WATCHDOG_USEC": str(INTERVAL_USEC)}
     env.pop("NOTIFY_SOCKET", None)
@@ -80,11 +88,7 @@ def run_device(config: Path, sock: socket.socket | None) -> subprocess.Completed
 def test_run_says_ready_then_feeds_the_watchdog_from_the_scan_loop(
     bundle: Bundle, tmp_path: Path, notify_socket: socket.socket
 ) -> None:
-    frames = tmp_path / "frames"
-    save_qr(bundle.voucher(), frames / "01.png")
-    save_qr(bundle.voucher(), frames / "02.png")
-    config = counter_config(bundle, tmp_path, f'[camera]\nsource = "files"\npath = "{frames}"')
-    done = run_device(config, notify_socket)
+    done = run_device(camera_config(bundle, tmp_path), notify_socket)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] == "accepted"
     messages = received(notify_socket)
@@ -111,11 +115,9 @@ def test_a_keyboard_scanner_waits_on_a_person_so_the_watchdog_is_turned_off(
 def test_outside_systemd_run_sends_nothing(
     bundle: Bundle, tmp_path: Path, notify_socket: socket.socket
 ) -> None:
-    lines = tmp_path / "typed.txt"
-    lines.write_text(bundle.voucher() + "\n")
-    config = counter_config(bundle, tmp_path, f'[camera]\nsource = "keyboard"\npath = "{lines}"')
-    done = run_device(config, None)
+    done = run_device(camera_config(bundle, tmp_path), None)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "accepted"
     assert received(notify_socket) == []
 
 
