@@ -88,7 +88,9 @@ class Watchdog(Closing):
                 self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._socket.sendto(message.encode(), target)
         except OSError as exc:  # systemd gone or restarting: scanning goes on; a missed feed is its call
-            event(log, "notify_failed", logging.WARNING, error=str(exc), message=message.split("\n", 1)[0])
+            event(
+                log, "notify_failed", logging.WARNING, error=str(exc), notification=message.split("\n", 1)[0]
+            )
 
     def close(self) -> None:
         if self._socket is not None:
