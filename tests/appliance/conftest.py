@@ -1,8 +1,8 @@
 """What the appliance suites share: the repository's folders, the tools they run, a counter's bundle.
 
 A tool the machine lacks skips the test with the reason on a laptop and fails it under CI=true
-(``service_missing``): `.ci/run` installs them (debootstrap, qemu-user-static, binfmt-support,
-systemd, nginx) and registers qemu's arm64 interpreter.
+(``service_missing``): `make test` installs them (target appliance-tools: debootstrap,
+qemu-user-static, binfmt-support, systemd, nginx) and registers qemu's arm64 interpreter.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def require_tool(name: str, package: str) -> str:
     """The path of ``name``, or a skip (a failure in CI) that says which package brings it."""
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if found is None:
-        service_missing(f"{name} is not installed (apt-get install {package}; .ci/run does)")
+        service_missing(f"{name} is not installed (apt-get install {package}; make test does as root)")
     return str(found)
 
 

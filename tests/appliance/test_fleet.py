@@ -217,7 +217,7 @@ def provisioned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provisione
     if not BINFMT.exists() or not BINFMT.read_text().startswith("enabled"):
         service_missing(
             f"{BINFMT} is not registered: arm64 binaries cannot run here "
-            "(apt-get install qemu-user-static binfmt-support; .ci/run registers it)"
+            "(apt-get install qemu-user-static binfmt-support; make test registers it)"
         )
     work = tmp_path_factory.mktemp("fleet")
     cached, how = cached_root()
