@@ -43,7 +43,8 @@ PI_ONLY_TASK = "Install the camera stack and GPIO library (Raspberry Pi only)"
 BACKEND_ONLY = ["fastapi", "redis", "pymongo", "pika", "uvicorn"]
 COUNTER_UNITS = ["shopcardd-verifier.service", "shopcardd-sync.service", "shopcardd-sync.timer"]
 
-pytestmark = pytest.mark.slow
+# The first run bootstraps the root (minutes under qemu); each run applies the playbook twice.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def debootstrap_version() -> str:
