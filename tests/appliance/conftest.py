@@ -51,7 +51,7 @@ class Bundle:
 
 
 def make_bundle(folder: Path, device_id: str = "counter-1") -> Bundle:
-    """device.toml, jwks.json (the voucher keys) and device.key (the device's own key), as a
+    """device.toml, jwks.json (the voucher keys) and device.private.pem (the device's own key), as a
     counter finds them installed: paths under /etc/shopcardd and /var/lib/shopcardd."""
     keys, device_key = folder / "voucher-keys", folder / "device-key"
     made = keygen("EdDSA", "k1", keys)
@@ -59,9 +59,10 @@ def make_bundle(folder: Path, device_id: str = "counter-1") -> Bundle:
     bundle = folder / "bundle"
     bundle.mkdir()
     shutil.copy(keys / "jwks.json", bundle / "jwks.json")
-    shutil.copy(device.private_key_path, bundle / "device.key")
+    shutil.copy(device.private_key_path, bundle / "device.private.pem")
     (bundle / "device.toml").write_text(
         f'device_id = "{device_id}"\nmerchant_id = "{MERCHANT}"\n'
         'data_dir = "/var/lib/shopcardd"\nkeyset = "/etc/shopcardd/jwks.json"\n'
+        'device_key = "/etc/shopcardd/device.private.pem"\n'
     )
     return Bundle(bundle, SigningKey.load("k1", made.private_key_path))

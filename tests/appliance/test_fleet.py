@@ -295,7 +295,7 @@ def test_secrets_and_the_ledger_are_for_the_counter_user_only(provisioned: Provi
     owner = {
         line.split(":")[0]: int(line.split(":")[2]) for line in (root / "etc/passwd").read_text().splitlines()
     }
-    key, state = (root / "etc/shopcardd/device.key").stat(), (root / "var/lib/shopcardd").stat()
+    key, state = (root / "etc/shopcardd/device.private.pem").stat(), (root / "var/lib/shopcardd").stat()
     assert (stat.S_IMODE(key.st_mode), key.st_uid) == (0o600, owner["shopcardd"])
     assert (stat.S_IMODE(state.st_mode), state.st_uid) == (0o700, owner["shopcardd"])
     groups = {

@@ -59,7 +59,7 @@ def counter_config(bundle: Bundle, tmp_path: Path, camera: str) -> Path:
     config = tmp_path / "device.toml"
     text = (bundle.folder / "device.toml").read_text()
     text = text.replace("/var/lib/shopcardd", str(tmp_path / "data"))
-    text = text.replace("/etc/shopcardd/jwks.json", str(bundle.folder / "jwks.json"))
+    text = text.replace("/etc/shopcardd/", f"{bundle.folder}/")
     config.write_text(f"{text}\n[gpio]\nsignal_seconds = 0.01\n{camera}\n")
     return config
 
