@@ -46,6 +46,8 @@ demo: $(STAMP)
 system-libs:
 	@$(PYTHON) -c 'import ctypes.util, sys; sys.exit(ctypes.util.find_library("zbar") is None)' || \
 	{ $(call apt_install,libzbar0,the system library of the pyzbar QR decoder); }
+	@command -v curl >/dev/null && command -v jq >/dev/null || \
+	{ $(call apt_install,curl jq,the API guide's walkthrough that tests/test_docs.py runs); }
 
 # tests/appliance provisions an arm64 Debian root (debootstrap; qemu-user-static runs its binaries
 # through binfmt_misc), checks the units with systemd-analyze and runs nginx: install them where

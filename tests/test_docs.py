@@ -20,7 +20,6 @@ GUIDES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = {"sh", "text", "toml", "json"}
 """``sh`` blocks are commands and are run; the others are shown, never run."""
 NOT_RUN = {
-    "docs/backend-api.md": "its walkthrough needs curl, jq and port 8000 and writes into the working folder",
     "docs/backend-queue.md": "its block starts services that need RabbitMQ and run until stopped",
 }
 """Guides whose blocks are not run yet, and why (their fences are still checked)."""
