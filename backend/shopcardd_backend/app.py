@@ -39,13 +39,16 @@ def check_startup(settings: Settings) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     with Runtime(settings, app.state.metrics) as runtime:
-        runtime.open_api_parts()
-        runtime.start_background()
-        app.state.runtime = runtime
-        where = {"profile": settings.profile, "data_dir": str(settings.data_dir)}
-        log.info("backend started", extra={**where, "kid": runtime.signer.key.kid})
-        yield
-        log.info("backend stopping")
+        try:
+            runtime.open_api_parts()
+            runtime.start_background()
+            app.state.runtime = runtime
+            where = {"profile": settings.profile, "data_dir": str(settings.data_dir)}
+            log.info("backend started", extra={**where, "kid": runtime.signer.key.kid})
+            yield
+            log.info("backend stopping")
+        finally:
+            await runtime.aclose()
 
 
 def create_app(settings: Settings) -> FastAPI:

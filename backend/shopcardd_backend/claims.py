@@ -9,6 +9,7 @@ A deal the store holds but the gate lost answers 503 (``deals.lost_deal``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -110,10 +111,41 @@ class ClaimService:
         """Claim one voucher of ``deal_id`` for ``user``; ``ClaimRefused`` when the gate says no."""
         started = time.perf_counter()
         try:
-            decision = self._decide(deal_id, user if isinstance(user, User) else User(user), idempotency_key)
+            decision = self.gate.claim(self._attempt(deal_id, user, idempotency_key))
+            if decision.outcome is Outcome.UNKNOWN_DEAL:
+                self._refuse_lost_deal(deal_id)
         except ConnectionError:
             self.metrics.claim_done("unavailable", time.perf_counter() - started)
             raise
+        return self._answer(decision, deal_id, started)
+
+    async def claim_async(self, deal_id: str, user: User | str, idempotency_key: str) -> IssuedVoucher:
+        """``claim`` in the event loop, for the API: the gate's step awaited, no thread hop
+        (only a deal the gate does not know asks the store, in a thread)."""
+        started = time.perf_counter()
+        try:
+            decision = await self.gate.claim_async(self._attempt(deal_id, user, idempotency_key))
+            if decision.outcome is Outcome.UNKNOWN_DEAL:
+                await asyncio.to_thread(self._refuse_lost_deal, deal_id)
+        except ConnectionError:
+            self.metrics.claim_done("unavailable", time.perf_counter() - started)
+            raise
+        return self._answer(decision, deal_id, started)
+
+    def _attempt(self, deal_id: str, user: User | str, idempotency_key: str) -> ClaimAttempt:
+        user = user if isinstance(user, User) else User(user)
+        now = int(self.clock())
+        return ClaimAttempt(
+            deal_id, user.user_id, idempotency_key, new_voucher_id(), now, user.email, user.phone
+        )
+
+    def _refuse_lost_deal(self, deal_id: str) -> None:
+        """A deal the gate does not know but the store holds was lost by the gate: 503."""
+        if self.store.get_deal(deal_id) is not None:
+            raise lost_deal(deal_id)
+
+    def _answer(self, decision: ClaimDecision, deal_id: str, started: float) -> IssuedVoucher:
+        """The signed voucher of an issued or replayed claim; ``ClaimRefused`` (counted) otherwise."""
         if decision.voucher is None or decision.outcome not in (Outcome.ISSUED, Outcome.REPLAYED):
             self.metrics.claim_done(decision.outcome, time.perf_counter() - started)
             if decision.outcome in REFUSALS_COUNTED:
@@ -130,18 +162,3 @@ class ClaimService:
         )
         self.metrics.claim_done(decision.outcome, time.perf_counter() - started)
         return issued
-
-    def _decide(self, deal_id: str, user: User, idempotency_key: str) -> ClaimDecision:
-        attempt = ClaimAttempt(
-            deal_id,
-            user.user_id,
-            idempotency_key,
-            new_voucher_id(),
-            int(self.clock()),
-            user.email,
-            user.phone,
-        )
-        decision = self.gate.claim(attempt)
-        if decision.outcome is Outcome.UNKNOWN_DEAL and self.store.get_deal(deal_id) is not None:
-            raise lost_deal(deal_id)
-        return decision

@@ -240,7 +240,17 @@ def check_can_listen(host: str, port: int) -> None:
                 raise CommandError(f"cannot listen on port {port} of {host}: {exc.strerror}") from None
 
 
+APP_FACTORY = "shopcardd_backend.app:create_app_from_env"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    return serve_api(args.host, args.port, args.workers)
+
+
+def serve_api(host: str, port: int, workers: int, factory: str = APP_FACTORY) -> int:
+    """Run ``factory`` (an import string of an app factory) under uvicorn in ``workers`` processes,
+    after the checks of ``serve``. ``shopcardd-bench claims`` serves its own factory (the app plus
+    a bare endpoint to compare with) through here, so it measures the server ``serve`` runs."""
     import uvicorn
 
     from .app import check_startup
@@ -250,25 +260,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     configure_logging(settings.log_level, settings.access_log)
-    check_can_listen(args.host, args.port)
+    check_can_listen(host, port)
     # Before uvicorn: what fails in a worker's lifespan fails here instead, in one line. This also
     # makes the signing key, so all workers sign with the same key.
     try:
         check_startup(settings)
     except SigningKeyError as exc:
         raise CommandError(f"voucher signing key: {exc}") from None
-    common = {"host": args.host, "port": args.port, "log_config": None, "access_log": settings.access_log}
-    if args.workers > 1:
-        if not os.environ.get(MULTIPROC_ENV):
-            folder = settings.data_dir / "prometheus"
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            os.environ[MULTIPROC_ENV] = str(folder.resolve())
-        uvicorn.run("shopcardd_backend.app:create_app_from_env", factory=True, workers=args.workers, **common)
-        return 0
-    from .app import create_app
-
-    uvicorn.run(create_app(settings), **common)
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        folder = settings.data_dir / "prometheus"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ[MULTIPROC_ENV] = str(folder.resolve())
+    uvicorn.run(
+        factory,
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=settings.access_log,
+    )
     return 0
 
 

@@ -166,5 +166,11 @@ class Runtime(Closing):
         for part in ("store", "gate", "signer", "users", "claims", "deals", "devices"):
             getattr(self, part)
 
+    async def aclose(self) -> None:
+        """Close what the API's event loop opened (the gate's asyncio client), in that loop;
+        then ``close()`` closes the rest."""
+        if "gate" in self.__dict__:
+            await self.gate.aclose()
+
     def close(self) -> None:
         self._stack.close()

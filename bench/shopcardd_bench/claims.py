@@ -1,83 +1,112 @@
-"""Claim throughput and latency of the claim API, one server process per profile.
+"""Claims per second and API CPU per claim of the claim API on the Redis profile, driven by wrk.
 
-Starts shopcardd-backend serve (one process) on a free port for each profile, registers a
-merchant and mints user tokens with the backend's own commands, then per run creates a
-deal and fires claims from --concurrency HTTP/1.1 keep-alive connections (aiohttp, one
-claim in flight on each), counting each claim's latency, then as many GET /healthz on the
-same server as a baseline: the ratio of the two, run by run, shows what a claim costs beyond
-HTTP and the framework, whatever else the machine is doing. Every claim issues a voucher
-(stock and limit are large enough), so each one pays for the atomic decision, the outbox
-write and the signature. Figures are medians over the runs, after one warm-up run; the load
-generator shares this machine's cores with the server.
+Starts the API as shopcardd-backend serve runs it (the same code: --workers processes, plus
+a bare endpoint, shopcardd_bench/claims_server.py) on a redis-server of its own on a free
+port (or --redis-url), registers a merchant and mints
+--users user tokens with the backend's own commands. A warm-up sends every token to the API
+a few times without an Idempotency-Key (each answered 422 once the token is checked), so that
+every process has the tokens in its cache, as it has for users who claimed before. Then, run
+by run, it creates a deal with stock for every claim and drives wrk (--connections open, one
+claim in flight on each, a fresh Idempotency-Key per claim, the users' tokens in turn) for
+--duration seconds at the real claim route, then as long at the bare endpoint: a naive async
+FastAPI route doing the same work. Around each wrk run it reads the CPU
+time of the API processes and of redis-server from /proc, and prints claims/s,
+p50/p95/p99 latency, API and Redis CPU microseconds per issued claim, the outcome counts, and
+the same-run ratio of the real route's API CPU per claim to the bare endpoint's (medians of
+--runs, after one warm-up run). Afterwards a sell-out: --sellout-stock vouchers, one per
+user, claimed by all users for 5 s; it checks that exactly the stock was issued, and for every
+deal of the bench that the gate's stock, the outbox and the answers agree (nothing oversold,
+nobody over the limit). A PNG (--plot) shows throughput and probe latency over the run.
 
-Profiles: embedded (SQLite gate and store) and scaled (Redis gate, SQLite store, or MongoDB
-with --mongodb-uri); scaled is skipped with a note when Redis is not reachable.
+wrk must be installed (Debian/Ubuntu: apt-get install wrk; .ci/run installs it).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib.resources import as_file, files
 from pathlib import Path
+from typing import Any
 
 from shopcardd_voucher.commandline import whole_number
 
-DEFAULT_REDIS_URL = os.environ.get("SHOPCARDD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+WRK_MISSING = "wrk is not installed: apt-get install wrk (Debian, Ubuntu), brew install wrk (macOS)"
+BARE_PATH = "/bench/bare/deals/{deal}/claims"
+CLAIM_PATH = "/v1/deals/{deal}/claims"
+BIG_STOCK, BIG_LIMIT = 10_000_000, 1_000
+"""Stock and per-user limit of a measured deal (the API's largest): every claim issues."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=whole_number(1), default=2, help="API processes (default 2)")
+    parser.add_argument("--users", type=whole_number(1), default=20_000, help="users (default 20000)")
     parser.add_argument(
-        "--profile",
-        choices=["embedded", "scaled", "all"],
-        default="all",
-        help="which profile to measure (default all)",
+        "--connections", type=whole_number(1), default=64, help="wrk connections, one claim in flight on each"
     )
-    parser.add_argument("--claims", type=whole_number(1), default=3000, help="claims per run (default 3000)")
-    parser.add_argument("--users", type=whole_number(1), default=300, help="distinct users (default 300)")
+    parser.add_argument("--threads", type=whole_number(1), default=2, help="wrk threads (default 2)")
     parser.add_argument(
-        "--concurrency", type=whole_number(1), default=64, help="claims in flight (default 64)"
+        "--duration", type=whole_number(1), default=10, help="seconds of each wrk run (default 10)"
+    )
+    parser.add_argument("--runs", type=whole_number(1), default=3, help="measured runs (default 3)")
+    parser.add_argument(
+        "--warm-passes",
+        type=whole_number(0),
+        default=None,
+        help="times each token is sent before measuring, so every process caches it (default 3 x workers)",
     )
     parser.add_argument(
-        "--runs", type=whole_number(1), default=3, help="measured runs per profile (default 3)"
+        "--sellout-stock", type=whole_number(1), default=2000, help="stock of the sell-out (default 2000)"
     )
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="Redis of the scaled profile")
-    parser.add_argument("--mongodb-uri", default=None, help="MongoDB of the scaled profile (default SQLite)")
+    parser.add_argument("--redis-url", default=None, help="an existing Redis (default: start one)")
+    parser.add_argument("--mongodb-uri", default=None, help="MongoDB of the store (default SQLite)")
+    parser.add_argument("--plot", type=Path, default=Path("claims-bench.png"), help="PNG to write")
 
 
 @dataclass
-class Figures:
-    claims_per_second: float
-    p50_ms: float
-    p99_ms: float
+class WrkResult:
+    statuses: Counter[int]
+    per_second: dict[int, int]
+    latency_us: dict[int, int]
+    seconds: float
+    socket_errors: int
+
+
+@dataclass
+class Measured:
+    endpoint: str
+    deal: str
+    wrk: WrkResult
+    api_cpu: float
+    redis_cpu: float
+    started: float
     issued: int
+    """Claims the gate issued on the deal (wrk does not count the answers in flight when it stops)."""
 
+    @property
+    def claims_per_second(self) -> float:
+        return self.wrk.statuses[201] / self.wrk.seconds
 
-def _percentile(sorted_values: list[float], fraction: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
-    return sorted_values[index]
+    @property
+    def api_us(self) -> float:
+        return self.api_cpu / max(self.issued, 1) * 1e6
 
-
-def _backend_exe() -> str:
-    """The ``shopcardd-backend`` command of this interpreter's environment."""
-    return str(Path(sys.executable).with_name("shopcardd-backend"))
-
-
-def backend_command(env: dict[str, str], *args: str) -> str:
-    proc = subprocess.run([_backend_exe(), *args], env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"shopcardd-backend {args[0]} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    @property
+    def redis_us(self) -> float:
+        return self.redis_cpu / max(self.issued, 1) * 1e6
 
 
 @dataclass
@@ -87,14 +116,15 @@ class Backend:
 
 
 @contextlib.contextmanager
-def running_backend(env: dict[str, str], log_path: Path, workers: int = 1) -> Iterator[Backend]:
-    """``shopcardd-backend serve`` on a free port, once ``/readyz`` answers; stopped (SIGTERM) after."""
+def running_backend(
+    env: dict[str, str], log_path: Path, workers: int = 1, server: list[str] | None = None
+) -> Iterator[Backend]:
+    """``shopcardd-backend serve`` (or ``server``, a command taking ``--port``/``--workers``) on a
+    free port, once ``/readyz`` answers; stopped (SIGTERM) after."""
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    argv = [_backend_exe(), "serve", "--port", str(port), "--workers", str(workers)]
+    port = _free_port()
+    argv = [*(server or [_backend_exe(), "serve"]), "--port", str(port), "--workers", str(workers)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -118,146 +148,343 @@ def running_backend(env: dict[str, str], log_path: Path, workers: int = 1) -> It
             proc.wait()
 
 
-async def _fire(
-    url: str, requests: list[tuple[str, str, dict[str, str]]], concurrency: int, expect: int
-) -> tuple[float, list[float]]:
-    """Send ``requests`` (method, path, headers) over ``concurrency`` keep-alive connections, one
-    request in flight on each; the wall time and each request's latency. aiohttp, because the
-    load generator shares two cores with the server and must cost far less than a claim."""
-    import aiohttp
-
-    pending = iter(requests)
-    latencies: list[float] = []
-
-    async def connection(session: aiohttp.ClientSession) -> None:
-        for method, path, headers in pending:
-            started = time.perf_counter()
-            async with session.request(method, url + path, headers=headers) as response:
-                await response.read()
-            latencies.append(time.perf_counter() - started)
-            if response.status != expect:
-                raise RuntimeError(f"{method} {path} answered {response.status}, expected {expect}")
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(connection(session) for _ in range(concurrency)))
-        return time.perf_counter() - started, latencies
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-def _figures(elapsed: float, latencies: list[float]) -> Figures:
-    latencies.sort()
-    return Figures(
-        len(latencies) / elapsed,
-        _percentile(latencies, 0.5) * 1e3,
-        _percentile(latencies, 0.99) * 1e3,
-        len(latencies),
-    )
+def _backend_exe() -> str:
+    """The ``shopcardd-backend`` command of this interpreter's environment."""
+    return str(Path(sys.executable).with_name("shopcardd-backend"))
 
 
-def _one_run(url: str, api_key: str, tokens: list[str], args: argparse.Namespace) -> tuple[Figures, Figures]:
-    """One claim run and, on the same server and client, its baseline: ``GET /healthz``, the
-    cost of HTTP and the framework alone."""
-    import httpx
-
-    body = {
-        "title": "bench",
-        "stock": args.claims,
-        "per_user_limit": -(-args.claims // len(tokens)),  # every claim issues
-        "voucher_ttl_seconds": 600,
-    }
-    response = httpx.post(f"{url}/v1/deals", json=body, headers={"X-API-Key": api_key}, timeout=30)
-    response.raise_for_status()
-    path = f"/v1/deals/{response.json()['deal_id']}/claims"
-    claims = [
-        ("POST", path, {"Authorization": f"Bearer {tokens[n % len(tokens)]}", "Idempotency-Key": f"k{n}"})
-        for n in range(args.claims)
-    ]
-    health: list[tuple[str, str, dict[str, str]]] = [("GET", "/healthz", {})] * args.claims
-    claimed = _figures(*asyncio.run(_fire(url, claims, args.concurrency, 201)))
-    baseline = _figures(*asyncio.run(_fire(url, health, args.concurrency, 200)))
-    return claimed, baseline
+def backend_command(env: dict[str, str], *args: str) -> str:
+    proc = subprocess.run([_backend_exe(), *args], env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"shopcardd-backend {args[0]} failed: {proc.stderr.strip()}")
+    return proc.stdout
 
 
-def _median(runs: list[Figures]) -> Figures:
-    return Figures(
-        statistics.median(r.claims_per_second for r in runs),
-        statistics.median(r.p50_ms for r in runs),
-        statistics.median(r.p99_ms for r in runs),
-        runs[0].issued,
-    )
-
-
-def _measure(
-    profile: str, env: dict[str, str], folder: Path, args: argparse.Namespace
-) -> tuple[Figures, Figures, float]:
-    """Median claim figures, median baseline figures, and the median same-run ratio of the two."""
-    from tqdm import tqdm
-
-    api_key = backend_command(env, "merchant", "create", "--merchant", "bench").strip().splitlines()[-1]
-    tokens = backend_command(env, "user-token", *(f"u{i}" for i in range(args.users))).split()
-    runs: list[tuple[Figures, Figures]] = []
-    started = time.perf_counter()
-    with running_backend(env, folder / f"serve-{profile}.log") as backend:
-        # disable=None: no bar, and no carriage returns, when stderr is not a terminal (a log).
-        for _ in tqdm(range(args.runs + 1), desc=profile, unit="run", leave=False, disable=None):
-            runs.append(_one_run(backend.url, api_key, tokens, args))
-    print(f"{profile}: {len(runs)} runs done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    measured = runs[1:]  # the first run warms caches and connections
-    ratio = statistics.median(c.claims_per_second / b.claims_per_second for c, b in measured)
-    return _median([c for c, _ in measured]), _median([b for _, b in measured]), ratio
-
-
-def _redis_reachable(url: str) -> bool:
-    import redis
-
+@contextlib.contextmanager
+def own_redis(folder: Path) -> Iterator[str]:
+    """A redis-server of the bench's own on a free port (no persistence): its CPU is the claims'
+    alone, and the machine's shared Redis is left in peace."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed; pass --redis-url")
+    port = _free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen([*argv, "--dir", str(folder)], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
     try:
-        with redis.Redis.from_url(url, socket_connect_timeout=1) as client:
-            return bool(client.ping())
-    except redis.RedisError:
-        return False
+        import redis
 
-
-def run(args: argparse.Namespace) -> int:
-    profiles = ["embedded", "scaled"] if args.profile == "all" else [args.profile]
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SHOPCARDD_")}
-    rows: list[tuple[str, tuple[Figures, Figures, float]]] = []
-    with tempfile.TemporaryDirectory(prefix="shopcardd-bench-") as tmp:
-        folder = Path(tmp)
-        for profile in profiles:
-            env = {**base, "SHOPCARDD_DATA_DIR": str(folder / profile)}
-            if profile == "scaled":
-                if not _redis_reachable(args.redis_url):
-                    print(f"scaled: skipped, Redis is not reachable at {args.redis_url}", file=sys.stderr)
-                    continue
-                env["SHOPCARDD_REDIS_URL"] = args.redis_url
-                env["SHOPCARDD_REDIS_PREFIX"] = f"bench-{uuid.uuid4().hex[:8]}"
-                if args.mongodb_uri:
-                    env["SHOPCARDD_MONGODB_URI"] = args.mongodb_uri
-                    env["SHOPCARDD_MONGODB_DATABASE"] = f"bench_{uuid.uuid4().hex[:8]}"
+        deadline = time.monotonic() + 10
+        while True:
             try:
-                rows.append((profile, _measure(profile, env, folder, args)))
-            finally:
-                if profile == "scaled":
-                    _cleanup_redis(args.redis_url, env["SHOPCARDD_REDIS_PREFIX"])
-    store = "MongoDB" if args.mongodb_uri else "SQLite"
-    print(f"claim API, one server process; {args.claims} claims per run, {args.users} users,")
-    print(f"{args.concurrency} in flight; median of {args.runs} runs (after 1 warm-up)")
-    print(f"{'profile':<34} {'claims/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'/healthz/s':>11} {'ratio':>6}")
-    for profile, (claimed, baseline, ratio) in rows:
-        name = "embedded (SQLite)" if profile == "embedded" else f"scaled (Redis gate, {store} store)"
-        print(
-            f"{name:<34} {claimed.claims_per_second:>9.0f} {claimed.p50_ms:>8.1f} {claimed.p99_ms:>8.1f} "
-            f"{baseline.claims_per_second:>11.0f} {ratio:>6.2f}"
-        )
-    print("ratio: claims/s over GET /healthz/s in the same run (the share of bare HTTP + FastAPI speed)")
-    return 0 if rows else 1
+                with redis.Redis.from_url(url, socket_connect_timeout=0.5) as client:
+                    client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
-def _cleanup_redis(url: str, prefix: str) -> None:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and every process below it (uvicorn's supervisor and its worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _tree_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += _cpu_seconds(pid)
+    return total
+
+
+def _redis_cpu(url: str) -> float:
+    """redis-server's CPU seconds: from /proc when it runs here, else its own INFO."""
     import redis
 
     with redis.Redis.from_url(url) as client:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
+        pid = int(client.info("server")["process_id"])
+        with contextlib.suppress(OSError):
+            return _cpu_seconds(pid)
+        cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def _wrk(
+    url: str, path: str, tokens: Path, args: argparse.Namespace, mode: str, duration: int, offset: int = 0
+) -> WrkResult:
+    script = files("shopcardd_bench").joinpath("claims.lua")
+    with as_file(script) as script_path:
+        argv = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{duration}s"]
+        argv += ["--timeout", "10s", "-s", str(script_path), url + path, "--"]
+        argv += [str(tokens), path, uuid.uuid4().hex[:8], str(args.threads), mode, str(offset)]
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    result = WrkResult(Counter(), {}, {}, 0.0, 0)
+    for line in proc.stdout.splitlines():
+        name, *values = line.split()
+        if name == "status":
+            result.statuses[int(values[0])] = int(values[1])
+        elif name == "second":
+            result.per_second[int(values[0])] = int(values[1])
+        elif name == "latency":
+            result.latency_us[int(values[0])] = int(values[1])
+        elif name == "duration_us":
+            result.seconds = int(values[0]) / 1e6
+        elif name == "socket_errors":
+            result.socket_errors = int(values[0])
+    return result
+
+
+class Probe:
+    """One claim every 100 ms on its own connection, while wrk runs: latency over time as a
+    client sees it, for the plot (wrk gives only the whole run's percentiles)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self.token = url, token
+        self.points: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.issued: Counter[str] = Counter()
+
+    def start(self, deal: str) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(deal,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self, deal: str) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while not self._stop.wait(0.1):
+                started = time.perf_counter()
+                headers = {"Authorization": f"Bearer {self.token}", "Idempotency-Key": uuid.uuid4().hex}
+                answer = client.post(CLAIM_PATH.format(deal=deal), headers=headers)
+                self.points.append((time.time(), (time.perf_counter() - started) * 1e3))
+                if answer.status_code == 201:
+                    self.issued[deal] += 1
+
+
+def _create_deal(url: str, api_key: str, stock: int, limit: int) -> str:
+    import httpx
+
+    body = {"title": "bench", "stock": stock, "per_user_limit": limit, "voucher_ttl_seconds": 3600}
+    response = httpx.post(f"{url}/v1/deals", json=body, headers={"X-API-Key": api_key}, timeout=30)
+    response.raise_for_status()
+    return str(response.json()["deal_id"])
+
+
+@dataclass
+class Session:
+    """What one bench run needs: the server, its processes, its Redis, the tokens."""
+
+    url: str
+    api_pids: list[int]
+    redis_url: str
+    api_key: str
+    tokens: Path
+    args: argparse.Namespace
+    probe: Probe
+    gate: Any
+    answers: dict[str, Counter[int]] = field(default_factory=dict)
+
+    def measure(self, endpoint: str) -> Measured:
+        deal = _create_deal(self.url, self.api_key, BIG_STOCK, BIG_LIMIT)
+        path = (BARE_PATH if endpoint == "bare" else CLAIM_PATH).format(deal=deal)
+        if endpoint == "claim":
+            self.probe.start(deal)
+        api0, redis0, started = _tree_cpu(self.api_pids), _redis_cpu(self.redis_url), time.time()
+        try:
+            result = _wrk(self.url, path, self.tokens, self.args, "claim", self.args.duration)
+        finally:
+            self.probe.stop()
+        api1, redis1 = _tree_cpu(self.api_pids), _redis_cpu(self.redis_url)
+        self.answers[deal] = result.statuses
+        issued = BIG_STOCK - self.gate.stock_left(deal) - self.probe.issued[deal]
+        return Measured(endpoint, deal, result, api1 - api0, redis1 - redis0, started, issued)
+
+
+def _check_deals(session: Session, limits: dict[str, int], stocks: dict[str, int]) -> list[str]:
+    """Every deal of the bench: stock never below zero, the outbox holds exactly the claims the
+    stock went down by, every 201 answer among them (wrk leaves up to --connections answers
+    unread when it stops), nobody above the per-user limit."""
+    problems = []
+    for deal, answers in session.answers.items():
+        left = session.gate.stock_left(deal)
+        outbox = session.gate.read_outbox(deal_id=deal, limit=None)
+        events = [e for e in outbox if "voucher_id" in e.payload]
+        answered = answers[201] + session.probe.issued[deal]
+        holders = Counter(e.payload["user_id"] for e in events)
+        if (
+            left is None
+            or left < 0
+            or stocks[deal] - left != len(events)
+            or not answered <= len(events) <= answered + session.args.connections
+        ):
+            problems.append(
+                f"deal {deal}: stock {stocks[deal]}, left {left}, {len(events)} events, {answered} 201s"
+            )
+        if holders and max(holders.values()) > limits[deal]:
+            problems.append(f"deal {deal}: a user holds {max(holders.values())} > {limits[deal]}")
+    return problems
+
+
+def _print_table(rows: dict[str, list[Measured]], ratios: list[float], args: argparse.Namespace) -> None:
+    print(
+        f"claims on the Redis profile: {args.workers} API processes, wrk {args.threads} threads x "
+        f"{args.connections} connections, {args.users} users, {args.duration} s per run; "
+        f"median of {args.runs} runs (after 1 warm-up)"
+    )
+    head = f"{'endpoint':<26} {'claims/s':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
+    print(f"{head} {'API us/claim':>13} {'Redis us/claim':>15} {'claims/s/core':>14}")
+    for endpoint, measured in rows.items():
+        name = "claim route" if endpoint == "claim" else "bare FastAPI endpoint"
+        rate = statistics.median(m.claims_per_second for m in measured)
+        api_us = statistics.median(m.api_us for m in measured)
+        p = {q: statistics.median(m.wrk.latency_us[q] for m in measured) / 1e3 for q in (50, 95, 99)}
+        print(
+            f"{name:<26} {rate:>9,.0f} {p[50]:>7.1f} {p[95]:>7.1f} {p[99]:>7.1f} {api_us:>13.0f} "
+            f"{statistics.median(m.redis_us for m in measured):>15.0f} {1e6 / api_us:>14,.0f}"
+        )
+    print(
+        f"same-run ratio of API CPU per claim, claim route / bare endpoint: {statistics.median(ratios):.2f} "
+        f"(runs: {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
+    for endpoint, measured in rows.items():
+        outcomes: Counter[int] = Counter()
+        for m in measured:
+            outcomes.update(m.wrk.statuses)
+        errors = sum(m.wrk.socket_errors for m in measured)
+        counts = ", ".join(f"{status}: {n:,}" for status, n in sorted(outcomes.items()))
+        print(f"answers ({endpoint}, measured runs): {counts}; socket errors {errors}")
+
+
+def _plot(path: Path, measured: list[Measured], probe: Probe) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = min(m.started for m in measured)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    for m in measured:
+        seconds = sorted(m.wrk.per_second.items())[1:-1]  # the first and last are partial
+        style = "tab:blue" if m.endpoint == "claim" else "tab:gray"
+        top.plot([s - start for s, _ in seconds], [n for _, n in seconds], color=style, marker=".")
+    top.set_ylabel("answers/s (blue: claim route, grey: bare)")
+    bottom.plot([t - start for t, _ in probe.points], [ms for _, ms in probe.points], ".", color="tab:red")
+    bottom.set_ylabel("probe claim latency, ms")
+    bottom.set_xlabel("seconds since the first measured run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def run(args: argparse.Namespace) -> int:
+    if shutil.which("wrk") is None:
+        print(WRK_MISSING, file=sys.stderr)
+        return 1
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPCARDD_", "PROMETHEUS_"))}
+    args.redis_prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="shopcardd-bench-") as tmp, contextlib.ExitStack() as stack:
+        folder = Path(tmp)
+        redis_url = args.redis_url or stack.enter_context(own_redis(folder / "redis"))
+        env = {
+            **base,
+            "SHOPCARDD_DATA_DIR": str(folder / "data"),
+            "SHOPCARDD_REDIS_URL": redis_url,
+            "SHOPCARDD_REDIS_PREFIX": args.redis_prefix,
+        }
+        if args.mongodb_uri:
+            env["SHOPCARDD_MONGODB_URI"] = args.mongodb_uri
+            env["SHOPCARDD_MONGODB_DATABASE"] = f"bench_{uuid.uuid4().hex[:8]}"
+        api_key = backend_command(env, "merchant", "create", "--merchant", "bench").strip().splitlines()[-1]
+        tokens = folder / "tokens.txt"
+        tokens.write_text(backend_command(env, "user-token", *(f"u{i}" for i in range(args.users))))
+        first_token = tokens.read_text().split("\n", 1)[0]
+        server = [sys.executable, "-m", "shopcardd_bench.claims_server"]
+        backend = stack.enter_context(running_backend(env, folder / "serve.log", args.workers, server))
+        from shopcardd_backend.gates.redis import RedisClaimGate
+
+        probe = Probe(backend.url, first_token)
+        gate = stack.enter_context(RedisClaimGate(redis_url, prefix=args.redis_prefix, socket_timeout=30))
+        pids = _tree(backend.process.pid)
+        session = Session(backend.url, pids, redis_url, api_key, tokens, args, probe, gate)
+        passes = 3 * args.workers if args.warm_passes is None else args.warm_passes
+        print(f"warm-up: every token {passes} times ...", file=sys.stderr)
+        sent = 0
+        while sent < args.users * passes:  # wrk runs for a time, not a count: 5 s at a time
+            offset = sent - sent % args.threads
+            warm = _wrk(backend.url, CLAIM_PATH.format(deal="warm"), tokens, args, "warm", 5, offset)
+            sent += sum(warm.statuses.values())
+        rows: dict[str, list[Measured]] = {"claim": [], "bare": []}
+        ratios: list[float] = []
+        for number in range(args.runs + 1):
+            order = ["claim", "bare"] if number % 2 else ["bare", "claim"]  # alternate: fair to drift
+            pair = {endpoint: session.measure(endpoint) for endpoint in order}
+            figures = ", ".join(
+                f"{e} {m.claims_per_second:,.0f}/s {m.api_us:.0f} us" for e, m in pair.items()
+            )
+            print(f"run {number}{' (warm-up)' if number == 0 else ''}: {figures}", file=sys.stderr)
+            if number == 0:
+                continue
+            for endpoint, measured in pair.items():
+                rows[endpoint].append(measured)
+            ratios.append(pair["claim"].api_us / pair["bare"].api_us)
+        limits = dict.fromkeys(session.answers, BIG_LIMIT)
+        stocks = dict.fromkeys(session.answers, BIG_STOCK)
+        sellout = _create_deal(backend.url, api_key, args.sellout_stock, 1)
+        result = _wrk(backend.url, CLAIM_PATH.format(deal=sellout), tokens, args, "claim", 5)
+        session.answers[sellout] = result.statuses
+        limits[sellout], stocks[sellout] = 1, args.sellout_stock
+        _print_table(rows, ratios, args)
+        problems = _check_deals(session, limits, stocks)
+        issued = stocks[sellout] - (session.gate.stock_left(sellout) or 0)
+        fives = sum(n for m in rows["claim"] + rows["bare"] for s, n in m.wrk.statuses.items() if s >= 500)
+        fives += sum(n for s, n in result.statuses.items() if s >= 500)
+        if issued != args.sellout_stock:
+            problems.append(f"sell-out: {issued} issued for a stock of {args.sellout_stock}")
+        print(
+            f"sell-out: stock {args.sellout_stock}, {args.users} users claiming one each: {issued} issued, "
+            + ", ".join(f"{status}: {n}" for status, n in sorted(result.statuses.items()))
+        )
+        verdict = "; ".join(problems) or "nothing oversold, nobody over the limit"
+        print(f"checks: {len(session.answers)} deals, 5xx answers {fives}; {verdict}")
+        measured = rows["claim"] + rows["bare"]
+        _plot(args.plot, measured, session.probe)
+        print(f"plot: {args.plot}")
+    return 1 if problems or fives else 0

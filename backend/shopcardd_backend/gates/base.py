@@ -134,6 +134,11 @@ class ClaimGate(Protocol):
         ``voucher_ttl_seconds`` later. After a ``GateUnavailable`` the claim may or may not
         have been applied (never half): retrying with the same key answers either way."""
 
+    async def claim_async(self, attempt: ClaimAttempt) -> ClaimDecision:
+        """``claim`` for the API's event loop: the same step, the same answers and errors.
+        Redis awaits its own asyncio client (no thread hop on the hot path); SQLite, whose
+        driver blocks, runs its transaction in a worker thread."""
+
     def stock_left(self, deal_id: str) -> int | None:
         """Vouchers left, or None when the gate does not know the deal."""
 
@@ -163,5 +168,8 @@ class ClaimGate(Protocol):
     def check(self) -> None:
         """Prove the gate works end to end (runs the claim step's code), for ``/readyz``.
         Raises ``GateUnavailable`` when it does not."""
+
+    async def aclose(self) -> None:
+        """Close what ``claim_async`` opened (inside the event loop that used it)."""
 
     def close(self) -> None: ...

@@ -45,6 +45,8 @@ from importlib.resources import files
 from typing import Any
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -96,6 +98,33 @@ def _record(voucher: Voucher) -> str:
     return f"{voucher.issued_at} {voucher.expires_at} {voucher.voucher_id}"
 
 
+def _claim_args(attempt: ClaimAttempt) -> list[str | int]:
+    """The script's ARGV for ``attempt`` (see ``claim.lua``)."""
+    return [
+        attempt.user_id,
+        _claim_field(attempt.user_id, attempt.idempotency_key),
+        attempt.idempotency_key,
+        attempt.voucher_id,
+        attempt.now,
+        attempt.email or "",
+        attempt.phone or "",
+    ]
+
+
+def _decision(attempt: ClaimAttempt, reply: list[Any]) -> ClaimDecision:
+    """The script's reply ``{outcome, record, stock left, merchant}`` as the port's decision."""
+    outcome, record, stock_left, merchant_id = reply
+    if outcome == Outcome.UNKNOWN_DEAL:
+        return ClaimDecision(Outcome.UNKNOWN_DEAL)
+    voucher = None
+    if record:
+        issued_at, expires_at, voucher_id = record.split(" ", 2)
+        voucher = Voucher(
+            voucher_id, attempt.deal_id, attempt.user_id, merchant_id, int(issued_at), int(expires_at)
+        )
+    return ClaimDecision(Outcome(outcome), voucher, stock_left)
+
+
 def _event_sort_key(event_id: str) -> tuple[int, int, str]:
     ms, seq, deal_id = event_id.split("-", 2)
     return int(ms), int(seq), deal_id
@@ -121,14 +150,17 @@ class RedisClaimGate(Closing):
         self._closed = False
         self._touched: dict[str, float] = {}
         self._clock: Callable[[], float] = time.time
+        self._client_options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "decode_responses": True,
+        }
+        self._url = url
         self._client: redis.Redis = redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
+            url, retry=Retry(NoBackoff(), 0), **self._client_options
         )
         self._claim_script = self._client.register_script(_claim_script_source())
+        self._async_client: redis.asyncio.Redis | None = None
         self._forget_idle_deal = self._client.register_script(FORGET_IDLE_DEAL)
         self._lease_start = 0
 
@@ -179,29 +211,31 @@ class RedisClaimGate(Closing):
             pipe.execute()
 
     def claim(self, attempt: ClaimAttempt) -> ClaimDecision:
-        args = [
-            attempt.user_id,
-            _claim_field(attempt.user_id, attempt.idempotency_key),
-            attempt.idempotency_key,
-            attempt.voucher_id,
-            attempt.now,
-            attempt.email or "",
-            attempt.phone or "",
-        ]
         with self._mapped_errors():
             self._touch(attempt.deal_id)
-            outcome, record, stock_left, merchant_id = self._claim_script(
-                keys=self.deal_keys(attempt.deal_id), args=args
+            reply = self._claim_script(keys=self.deal_keys(attempt.deal_id), args=_claim_args(attempt))
+        return _decision(attempt, reply)
+
+    async def claim_async(self, attempt: ClaimAttempt) -> ClaimDecision:
+        """The same script through redis.asyncio (hiredis parses the replies when installed)."""
+        client, script = self._async_parts()
+        with self._mapped_errors():
+            now = self._clock()
+            if self._touch_due(attempt.deal_id, now):
+                await client.zadd(self.active_key, {attempt.deal_id: now})
+                self._touched[attempt.deal_id] = now
+            reply = await script(keys=self.deal_keys(attempt.deal_id), args=_claim_args(attempt))
+        return _decision(attempt, reply)
+
+    def _async_parts(self) -> tuple[redis.asyncio.Redis, Any]:
+        """The asyncio client and its claim script, made on first use: in the event loop that
+        uses them, and never in a relay or a command, which only call the sync methods."""
+        if self._async_client is None:
+            self._async_client = redis.asyncio.Redis.from_url(
+                self._url, retry=AsyncRetry(NoBackoff(), 0), **self._client_options
             )
-        if outcome == Outcome.UNKNOWN_DEAL:
-            return ClaimDecision(Outcome.UNKNOWN_DEAL)
-        voucher = None
-        if record:
-            issued_at, expires_at, voucher_id = record.split(" ", 2)
-            voucher = Voucher(
-                voucher_id, attempt.deal_id, attempt.user_id, merchant_id, int(issued_at), int(expires_at)
-            )
-        return ClaimDecision(Outcome(outcome), voucher, stock_left)
+            self._async_claim_script = self._async_client.register_script(_claim_script_source())
+        return self._async_client, self._async_claim_script
 
     def stock_left(self, deal_id: str) -> int | None:
         terms_key, stock_key, *_ = self.deal_keys(deal_id)
@@ -219,11 +253,16 @@ class RedisClaimGate(Closing):
     def _touch(self, deal_id: str, force: bool = False) -> None:
         """Mark the deal's outbox active before a write may append to it (see the module's doc)."""
         now = self._clock()
-        if force or now - self._touched.get(deal_id, -TOUCH_SECONDS) >= TOUCH_SECONDS:
+        if force or self._touch_due(deal_id, now):
             self._client.zadd(self.active_key, {deal_id: now})
             self._touched[deal_id] = now
-            if len(self._touched) > 100_000:  # a process that saw very many deals forgets old ones
-                self._touched = {d: t for d, t in self._touched.items() if now - t < TOUCH_SECONDS}
+
+    def _touch_due(self, deal_id: str, now: float) -> bool:
+        """Whether this process last touched the deal a ``TOUCH_SECONDS`` ago or more. The caller
+        records the touch only once its ``ZADD`` succeeded."""
+        if len(self._touched) > 100_000:  # a process that saw very many deals forgets old ones
+            self._touched = {d: t for d, t in self._touched.items() if now - t < TOUCH_SECONDS}
+        return now - self._touched.get(deal_id, -TOUCH_SECONDS) >= TOUCH_SECONDS
 
     def _create_group(self, stream_key: str) -> None:
         try:
@@ -366,6 +405,10 @@ class RedisClaimGate(Closing):
                 "(an evicted key would silently reset a deal's limits and replays)",
                 self.retry_after,
             )
+
+    async def aclose(self) -> None:
+        if self._async_client is not None:
+            await self._async_client.aclose()
 
     def close(self) -> None:
         self._closed = True

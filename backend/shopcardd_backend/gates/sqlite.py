@@ -14,6 +14,7 @@ constraint as a last line of defence. Schema:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -153,6 +154,13 @@ class SqliteClaimGate(Closing):
             )
             for key, voucher in claimed:
                 _record_claim(tx, terms.deal_id, key, voucher)
+
+    async def claim_async(self, attempt: ClaimAttempt) -> ClaimDecision:
+        """The same transaction in a worker thread: sqlite3 blocks, and the event loop must not."""
+        return await asyncio.to_thread(self.claim, attempt)
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: ``close()`` closes the one connection."""
 
     def claim(self, attempt: ClaimAttempt) -> ClaimDecision:
         with self._db.transaction() as tx:

@@ -1,0 +1,63 @@
+-- wrk script of `shopcardd-bench claims`: claims from many users, a fresh Idempotency-Key each.
+-- wrk -s claims.lua URL -- TOKENS_FILE PATH RUN THREADS MODE OFFSET
+--   TOKENS_FILE  one user bearer token per line; PATH the claim path to POST to
+--   RUN          a tag that makes this run's Idempotency-Keys unique
+--   THREADS      wrk's -t, so that the threads' request numbers never meet
+--   MODE         "claim", or "warm": no Idempotency-Key, so the API checks (and caches) the
+--                token and answers 422 without claiming
+--   OFFSET       where in the token list this run starts (a multiple of THREADS)
+-- done() prints the outcome counts and the requests per second of wall clock, one per line.
+
+local threads = {}
+local next_id = 0
+
+function setup(thread)
+  thread:set("id", next_id)
+  next_id = next_id + 1
+  table.insert(threads, thread)
+end
+
+local tokens, path, run, step, mode = {}, nil, nil, 1, "claim"
+local n = 0
+statuses, seconds = {}, {}
+
+function init(args)
+  for line in io.lines(args[1]) do
+    if #line > 0 then tokens[#tokens + 1] = line end
+  end
+  path, run, step, mode = args[2], args[3], tonumber(args[4]), args[5]
+  n = id + tonumber(args[6])
+end
+
+function request()
+  n = n + step
+  local headers = { ["Authorization"] = "Bearer " .. tokens[n % #tokens + 1] }
+  if mode == "claim" then headers["Idempotency-Key"] = run .. "-" .. n end
+  return wrk.format("POST", path, headers)
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  local second = os.time()
+  seconds[second] = (seconds[second] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local totals, per_second = {}, {}
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses")) do
+      totals[status] = (totals[status] or 0) + count
+    end
+    for second, count in pairs(thread:get("seconds")) do
+      per_second[second] = (per_second[second] or 0) + count
+    end
+  end
+  for status, count in pairs(totals) do io.write(string.format("status %d %d\n", status, count)) end
+  for second, count in pairs(per_second) do io.write(string.format("second %d %d\n", second, count)) end
+  for _, p in ipairs({ 50, 95, 99 }) do
+    io.write(string.format("latency %d %d\n", p, latency:percentile(p)))
+  end
+  local e = summary.errors
+  io.write(string.format("duration_us %d\n", summary.duration))
+  io.write(string.format("socket_errors %d\n", e.connect + e.read + e.write + e.timeout))
+end
