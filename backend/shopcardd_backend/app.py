@@ -20,6 +20,7 @@ from .api.errors import install_error_handlers
 from .api.middleware import BodyLimits, HeadAsGet
 from .api.models import ProblemDocument
 from .api.routes import claims, deals, devices, health, keys, merchants, stats, vouchers
+from .api.routes.claims import ClaimFastPath
 from .api.routes.devices import SYNC_MAX_BODY_BYTES, SYNC_PATH
 from .logging import configure_logging
 from .metrics import Metrics
@@ -69,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
         larger={SYNC_PATH: SYNC_MAX_BODY_BYTES},
     )
     app.add_middleware(HeadAsGet, router=app.router)
+    app.add_middleware(ClaimFastPath)  # outermost: a claim skips the rest (api/routes/claims.py)
     routers = (deals.router, stats.router, claims.router, devices.router, vouchers.router, merchants.router)
     for router in (*routers, keys.router, health.router):
         app.include_router(router)

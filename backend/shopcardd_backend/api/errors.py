@@ -101,10 +101,16 @@ def unavailable(retry_after: int, detail: str) -> Problem:
     return Problem("unavailable", detail, headers={"Retry-After": str(retry_after)})
 
 
+def answer(problem: Problem) -> Response:
+    """The problem document of a raised ``Problem``."""
+    detail = str(problem.detail)
+    return problem_response(problem.status_code, problem.code, detail, problem.headers, problem.extra)
+
+
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc, Problem):
-        return problem_response(exc.status_code, exc.code, str(exc.detail), exc.headers, exc.extra)
+        return answer(exc)
     if exc.status_code == 400:  # FastAPI's "error parsing the body": one code, one status for bad input
         detail = "body: cannot be read as JSON (not UTF-8 text, or nested too deeply)"
         return problem_response(422, "invalid_request", detail)
@@ -168,7 +174,12 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TransientError)
-    log.warning("unavailable", extra={"path": request.url.path, "error": str(exc)})
+    return unavailable_answer(exc, request.url.path)
+
+
+def unavailable_answer(exc: TransientError, path: str) -> Response:
+    """503 with ``Retry-After`` for a store or gate that cannot be reached (logged)."""
+    log.warning("unavailable", extra={"path": path, "error": str(exc)})
     detail = "the service cannot reach its data store now; retry later"
     return problem_response(503, "unavailable", detail, {"Retry-After": str(exc.retry_after)})
 

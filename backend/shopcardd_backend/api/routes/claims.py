@@ -1,15 +1,30 @@
-"""Claims: a user asks for one voucher of a deal; the answer is the signed voucher or why not."""
+"""Claims: a user asks for one voucher of a deal; the answer is the signed voucher or why not.
+
+Two adapters over one use case (``ClaimService.claim_async``) and one mapping of refusals
+(``claim_voucher``). ``ClaimFastPath`` answers the claims a client sends as the API documents
+them (an empty body, ``Authorization: Bearer TOKEN``, a well-formed ``Idempotency-Key``) as a
+plain ASGI app ahead of FastAPI's router: FastAPI's routing, dependency solving and response
+model cost about as much CPU as the claim itself, and a flash sale is nearly all claims.
+Every other claim request (a body, a missing or malformed header) goes on to the FastAPI route
+``create_claim``, which validates it and answers as before; it also puts the claim in the
+OpenAPI document. Both answer with the same bytes (``tests/backend/api/test_claim_fast_path.py``).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import re
+from typing import Annotated, Final
 
 from fastapi import APIRouter, Body, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ...claims import ClaimRefused
+from ...claims import ClaimRefused, ClaimService, IssuedVoucher
 from ...gates.base import Outcome
-from ..deps import ClaimServiceDep, CurrentUser, DealId, IdempotencyKey
-from ..errors import Problem
+from ...identity import User
+from ...storage import TransientError
+from ..deps import ClaimServiceDep, CurrentUser, DealId, IdempotencyKey, user_of_token
+from ..errors import Problem, answer, unavailable_answer
 from ..models import ClaimCreate, VoucherPublic
 
 router = APIRouter(prefix="/v1/deals", tags=["claims"])
@@ -23,6 +38,17 @@ _REFUSALS: dict[Outcome, tuple[str, str]] = {
     ),
     Outcome.UNKNOWN_DEAL: ("not_found", "no deal {deal!r}"),
 }
+
+
+async def claim_voucher(
+    service: ClaimService, deal_id: str, user: User, idempotency_key: str
+) -> IssuedVoucher:
+    """The claim, its refusals raised as the problem each one answers."""
+    try:
+        return await service.claim_async(deal_id, user, idempotency_key)
+    except ClaimRefused as refused:
+        code, detail = _REFUSALS[refused.outcome]
+        raise Problem(code, detail.format(deal=deal_id[:100])) from None
 
 
 @router.post(
@@ -39,7 +65,7 @@ _REFUSALS: dict[Outcome, tuple[str, str]] = {
         503: {"description": "unavailable, with Retry-After"},
     },
 )
-def create_claim(
+async def create_claim(
     deal_id: DealId,
     user: CurrentUser,
     idempotency_key: IdempotencyKey,
@@ -49,11 +75,82 @@ def create_claim(
 ) -> VoucherPublic:
     """Claim one voucher: 201 with a new voucher, 200 with the same voucher for a retry."""
     del body  # a claim has no fields; the body is validated to be empty or {} (null is refused)
-    try:
-        issued = service.claim(deal_id, user, idempotency_key)
-    except ClaimRefused as refused:
-        code, detail = _REFUSALS[refused.outcome]
-        raise Problem(code, detail.format(deal=deal_id[:100])) from None
+    issued = await claim_voucher(service, deal_id, user, idempotency_key)
     if issued.replayed:
         response.status_code = 200
     return VoucherPublic.model_validate(issued, from_attributes=True)
+
+
+PREFIX: Final = "/v1/deals/"
+SUFFIX: Final = "/claims"
+IDEMPOTENCY_KEY: Final = re.compile(rb"[\x21-\x7e]{1,128}")
+"""What ``IdempotencyKey`` accepts (1 to 128 visible ASCII characters), on the raw header."""
+JSON_HEADERS: Final = (b"content-type", b"application/json")
+
+
+class ClaimFastPath:
+    """``POST /v1/deals/{deal_id}/claims`` as a raw ASGI app, for the requests it can answer
+    exactly as the FastAPI route would; every other request goes on to ``app``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = self._claim_of(scope)
+        if request is None:
+            await self.app(scope, receive, send)
+            return
+        deal_id, token, idempotency_key = request
+        runtime = scope["app"].state.runtime
+        try:
+            user = user_of_token(runtime, token)
+            issued = await claim_voucher(runtime.claims, deal_id, user, idempotency_key)
+        except Problem as problem:
+            await answer(problem)(scope, receive, send)
+            return
+        except TransientError as exc:
+            await unavailable_answer(exc, scope["path"])(scope, receive, send)
+            return
+        body = json.dumps(
+            {
+                "voucher_id": issued.voucher_id,
+                "token": issued.token,
+                "deal_id": issued.deal_id,
+                "merchant_id": issued.merchant_id,
+                "expires_at": issued.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
+        headers = [(b"content-length", str(len(body)).encode()), JSON_HEADERS]
+        status = 200 if issued.replayed else 201
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def _claim_of(scope: Scope) -> tuple[str, str, str] | None:
+        """(deal id, bearer token, idempotency key) of a claim this path answers, else None:
+        the route's own path and method, no body, and headers that FastAPI would parse to the
+        very same values (the first of each name; ``Bearer`` and one token, unpadded)."""
+        if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
+            return None
+        path: str = scope["path"]
+        if not (path.startswith(PREFIX) and path.endswith(SUFFIX)):
+            return None
+        deal_id = path[len(PREFIX) : -len(SUFFIX)]
+        if not deal_id or "/" in deal_id:
+            return None
+        authorization = idempotency_key = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value if authorization is None else authorization
+            elif name == b"idempotency-key":
+                idempotency_key = value if idempotency_key is None else idempotency_key
+            elif (name == b"content-length" and value != b"0") or name == b"transfer-encoding":
+                return None  # a body: FastAPI validates it
+        if authorization is None or idempotency_key is None or not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            return None
+        token = authorization[7:].decode("latin-1")  # as Starlette decodes headers
+        if authorization[:7] != b"Bearer " or not token or token != token.strip():
+            return None
+        return deal_id, token, idempotency_key.decode("ascii")
