@@ -63,7 +63,13 @@ class Runtime(Closing):
         if self.settings.redis_url:
             from .gates.redis import RedisClaimGate
 
-            gate: ClaimGate = RedisClaimGate(self.settings.redis_url, prefix=self.settings.redis_prefix)
+            settings = self.settings
+            gate: ClaimGate = RedisClaimGate(
+                settings.redis_url,
+                prefix=settings.redis_prefix,
+                cluster=settings.redis_cluster,
+                buckets=settings.redis_deal_buckets,
+            )
         else:
             from .gates.sqlite import SqliteClaimGate
 

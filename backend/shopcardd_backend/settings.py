@@ -133,6 +133,11 @@ class Settings(BaseSettings):
     """Embedded profile files, the voucher signing keys and the development identity key."""
 
     redis_url: str | None = None
+    redis_cluster: bool = False
+    """``SHOPCARDD_REDIS_URL`` is one node of a Redis Cluster (the client learns the others)."""
+    redis_deal_buckets: int = Field(default=1, ge=1, le=256)
+    """Buckets a new deal's stock is split into (a Redis Cluster slot each: a hot deal then uses
+    every primary); fixed per deal when it is created. 1: one slot per deal."""
     redis_prefix: str = "shopcardd"
     """Prefix of every Redis key this deployment writes (tests use one of their own): non-empty,
     no braces (a ``{...}`` in it would become the keys' cluster hash tag) and no whitespace."""

@@ -20,9 +20,10 @@ import pytest
 from shopcardd_backend.gates.base import ClaimGate
 from shopcardd_backend.stores.base import DocumentStore
 
-GATE_KINDS = ["sqlite", "redis"]
+GATE_KINDS = ["sqlite", "redis", "redis-buckets"]
+"""``redis-buckets``: the Redis gate splitting every deal's stock over up to 3 buckets (hot deals)."""
 STORE_KINDS = ["sqlite", "mongo"]
-_MARKS = {"redis": [pytest.mark.redis], "mongo": [pytest.mark.mongo]}
+_MARKS = {"redis": [pytest.mark.redis], "redis-buckets": [pytest.mark.redis], "mongo": [pytest.mark.mongo]}
 
 
 def _kind_params(kinds: list[str]) -> list[Any]:
@@ -47,13 +48,13 @@ def make_gate(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeGa
             from shopcardd_backend.gates.sqlite import SqliteClaimGate
 
             gate: Any = SqliteClaimGate(path or tmp_path / f"gate-{len(made)}.sqlite3")
-        elif kind == "redis":
+        elif kind in ("redis", "redis-buckets"):
             from shopcardd_backend.gates.redis import RedisClaimGate
 
             url = url or request.getfixturevalue("redis_url")
             prefix = prefix or f"{request.getfixturevalue('redis_prefix')}-{len(made)}"
             prefixes.append((url, prefix))
-            gate = RedisClaimGate(url, prefix=prefix)
+            gate = RedisClaimGate(url, prefix=prefix, buckets=3 if kind == "redis-buckets" else 1)
         else:
             raise ValueError(f"no gate of kind {kind!r}")
         made.append(gate)

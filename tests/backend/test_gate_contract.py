@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -46,10 +47,25 @@ def all_events(gate: ClaimGate) -> list[dict[str, Any]]:
     return [event.payload for event in gate.read_outbox(limit=10_000)]
 
 
+def is_bucketed(gate: ClaimGate) -> bool:
+    """A gate that splits deals into buckets: a decision's ``stock_left`` is its bucket's, and a
+    deal's events keep their order per user (per bucket), not across the deal."""
+    return getattr(gate, "buckets", 1) > 1
+
+
+def same_decision(gate: ClaimGate, got: ClaimDecision, expected: ClaimDecision) -> None:
+    if is_bucketed(gate):
+        assert got.stock_left is not None and expected.stock_left is not None
+        assert got.stock_left <= expected.stock_left
+        got, expected = replace(got, stock_left=None), replace(expected, stock_left=None)
+    assert got == expected
+
+
 def test_a_claim_issues_a_voucher_takes_stock_and_records_an_event(gate: ClaimGate) -> None:
     gate.load_deal(terms(voucher_ttl_seconds=600))
     decision = gate.claim(ClaimAttempt("d1", "u1", "k1", "v1", NOW))
-    assert decision == ClaimDecision(Outcome.ISSUED, Voucher("v1", "d1", "u1", "m1", NOW, NOW + 600), 2)
+    voucher = Voucher("v1", "d1", "u1", "m1", NOW, NOW + 600)
+    same_decision(gate, decision, ClaimDecision(Outcome.ISSUED, voucher, 2))
     assert gate.stock_left("d1") == 2
     assert all_events(gate) == [
         {
@@ -198,7 +214,7 @@ def test_counters_rebuild_from_claimed_vouchers(gate: ClaimGate) -> None:
     assert gate.stock_left("d1") == 2
     assert claim(gate, "u1").outcome is Outcome.LIMIT_REACHED
     replay = gate.claim(ClaimAttempt("d1", "u2", "k3", "other", NOW + 5))
-    assert replay == ClaimDecision(Outcome.REPLAYED, claimed[2][1], 2)
+    same_decision(gate, replay, ClaimDecision(Outcome.REPLAYED, claimed[2][1], 2))
     assert claim(gate, "u2").outcome is Outcome.ISSUED
     assert claim(gate, "u9").outcome is Outcome.ISSUED
     assert claim(gate, "u8").outcome is Outcome.SOLD_OUT
@@ -360,7 +376,9 @@ def test_a_dead_relays_lease_is_taken_over_once_it_runs_out(gate: ClaimGate) -> 
     now[0] += 31
     _wait_for_redis_idle(gate, 31)
     again = gate.lease_outbox("live-relay", limit=100, lease_seconds=30)
-    assert [e.payload["voucher_id"] for e in again] == [v.voucher_id for v in vouchers if v is not None]
+    in_order = [v.voucher_id for v in vouchers if v is not None]
+    leased = [e.payload["voucher_id"] for e in again]
+    assert (sorted(leased) == sorted(in_order)) if is_bucketed(gate) else (leased == in_order)
     assert {e.event_id for e in again} == {e.event_id for e in taken}
     gate.ack_outbox([e.event_id for e in again])
     assert gate.lease_outbox("dead-relay", limit=100, lease_seconds=30) == []

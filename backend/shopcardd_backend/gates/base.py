@@ -53,6 +53,10 @@ class DealTerms:
     """Load the deal already closed, in the same atomic step as its terms (a rebuild of a deal
     cancelled in the store): no claim can be issued on it in between. ``False`` never reopens
     a deal the gate holds cancelled."""
+    buckets: int | None = None
+    """How many parts to split the stock into, each decided on its own (Redis: a cluster slot
+    each, so one hot deal spreads over a whole cluster); None: the gate's default. Fixed when
+    the deal is first loaded. The SQLite gate has one part whatever this says."""
 
 
 @dataclass(frozen=True, slots=True)

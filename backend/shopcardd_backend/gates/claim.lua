@@ -9,14 +9,21 @@
 -- KEYS[4] claims hash  idempotency field (user and key) -> "issued_at expires_at voucher_id"
 -- KEYS[5] outbox       stream of claim events
 -- ARGV: user_id, idempotency field, idempotency key, voucher_id, now (epoch seconds),
---       email, phone ("" when the user's token gave none)
--- Returns {outcome, voucher record or "", stock left, merchant_id}.
+--       email, phone ("" when the user's token gave none), buckets (how many buckets the
+--       caller believes the deal has; the keys are of the user's home bucket among them)
+-- Returns {outcome, voucher record or "", stock left, merchant_id}; {'buckets', '', N, merchant}
+-- when the deal has N buckets, not ARGV[8] (nothing changed: the caller asks the right bucket).
+-- A bucket is a deal's slot of its own with a part of the stock (gates/redis.py, "Buckets").
 
 local terms = redis.call('HMGET', KEYS[1], 'merchant_id', 'per_user_limit', 'voucher_ttl_seconds',
-  'starts_at', 'ends_at', 'cancelled')
+  'starts_at', 'ends_at', 'cancelled', 'buckets')
 local merchant = terms[1]
 if not merchant then
   return {'unknown_deal', '', -1, ''}
+end
+local buckets = tonumber(terms[7] or '1')
+if buckets ~= tonumber(ARGV[8]) then
+  return {'buckets', '', buckets, merchant}
 end
 local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
 

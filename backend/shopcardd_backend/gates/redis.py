@@ -35,10 +35,13 @@ either applied or not; the client's retry with the same idempotency key answers 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+import uuid
+import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from importlib.resources import files
@@ -46,6 +49,8 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -79,13 +84,39 @@ if touched and tonumber(touched) <= tonumber(ARGV[2]) then
 end
 return 0
 """
+TOUCH = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])"
+"""The touch of the active index as a script, so that the claim's steps are all script calls."""
+MOVE = """
+local stock = tonumber(redis.call('GET', KEYS[1]) or '0')
+local take = math.ceil(stock / 2)
+local journal = redis.call('HGETALL', KEYS[2])
+if take > 0 then
+  redis.call('DECRBY', KEYS[1], take)
+  redis.call('HSET', KEYS[2], ARGV[1], take .. ' ' .. ARGV[2])
+end
+table.insert(journal, 1, take)
+return journal
+"""
+"""Take half the stock of a donor bucket (KEYS: its stock, its moves journal) for the bucket
+ARGV[2], journaled under the move's id ARGV[1]; returns {taken, id, "n home", ...} with the
+moves already in the journal (the caller finishes them: one whose mover died is not lost)."""
+CREDIT = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+  redis.call('INCRBY', KEYS[1], ARGV[2])
+end
+return 1
+"""
+"""Add a move's units to its home bucket (KEYS: its stock, its set of credited moves) once only,
+however often a move is finished (by its mover, or by another process after the mover died)."""
+SETTLE = "return redis.call('HDEL', KEYS[1], ARGV[1])"
+"""Strike a finished move from its donor's journal (KEYS: the journal)."""
 KNOWN_FIELD = "merchant_id"
 """The terms field whose presence makes a deal known, here as in the script: a terms hash
 without it (a ``cancelled`` flag written just as Redis lost the deal) is a lost deal."""
 
 
 @cache
-def _claim_script_source() -> str:
+def claim_script_source() -> str:
     return files(__package__).joinpath("claim.lua").read_text(encoding="utf-8")
 
 
@@ -98,8 +129,37 @@ def _record(voucher: Voucher) -> str:
     return f"{voucher.issued_at} {voucher.expires_at} {voucher.voucher_id}"
 
 
-def _claim_args(attempt: ClaimAttempt) -> list[str | int]:
-    """The script's ARGV for ``attempt`` (see ``claim.lua``)."""
+Call = tuple[str, list[str], list[Any]]
+"""One step of a claim: the name of a script (``_scripts``), its KEYS and its ARGV."""
+
+
+def _scripts() -> dict[str, str]:
+    return {"claim": claim_script_source(), "touch": TOUCH, "move": MOVE, "credit": CREDIT, "settle": SETTLE}
+
+
+def bucket_tag(deal_id: str, bucket: int) -> str:
+    """The hash tag of a deal's bucket: the deal id for bucket 0 (an unbucketed deal's keys are
+    unchanged), ``deal/N`` for the others (a deal id never holds a ``/``)."""
+    return f"{deal_id}/{bucket}" if bucket else deal_id
+
+
+def deal_of(tag: str) -> str:
+    return tag.partition("/")[0]
+
+
+def home_bucket(user_id: str, buckets: int) -> int:
+    """The bucket that holds a user's claims of a deal: all of them, so the per-user limit and
+    the replays stay exact in one atomic step (CRC32: the same in every process)."""
+    return zlib.crc32(user_id.encode()) % buckets if buckets > 1 else 0
+
+
+def _share(stock: int, buckets: int, bucket: int) -> int:
+    """Bucket ``bucket``'s part of ``stock``: as even as whole units allow."""
+    return stock // buckets + (1 if bucket < stock % buckets else 0)
+
+
+def claim_args(attempt: ClaimAttempt, buckets: int = 1) -> list[str | int]:
+    """The script's ARGV for ``attempt`` on a deal of ``buckets`` buckets (see ``claim.lua``)."""
     return [
         attempt.user_id,
         _claim_field(attempt.user_id, attempt.idempotency_key),
@@ -108,6 +168,7 @@ def _claim_args(attempt: ClaimAttempt) -> list[str | int]:
         attempt.now,
         attempt.email or "",
         attempt.phone or "",
+        buckets,
     ]
 
 
@@ -138,6 +199,8 @@ class RedisClaimGate(Closing):
         url: str,
         prefix: str = "shopcardd",
         *,
+        cluster: bool = False,
+        buckets: int = 1,
         socket_timeout: float = 1.0,
         connect_timeout: float = 0.5,
         retry_after: int = 1,
@@ -156,19 +219,38 @@ class RedisClaimGate(Closing):
             "decode_responses": True,
         }
         self._url = url
-        self._client: redis.Redis = redis.Redis.from_url(
-            url, retry=Retry(NoBackoff(), 0), **self._client_options
-        )
-        self._claim_script = self._client.register_script(_claim_script_source())
-        self._async_client: redis.asyncio.Redis | None = None
+        self._cluster = cluster
+        self._client: Any
+        if cluster:
+            # Redis Cluster: the client follows MOVED and a failover (it refreshes the slot map
+            # and retries a few times); a claim retried that way at worst answers REPLAYED.
+            self._client = redis.cluster.RedisCluster.from_url(url, **self._client_options)
+        else:
+            self._client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **self._client_options)
+        self.buckets = buckets
+        self._buckets: dict[str, int] = {}
+        """Bucket counts of the deals this process has seen (fixed once a deal is loaded)."""
+        self._sold_out_until: dict[str, float] = {}
+        self._scripts = {name: self._client.register_script(source) for name, source in _scripts().items()}
+        self._async_client: Any = None
+        self._async_scripts: dict[str, Any] = {}
         self._forget_idle_deal = self._client.register_script(FORGET_IDLE_DEAL)
         self._lease_start = 0
 
     def deal_keys(self, deal_id: str) -> list[str]:
-        """Every key of the deal (the script's KEYS), all in the deal's cluster slot."""
+        """Every key of the deal (the script's KEYS), all in the deal's cluster slot; for a
+        bucket, ``deal_id`` is its tag (``bucket_tag``)."""
         if not deal_id:
             raise ValueError("deal_id must not be empty: an empty hash tag spreads keys over slots")
         return [f"{self.prefix}:deal:{{{deal_id}}}:{part}" for part in KEY_PARTS]
+
+    def _move_keys(self, tag: str) -> list[str]:
+        """A bucket's stock and its journal of moves out (the MOVE script's KEYS)."""
+        return [self.deal_keys(tag)[1], f"{self.prefix}:deal:{{{tag}}}:moves"]
+
+    def _credit_keys(self, tag: str) -> list[str]:
+        """A bucket's stock and the set of moves credited to it (the CREDIT script's KEYS)."""
+        return [self.deal_keys(tag)[1], f"{self.prefix}:deal:{{{tag}}}:credited"]
 
     @contextmanager
     def _mapped_errors(self) -> Iterator[None]:
@@ -176,13 +258,12 @@ class RedisClaimGate(Closing):
             raise GateUnavailable("the Redis claim gate is closed", self.retry_after)
         try:
             yield
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException, TimeoutError) as exc:
             # Connection refused or reset, timeouts, LOADING, READONLY during a failover, a
             # script Redis cannot run: the gate cannot decide now; nothing was half-applied.
             raise GateUnavailable(f"Redis: {exc}", self.retry_after) from exc
 
     def load_deal(self, terms: DealTerms, claimed: Iterable[tuple[str, Voucher]] = ()) -> None:
-        terms_key, stock_key, users_key, claims_key, _ = self.deal_keys(terms.deal_id)
         claimed = list(claimed)
         fields: dict[str, str | int] = {
             "merchant_id": terms.merchant_id,
@@ -194,61 +275,165 @@ class RedisClaimGate(Closing):
         if terms.cancelled:  # in the same MULTI as the terms: never claimable in between
             fields["cancelled"] = "1"
         with self._mapped_errors():
-            self._touch(terms.deal_id, force=True)
-            self._create_group(self.deal_keys(terms.deal_id)[-1])
-            pipe = self._client.pipeline(transaction=True)
-            pipe.hset(terms_key, mapping=fields)
-            if claimed:
-                pipe.delete(users_key, claims_key)
-                pipe.set(stock_key, max(terms.stock - len(claimed), 0))
-                pipe.hset(users_key, mapping=Counter(voucher.user for _, voucher in claimed))
-                pipe.hset(
-                    claims_key,
-                    mapping={_claim_field(v.user, key): _record(v) for key, v in claimed},
-                )
-            else:
-                pipe.set(stock_key, terms.stock, nx=True)
-            pipe.execute()
+            buckets = self._held_buckets(terms.deal_id)
+            if buckets is None:
+                wanted = self.buckets if terms.buckets is None else terms.buckets
+                buckets = max(1, min(wanted, terms.stock))
+            fields["buckets"] = buckets
+            left = max(terms.stock - len(claimed), 0)
+            for bucket in reversed(range(buckets)):  # bucket 0 last: it tells claims of the others
+                tag = bucket_tag(terms.deal_id, bucket)
+                terms_key, stock_key, users_key, claims_key, outbox_key = self.deal_keys(tag)
+                self._touch(tag, force=True)
+                self._create_group(outbox_key)
+                pipe = self._client.pipeline(transaction=True)
+                pipe.hset(terms_key, mapping=fields)
+                if claimed:
+                    mine = [(key, v) for key, v in claimed if home_bucket(v.user, buckets) == bucket]
+                    journals = self._move_keys(tag)[1], self._credit_keys(tag)[1]
+                    pipe.delete(users_key, claims_key, *journals)
+                    pipe.set(stock_key, _share(left, buckets, bucket))
+                    if mine:
+                        pipe.hset(users_key, mapping=Counter(voucher.user for _, voucher in mine))
+                        records = {_claim_field(v.user, key): _record(v) for key, v in mine}
+                        pipe.hset(claims_key, mapping=records)
+                else:
+                    pipe.set(stock_key, _share(terms.stock, buckets, bucket), nx=True)
+                pipe.execute()
+            self._buckets[terms.deal_id] = buckets
 
     def claim(self, attempt: ClaimAttempt) -> ClaimDecision:
+        steps = self._claim_steps(attempt)
         with self._mapped_errors():
-            self._touch(attempt.deal_id)
-            reply = self._claim_script(keys=self.deal_keys(attempt.deal_id), args=_claim_args(attempt))
-        return _decision(attempt, reply)
+            try:
+                call = next(steps)
+                while True:
+                    name, keys, args = call
+                    call = steps.send(self._scripts[name](keys=keys, args=args))
+            except StopIteration as done:
+                return done.value
 
     async def claim_async(self, attempt: ClaimAttempt) -> ClaimDecision:
-        """The same script through redis.asyncio (hiredis parses the replies when installed)."""
-        client, script = self._async_parts()
+        """The same steps through redis.asyncio (hiredis parses the replies), under one deadline
+        for them all: redis.asyncio's own socket timeout costs a task per command sent."""
+        scripts = self._async_parts()
+        steps = self._claim_steps(attempt)
         with self._mapped_errors():
-            now = self._clock()
-            if self._touch_due(attempt.deal_id, now):
-                await client.zadd(self.active_key, {attempt.deal_id: now})
-                self._touched[attempt.deal_id] = now
-            reply = await script(keys=self.deal_keys(attempt.deal_id), args=_claim_args(attempt))
-        return _decision(attempt, reply)
+            try:
+                async with asyncio.timeout(self._client_options["socket_timeout"]):
+                    call = next(steps)
+                    while True:
+                        name, keys, args = call
+                        call = steps.send(await scripts[name](keys=keys, args=args))
+            except StopIteration as done:
+                return done.value
 
-    def _async_parts(self) -> tuple[redis.asyncio.Redis, Any]:
-        """The asyncio client and its claim script, made on first use: in the event loop that
-        uses them, and never in a relay or a command, which only call the sync methods."""
+    def _claim_steps(self, attempt: ClaimAttempt) -> Generator[Call, Any, ClaimDecision]:
+        """The claim as script calls, each yielded and answered with its reply: ``claim`` and
+        ``claim_async`` run the same steps, one blocking and one awaiting. Unbucketed, that is
+        one call (and a touch of the active index once a second). Bucketed: the claim runs in
+        the user's home bucket; when that one is empty, stock moves in from the others."""
+        deal = attempt.deal_id
+        buckets = self._buckets.get(deal, 1)
+        while True:
+            tag = bucket_tag(deal, home_bucket(attempt.user_id, buckets))
+            now = self._clock()
+            if self._touch_due(tag, now):
+                yield ("touch", [self.active_key], [now, tag])
+                self._touched[tag] = now
+            reply = yield ("claim", self.deal_keys(tag), claim_args(attempt, buckets))
+            if reply[0] == "buckets":  # this process had not seen the deal: ask its home bucket
+                buckets = self._buckets[deal] = int(reply[2])
+                continue
+            home = home_bucket(attempt.user_id, buckets)
+            if reply[0] == Outcome.SOLD_OUT and buckets > 1:  # noqa: SIM102 (a yield from in a condition)
+                if (yield from self._refill(deal, home, buckets)):
+                    continue
+            return _decision(attempt, reply)
+
+    def _refill(self, deal: str, home: int, buckets: int) -> Generator[Call, Any, bool]:
+        """Move stock into the empty ``home`` bucket: half of the first other bucket that has
+        some. Moves found half done in a journal (their mover died) are finished on the way.
+        False when every bucket is empty: the deal is sold out (remembered for a second, so a
+        flood of refused claims does not sweep every bucket each time)."""
+        now = self._clock()
+        if self._sold_out_until.get(deal, 0.0) > now:
+            return False
+        found = False
+        for offset in range(1, buckets):
+            donor = bucket_tag(deal, (home + offset) % buckets)
+            move_id = uuid.uuid4().hex
+            taken, *journal = yield ("move", self._move_keys(donor), [move_id, home])
+            for index in range(0, len(journal), 2):
+                units, to = (int(part) for part in journal[index + 1].split())
+                yield from self._finish_move(donor, journal[index], bucket_tag(deal, to), units)
+                found = True
+            if int(taken):
+                yield from self._finish_move(donor, move_id, bucket_tag(deal, home), int(taken))
+                return True
+        if not found:
+            self._sold_out_until[deal] = now + 1.0
+        return found
+
+    def _finish_move(self, donor: str, move_id: str, home: str, units: int) -> Generator[Call, Any, None]:
+        yield ("credit", self._credit_keys(home), [move_id, units])
+        yield ("settle", self._move_keys(donor)[1:], [move_id])
+
+    def _async_parts(self) -> dict[str, Any]:
+        """The asyncio client's scripts, made on first use: in the event loop that uses them,
+        and never in a relay or a command, which only call the sync methods."""
         if self._async_client is None:
-            self._async_client = redis.asyncio.Redis.from_url(
-                self._url, retry=AsyncRetry(NoBackoff(), 0), **self._client_options
-            )
-            self._async_claim_script = self._async_client.register_script(_claim_script_source())
-        return self._async_client, self._async_claim_script
+            options = {**self._client_options, "socket_timeout": None}  # claim_async's deadline
+            if self._cluster:
+                cluster_client = redis.asyncio.cluster.RedisCluster
+                self._async_client = cluster_client.from_url(self._url, **options)
+            else:
+                self._async_client = redis.asyncio.Redis.from_url(
+                    self._url, retry=AsyncRetry(NoBackoff(), 0), **options
+                )
+            client = self._async_client
+            self._async_scripts = {name: client.register_script(code) for name, code in _scripts().items()}
+        return self._async_scripts
+
+    def _held_buckets(self, deal_id: str) -> int | None:
+        """The bucket count of a deal the gate holds (None: not held); cached, it never changes."""
+        if deal_id not in self._buckets:
+            held = self._client.hmget(self.deal_keys(deal_id)[0], [KNOWN_FIELD, "buckets"])
+            if held[0] is None:
+                return None
+            self._buckets[deal_id] = int(held[1] or 1)
+        return self._buckets[deal_id]
 
     def stock_left(self, deal_id: str) -> int | None:
-        terms_key, stock_key, *_ = self.deal_keys(deal_id)
         with self._mapped_errors():
-            pipe = self._client.pipeline(transaction=True)
-            known, stock = pipe.hexists(terms_key, KNOWN_FIELD).get(stock_key).execute()
-        return int(stock or 0) if known else None
+            buckets = self._held_buckets(deal_id)
+            if buckets is None:
+                return None
+            tags = [bucket_tag(deal_id, bucket) for bucket in range(buckets)]
+            pipe = self._client.pipeline(transaction=False)
+            for tag in tags:
+                pipe.hexists(self.deal_keys(tag)[0], KNOWN_FIELD)
+                pipe.get(self.deal_keys(tag)[1])
+                pipe.hgetall(self._move_keys(tag)[1])
+            replies = pipe.execute()
+            if not replies[0]:
+                return None  # lost since this process cached its buckets
+            left = sum(int(stock or 0) for stock in replies[1::3])
+            moving = [(move, entry.split()) for journal in replies[2::3] for move, entry in journal.items()]
+            if moving:  # units on their way count once: in the journal until credited
+                pipe = self._client.pipeline(transaction=False)
+                for move_id, (_, to) in moving:
+                    pipe.sismember(self._credit_keys(bucket_tag(deal_id, int(to)))[1], move_id)
+                credited = pipe.execute()
+                pending = zip(moving, credited, strict=True)
+                left += sum(int(units) for (_, (units, _)), done in pending if not done)
+        return left
 
     def cancel(self, deal_id: str) -> None:
-        terms_key = self.deal_keys(deal_id)[0]
         with self._mapped_errors():
-            if self._client.hexists(terms_key, KNOWN_FIELD):
-                self._client.hset(terms_key, "cancelled", "1")
+            buckets = self._held_buckets(deal_id)
+            for bucket in range(buckets or 0):
+                self._client.hset(self.deal_keys(bucket_tag(deal_id, bucket))[0], "cancelled", "1")
 
     def _touch(self, deal_id: str, force: bool = False) -> None:
         """Mark the deal's outbox active before a write may append to it (see the module's doc)."""
@@ -275,7 +460,10 @@ class RedisClaimGate(Closing):
         self, after: str | None = None, limit: int | None = 100, deal_id: str | None = None
     ) -> Sequence[OutboxEvent]:
         with self._mapped_errors():
-            deals = [deal_id] if deal_id is not None else sorted(self._client.zrange(self.active_key, 0, -1))
+            if deal_id is not None:  # the deal's buckets' streams (bucket 0 alone when unbucketed)
+                deals = [bucket_tag(deal_id, bucket) for bucket in range(self._held_buckets(deal_id) or 1)]
+            else:
+                deals = sorted(self._client.zrange(self.active_key, 0, -1))
             if not deals:
                 return []
             after_key = None if after is None else _event_sort_key(after)
@@ -342,10 +530,12 @@ class RedisClaimGate(Closing):
         return events
 
     @staticmethod
-    def _payload(deal_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    def _payload(tag: str, fields: dict[str, str]) -> dict[str, Any]:
+        """The event of a stream entry of the deal's bucket ``tag``."""
         if "payload" in fields:  # written by add_event
             payload: dict[str, Any] = json.loads(fields["payload"])
             return payload
+        deal_id = deal_of(tag)
         voucher = Voucher(
             fields["voucher_id"],
             deal_id,

@@ -1,0 +1,211 @@
+"""The Redis claim gate on a real Redis Cluster: six nodes of the machine's redis-server (three
+primaries, three replicas) on free loopback ports, made with ``redis-cli --cluster create``.
+
+Claims run across many deals and one hot deal split over buckets while one primary fails over
+to its replica (``CLUSTER FAILOVER``, the coordinated switch an operator or an upgrade makes).
+A client retries an unavailable answer with the same Idempotency-Key, as a real one does.
+Afterwards: no deal sold more than its stock, nobody above the limit, every voucher answered
+ISSUED is in the outbox, and the relay's reads (lease, read, ack) and a rebuild work there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from servers import free_port
+from shopcardd_backend.gates.base import ClaimAttempt, ClaimDecision, DealTerms, GateUnavailable, Outcome
+from shopcardd_backend.gates.redis import RedisClaimGate
+from shopcardd_voucher import Voucher, new_voucher_id
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+DEALS, STOCK, LIMIT, USERS, CLAIMS = 24, 30, 2, 200, 6_000
+HOT_STOCK, HOT_BUCKETS = 150, 6
+"""Fewer units than users (one each): the hot deal sells out, its last units from any bucket."""
+
+
+def answer_of(decision: ClaimDecision) -> tuple[Outcome, str | None]:
+    return decision.outcome, decision.voucher.voucher_id if decision.voucher else None
+
+
+def voucher_of(event: dict[str, Any]) -> Voucher:
+    deal, user = event["deal_id"], event["user_id"]
+    return Voucher(event["voucher_id"], deal, user, "m1", event["issued_at"], event["expires_at"])
+
+
+@dataclass
+class Cluster:
+    ports: list[int]
+    procs: list[subprocess.Popen[bytes]]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def cli(self, port: int, *args: str) -> str:
+        argv = ["redis-cli", "-p", str(port), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+
+    def replica_of_slot(self, slot: int) -> int:
+        """The port of a replica of the primary that serves ``slot``."""
+        nodes = [line.split() for line in self.cli(self.ports[0], "CLUSTER", "NODES").splitlines()]
+        for node_id, _, flags, _, _, _, _, _, *ranges in nodes:
+            spans = [tuple(int(n) for n in span.split("-")) for span in ranges if "[" not in span]
+            if "master" in flags and any(span[0] <= slot <= span[-1] for span in spans):
+                return next(int(n[1].split(":")[1].split("@")[0]) for n in nodes if n[3] == node_id)
+        raise AssertionError(f"no primary serves slot {slot}")
+
+    def wait_ok(self) -> None:
+        deadline = time.monotonic() + 60
+        while not all("cluster_state:ok" in self.cli(port, "CLUSTER", "INFO") for port in self.ports):
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.2)
+
+
+def cluster_port(taken: list[int]) -> int:
+    """A free port whose cluster bus port (10,000 higher) is free too and at most 65535."""
+    while True:
+        port = free_port()
+        if port <= 55535 and port not in taken and port + 10_000 not in taken:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10_000))
+                except OSError:
+                    continue
+            return port
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    exe = shutil.which("redis-server")
+    if exe is None or shutil.which("redis-cli") is None:
+        pytest.skip("needs redis-server and redis-cli")
+    ports: list[int] = []
+    for _ in range(6):
+        ports.append(cluster_port(ports))
+    procs = []
+    for port in ports:
+        folder = tmp_path / str(port)
+        folder.mkdir()
+        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""]
+        argv += ["--appendonly", "no", "--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+        with (folder / "redis.log").open("wb") as log:
+            procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+    made = Cluster(ports, procs)
+    try:
+        deadline = time.monotonic() + 20
+        for port in ports:
+            while subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True).returncode:
+                assert time.monotonic() < deadline, "a node did not start"
+                time.sleep(0.05)
+        nodes = [f"127.0.0.1:{port}" for port in ports]
+        create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"]
+        subprocess.run(create, capture_output=True, timeout=60, check=True)
+        made.wait_ok()
+        yield made
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_claims_on_a_redis_cluster_survive_a_failover(cluster: Cluster) -> None:
+    gate = RedisClaimGate(cluster.url, prefix="cl", cluster=True)
+    deals = [f"d{n}" for n in range(DEALS)]
+    for deal in deals:
+        gate.load_deal(DealTerms(deal, "m1", STOCK, LIMIT, 3600))
+    gate.load_deal(DealTerms("hot", "m1", HOT_STOCK, 1, 3600, buckets=HOT_BUCKETS))
+    targets = [*deals, *["hot"] * DEALS]  # half the claims go to the hot deal
+    rng = random.Random(7)
+    work = [(rng.choice(targets), f"u{rng.randrange(USERS)}", f"k{n}") for n in range(CLAIMS)]
+    answers: dict[tuple[str, str, str], tuple[Outcome, str | None]] = {}
+
+    def claim(part: list[tuple[str, str, str]]) -> None:
+        for deal, user, key in part:
+            voucher_id = new_voucher_id()
+            while True:
+                try:
+                    decision = gate.claim(ClaimAttempt(deal, user, key, voucher_id, int(time.time())))
+                    break
+                except GateUnavailable:  # the failover: retry with the same key
+                    time.sleep(0.05)
+            answers[deal, user, key] = answer_of(decision)
+
+    threads = [threading.Thread(target=claim, args=(work[n::8],)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    while len(answers) < CLAIMS // 4:  # mid-run: the primary of the hot deal's first bucket hands over
+        time.sleep(0.01)
+    slot = int(cluster.cli(cluster.ports[0], "CLUSTER", "KEYSLOT", gate.deal_keys("hot")[0]))
+    replica = cluster.replica_of_slot(slot)
+    assert cluster.cli(replica, "CLUSTER", "FAILOVER").strip() == "OK"
+    while "role:master" not in cluster.cli(replica, "INFO", "replication"):
+        time.sleep(0.01)
+    answered_at_switch = len(answers)
+    for thread in threads:
+        thread.join()
+    assert answered_at_switch < CLAIMS, "claims ran on after the replica took over"
+    cluster.wait_ok()
+    gate.check()  # readiness: the claim step and the eviction policy, through the cluster
+
+    async def claim_async(part: list[tuple[str, str, str]]) -> None:
+        """The API's way: the asyncio cluster client, after the failover."""
+        for deal, user, key in part:
+            attempt = ClaimAttempt(deal, user, key, new_voucher_id(), int(time.time()))
+            decision = await gate.claim_async(attempt)
+            answers[deal, user, key] = answer_of(decision)
+
+    async def flood() -> None:
+        extra = [(rng.choice(targets), f"u{rng.randrange(USERS)}", f"a{n}") for n in range(400)]
+        await asyncio.gather(*(claim_async(extra[n::16]) for n in range(16)))
+        await gate.aclose()
+
+    asyncio.run(flood())
+
+    issued: dict[str, list[str]] = {}
+    for (deal, _, _), (outcome, voucher) in answers.items():
+        assert outcome in (Outcome.ISSUED, Outcome.REPLAYED, Outcome.SOLD_OUT, Outcome.LIMIT_REACHED)
+        if outcome is Outcome.ISSUED or outcome is Outcome.REPLAYED:
+            issued.setdefault(deal, []).append(voucher or "")
+    for deal, stock, limit in [*((d, STOCK, LIMIT) for d in deals), ("hot", HOT_STOCK, 1)]:
+        events = [e.payload for e in gate.read_outbox(deal_id=deal, limit=None)]
+        assert sorted(e["voucher_id"] for e in events) == sorted(issued.get(deal, [])), deal
+        assert len(events) + gate.stock_left(deal) == stock, deal
+        assert max(Counter(e["user_id"] for e in events).values()) <= limit, deal
+    assert gate.stock_left("hot") == 0, "the hot deal sells out, bucket by bucket"
+    assert sum(outcome is Outcome.SOLD_OUT for (deal, *_), (outcome, _) in answers.items() if deal == "hot")
+
+    hot_events = [e.payload for e in gate.read_outbox(deal_id="hot", limit=None)]
+    # The relay's reads: every event leased once, acknowledged, gone.
+    leased: list[str] = []
+    while batch := gate.lease_outbox("relay-1", limit=500):
+        leased += [event.event_id for event in batch]
+        gate.ack_outbox(event.event_id for event in batch)
+    assert len(leased) == len(set(leased)) == sum(len(v) for v in issued.values())
+    assert gate.read_outbox(limit=None) == []
+
+    # A rebuild (what deal rebuild does once the gate lost a deal) spreads the vouchers of the hot
+    # deal over its buckets again: the same stock left, the same limits and replays.
+    claimed = [
+        (e["idempotency_key"], voucher_of(e))
+        for e in hot_events
+    ]
+    gate.load_deal(DealTerms("hot", "m1", HOT_STOCK, 1, 3600), claimed=claimed)
+    assert gate.stock_left("hot") == 0
+    key, voucher = claimed[0]
+    replay = gate.claim(ClaimAttempt("hot", voucher.user, key, "other", int(time.time())))
+    assert replay.outcome is Outcome.REPLAYED and replay.voucher == voucher
+    gate.close()
