@@ -428,6 +428,9 @@ def run(args: argparse.Namespace) -> int:
             "SHOPCARDD_DATA_DIR": str(folder / "data"),
             "SHOPCARDD_REDIS_URL": redis_url,
             "SHOPCARDD_REDIS_PREFIX": args.redis_prefix,
+            # As in production, relays run apart: the API only writes the outbox (the API never
+            # connects to RabbitMQ; without this it would relay the events itself, in-process).
+            "SHOPCARDD_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2F",
         }
         if args.mongodb_uri:
             env["SHOPCARDD_MONGODB_URI"] = args.mongodb_uri
