@@ -36,12 +36,13 @@ either applied or not; the client's retry with the same idempotency key answers 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from importlib.resources import files
@@ -191,6 +192,65 @@ def _event_sort_key(event_id: str) -> tuple[int, int, str]:
     return int(ms), int(seq), deal_id
 
 
+class _Pipeliner:
+    """Script calls of many claims in one round trip: each call joins the batch of this turn of
+    the event loop, and the batch goes out as one pipeline (EVALSHA each; a script Redis lost
+    is loaded and its calls sent again). A claim then pays a share of one write, one read and
+    one connection checkout instead of its own, and Redis answers many with one write too."""
+
+    def __init__(self, client: redis.asyncio.Redis, timeout: float) -> None:
+        self.client, self.timeout = client, timeout
+        self.sources = _scripts()
+        self.shas = {name: hashlib.sha1(code.encode()).hexdigest() for name, code in self.sources.items()}
+        self.batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def call(self, name: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        if not self.batch:
+            loop.call_soon(self._flush)
+        future = loop.create_future()
+        self.batch.append((name, keys, args, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self.batch = self.batch, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self.tasks.add(task)  # held until done: a task nobody holds may be collected
+        task.add_done_callback(self.tasks.discard)
+
+    async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                replies = await self._execute(batch)
+                lost = [item for item, reply in zip(batch, replies, strict=True) if _is_noscript(reply)]
+                if lost:  # Redis restarted and forgot the scripts: load them, send those again
+                    for name in {name for name, *_ in lost}:
+                        await self.client.script_load(self.sources[name])
+                    again = iter(await self._execute(lost))
+                    replies = [next(again) if _is_noscript(reply) else reply for reply in replies]
+        except Exception as exc:  # the connection, the deadline: every claim of the batch hears it
+            replies = [exc] * len(batch)
+        for (*_, future), reply in zip(batch, replies, strict=True):
+            if future.done():  # its claim gave up (its own deadline)
+                continue
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _execute(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for name, keys, args, _ in batch:
+            pipe.evalsha(self.shas[name], len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+
+def _is_noscript(reply: object) -> bool:
+    return isinstance(reply, redis.exceptions.NoScriptError)
+
+
 class RedisClaimGate(Closing):
     """``ClaimGate`` on Redis (or Redis Cluster's layout); ``prefix`` namespaces every key."""
 
@@ -233,7 +293,7 @@ class RedisClaimGate(Closing):
         self._sold_out_until: dict[str, float] = {}
         self._scripts = {name: self._client.register_script(source) for name, source in _scripts().items()}
         self._async_client: Any = None
-        self._async_scripts: dict[str, Any] = {}
+        self._async_run: Callable[[str, list[str], list[Any]], Awaitable[Any]]
         self._forget_idle_deal = self._client.register_script(FORGET_IDLE_DEAL)
         self._lease_start = 0
 
@@ -315,16 +375,16 @@ class RedisClaimGate(Closing):
 
     async def claim_async(self, attempt: ClaimAttempt) -> ClaimDecision:
         """The same steps through redis.asyncio (hiredis parses the replies), under one deadline
-        for them all: redis.asyncio's own socket timeout costs a task per command sent."""
-        scripts = self._async_parts()
+        for them all: redis.asyncio's own socket timeout costs a task per command sent. On one
+        Redis, the script calls of all the claims in flight go out together (``_Pipeliner``)."""
+        run = self._async_parts()
         steps = self._claim_steps(attempt)
         with self._mapped_errors():
             try:
                 async with asyncio.timeout(self._client_options["socket_timeout"]):
                     call = next(steps)
                     while True:
-                        name, keys, args = call
-                        call = steps.send(await scripts[name](keys=keys, args=args))
+                        call = steps.send(await run(*call))
             except StopIteration as done:
                 return done.value
 
@@ -379,21 +439,24 @@ class RedisClaimGate(Closing):
         yield ("credit", self._credit_keys(home), [move_id, units])
         yield ("settle", self._move_keys(donor)[1:], [move_id])
 
-    def _async_parts(self) -> dict[str, Any]:
-        """The asyncio client's scripts, made on first use: in the event loop that uses them,
+    def _async_parts(self) -> Callable[[str, list[str], list[Any]], Awaitable[Any]]:
+        """How ``claim_async`` runs a script, made on first use: in the event loop that uses it,
         and never in a relay or a command, which only call the sync methods."""
         if self._async_client is None:
             options = {**self._client_options, "socket_timeout": None}  # claim_async's deadline
-            if self._cluster:
+            if self._cluster:  # a cluster pipeline would split by node anyway: one call each
                 cluster_client = redis.asyncio.cluster.RedisCluster
                 self._async_client = cluster_client.from_url(self._url, **options)
+                client = self._async_client
+                scripts = {name: client.register_script(code) for name, code in _scripts().items()}
+                self._async_run = lambda name, keys, args: scripts[name](keys=keys, args=args)
             else:
                 self._async_client = redis.asyncio.Redis.from_url(
                     self._url, retry=AsyncRetry(NoBackoff(), 0), **options
                 )
-            client = self._async_client
-            self._async_scripts = {name: client.register_script(code) for name, code in _scripts().items()}
-        return self._async_scripts
+                pipeliner = _Pipeliner(self._async_client, self._client_options["socket_timeout"])
+                self._async_run = pipeliner.call
+        return self._async_run
 
     def _held_buckets(self, deal_id: str) -> int | None:
         """The bucket count of a deal the gate holds (None: not held); cached, it never changes."""
