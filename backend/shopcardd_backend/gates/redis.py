@@ -31,6 +31,11 @@ readiness probe fails when the step cannot run. Sockets time out quickly and red
 retries are off: an outage is a prompt ``GateUnavailable``, and a claim is never half-applied
 (a script runs whole or not at all). A timeout after the script was sent leaves the claim
 either applied or not; the client's retry with the same idempotency key answers either way.
+
+Buckets (hot deals): a deal of N buckets has N such key sets, bucket i > 0 under the tag
+``{D/i}``, each with a share of the stock; a user's claims all live in their home bucket, and
+an empty bucket takes stock from the others through a journaled move (``MOVE``, ``CREDIT``).
+See docs/backend-storage.md, "Buckets". With ``cluster=True`` the same runs on Redis Cluster.
 """
 
 from __future__ import annotations
