@@ -55,7 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=whole_number(1), default=2, help="API processes (default 2)")
     parser.add_argument("--users", type=whole_number(1), default=20_000, help="users (default 20000)")
     parser.add_argument(
-        "--connections", type=whole_number(1), default=64, help="wrk connections, one claim in flight on each"
+        "--concurrency",
+        "--connections",
+        dest="connections",
+        type=whole_number(1),
+        default=64,
+        help="claims in flight: wrk connections, one claim on each (default 64)",
     )
     parser.add_argument("--threads", type=whole_number(1), default=2, help="wrk threads (default 2)")
     parser.add_argument(

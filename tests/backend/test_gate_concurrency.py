@@ -12,6 +12,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shopcardd_backend.gates.base import ClaimAttempt, ClaimDecision, ClaimGate, DealTerms, Outcome
 from shopcardd_backend.gates.sqlite import SqliteClaimGate
 from shopcardd_voucher import new_voucher_id
@@ -20,6 +22,15 @@ MakeGate = Callable[..., Any]
 NOW = 1_790_000_000
 IN_FLIGHT = 64
 STOCK, LIMIT, USERS, CLAIMS = 100, 2, 500, 5_000
+
+
+REDIS_KINDS = ("redis", "redis-buckets")
+
+
+@pytest.fixture(params=["sqlite", *(pytest.param(kind, marks=pytest.mark.redis) for kind in REDIS_KINDS)])
+def gate_kind(request: pytest.FixtureRequest) -> str:
+    """Every adapter, and the Redis gate with bucketed deals: the flood holds for them all."""
+    return str(request.param)
 
 
 def load(gate: ClaimGate) -> None:

@@ -24,6 +24,15 @@ NOW = 1_790_000_000
 _ids = itertools.count()
 
 
+REDIS_KINDS = ("redis", "redis-buckets")
+
+
+@pytest.fixture(params=["sqlite", *(pytest.param(kind, marks=pytest.mark.redis) for kind in REDIS_KINDS)])
+def gate_kind(request: pytest.FixtureRequest) -> str:
+    """Every adapter, and the Redis gate with bucketed deals: the contract holds for them all."""
+    return str(request.param)
+
+
 def terms(deal_id: str = "d1", **changes: Any) -> DealTerms:
     values: dict[str, Any] = {
         "deal_id": deal_id,
