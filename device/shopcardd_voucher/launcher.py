@@ -49,7 +49,9 @@ PARTS: Final = {
     "shopcardd-backend": Part("backend", "shopcardd_backend.cli:main", _BACKEND),
     "shopcardd-provision": Part("provision", "shopcardd_provision.cli:main", _PROVISION),
     "shopcardd-bench": Part(
-        "bench", "shopcardd_bench.cli:main", (*_DEVICE, *_BACKEND, *_PROVISION, "httpx", "aiohttp", "tqdm")
+        "bench",
+        "shopcardd_bench.cli:main",
+        (*_DEVICE, *_BACKEND, *_PROVISION, "httpx", "aiohttp", "tqdm", "matplotlib"),
     ),
 }
 
