@@ -69,8 +69,11 @@ class RebuildReport:
 
 
 def new_deal_id() -> str:
-    """48 random bits in 8 characters: short ids keep vouchers (and their QR codes) small."""
-    return secrets.token_urlsafe(6)
+    """48 random bits in 8 characters: short ids keep vouchers (and their QR codes) small. Never
+    starting with ``-``, which a command line would read as an option (``deal rebuild -x...``)."""
+    while (deal_id := secrets.token_urlsafe(6)).startswith("-"):
+        pass
+    return deal_id
 
 
 def epoch(value: datetime | None) -> int | None:

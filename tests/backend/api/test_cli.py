@@ -299,3 +299,10 @@ def test_help_explains_profiles_and_the_queue_commands(env: dict[str, str]) -> N
         check=True,
     )
     assert "``" not in bench.stdout and "shopcardd-backend serve" in " ".join(bench.stdout.split())
+
+
+def test_no_deal_id_reads_as_an_option_on_the_command_line() -> None:
+    """``shopcardd-backend deal rebuild ID`` must take every id the API makes as an id."""
+    from shopcardd_backend.deals import new_deal_id
+
+    assert not any(new_deal_id().startswith("-") for _ in range(5000))
