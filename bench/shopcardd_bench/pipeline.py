@@ -351,7 +351,11 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
 
 def _bare_insert(bare: Any, vouchers: Any, deal_id: str, limit: int, batch: int = 500) -> float:
     """Bare ``insert_many`` documents/s: up to ``limit`` of the deal's documents written again,
-    in the worker's batch size, to another collection of the same server."""
+    in the worker's batch size, to another collection of the same server with the same indexes
+    (the store's index upkeep is the server's cost, not the worker's)."""
+    for name, spec in vouchers.index_information().items():
+        if name != "_id_":
+            bare.create_index(spec["key"], name=name, unique=spec.get("unique", False))
     documents = [
         {**doc, "_id": f"bare-{doc['_id']}"} for doc in vouchers.find({"deal_id": deal_id}).limit(limit)
     ]
