@@ -17,8 +17,8 @@ def test_voucher_package_loads_no_other_shopcardd_package() -> None:
     code = "import sys, shopcardd_voucher; print(sorted(m for m in sys.modules if m.startswith('shopcardd')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert (
-        loaded.strip() == "['shopcardd_voucher', 'shopcardd_voucher.keys', 'shopcardd_voucher.reasons', "
-        "'shopcardd_voucher.voucher']"
+        loaded.strip() == "['shopcardd_voucher', 'shopcardd_voucher.keys', 'shopcardd_voucher.limits', "
+        "'shopcardd_voucher.reasons', 'shopcardd_voucher.voucher']"
     )
 
 

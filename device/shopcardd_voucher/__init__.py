@@ -19,13 +19,16 @@ from .keys import (
     SigningKey,
     VerificationKey,
 )
+from .limits import MAX_TIMESTAMP, MAX_VOUCHER_LIFETIME_SECONDS
 from .reasons import Reason
 from .voucher import (
     DEFAULT_LEEWAY_SECONDS,
+    ID_RULE,
     MAX_TOKEN_LENGTH,
     Verdict,
     Voucher,
     check_time,
+    is_valid_id,
     issue,
     new_voucher_id,
     readable_time,
@@ -37,7 +40,10 @@ __all__ = [
     "ALGORITHMS",
     "DEFAULT_ALGORITHM",
     "DEFAULT_LEEWAY_SECONDS",
+    "ID_RULE",
+    "MAX_TIMESTAMP",
     "MAX_TOKEN_LENGTH",
+    "MAX_VOUCHER_LIFETIME_SECONDS",
     "Algorithm",
     "InvalidKeyError",
     "KeySet",
@@ -47,6 +53,7 @@ __all__ = [
     "VerificationKey",
     "Voucher",
     "check_time",
+    "is_valid_id",
     "issue",
     "new_voucher_id",
     "readable_time",

@@ -20,12 +20,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from .limits import MAX_VOUCHER_LIFETIME_SECONDS
+
 Algorithm = Literal["EdDSA", "ES256", "RS256"]
 ALGORITHMS: Final[tuple[str, ...]] = get_args(Algorithm)
 DEFAULT_ALGORITHM: Final[Algorithm] = "EdDSA"
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+"""JWK members that hold private or secret key material (RFC 7518, section 6): a key set is public
+keys only, so a JWK holding any of them is refused whatever its type."""
 
 
 class InvalidKeyError(ValueError):
@@ -70,11 +75,15 @@ class VerificationKey:
         if _algorithm_of(self.public_key) != self.alg:
             raise InvalidKeyError(f"key {self.kid!r} is not a {self.alg} key")
 
-    def signed_within_window(self, issued_at: int) -> bool:
-        """Whether a voucher issued at ``issued_at`` falls in this key's signing window."""
+    def signed_within_window(self, issued_at: int, expires_at: int | None = None) -> bool:
+        """Whether a voucher issued at ``issued_at`` falls in this key's signing window, and (when
+        given) expires no later than a voucher of the longest lifetime signed at its close."""
         if self.not_before is not None and issued_at < self.not_before:
             return False
-        return self.expires is None or issued_at <= self.expires
+        if self.expires is None:
+            return True
+        late = expires_at is not None and expires_at > self.expires + MAX_VOUCHER_LIFETIME_SECONDS
+        return issued_at <= self.expires and not late
 
     def is_valid_at(self, when: float) -> bool:
         """Whether the key may still sign at ``when`` (for status displays and rotation)."""
@@ -97,8 +106,11 @@ class VerificationKey:
             raise InvalidKeyError("every voucher key in a JWKS needs a kid")
         if alg not in ALGORITHMS:
             raise InvalidKeyError(f"key {kid!r}: alg must be one of {', '.join(ALGORITHMS)}, not {alg!r}")
-        if "d" in jwk or "p" in jwk:
-            raise InvalidKeyError(f"key {kid!r} holds private material; a key set is public keys only")
+        private = sorted(PRIVATE_MEMBERS & set(jwk))
+        if private:
+            raise InvalidKeyError(
+                f"key {kid!r} holds private material ({', '.join(private)}); a key set is public keys only"
+            )
         try:
             public_key = jwt.PyJWK(jwk, algorithm=alg).key
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as exc:

@@ -14,6 +14,7 @@ import binascii
 import json
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from functools import cache
@@ -24,15 +25,32 @@ from jwt.algorithms import Algorithm as JWTAlgorithm
 from jwt.utils import base64url_decode, base64url_encode
 
 from .keys import KeySet, SigningKey
+from .limits import MAX_TIMESTAMP, MAX_VOUCHER_LIFETIME_SECONDS
 from .reasons import Reason
 
 MAX_TOKEN_LENGTH: Final = 4096
 """Longer input is ``bad_format`` before any parsing: a QR code cannot hold more anyway."""
 
 MAX_ID_LENGTH: Final = 64
-MAX_TTL_SECONDS: Final = 10 * 366 * 86_400
-"""Ten years: anything longer is a typo, and would outlive every key that could verify it."""
+ID_RULE: Final = (
+    f"1 to {MAX_ID_LENGTH} characters in Unicode NFC, none of them whitespace, control, format "
+    "(invisible or bidirectional), surrogate, private-use or unassigned"
+)
+"""What ``jti``, ``deal``, ``sub`` and ``mid`` may be: text that shows as what it is, on a terminal,
+in a log and in the merchant's audit, and that has one spelling only."""
 DEFAULT_LEEWAY_SECONDS: Final = 60
+P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+"""n of the P-256 curve: an ECDSA signature (r, s) also verifies as (r, n - s)."""
+
+_INVISIBLE: Final = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+"""Unicode's Default_Ignorable_Code_Point ranges: drawn as nothing, whatever their category (a
+Hangul filler is a letter, a variation selector a mark)."""
+_REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
 
 
 @cache
@@ -86,12 +104,29 @@ def new_voucher_id() -> str:
     return base64url_encode(secrets.token_bytes(16)).decode()
 
 
+def is_valid_id(value: object) -> bool:
+    """Whether ``value`` can be a voucher's ``jti``, ``deal``, ``sub`` or ``mid`` (``ID_RULE``)."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
+        return False
+    if value.isascii():  # the common case, and the fast one: printable ASCII but the space
+        return value.isprintable() and " " not in value
+    return unicodedata.is_normalized("NFC", value) and not any(
+        unicodedata.category(ch) in _REFUSED_CATEGORIES
+        or any(low <= ord(ch) <= high for low, high in _INVISIBLE)
+        for ch in value
+    )
+
+
 def _check_id(name: str, value: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
-        raise ValueError(f"{name} must be a string of 1 to {MAX_ID_LENGTH} characters")
-    if any(ch.isspace() or ord(ch) < 0x20 for ch in value):
-        raise ValueError(f"{name} must not contain whitespace or control characters")
+    if not is_valid_id(value):
+        raise ValueError(f"{name} must be {ID_RULE}")
     return value
+
+
+def low_s(signature: bytes) -> bytes:
+    """The one ECDSA signature of the pair (r, s), (r, n - s) that has s in the lower half."""
+    s = int.from_bytes(signature[32:], "big")
+    return signature if s <= P256_ORDER // 2 else signature[:32] + (P256_ORDER - s).to_bytes(32, "big")
 
 
 def _compact_json(value: dict[str, Any]) -> bytes:
@@ -110,8 +145,10 @@ def issue(
     voucher_id: str | None = None,
 ) -> str:
     """Sign a new voucher valid for ``ttl`` seconds and return the compact token."""
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL_SECONDS:
-        raise ValueError(f"ttl must be a whole number of seconds from 1 to {MAX_TTL_SECONDS} (ten years)")
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 < ttl <= MAX_VOUCHER_LIFETIME_SECONDS:
+        raise ValueError(
+            f"ttl must be a whole number of seconds from 1 to {MAX_VOUCHER_LIFETIME_SECONDS} (366 days)"
+        )
     issued_at = int(time.time() if now is None else now)
     voucher = Voucher(
         voucher_id=_check_id("voucher id", voucher_id or new_voucher_id()),
@@ -132,6 +169,8 @@ def sign(key: SigningKey, voucher: Voucher) -> str:
     payload = base64url_encode(_compact_json(voucher.to_claims()))
     signing_input = header + b"." + payload
     signature = _algorithm(key.alg).sign(signing_input, key.private_key)
+    if key.alg == "ES256":
+        signature = low_s(signature)  # the verifier refuses the high-S twin
     return (signing_input + b"." + base64url_encode(signature)).decode("ascii")
 
 
@@ -158,16 +197,38 @@ def _int_claim(claims: dict[str, Any], name: str, required: bool = True) -> int 
     value = claims.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"claim {name} must be an integer timestamp")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TIMESTAMP:
+        raise ValueError(f"claim {name} must be an integer timestamp from 0 to {MAX_TIMESTAMP}")
     return value
 
 
 def _str_claim(claims: dict[str, Any], name: str) -> str:
     value = claims.get(name)
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
-        raise ValueError(f"claim {name} must be a short non-empty string")
+    if not is_valid_id(value):
+        raise ValueError(f"claim {name} must be {ID_RULE}")
     return value
+
+
+def _claims_voucher(claims: dict[str, Any], kid: str) -> Voucher:
+    """The voucher the claims describe, every claim range- and character-checked; ``ValueError``."""
+    voucher = Voucher(
+        voucher_id=_str_claim(claims, "jti"),
+        deal=_str_claim(claims, "deal"),
+        user=_str_claim(claims, "sub"),
+        merchant=_str_claim(claims, "mid"),
+        issued_at=_int_claim(claims, "iat"),  # type: ignore[arg-type]
+        expires_at=_int_claim(claims, "exp"),  # type: ignore[arg-type]
+        not_before=_int_claim(claims, "nbf", required=False),
+        kid=kid,
+    )
+    if not 0 < voucher.expires_at - voucher.issued_at <= MAX_VOUCHER_LIFETIME_SECONDS:
+        raise ValueError(f"exp must come 1 to {MAX_VOUCHER_LIFETIME_SECONDS} seconds (366 days) after iat")
+    return voucher
+
+
+def _is_high_s(alg: str, signature: bytes) -> bool:
+    """Whether an ES256 signature is the high-S twin that ``sign`` never makes."""
+    return alg == "ES256" and len(signature) == 64 and int.from_bytes(signature[32:], "big") > P256_ORDER // 2
 
 
 def verify(
@@ -211,6 +272,8 @@ def verify(
         return Verdict(Reason.UNKNOWN_KEY, detail=f"no key {kid!r} in the key set")
     if alg != key.alg:
         return Verdict(Reason.BAD_SIGNATURE, detail=f"token says {alg!r} but key {kid!r} is {key.alg}")
+    if _is_high_s(key.alg, signature):
+        return Verdict(Reason.BAD_SIGNATURE, detail="high-S ECDSA signature: the malleated twin of a voucher")
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
     try:
         genuine = _algorithm(key.alg).verify(signing_input, key.public_key, signature)
@@ -219,20 +282,10 @@ def verify(
     if not genuine:
         return Verdict(Reason.BAD_SIGNATURE, detail="signature does not match")
     try:
-        claims = _json_object(_segment(parts[1]))
-        voucher = Voucher(
-            voucher_id=_str_claim(claims, "jti"),
-            deal=_str_claim(claims, "deal"),
-            user=_str_claim(claims, "sub"),
-            merchant=_str_claim(claims, "mid"),
-            issued_at=_int_claim(claims, "iat"),  # type: ignore[arg-type]
-            expires_at=_int_claim(claims, "exp"),  # type: ignore[arg-type]
-            not_before=_int_claim(claims, "nbf", required=False),
-            kid=kid,
-        )
+        voucher = _claims_voucher(_json_object(_segment(parts[1])), kid)
     except (ValueError, UnicodeError, binascii.Error) as exc:
         return Verdict(Reason.BAD_FORMAT, detail=f"claims: {exc}")
-    if not key.signed_within_window(voucher.issued_at):
+    if not key.signed_within_window(voucher.issued_at, voucher.expires_at):
         return Verdict(Reason.UNKNOWN_KEY, voucher, f"key {kid!r} was not valid when this was issued")
     if merchant is not None and voucher.merchant != merchant:
         return Verdict(Reason.WRONG_MERCHANT, voucher, f"for merchant {voucher.merchant!r}")

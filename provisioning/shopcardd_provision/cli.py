@@ -110,7 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     iss.add_argument("--deal", required=True, help="deal id")
     iss.add_argument("--merchant", required=True, help="merchant id the voucher may be redeemed at")
     iss.add_argument("--user", required=True, help="user id of the voucher's holder")
-    iss.add_argument("--ttl", required=True, type=int, metavar="SECONDS", help="lifetime in seconds")
+    iss.add_argument(
+        "--ttl",
+        required=True,
+        type=int,
+        metavar="SECONDS",
+        help="lifetime in seconds, at most 31622400 (366 days: the longest a counter accepts)",
+    )
     iss.add_argument(
         "--jwks",
         type=Path,

@@ -144,7 +144,7 @@ ISSUE_BY_HAND = ["issue", "--kid", "k1", "--deal", "d", "--merchant", "m", "--us
         (["issue", "--key", "missing.pem", *ISSUE_BY_HAND[1:], "--ttl", "60"], "cannot read private key"),
         (["keygen", "--alg", "HS256", "--kid", "k1", "--out", "x"], "invalid choice"),
         ([*ISSUE_BY_HAND, "--key", "KEY", "--ttl", "0"], "ttl must be a whole number of seconds from 1"),
-        ([*ISSUE_BY_HAND, "--key", "KEY", "--ttl", "99999999999999999999"], "ten years"),
+        ([*ISSUE_BY_HAND, "--key", "KEY", "--ttl", "99999999999999999999"], "366 days"),
     ],
 )
 def test_mistakes_get_a_clear_message_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from shopcardd_voucher import ALGORITHMS, InvalidKeyError, KeySet, SigningKey
+from shopcardd_voucher.keys import PRIVATE_MEMBERS
 
 
 @pytest.mark.parametrize("alg", ALGORITHMS)
@@ -92,3 +93,25 @@ def test_a_key_set_file_that_is_not_text_is_refused_with_a_reason(tmp_path: Path
 def test_every_published_key_has_the_same_members(alg: str) -> None:
     jwk = SigningKey.generate("k1", alg).verification_key().to_jwk()  # type: ignore[arg-type]
     assert {"kid", "alg", "use", "kty"} <= set(jwk) and "key_ops" not in jwk
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+@pytest.mark.parametrize("member", sorted(PRIVATE_MEMBERS))
+def test_any_private_member_in_a_key_set_is_refused_whatever_the_key_type(alg: str, member: str) -> None:
+    """An RSA key with only q, dp, dq or qi (no d, no p) still carries its private key: refused, as
+    is any private member put beside a public key of another type."""
+    public = SigningKey.generate("k1", alg).verification_key().to_jwk()  # type: ignore[arg-type]
+    with pytest.raises(InvalidKeyError, match=f"private material \\({member}\\)"):
+        KeySet.from_jwks({"keys": [{**public, member: "AQAB"}]})
+
+
+def test_an_rsa_private_key_without_d_and_p_is_refused() -> None:
+    from jwt.algorithms import RSAAlgorithm
+
+    key = SigningKey.generate("k1", "RS256")
+    private = {**RSAAlgorithm.to_jwk(key.private_key, as_dict=True), "kid": "k1", "alg": "RS256"}
+    rsa_private = {"d", "p", "q", "dp", "dq", "qi"}
+    for shown in ({"q", "dp", "dq", "qi"}, {"q"}, {"qi"}):
+        jwk = {name: value for name, value in private.items() if name not in rsa_private - shown}
+        with pytest.raises(InvalidKeyError, match="private material"):
+            KeySet.from_jwks({"keys": [jwk]})

@@ -15,15 +15,19 @@ from hypothesis import strategies as st
 
 from shopcardd_voucher import (
     ALGORITHMS,
+    MAX_TIMESTAMP,
     MAX_TOKEN_LENGTH,
+    MAX_VOUCHER_LIFETIME_SECONDS,
     KeySet,
     Reason,
     SigningKey,
     Voucher,
+    is_valid_id,
     issue,
     sign,
     verify,
 )
+from shopcardd_voucher.voucher import low_s
 
 NOW = 1_800_000_000
 MERCHANT = "m-cafe01"
@@ -149,6 +153,8 @@ def signed_claims(key: SigningKey, claims: bytes, alg: str | None = None) -> str
     alg = alg or key.alg
     signing_input = f"{b64(json.dumps({'alg': alg, 'kid': key.kid}).encode())}.{b64(claims)}"
     signature = jwt.get_algorithm_by_name(alg).sign(signing_input.encode(), key.private_key)
+    if alg == "ES256":
+        signature = low_s(signature)  # as ``sign`` does: the verifier refuses the high-S twin
     return f"{signing_input}.{b64(signature)}"
 
 
@@ -378,3 +384,113 @@ HEADERS = st.fixed_dictionaries(
 def test_any_input_gets_a_reason_code_never_an_exception(keys: KeySet, anything: str | bytes) -> None:
     verdict = verify(anything, keys, merchant=MERCHANT)
     assert isinstance(verdict.reason, Reason) and not verdict.is_accepted
+
+
+# --- hostile but genuinely signed: a leaked key, a malleated signature, claims made to break things ---
+
+
+def test_a_retired_key_cannot_sign_a_voucher_that_outlives_its_window(key: SigningKey) -> None:
+    """A key retired a year ago leaks: ``iat`` back-dated into its window no longer buys a voucher
+    that lives for decades; ``exp - iat`` is bounded by the longest lifetime the API issues."""
+    retired_at = NOW - 366 * 86_400
+    keys = KeySet([key.verification_key(not_before=retired_at - 86_400, expires=retired_at)])
+    back_dated = {**GOOD_CLAIMS, "iat": retired_at - 10, "exp": NOW + 50 * 366 * 86_400}
+    verdict = verify(signed_claims(key, json.dumps(back_dated).encode()), keys, now=NOW, merchant=MERCHANT)
+    assert verdict.reason is Reason.BAD_FORMAT and "366 days" in verdict.detail
+    longest = {**back_dated, "exp": back_dated["iat"] + MAX_VOUCHER_LIFETIME_SECONDS}
+    one_more = {**longest, "exp": longest["exp"] + 1}
+    for claims, reason in ((longest, Reason.ACCEPTED), (one_more, Reason.BAD_FORMAT)):
+        assert check(signed_claims(key, json.dumps(claims).encode()), keys, now=NOW - 86_400) is reason
+
+
+def test_a_key_window_bounds_exp_as_well_as_iat(key: SigningKey) -> None:
+    window = key.verification_key(not_before=NOW - 100, expires=NOW)
+    assert window.signed_within_window(NOW, NOW + MAX_VOUCHER_LIFETIME_SECONDS)
+    assert not window.signed_within_window(NOW, NOW + MAX_VOUCHER_LIFETIME_SECONDS + 1)
+    assert not window.signed_within_window(NOW + 1)
+    assert key.verification_key().signed_within_window(NOW, NOW + 10**9)  # no window: no bound here
+
+
+def test_the_api_caps_a_deal_s_voucher_lifetime_at_the_verifier_s_bound() -> None:
+    pytest.importorskip("fastapi")
+    from shopcardd_backend.api.models import DealCreate
+
+    (limit,) = [m.le for m in DealCreate.model_fields["voucher_ttl_seconds"].metadata if hasattr(m, "le")]
+    assert limit == MAX_VOUCHER_LIFETIME_SECONDS
+
+
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def test_an_es256_signature_has_one_spelling_only() -> None:
+    """(r, s) and (r, n - s) are both valid ECDSA signatures: sign low-S, refuse high-S, so that
+    no second token string of a voucher verifies."""
+    key = SigningKey.generate("k1", "ES256")
+    keys = KeySet([key.verification_key()])
+    for n in range(40):  # the signature is random: both halves of s come up
+        token = issue(key, deal=f"d{n}", merchant=MERCHANT, user="u1", ttl=3600, now=NOW)
+        head, payload, signature = token.split(".")
+        raw = unb64(signature)
+        s = int.from_bytes(raw[32:], "big")
+        assert s <= P256_ORDER // 2, "sign makes low-S signatures only"
+        assert check(token, keys) is Reason.ACCEPTED
+        twin_signature = raw[:32] + (P256_ORDER - s).to_bytes(32, "big")
+        algorithm = jwt.get_algorithm_by_name("ES256")
+        assert algorithm.verify(f"{head}.{payload}".encode(), key.private_key.public_key(), twin_signature)
+        twin = f"{head}.{payload}.{b64(twin_signature)}"
+        assert check(twin, keys) is Reason.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("exp", 2**63),
+        ("exp", 2**64 + 5),
+        ("exp", -1),
+        ("iat", -(2**63) - 1),
+        ("nbf", 2**63),
+        ("exp", MAX_TIMESTAMP + 1),
+    ],
+)
+def test_a_genuine_voucher_with_an_out_of_range_time_is_bad_format(
+    key: SigningKey, keys: KeySet, name: str, value: int
+) -> None:
+    token = signed_claims(key, json.dumps({**GOOD_CLAIMS, name: value}).encode())
+    verdict = verify(token, keys, now=NOW, merchant=MERCHANT)
+    assert verdict.reason is Reason.BAD_FORMAT and verdict.voucher is None
+    assert verdict.detail.isprintable()
+
+
+HOSTILE_IDS = [
+    "v1\x1b[2J\x1b[31mACCEPTED",  # terminal escapes
+    "d1\x07",  # the bell
+    "d1\nlog line",  # a forged log line
+    "v1\u202egnp.exe",  # right-to-left override
+    "u1\u200b",  # zero-width space
+    "u1\u3164",  # Hangul filler: a letter that draws as nothing
+    "u1\ud800",  # a lone surrogate
+    "u1\U000e0041",  # a tag character
+    "u1\ue000",  # private use
+    "u1\u0378",  # unassigned
+    "cafe\u0301",  # not NFC (e + combining acute)
+    "a b",
+]
+
+
+@pytest.mark.parametrize("claim", ["jti", "deal", "sub", "mid"])
+@pytest.mark.parametrize("value", HOSTILE_IDS, ids=ascii)
+def test_a_genuine_voucher_with_hostile_characters_in_an_id_is_bad_format(
+    key: SigningKey, claim: str, value: str
+) -> None:
+    keys = KeySet([key.verification_key()])
+    claims = json.dumps({**GOOD_CLAIMS, claim: value})  # ensure_ascii: even a lone surrogate travels
+    verdict = verify(signed_claims(key, claims.encode()), keys, now=NOW, merchant=None)
+    assert verdict.reason is Reason.BAD_FORMAT and verdict.voucher is None
+    assert verdict.detail.isprintable() and value not in verdict.detail
+
+
+@pytest.mark.parametrize("value", ["caf\u00e9", "Zoë-42", "ユーザー1", "مستخدم"])
+def test_ids_in_any_script_still_pass(key: SigningKey, value: str) -> None:
+    assert is_valid_id(value)
+    token = issue(key, deal="d1", merchant=MERCHANT, user=value, ttl=60, now=NOW)
+    assert check(token, KeySet([key.verification_key()]), now=NOW) is Reason.ACCEPTED

@@ -23,6 +23,8 @@ from pydantic import (
     field_validator,
 )
 
+from shopcardd_voucher import MAX_VOUCHER_LIFETIME_SECONDS
+
 from ..deals import DealView
 from ..devices import MAX_REDEMPTIONS_PER_SYNC
 from ..stats import DealStats
@@ -81,7 +83,7 @@ class DealCreate(BaseModel):
     title: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
     stock: int = Field(gt=0, le=10_000_000)
     per_user_limit: int = Field(gt=0, le=1_000)
-    voucher_ttl_seconds: int = Field(gt=0, le=366 * 86_400)
+    voucher_ttl_seconds: int = Field(gt=0, le=MAX_VOUCHER_LIFETIME_SECONDS)  # what counters accept
     starts_at: UtcDatetime | None = None
     ends_at: UtcDatetime | None = None
 
