@@ -69,12 +69,13 @@ class UsageError(Exception):
 
 
 def user_id(text: str) -> str:
-    """An argparse type: a user id the API accepts in a token (the API's own rule)."""
-    from .identity import USER_ID_RULE, is_user_id
+    """An argparse type: a user id the API accepts in a token (the API's own rule), in NFC."""
+    from .identity import USER_ID_RULE, normal_user_id
 
-    if not is_user_id(text):
+    normal = normal_user_id(text)
+    if normal is None:
         raise argparse.ArgumentTypeError(f"user id {_shown(text)}: use {USER_ID_RULE}")
-    return text
+    return normal
 
 
 def _shown(text: str) -> str:
@@ -312,7 +313,7 @@ def cmd_user_token(args: argparse.Namespace) -> int:
     key = dev_identity_key(settings)
     ttl = settings.user_token_ttl_seconds if args.ttl is None else args.ttl
     for user in args.users:
-        print(mint_user_token(key, settings.user_issuer, user, ttl))
+        print(mint_user_token(key, settings.user_issuer, user, ttl, audience=settings.user_audience))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Who is calling: users by the identity provider's bearer token, merchants by API key.
 
-User tokens are JWTs with ``iss`` (``SHOPCARDD_USER_ISSUER``), ``sub`` (the user id) and ``exp``,
-checked against the provider's public keys (``SHOPCARDD_USER_JWKS``) or an HS256 secret
+User tokens are JWTs with ``iss`` (``SHOPCARDD_USER_ISSUER``), ``sub`` (the user id), ``exp`` and,
+when ``SHOPCARDD_USER_AUDIENCE`` is set (production needs it), that ``aud``, checked against the
+provider's public keys (``SHOPCARDD_USER_JWKS``) or an HS256 secret
 (``SHOPCARDD_USER_SECRET``). Without either, the development identity key in
 ``DATA_DIR/identity`` signs and checks them (``shopcardd-backend user-token``); production
 refuses that. An asymmetric check costs 150-190 us, most of a claim's budget, so a verified
@@ -28,15 +29,15 @@ from typing import Any, Final
 import jwt
 
 from shopcardd_provision.keys import key_folder, write_private
-from shopcardd_voucher import SigningKey
+from shopcardd_voucher import ID_RULE, MAX_TOKEN_LENGTH, SigningKey, is_valid_id
 
 from .settings import Settings, SettingsError, load_jwks
 from .stores.base import DocumentStore, MerchantRecord
 
 DEV_IDENTITY_KID: Final = "dev-identity"
 ASYMMETRIC_ALGORITHMS: Final = frozenset({"EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256"})
-MAX_USER_ID_LENGTH: Final = 64
-USER_ID_RULE: Final = f"1 to {MAX_USER_ID_LENGTH} characters, no spaces or control characters"
+USER_ID_RULE: Final = ID_RULE
+"""A user id goes into every voucher of the user as ``sub``: the voucher's own rule for ids."""
 API_KEY_PREFIX: Final = "sck_"
 MERCHANT_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MERCHANT_ID_RULE: Final = "1 to 64 letters, digits, '.', '_' or '-'"
@@ -55,7 +56,8 @@ _TOKEN_FAULTS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
     (jwt.InvalidSignatureError, "the bearer token's signature does not verify"),
     (jwt.InvalidAlgorithmError, "the bearer token's alg is not the algorithm of its key"),
     (jwt.InvalidIssuerError, "the bearer token is not from this API's identity provider (iss)"),
-    (jwt.MissingRequiredClaimError, "the bearer token lacks a required claim (iss, sub and exp)"),
+    (jwt.InvalidAudienceError, "the bearer token was issued for another application (aud)"),
+    (jwt.MissingRequiredClaimError, "the bearer token lacks a required claim (iss, sub, exp; aud here)"),
     (jwt.InvalidIssuedAtError, "the bearer token's iat is not a number"),
     (jwt.DecodeError, "the bearer token is not a well-formed JWT"),
 )
@@ -103,12 +105,14 @@ class UserTokenVerifier:
         *,
         public_keys: dict[str, _PublicKey] | None = None,
         secret: bytes | None = None,
+        audience: str | None = None,
         cache_size: int = 100_000,
         leeway: int = 30,
     ) -> None:
         if (public_keys is None) == (secret is None):
             raise ValueError("give the identity provider's public keys or its HS256 secret")
         self.issuer = issuer
+        self.audience = audience
         self._keys = public_keys or {}
         self._secret = secret
         self._cache: dict[str, tuple[User, int]] = {}
@@ -153,26 +157,34 @@ class UserTokenVerifier:
                 key,
                 algorithms=algorithms,
                 issuer=self.issuer,
+                audience=self.audience,
                 leeway=self._leeway,
-                options={"require": ["exp", "sub", "iss"], "verify_aud": False},
+                options={
+                    "require": ["exp", "sub", "iss", *(["aud"] if self.audience else [])],
+                    "verify_aud": self.audience is not None,
+                },
             )
         except jwt.PyJWTError as exc:
             raise Unauthorized(_token_fault(exc)) from None
-        user = claims["sub"]
-        if not is_user_id(user):
+        user = normal_user_id(claims["sub"])
+        if user is None:
             raise Unauthorized(f"the bearer token's sub must be {USER_ID_RULE}")
         contacts = _contact(claims, "email", EMAIL), _contact(claims, "phone_number", PHONE)
         return User(user, *contacts), int(claims["exp"])
 
 
-def is_user_id(value: object) -> bool:
-    """Whether ``value`` can be a user id: it goes into every voucher of the user, so the API
-    refuses a token whose ``sub`` is not one, and ``user-token`` refuses to mint one."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_USER_ID_LENGTH
-        and not any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in value)
-    )
+def normal_user_id(value: object) -> str | None:
+    """``value`` in NFC when it can be a user id, else ``None``. One user has one id: the same name
+    spelt with a combining accent is the same user to the per-user limit, and an id that hides
+    characters (zero-width, bidirectional controls, lone surrogates) is refused, never stored.
+    The API refuses a token whose ``sub`` is not one, and ``user-token`` refuses to mint one."""
+    if not isinstance(value, str) or len(value) > MAX_TOKEN_LENGTH:  # never normalise megabytes
+        return None
+    try:
+        normal = unicodedata.normalize("NFC", value)
+    except UnicodeError:
+        return None
+    return normal if is_valid_id(normal) else None
 
 
 def _parse_jwks(value: str) -> dict[str, _PublicKey]:
@@ -202,7 +214,10 @@ def dev_identity_key(settings: Settings) -> SigningKey:
 
 
 def build_verifier(settings: Settings) -> UserTokenVerifier:
-    common: dict[str, Any] = {"cache_size": settings.user_token_cache_size}
+    common: dict[str, Any] = {
+        "cache_size": settings.user_token_cache_size,
+        "audience": settings.user_audience or None,  # set but empty: not checked, as unset
+    }
     if settings.user_secret is not None:
         return UserTokenVerifier(
             settings.user_issuer, secret=settings.user_secret.get_secret_value().encode(), **common
@@ -222,11 +237,14 @@ def mint_user_token(
     now: float | None = None,
     email: str | None = None,
     phone: str | None = None,
+    audience: str | None = None,
 ) -> str:
     """A development bearer token for ``user`` (what the identity provider gives a real user),
-    with the OpenID Connect contact claims ``email`` and ``phone_number`` when given."""
+    with ``aud`` and the OpenID Connect contact claims ``email`` and ``phone_number`` when given."""
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {"iss": issuer, "sub": user, "iat": issued, "exp": issued + ttl}
+    if audience:
+        claims["aud"] = audience
     claims |= {name: value for name, value in (("email", email), ("phone_number", phone)) if value}
     return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid})
 

@@ -161,6 +161,9 @@ class Settings(BaseSettings):
     """The identity provider's public keys: a JWKS file path or the JWKS JSON itself."""
     user_secret: SecretStr | None = None
     """An HS256 secret shared with the identity provider (instead of ``user_jwks``)."""
+    user_audience: str | None = None
+    """The ``aud`` every user token must carry (this API's client id at the identity provider), so a
+    token the provider issued to another application is refused. Required in production."""
     user_token_ttl_seconds: int = Field(default=86_400, gt=0)
     """Lifetime of the development tokens ``shopcardd-backend user-token`` mints."""
     user_token_cache_size: int = Field(default=100_000, ge=0)
@@ -302,6 +305,11 @@ class Settings(BaseSettings):
         sms_api_key = self.sms_api_key.get_secret_value() if self.sms_api_key is not None else None
         if sms_api_key is not None and sms_api_key.lower() in PLACEHOLDER_SECRETS:
             raise ValueError("SHOPCARDD_SMS_API_KEY is a placeholder; refused in production")
+        if not self.user_audience:
+            raise ValueError(
+                "production needs SHOPCARDD_USER_AUDIENCE: the aud of this API's user tokens (its client id "
+                "at the identity provider), so tokens issued to other applications are refused"
+            )
         return self
 
 

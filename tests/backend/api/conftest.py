@@ -100,7 +100,9 @@ class Api:
 
     def user_token(self, user: str, ttl: int = 3600, now: float | None = None) -> str:
         key = dev_identity_key(self.settings)
-        return mint_user_token(key, self.settings.user_issuer, user, ttl, now=now)
+        return mint_user_token(
+            key, self.settings.user_issuer, user, ttl, now=now, audience=self.settings.user_audience
+        )
 
     def create_deal(self, api_key: str, **fields: Any) -> dict[str, Any]:
         body = {"title": "Half-price coffee", "stock": 5, "per_user_limit": 2, "voucher_ttl_seconds": 3600}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,9 +16,10 @@ from pydantic import ValidationError
 
 from shopcardd_backend.app import create_app
 from shopcardd_backend.identity import Unauthorized, UserTokenVerifier
-from shopcardd_voucher import SigningKey
+from shopcardd_backend.settings import Settings, SettingsError
+from shopcardd_voucher import ID_RULE, SigningKey
 
-from .conftest import Api, assert_problem, build_settings
+from .conftest import Api, assert_problem, backend, build_settings
 
 ISSUER = "https://id.example"
 SECRET = "s" * 40
@@ -115,7 +119,8 @@ def test_production_settings_refuse_placeholders(tmp_path: Path) -> None:
         build_settings(tmp_path, environment="production")
     with pytest.raises(ValidationError, match="placeholder"):
         build_settings(tmp_path, environment="production", user_secret="changethis")
-    assert build_settings(tmp_path, environment="production", user_secret=SECRET).environment == "production"
+    production = build_settings(tmp_path, environment="production", user_secret=SECRET, user_audience="api")
+    assert production.environment == "production"
 
 
 def test_expiry_has_a_30_second_leeway_for_clock_skew(tmp_path: Path) -> None:
@@ -131,3 +136,97 @@ def test_expiry_has_a_30_second_leeway_for_clock_skew(tmp_path: Path) -> None:
         api = Api(client, settings)
         assert _claim_with(api, expired(10)) == 201
         assert_problem(api.claim("any", expired(50), "k"), 401, "unauthorized")
+
+
+AUDIENCE = "shopcardd-api"
+
+
+def test_a_user_token_for_another_application_is_refused_when_the_audience_is_set(tmp_path: Path) -> None:
+    """A token the identity provider issued to another application (another ``aud``) is not a
+    login to this API; without ``SHOPCARDD_USER_AUDIENCE`` (development) ``aud`` is not read."""
+    settings = build_settings(tmp_path, user_secret=SECRET, user_issuer=ISSUER, user_audience=AUDIENCE)
+    ours = jwt.encode({**_claims(), "aud": AUDIENCE}, SECRET, algorithm="HS256")
+    theirs = jwt.encode({**_claims(), "aud": "photo-app"}, SECRET, algorithm="HS256")
+    several = jwt.encode({**_claims(), "aud": ["photo-app", AUDIENCE]}, SECRET, algorithm="HS256")
+    none = jwt.encode(_claims(), SECRET, algorithm="HS256")
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        deal = api.create_deal(api.merchant_key("m1"))["deal_id"]
+        assert api.claim(deal, ours, "k1").status_code == 201
+        assert api.claim(deal, several, "k2").status_code == 201
+        problem = assert_problem(api.claim("any", theirs, "k"), 401, "unauthorized")
+        assert problem["detail"] == "the bearer token was issued for another application (aud)"
+        assert_problem(api.claim("any", none, "k"), 401, "unauthorized")
+    unset = UserTokenVerifier(ISSUER, secret=SECRET.encode())
+    assert unset.user_id(theirs) == unset.user_id(none) == "alice"
+
+
+def test_production_refuses_to_start_without_a_user_audience(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("SHOPCARDD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SHOPCARDD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SHOPCARDD_ENVIRONMENT", "production")
+    monkeypatch.setenv("SHOPCARDD_USER_SECRET", SECRET)
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env()
+    assert str(refused.value).startswith("production needs SHOPCARDD_USER_AUDIENCE")
+    assert "\n" not in str(refused.value)
+    monkeypatch.setenv("SHOPCARDD_USER_AUDIENCE", AUDIENCE)
+    assert Settings.from_env().user_audience == AUDIENCE
+
+
+HIDDEN_USER_IDS = {
+    "zero-width space": "alice\u200b",
+    "right-to-left override": "\u202ealice",
+    "left-to-right mark": "alice\u200e",
+    "Hangul filler": "alice\u3164",
+    "lone surrogate": "alice\ud800",
+    "unassigned": "alice\u0378",
+    "bell": "alice\x07",
+    "private use": "alice\ue000",
+}
+
+
+@pytest.mark.parametrize("sub", HIDDEN_USER_IDS.values(), ids=HIDDEN_USER_IDS.keys())
+def test_a_user_id_with_hidden_characters_is_a_401_never_a_new_user_nor_a_500(
+    tmp_path: Path, sub: str
+) -> None:
+    settings = build_settings(tmp_path, user_secret=SECRET, user_issuer=ISSUER)
+    token = jwt.encode(_claims(sub), SECRET, algorithm="HS256")  # JSON escapes even a lone surrogate
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        api = Api(client, settings)
+        deal = api.create_deal(api.merchant_key("m1"))["deal_id"]
+        problem = assert_problem(api.claim(deal, token, "k"), 401, "unauthorized")
+        assert problem["detail"] == f"the bearer token's sub must be {ID_RULE}"
+
+
+def test_one_user_spelt_two_ways_is_one_user_to_the_per_user_limit(tmp_path: Path) -> None:
+    settings = build_settings(tmp_path, user_secret=SECRET, user_issuer=ISSUER)
+    composed, decomposed = "jos\u00e9", "jose\u0301"
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        deal = api.create_deal(api.merchant_key("m1"), per_user_limit=1)["deal_id"]
+        first = api.claim(deal, jwt.encode(_claims(decomposed), SECRET, algorithm="HS256"), "k1")
+        assert first.status_code == 201, first.text
+        again = api.claim(deal, jwt.encode(_claims(composed), SECRET, algorithm="HS256"), "k2")
+        assert_problem(again, 409, "limit_reached")
+
+
+@pytest.mark.parametrize("user", [b"alice\xff", "alice\u200b".encode(), "\u202ealice".encode(), b"a\x1b[2Jb"])
+def test_user_token_refuses_a_user_id_the_api_would_refuse_in_one_line(
+    env: dict[str, str], user: bytes
+) -> None:
+    exe = str(Path(sys.executable).with_name("shopcardd-backend"))
+    done = subprocess.run([exe, "user-token", user], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == b""
+    (line,) = done.stderr.decode("ascii").splitlines()[-1:]
+    assert "1 to 64 characters in Unicode NFC" in line and line.isprintable()
+
+
+def test_user_token_mints_the_nfc_form_with_the_configured_audience(env: dict[str, str]) -> None:
+    env = {**env, "SHOPCARDD_USER_AUDIENCE": AUDIENCE}
+    (token,) = backend(env, "user-token", "jose\u0301").stdout.split()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert (claims["sub"], claims["aud"]) == ("jos\u00e9", AUDIENCE)
