@@ -7,6 +7,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from ..closing import Closing
+
 Gray = npt.NDArray[np.uint8]
 """A grayscale frame: a 2-D uint8 array, height x width, C-contiguous."""
 
@@ -21,3 +23,13 @@ class Decoder(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class WithFallback(Closing):
+    """An adapter that may hand a frame it could not read to another decoder, and owns it."""
+
+    fallback: Decoder | None = None
+
+    def close(self) -> None:
+        if self.fallback is not None:
+            self.fallback.close()

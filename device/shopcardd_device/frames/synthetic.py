@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -42,6 +43,35 @@ class Look:
     """A dark-mode phone: light modules on a dark screen."""
     background: int = 90
     seed: int = 0
+
+
+DEGRADED_KINDS: Final = ("blur", "tilt", "low contrast", "glare", "dark mode")
+"""The faults of the degraded set, one per frame in turn."""
+
+
+def degraded_looks(count: int = 40, seed: int = 0, size: tuple[int, int] = (640, 480)) -> list[Look]:
+    """A camera at its worst, as ``shopcardd-bench device`` and the decoder tests show it: every
+    frame a little blurred (0.6-1.4 px) and noisy (3-9 levels), and in turn one fault more: heavy
+    blur (1.4-2 px, focus hunting), tilt (5-25 %), low contrast (0.08-0.3, a dim screen, with
+    4-12 levels of noise), glare (0.4-0.9), or a dark-mode phone. Seeded: the same set every time."""
+    rng = np.random.default_rng(seed)
+    looks = []
+    for index in range(count):
+        kind = DEGRADED_KINDS[index % len(DEGRADED_KINDS)]
+        blur, noise = float(rng.uniform(0.6, 1.4)), float(rng.uniform(3.0, 9.0))
+        fault: dict[str, float | bool] = {}
+        if kind == "blur":
+            blur = float(rng.uniform(1.4, 2.0))
+        elif kind == "tilt":
+            fault["tilt"] = float(rng.uniform(0.05, 0.25))
+        elif kind == "low contrast":
+            fault["contrast"], noise = float(rng.uniform(0.08, 0.3)), float(rng.uniform(4.0, 12.0))
+        elif kind == "glare":
+            fault["glare"] = float(rng.uniform(0.4, 0.9))
+        else:
+            fault["inverted"] = True
+        looks.append(Look(size=size, blur=blur, noise=noise, seed=seed * 1000 + index, **fault))  # type: ignore[arg-type]
+    return looks
 
 
 def qr_modules(token: str, border: int = 4) -> Gray:
