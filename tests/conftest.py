@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import SpareRedis, free_port
+from servers import SpareRabbitMQ, SpareRedis, free_port
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 REDIS_URL = os.environ.get("SHOPCARDD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -160,6 +161,23 @@ def spare_redis(tmp_path: Path) -> Iterator[SpareRedis]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def spare_rabbitmq() -> Iterator[SpareRabbitMQ]:
+    """A RabbitMQ this test owns (``SpareRabbitMQ``), started; stopped when the test ends."""
+    exe = shutil.which("rabbitmq-server")
+    if exe is None:
+        service_missing("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+    # Not under tmp_path: pytest keeps that 0700, and the broker runs as the rabbitmq user.
+    folder = Path(tempfile.mkdtemp(prefix="shopcardd-test-rabbitmq-"))
+    server = SpareRabbitMQ(exe, folder)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

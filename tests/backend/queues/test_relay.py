@@ -4,8 +4,7 @@ is lost when a relay dies, several relays share the outbox. Each test has its ow
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -15,19 +14,9 @@ from shopcardd_backend.queue.base import QueueUnavailable
 from shopcardd_backend.queue.rabbitmq import RabbitPublisher
 from shopcardd_backend.relay import Relay
 
-from .conftest import NOW, claim_many, drain, open_deal
+from .conftest import NOW, claim_many, drain, open_deal, until
 
 pytestmark = pytest.mark.rabbitmq
-
-
-def _until(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``seconds`` (a hang guard,
-    not a timing assertion)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {seconds} s")
-        time.sleep(0.05)
 
 
 def _relay_all(relay: Relay) -> None:
@@ -62,7 +51,7 @@ def test_two_relays_at_once_publish_every_event_once(gate: ClaimGate, amqp_vhost
         thread.start()
     try:
         issued = claim_many(gate, 1500)
-        _until(lambda: not gate.read_outbox(limit=1), "the outbox drained")
+        until(lambda: not gate.read_outbox(limit=1), "the outbox drained")
     finally:
         stop.set()
         for thread in threads:
@@ -101,7 +90,7 @@ def test_a_relay_killed_between_publish_and_ack_loses_nothing(gate: ClaimGate, a
             dying.relay_once()
     with RabbitPublisher(amqp_vhost) as publisher:
         survivor = Relay(gate, publisher, consumer="survivor", lease_seconds=0.5)
-        _until(
+        until(
             lambda: survivor.relay_once() == 0 and not gate.read_outbox(limit=1), "the dead lease taken over"
         )
     published = [m["voucher_id"] for m in drain(amqp_vhost, "shopcardd.persist")]
