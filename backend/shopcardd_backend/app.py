@@ -11,6 +11,7 @@ unreachable store in one line instead of uvicorn's lifespan traceback (and exit 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -44,6 +45,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             runtime.open_api_parts()
             runtime.start_background()
             app.state.runtime = runtime
+            # The app's own objects (routes, models, clients: a few hundred thousand) live as
+            # long as the process: moved out of the collector's sight, a full collection no
+            # longer walks them all, and the claim's p99 drops from ~75 ms to ~20 ms
+            # (shopcardd-bench claims, 64 connections; README, capacity model).
+            gc.collect()
+            gc.freeze()
             where = {"profile": settings.profile, "data_dir": str(settings.data_dir)}
             log.info("backend started", extra={**where, "kid": runtime.signer.key.kid})
             yield
