@@ -6,16 +6,17 @@ A soak, then a measure of each stage's capacity:
    use case, without HTTP: Redis claim step, signature) from several threads, while one relay
    and the persist, notify and analytics workers run as processes of their own. Halfway, the
    persist worker is killed with SIGKILL and started again. The end-to-end lag (claim answered
-   -> voucher document stored) is read from the store's document count sampled every 50 ms,
-   the k-th document stored standing for the k-th claim answered (the stages keep order
+   -> voucher document stored) is read from a probe every 50 ms: how many of the claims
+   answered, from the first, have their voucher stored (looked up by id; the stages keep order
    closely, not exactly).
 2. Capacity: every stage is stopped, --backlog more claims wait in the outbox; then the relay
    alone drains them (relay events/s), then the persist worker alone stores them (persist
    documents/s, nothing else writing to the store), then the same documents are written with a bare
    ``insert_many`` in batches of the worker's size to another collection of the same server:
    the ratio of the two, in the same run, is the worker's own overhead.
-3. Checks: the store holds exactly the vouchers issued, each once; the analytics counters add
-   up to the claims; the outbox is empty; nothing was parked.
+3. Checks (notify and analytics started again to take their share of the backlog): the store
+   holds exactly the vouchers issued, each once; the analytics counters add up to the claims;
+   the outbox is empty; nothing was parked.
 
 Services: Redis (--redis-url), RabbitMQ (--amqp-url; a virtual host of its own is made with
 rabbitmqctl when it can be, and removed after), MongoDB (--mongodb-uri, else a SecantusDB
@@ -150,18 +151,59 @@ def _wait_for_mongo(uri: str, proc: subprocess.Popen[bytes]) -> None:
             time.sleep(0.2)
 
 
-class Sampler:
-    """The store's voucher count every 50 ms, in a thread: (seconds, count) pairs."""
+class Answers:
+    """The claims answered, in order: when each was answered and its voucher id."""
 
-    def __init__(self, collection: Any) -> None:
-        self.collection = collection
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.voucher_ids: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, voucher_id: str) -> None:
+        with self._lock:
+            self.times.append(time.time())
+            self.voucher_ids.append(voucher_id)
+
+
+class StoredProbe:
+    """How many of the answered claims, from the first, have their voucher stored.
+
+    Looked up by ``_id`` alone, a binary search over the answers (the stages keep order
+    closely, not exactly): a document count would do, but SecantusDB counts by walking the
+    collection, and a count every 50 ms of 100,000 documents kept the server busier than the
+    worker under test."""
+
+    def __init__(self, collection: Any, answers: Answers) -> None:
+        self.collection, self.answers = collection, answers
+        self.stored = 0
+
+    def _is_stored(self, index: int) -> bool:
+        return self.collection.find_one({"_id": self.answers.voucher_ids[index]}, {"_id": 1}) is not None
+
+    def __call__(self, upto: int | None = None) -> int:
+        low, high = self.stored, len(self.answers.voucher_ids) if upto is None else upto
+        while low < high:
+            middle = (low + high) // 2
+            if self._is_stored(middle):
+                low = middle + 1
+            else:
+                high = middle
+        self.stored = low
+        return low
+
+
+class Sampler:
+    """The probe's count every 50 ms, in a thread: (seconds, count) pairs."""
+
+    def __init__(self, probe: StoredProbe) -> None:
+        self.probe = probe
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), self.collection.estimated_document_count()))
+            self.samples.append((time.time(), self.probe()))
             self._stop.wait(0.05)
 
     def __enter__(self) -> Sampler:
@@ -185,28 +227,26 @@ def _until(condition: Any, what: str, seconds: float, progress: Any = None) -> f
     return time.monotonic() - started
 
 
-def _claim_all(runtime: Any, deal_id: str, count: int, threads: int, start: int, bar: Any) -> list[float]:
-    """``count`` claims by distinct users; the wall-clock time each was answered."""
-    answered = [0.0] * count
+def _claim_all(
+    runtime: Any, deal_id: str, count: int, threads: int, start: int, bar: Any, answers: Answers
+) -> None:
+    """``count`` claims by distinct users, each noted in ``answers`` as it is answered."""
 
     def one(n: int) -> None:
-        runtime.claims.claim(deal_id, f"user{start + n}", "k")
-        answered[n] = time.time()
+        answers.add(runtime.claims.claim(deal_id, f"user{start + n}", "k").voucher_id)
         bar.update(1)
 
     with ThreadPoolExecutor(threads) as pool:
         for _ in pool.map(one, range(count)):
             pass
-    return answered
 
 
 def _lags(answered: list[float], samples: list[tuple[float, int]]) -> list[float]:
     """Claim answered -> document stored, the k-th stored document standing for the k-th claim."""
-    order = sorted(answered)
     lags, k = [], 0
     for when, stored in samples:
-        while k < min(stored, len(order)):
-            lags.append(max(0.0, when - order[k]))
+        while k < min(stored, len(answered)):
+            lags.append(max(0.0, when - answered[k]))
             k += 1
     return lags
 
@@ -266,41 +306,44 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
 
     print(f"soak: {args.claims:,} claims, relay and three workers running; persist killed halfway")
     half = args.claims // 2
-    with Sampler(vouchers) as sampler:
+    answers = Answers()
+    probe = StoredProbe(vouchers, answers)
+    with Sampler(probe) as sampler:
         with tqdm(total=args.claims, unit="claim", desc="claims") as bar:
             started = time.monotonic()
-            answered = _claim_all(runtime, deal.deal_id, half, args.threads, 0, bar)
+            _claim_all(runtime, deal.deal_id, half, args.threads, 0, bar, answers)
             stages["persist"].kill()
             stages["persist"].start()
-            answered += _claim_all(runtime, deal.deal_id, args.claims - half, args.threads, half, bar)
+            _claim_all(runtime, deal.deal_id, args.claims - half, args.threads, half, bar, answers)
             claim_seconds = time.monotonic() - started
         with tqdm(total=args.claims, unit="doc", desc="stored") as bar:
             _until(
-                lambda: vouchers.estimated_document_count() >= args.claims,
+                lambda: probe.stored >= args.claims,  # the sampler's thread moves it
                 "every soak voucher stored",
                 600,
-                lambda: bar.update(vouchers.estimated_document_count() - bar.n),
+                lambda: bar.update(probe.stored - bar.n),
             )
-    lags = sorted(_lags(answered, sampler.samples))
+    _until_counted(vouchers, args.claims)
+    lags = sorted(_lags(answers.times, sampler.samples))
 
     print(f"capacity: {args.backlog:,} claims waiting, then the relay alone, then persist alone")
     for stage in stages.values():
         stage.stop()
     gate = runtime.gate
     with tqdm(total=args.backlog, unit="claim", desc="backlog") as bar:
-        _claim_all(runtime, deal.deal_id, args.backlog, args.threads, args.claims, bar)
+        _claim_all(runtime, deal.deal_id, args.backlog, args.threads, args.claims, bar, answers)
     stages["relay"].start()
     relay_seconds = _until(lambda: not gate.read_outbox(limit=1), "the relay drained the backlog", 600)
-    before = vouchers.estimated_document_count()
     stages["persist"].start()
-    persist_seconds = _until(
-        lambda: vouchers.estimated_document_count() >= total, "persist stored the backlog", 600
-    )
-    stored_backlog = vouchers.estimated_document_count() - before
+    persist_seconds = _until(lambda: probe() >= total, "persist stored the backlog", 600)
+    _until_counted(vouchers, total)  # a check, not timed: the count walks the collection
+    stored_backlog = args.backlog
     bare_rate = _bare_insert(
         client[settings.mongodb_database]["bare"], vouchers, deal.deal_id, stored_backlog
     )
 
+    for name in ("notify", "analytics"):  # stopped for the capacity measures: the backlog waits
+        stages[name].start()
     print("checks: store = vouchers issued, each once; analytics adds up; nothing parked")
     issued = {f"user{n}" for n in range(total)}
     stored_users = [doc["user_id"] for doc in vouchers.find({"deal_id": deal.deal_id}, {"user_id": 1})]
@@ -363,6 +406,11 @@ def _bare_insert(bare: Any, vouchers: Any, deal_id: str, limit: int, batch: int 
     for start in range(0, len(documents), batch):
         bare.insert_many(documents[start : start + batch], ordered=False)
     return len(documents) / (time.monotonic() - started)
+
+
+def _until_counted(vouchers: Any, total: int) -> float:
+    """Confirm by a count what the probe found (a voucher stored out of order could fool it)."""
+    return _until(lambda: vouchers.count_documents({}) >= total, "every voucher stored", 600)
 
 
 def _until_analytics(runtime: Any, deal_id: str, total: int) -> int:
