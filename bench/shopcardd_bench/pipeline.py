@@ -335,7 +335,10 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
     stages["relay"].start()
     relay_seconds = _until(lambda: not gate.read_outbox(limit=1), "the relay drained the backlog", 600)
     stages["persist"].start()
-    persist_seconds = _until(lambda: probe() >= total, "persist stored the backlog", 600)
+    ready = _ready_messages(env["SHOPCARDD_AMQP_URL"], "persist", stack)
+    # The store is probed only once the queue holds nothing more to hand over (at most a
+    # prefetch window in the worker's hands): the probe's lookups are the server's work too.
+    persist_seconds = _until(lambda: ready() == 0 and probe() >= total, "persist stored the backlog", 600)
     _until_counted(vouchers, total)  # a check, not timed: the count walks the collection
     stored_backlog = args.backlog
     bare_rate = _bare_insert(
@@ -406,6 +409,17 @@ def _bare_insert(bare: Any, vouchers: Any, deal_id: str, limit: int, batch: int 
     for start in range(0, len(documents), batch):
         bare.insert_many(documents[start : start + batch], ordered=False)
     return len(documents) / (time.monotonic() - started)
+
+
+def _ready_messages(amqp_url: str, job: str, stack: ExitStack) -> Any:
+    """A function: the messages ready in a job's queue, asked on one open channel."""
+    from shopcardd_backend.queue.base import queue_name
+    from shopcardd_backend.queue.rabbitmq import close_quietly, connect
+
+    connection = connect(amqp_url)
+    stack.callback(close_quietly, connection)
+    channel = connection.channel()
+    return lambda: channel.queue_declare(queue_name(job), passive=True).method.message_count
 
 
 def _until_counted(vouchers: Any, total: int) -> float:
