@@ -254,6 +254,22 @@ def serve_api(host: str, port: int, workers: int, factory: str = APP_FACTORY) ->
     a bare endpoint to compare with) through here, so it measures the server ``serve`` runs."""
     import uvicorn
 
+    settings = prepare_serving(host, port, workers)
+    uvicorn.run(
+        factory,
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=settings.access_log,
+    )
+    return 0
+
+
+def prepare_serving(host: str, port: int, workers: int) -> Settings:
+    """What ``serve`` does before the server starts, whichever server it is: logging, the port,
+    the start-up checks, the metrics folder shared by ``workers`` processes."""
     from .app import check_startup
     from .logging import configure_logging
     from .metrics import MULTIPROC_ENV
@@ -273,16 +289,7 @@ def serve_api(host: str, port: int, workers: int, factory: str = APP_FACTORY) ->
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         os.environ[MULTIPROC_ENV] = str(folder.resolve())
-    uvicorn.run(
-        factory,
-        factory=True,
-        workers=workers,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=settings.access_log,
-    )
-    return 0
+    return settings
 
 
 def cmd_merchant_create(args: argparse.Namespace) -> int:

@@ -79,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", default=None, help="an existing Redis (default: start one)")
     parser.add_argument("--mongodb-uri", default=None, help="MongoDB of the store (default SQLite)")
     parser.add_argument("--plot", type=Path, default=Path("claims-bench.png"), help="PNG to write")
+    parser.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        default="uvicorn",
+        help="the HTTP server of the API processes: uvicorn (what serve runs; default) or granian",
+    )
 
 
 @dataclass
@@ -371,9 +377,9 @@ def _check_deals(session: Session, limits: dict[str, int], stocks: dict[str, int
 
 def _print_table(rows: dict[str, list[Measured]], ratios: list[float], args: argparse.Namespace) -> None:
     print(
-        f"claims on the Redis profile: {args.workers} API processes, wrk {args.threads} threads x "
-        f"{args.connections} connections, {args.users} users, {args.duration} s per run; "
-        f"median of {args.runs} runs (after 1 warm-up)"
+        f"claims on the Redis profile: {args.workers} API processes ({args.server}), "
+        f"wrk {args.threads} threads x {args.connections} connections, {args.users} users, "
+        f"{args.duration} s per run; median of {args.runs} runs (after 1 warm-up)"
     )
     head = f"{'endpoint':<26} {'claims/s':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
     print(f"{head} {'API us/claim':>13} {'Redis us/claim':>15} {'claims/s/core':>14}")
@@ -444,7 +450,7 @@ def run(args: argparse.Namespace) -> int:
         tokens = folder / "tokens.txt"
         tokens.write_text(backend_command(env, "user-token", *(f"u{i}" for i in range(args.users))))
         first_token = tokens.read_text().split("\n", 1)[0]
-        server = [sys.executable, "-m", "shopcardd_bench.claims_server"]
+        server = [sys.executable, "-m", "shopcardd_bench.claims_server", "--server", args.server]
         backend = stack.enter_context(running_backend(env, folder / "serve.log", args.workers, server))
         from shopcardd_backend.gates.redis import RedisClaimGate
 

@@ -91,6 +91,20 @@ def create_bench_app() -> FastAPI:
     return app
 
 
+def serve_with_granian(host: str, port: int, workers: int) -> int:
+    """The same app under granian (a Rust HTTP server, ASGI interface, uvloop): measured against
+    uvicorn for the choice of server (docs/backend-api.md, "Throughput")."""
+    from granian import Granian
+
+    from shopcardd_backend.cli import prepare_serving
+
+    prepare_serving(host, port, workers)
+    target = "shopcardd_bench.claims_server:create_bench_app"
+    options = {"interface": "asgi", "workers": workers, "factory": True, "loop": "uvloop"}
+    Granian(target, address=host, port=port, **options).serve()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from shopcardd_backend.cli import CommandError, serve_api
 
@@ -98,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn")
     args = parser.parse_args(argv)
     try:
+        if args.server == "granian":
+            return serve_with_granian(args.host, args.port, args.workers)
         return serve_api(args.host, args.port, args.workers, "shopcardd_bench.claims_server:create_bench_app")
     except CommandError as exc:
         print(f"claims_server: {exc}", file=sys.stderr)

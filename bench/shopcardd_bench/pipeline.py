@@ -215,15 +215,15 @@ class Sampler:
         self._thread.join()
 
 
-def _until(condition: Any, what: str, seconds: float, progress: Any = None) -> float:
-    """Wait for ``condition`` (polled); the seconds it took."""
+def _until(condition: Any, what: str, seconds: float, progress: Any = None, every: float = 0.05) -> float:
+    """Wait for ``condition`` (polled ``every`` seconds); the seconds it took."""
     started = time.monotonic()
     while not condition():
         if time.monotonic() - started > seconds:
             raise RuntimeError(f"{what}: not within {seconds:g} s")
         if progress is not None:
             progress()
-        time.sleep(0.05)
+        time.sleep(every)
     return time.monotonic() - started
 
 
@@ -424,15 +424,22 @@ def _ready_messages(amqp_url: str, job: str, stack: ExitStack) -> Any:
 
 def _until_counted(vouchers: Any, total: int) -> float:
     """Confirm by a count what the probe found (a voucher stored out of order could fool it)."""
-    return _until(lambda: vouchers.count_documents({}) >= total, "every voucher stored", 600)
+    return _until(lambda: vouchers.count_documents({}) >= total, "every voucher stored", 600, every=1.0)
 
 
 def _until_analytics(runtime: Any, deal_id: str, total: int) -> int:
-    """The analytics worker's count of claims issued on the deal, once it reached ``total``."""
+    """The analytics worker's count of claims issued on the deal, once it reached ``total``.
+
+    Asked once a second: the count is an aggregation over every tally, which SecantusDB walks
+    (on a busy machine one can outlast the store's 5 s socket timeout: asked again)."""
+    from shopcardd_backend.stores.base import StoreUnavailable
 
     def counted() -> int:
-        return sum(minute.issued for minute in runtime.store.claims_by_minute(deal_id))
+        try:
+            return sum(minute.issued for minute in runtime.store.claims_by_minute(deal_id))
+        except StoreUnavailable:
+            return -1
 
     with suppress(RuntimeError):  # a shortfall is reported by the caller, with the count
-        _until(lambda: counted() >= total, "analytics caught up", 300)
+        _until(lambda: counted() >= total, "analytics caught up", 300, every=1.0)
     return counted()
