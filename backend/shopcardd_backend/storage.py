@@ -53,10 +53,17 @@ class Closing:
 
 
 class SqliteFile(Closing):
-    """A connection to ``path`` with the pragmas above; ``schema`` is run once at opening."""
+    """A connection to ``path`` with the pragmas above; ``schema`` is run once at opening.
+    ``durable=False`` (``synchronous=NORMAL``: no fsync per commit; a power cut may lose the
+    last commits, never the file) is for what may be lost, such as rate limit counters."""
 
     def __init__(
-        self, path: Path | str, schema: str, unavailable: Unavailable, busy_timeout: float = 5.0
+        self,
+        path: Path | str,
+        schema: str,
+        unavailable: Unavailable,
+        busy_timeout: float = 5.0,
+        durable: bool = True,
     ) -> None:
         self.path = Path(path)
         self._unavailable = unavailable
@@ -73,7 +80,7 @@ class SqliteFile(Closing):
         self._conn: sqlite3.Connection | None = conn
         with self._mapped_errors():
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
         with self.transaction() as tx:
             for statement in schema.split(";"):
                 if statement.strip():

@@ -183,6 +183,10 @@ def test_claims_on_a_redis_cluster_survive_a_failover(cluster: Cluster) -> None:
     async def flood() -> None:
         extra = [(rng.choice(targets), f"u{rng.randrange(USERS)}", f"a{n}") for n in range(400)]
         await asyncio.gather(*(claim_async(extra[n::16]) for n in range(16)))
+        # The claim rate limits' counters: a key each, in slots of their own, counted in one call.
+        names = ["u:alice", "u:bob", "a:192.0.2.1", "a:2001:db8::/64"]
+        assert await gate.count_async(names, 0, 60) == [1] * 4
+        assert await gate.count_async(names, 0, 60) == [2] * 4
         await gate.aclose()
 
     asyncio.run(flood())

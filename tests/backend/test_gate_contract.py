@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable
 from dataclasses import replace
@@ -115,6 +116,35 @@ def test_a_replay_still_answers_after_the_deal_sold_out_or_closed(gate: ClaimGat
     assert claim(gate, "u1", key="k1").voucher == first.voucher
     gate.cancel("d1")
     assert claim(gate, "u1", key="k1").voucher == first.voucher
+
+
+def test_a_replay_only_attempt_answers_a_replay_and_nothing_else(gate: ClaimGate) -> None:
+    """Over a rate limit the API asks only for the voucher of a claim already issued."""
+    gate.load_deal(terms())
+    first = gate.claim(ClaimAttempt("d1", "u1", "k1", "v1", NOW))
+    replay = gate.claim(ClaimAttempt("d1", "u1", "k1", "v2", NOW + 5, replay_only=True))
+    assert replay.outcome is Outcome.REPLAYED and replay.voucher == first.voucher
+    for deal, user, key in [("d1", "u1", "k2"), ("d1", "u2", "k1"), ("no-such-deal", "u1", "k1")]:
+        refused = gate.claim(ClaimAttempt(deal, user, key, "v3", NOW, replay_only=True))
+        assert (refused.outcome, refused.voucher) == (Outcome.RATE_LIMITED, None), (deal, user, key)
+    assert gate.stock_left("d1") == 2
+    assert len(all_events(gate)) == 1
+
+
+def test_rate_counters_count_by_name_and_window(gate: ClaimGate) -> None:
+    async def hits() -> list[list[int]]:
+        try:
+            return [
+                await gate.count_async(["u:alice", "a:192.0.2.1"], NOW, 60),
+                await gate.count_async(["u:alice"], NOW, 60),
+                await gate.count_async(["u:bob", "u:alice", "a:192.0.2.1"], NOW, 60),
+                await gate.count_async(["u:alice"], NOW + 60, 60),  # the next window starts at 1
+                await gate.count_async(["u:alice"], NOW + 60, 60),
+            ]
+        finally:
+            await gate.aclose()
+
+    assert asyncio.run(hits()) == [[1, 1], [2], [1, 3, 2], [1], [2]]
 
 
 def test_sold_out_when_the_stock_is_gone(gate: ClaimGate) -> None:
@@ -314,6 +344,21 @@ def test_the_script_survives_a_flushed_script_cache(redis_gate: Any, redis_url: 
     with redis.Redis.from_url(redis_url) as client:
         client.script_flush()
     assert claim(redis_gate).outcome is Outcome.ISSUED
+
+
+@pytest.mark.redis
+def test_a_rate_counter_is_a_key_of_its_own_that_expires(redis_gate: Any) -> None:
+    async def count() -> None:
+        try:
+            await redis_gate.count_async(["u:alice", "a:2001:db8::/64"], NOW, 60)
+        finally:
+            await redis_gate.aclose()
+
+    asyncio.run(count())
+    prefix = f"{redis_gate.prefix}:rate:{NOW}:"
+    keys = redis_gate._client.keys(f"{redis_gate.prefix}:rate:*")
+    assert sorted(keys) == [prefix + "a:2001:db8::/64", prefix + "u:alice"]
+    assert all(0 < redis_gate._client.ttl(key) <= 120 for key in keys)
 
 
 def test_an_unreachable_redis_raises_gate_unavailable(make_gate: MakeGate, unused_port: int) -> None:

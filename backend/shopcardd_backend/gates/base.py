@@ -72,6 +72,9 @@ class ClaimAttempt:
     email: str | None = None
     """Where to tell the customer, from the user's token; carried by the claim event only."""
     phone: str | None = None
+    replay_only: bool = False
+    """The caller is over a rate limit: answer a replay (the voucher this user and key were
+    issued) and nothing else; every other answer is RATE_LIMITED, and nothing changes."""
 
 
 class Outcome(StrEnum):
@@ -84,6 +87,8 @@ class Outcome(StrEnum):
     SALE_NOT_OPEN = "sale_not_open"
     """Before ``starts_at``, after ``ends_at``, or the deal was cancelled."""
     UNKNOWN_DEAL = "unknown_deal"
+    RATE_LIMITED = "rate_limited"
+    """A ``replay_only`` attempt that is no replay."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +141,19 @@ class ClaimGate(Protocol):
         sold out or closed); SALE_NOT_OPEN; SOLD_OUT; LIMIT_REACHED; else ISSUED. The voucher
         of an ISSUED claim is ``attempt.voucher_id``, issued at ``attempt.now``, expiring
         ``voucher_ttl_seconds`` later. After a ``GateUnavailable`` the claim may or may not
-        have been applied (never half): retrying with the same key answers either way."""
+        have been applied (never half): retrying with the same key answers either way. With
+        ``attempt.replay_only``: REPLAYED, else RATE_LIMITED (an unknown deal too)."""
 
     async def claim_async(self, attempt: ClaimAttempt) -> ClaimDecision:
         """``claim`` for the API's event loop: the same step, the same answers and errors.
         Redis awaits its own asyncio client (no thread hop on the hot path); SQLite, whose
         driver blocks, runs its transaction in a worker thread."""
+
+    async def count_async(self, names: Sequence[str], window_start: int, window_seconds: int) -> list[int]:
+        """Add one to each named counter of the fixed window that starts at ``window_start``
+        (epoch seconds) and return their new values: the claim rate limits' hits, kept where
+        every API process sees them. A counter is forgotten some time after its window ends.
+        Redis: one key per counter (its own slot), the calls joining the claims' pipeline."""
 
     def stock_left(self, deal_id: str) -> int | None:
         """Vouchers left, or None when the gate does not know the deal."""

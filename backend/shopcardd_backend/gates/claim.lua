@@ -10,7 +10,8 @@
 -- KEYS[5] outbox       stream of claim events
 -- ARGV: user_id, idempotency field, idempotency key, voucher_id, now (epoch seconds),
 --       email, phone ("" when the user's token gave none), buckets (how many buckets the
---       caller believes the deal has; the keys are of the user's home bucket among them)
+--       caller believes the deal has; the keys are of the user's home bucket among them),
+--       replay only ("1": the caller is over a rate limit; answer a replay, else rate_limited)
 -- Returns {outcome, voucher record or "", stock left, merchant_id}; {'buckets', '', N, merchant}
 -- when the deal has N buckets, not ARGV[8] (nothing changed: the caller asks the right bucket).
 -- A bucket is a deal's slot of its own with a part of the stock (gates/redis.py, "Buckets").
@@ -18,8 +19,9 @@
 local terms = redis.call('HMGET', KEYS[1], 'merchant_id', 'per_user_limit', 'voucher_ttl_seconds',
   'starts_at', 'ends_at', 'cancelled', 'buckets')
 local merchant = terms[1]
+local replay_only = ARGV[9] == '1'
 if not merchant then
-  return {'unknown_deal', '', -1, ''}
+  return {replay_only and 'rate_limited' or 'unknown_deal', '', -1, ''}
 end
 local buckets = tonumber(terms[7] or '1')
 if buckets ~= tonumber(ARGV[8]) then
@@ -30,6 +32,9 @@ local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
 local prior = redis.call('HGET', KEYS[4], ARGV[2])
 if prior then
   return {'replayed', prior, stock, merchant}
+end
+if replay_only then
+  return {'rate_limited', '', stock, merchant}
 end
 
 local now = tonumber(ARGV[5])

@@ -11,6 +11,8 @@ one cluster slot (``deal_keys``)::
     PREFIX:deal:{D}:outbox   stream: one entry per issued claim (and per refusal tally);
                              consumer group ``relay``
     PREFIX:outbox-active     sorted set: deal id -> when a writer last touched its outbox
+    PREFIX:rate:W:NAME       a claim rate limit's hits in the window starting at W (``count_async``):
+                             a key of its own, in its own slot, never in the claim script
 
 The outbox is one stream per deal (a single stream would put every deal in one slot). Relays
 read only the deals in ``PREFIX:outbox-active``, never every deal ever created. That index
@@ -116,6 +118,14 @@ return 1
 however often a move is finished (by its mover, or by another process after the mover died)."""
 SETTLE = "return redis.call('HDEL', KEYS[1], ARGV[1])"
 """Strike a finished move from its donor's journal (KEYS: the journal)."""
+COUNT = """
+local hits = redis.call('INCR', KEYS[1])
+if hits == 1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return hits
+"""
+"""One hit of a rate limit's window counter (KEYS: the counter; ARGV: seconds it lives)."""
 KNOWN_FIELD = "merchant_id"
 """The terms field whose presence makes a deal known, here as in the script: a terms hash
 without it (a ``cancelled`` flag written just as Redis lost the deal) is a lost deal."""
@@ -140,7 +150,14 @@ Call = tuple[str, list[str], list[Any]]
 
 
 def _scripts() -> dict[str, str]:
-    return {"claim": claim_script_source(), "touch": TOUCH, "move": MOVE, "credit": CREDIT, "settle": SETTLE}
+    return {
+        "claim": claim_script_source(),
+        "touch": TOUCH,
+        "move": MOVE,
+        "credit": CREDIT,
+        "settle": SETTLE,
+        "count": COUNT,
+    }
 
 
 def bucket_tag(deal_id: str, bucket: int) -> str:
@@ -175,6 +192,7 @@ def claim_args(attempt: ClaimAttempt, buckets: int = 1) -> list[str | int]:
         attempt.email or "",
         attempt.phone or "",
         buckets,
+        int(attempt.replay_only),
     ]
 
 
@@ -189,7 +207,7 @@ def _decision(attempt: ClaimAttempt, reply: list[Any]) -> ClaimDecision:
         voucher = Voucher(
             voucher_id, attempt.deal_id, attempt.user_id, merchant_id, int(issued_at), int(expires_at)
         )
-    return ClaimDecision(Outcome(outcome), voucher, stock_left)
+    return ClaimDecision(Outcome(outcome), voucher, stock_left if stock_left >= 0 else None)
 
 
 def _event_sort_key(event_id: str) -> tuple[int, int, str]:
@@ -392,6 +410,16 @@ class RedisClaimGate(Closing):
                         call = steps.send(await run(*call))
             except StopIteration as done:
                 return done.value
+
+    async def count_async(self, names: Sequence[str], window_start: int, window_seconds: int) -> list[int]:
+        """One ``COUNT`` call per counter, all joining this turn's pipeline (a claim's counters
+        and its script go out in the same round trips as the other claims in flight)."""
+        run = self._async_parts()
+        keys = [f"{self.prefix}:rate:{window_start}:{name}" for name in names]
+        with self._mapped_errors():
+            async with asyncio.timeout(self._client_options["socket_timeout"]):
+                calls = [run("count", [key], [2 * window_seconds]) for key in keys]
+                return [int(hits) for hits in await asyncio.gather(*calls)]
 
     def _claim_steps(self, attempt: ClaimAttempt) -> Generator[Call, Any, ClaimDecision]:
         """The claim as script calls, each yielded and answered with its reply: ``claim`` and

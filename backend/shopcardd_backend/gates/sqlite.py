@@ -10,6 +10,10 @@ constraint as a last line of defence. Schema:
 - ``claims``: the voucher of each (deal, user, idempotency key), replayed on retries;
 - ``outbox``: events (JSON payload), ``event_id`` an increasing integer; ``deal_id`` to find
   one deal's; ``leased_by`` and ``lease_until`` (epoch seconds) while a relay holds the event.
+
+The claim rate limits' counters (``count_async``) live in a file of their own beside it
+(``NAME-rates.sqlite3``), committed without an fsync: counting never waits on the claims'
+write lock, and a counter lost in a power cut costs nothing.
 """
 
 from __future__ import annotations
@@ -80,6 +84,20 @@ CREATE INDEX IF NOT EXISTS outbox_by_lease ON outbox (lease_until, event_id);
 
 COUNT_USER_CLAIM = "INSERT INTO user_claims VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET claimed = claimed + 1"
 
+RATES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rate_counts (
+    name TEXT PRIMARY KEY,
+    window_start INTEGER NOT NULL,
+    hits INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+COUNT_HIT = (
+    "INSERT INTO rate_counts VALUES (?, ?, 1) ON CONFLICT (name) DO UPDATE SET"
+    " hits = CASE WHEN window_start >= excluded.window_start THEN hits + 1 ELSE 1 END,"
+    " window_start = MAX(window_start, excluded.window_start) RETURNING hits"
+)
+"""One hit of a counter: a row per name, started again at 1 when a new window begins."""
+
 EVENT_ID_DIGITS = 20
 """Event ids are zero-padded so that they also sort as strings."""
 
@@ -107,6 +125,10 @@ class SqliteClaimGate(Closing):
 
     def __init__(self, path: Path | str, busy_timeout: float = 5.0) -> None:
         self._db = SqliteFile(path, SCHEMA, GateUnavailable, busy_timeout)
+        path = Path(path)
+        rates = path.with_name(f"{path.stem}-rates{path.suffix}")
+        self._rates = SqliteFile(rates, RATES_SCHEMA, GateUnavailable, busy_timeout, durable=False)
+        self._swept_before = 0
         self._clock: Callable[[], float] = time.time
         with self._db.transaction() as tx:
             present = {row[1] for row in tx.execute("PRAGMA table_info(outbox)")}
@@ -159,52 +181,69 @@ class SqliteClaimGate(Closing):
         """The same transaction in a worker thread: sqlite3 blocks, and the event loop must not."""
         return await asyncio.to_thread(self.claim, attempt)
 
+    async def count_async(self, names: Sequence[str], window_start: int, window_seconds: int) -> list[int]:
+        return await asyncio.to_thread(self._count, names, window_start, window_seconds)
+
+    def _count(self, names: Sequence[str], window_start: int, window_seconds: int) -> list[int]:
+        with self._rates.transaction() as tx:
+            if window_start > self._swept_before:  # once a window: forget the counters of past ones
+                tx.execute("DELETE FROM rate_counts WHERE window_start < ?", (window_start - window_seconds,))
+                self._swept_before = window_start
+            return [tx.execute(COUNT_HIT, (name, window_start)).fetchone()[0] for name in names]
+
     async def aclose(self) -> None:
-        """Nothing of its own to close: ``close()`` closes the one connection."""
+        """Nothing of its own to close: ``close()`` closes the connections."""
 
     def claim(self, attempt: ClaimAttempt) -> ClaimDecision:
+        if attempt.replay_only:  # reads only: a flood over its rate limit never takes the write lock
+            with self._db.reading() as conn:
+                return self._decide(conn, attempt)
         with self._db.transaction() as tx:
-            deal = tx.execute(
-                "SELECT merchant_id, per_user_limit, voucher_ttl_seconds, starts_at, ends_at, stock_left,"
-                " cancelled FROM deals WHERE deal_id = ?",
-                (attempt.deal_id,),
-            ).fetchone()
-            if deal is None:
-                return ClaimDecision(Outcome.UNKNOWN_DEAL)
-            merchant_id, limit, ttl, starts_at, ends_at, stock_left, cancelled = deal
+            return self._decide(tx, attempt)
 
-            def voucher(voucher_id: str, issued_at: int, expires_at: int) -> Voucher:
-                return Voucher(
-                    voucher_id, attempt.deal_id, attempt.user_id, merchant_id, issued_at, expires_at
-                )
+    def _decide(self, tx: sqlite3.Connection, attempt: ClaimAttempt) -> ClaimDecision:
+        """The rules in the port's order; writes only for an ISSUED claim."""
+        deal = tx.execute(
+            "SELECT merchant_id, per_user_limit, voucher_ttl_seconds, starts_at, ends_at, stock_left,"
+            " cancelled FROM deals WHERE deal_id = ?",
+            (attempt.deal_id,),
+        ).fetchone()
+        if deal is None:
+            return ClaimDecision(Outcome.RATE_LIMITED if attempt.replay_only else Outcome.UNKNOWN_DEAL)
+        merchant_id, limit, ttl, starts_at, ends_at, stock_left, cancelled = deal
 
-            prior = tx.execute(
-                "SELECT voucher_id, issued_at, expires_at FROM claims"
-                " WHERE deal_id = ? AND user_id = ? AND idempotency_key = ?",
-                (attempt.deal_id, attempt.user_id, attempt.idempotency_key),
-            ).fetchone()
-            if prior is not None:
-                return ClaimDecision(Outcome.REPLAYED, voucher(*prior), stock_left)
-            now = attempt.now
-            if (
-                cancelled
-                or (starts_at is not None and now < starts_at)
-                or (ends_at is not None and now >= ends_at)
-            ):
-                return ClaimDecision(Outcome.SALE_NOT_OPEN, stock_left=stock_left)
-            if stock_left <= 0:
-                return ClaimDecision(Outcome.SOLD_OUT, stock_left=0)
-            row = tx.execute(
-                "SELECT claimed FROM user_claims WHERE deal_id = ? AND user_id = ?",
-                (attempt.deal_id, attempt.user_id),
-            ).fetchone()
-            if row is not None and row[0] >= limit:
-                return ClaimDecision(Outcome.LIMIT_REACHED, stock_left=stock_left)
-            issued = voucher(attempt.voucher_id, now, now + ttl)
-            tx.execute("UPDATE deals SET stock_left = stock_left - 1 WHERE deal_id = ?", (attempt.deal_id,))
-            _record_claim(tx, attempt.deal_id, attempt.idempotency_key, issued)
-            _append_event(tx, attempt.deal_id, claim_event_payload(issued, attempt))
-            return ClaimDecision(Outcome.ISSUED, issued, stock_left - 1)
+        def voucher(voucher_id: str, issued_at: int, expires_at: int) -> Voucher:
+            return Voucher(voucher_id, attempt.deal_id, attempt.user_id, merchant_id, issued_at, expires_at)
+
+        prior = tx.execute(
+            "SELECT voucher_id, issued_at, expires_at FROM claims"
+            " WHERE deal_id = ? AND user_id = ? AND idempotency_key = ?",
+            (attempt.deal_id, attempt.user_id, attempt.idempotency_key),
+        ).fetchone()
+        if prior is not None:
+            return ClaimDecision(Outcome.REPLAYED, voucher(*prior), stock_left)
+        if attempt.replay_only:
+            return ClaimDecision(Outcome.RATE_LIMITED, stock_left=stock_left)
+        now = attempt.now
+        if (
+            cancelled
+            or (starts_at is not None and now < starts_at)
+            or (ends_at is not None and now >= ends_at)
+        ):
+            return ClaimDecision(Outcome.SALE_NOT_OPEN, stock_left=stock_left)
+        if stock_left <= 0:
+            return ClaimDecision(Outcome.SOLD_OUT, stock_left=0)
+        row = tx.execute(
+            "SELECT claimed FROM user_claims WHERE deal_id = ? AND user_id = ?",
+            (attempt.deal_id, attempt.user_id),
+        ).fetchone()
+        if row is not None and row[0] >= limit:
+            return ClaimDecision(Outcome.LIMIT_REACHED, stock_left=stock_left)
+        issued = voucher(attempt.voucher_id, now, now + ttl)
+        tx.execute("UPDATE deals SET stock_left = stock_left - 1 WHERE deal_id = ?", (attempt.deal_id,))
+        _record_claim(tx, attempt.deal_id, attempt.idempotency_key, issued)
+        _append_event(tx, attempt.deal_id, claim_event_payload(issued, attempt))
+        return ClaimDecision(Outcome.ISSUED, issued, stock_left - 1)
 
     def stock_left(self, deal_id: str) -> int | None:
         with self._db.reading() as conn:
@@ -257,3 +296,4 @@ class SqliteClaimGate(Closing):
 
     def close(self) -> None:
         self._db.close()
+        self._rates.close()
