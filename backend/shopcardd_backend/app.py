@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from .api.addresses import ClientAddresses
 from .api.errors import install_error_handlers
 from .api.middleware import BodyLimits, HeadAsGet
 from .api.models import ProblemDocument
@@ -69,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.client_addresses = ClientAddresses(settings.trusted_proxy_networks)
     install_error_handlers(app)
     app.add_middleware(
         BodyLimits,

@@ -119,12 +119,16 @@ class ClaimService:
             raise
         return self._answer(decision, deal_id, started)
 
-    async def claim_async(self, deal_id: str, user: User | str, idempotency_key: str) -> IssuedVoucher:
+    async def claim_async(
+        self, deal_id: str, user: User | str, idempotency_key: str, replay_only: bool = False
+    ) -> IssuedVoucher:
         """``claim`` in the event loop, for the API: the gate's step awaited, no thread hop
-        (only a deal the gate does not know asks the store, in a thread)."""
+        (only a deal the gate does not know asks the store, in a thread). ``replay_only``: the
+        user is over a rate limit; only a claim already issued is answered (else RATE_LIMITED)."""
         started = time.perf_counter()
         try:
-            decision = await self.gate.claim_async(self._attempt(deal_id, user, idempotency_key))
+            attempt = self._attempt(deal_id, user, idempotency_key, replay_only)
+            decision = await self.gate.claim_async(attempt)
             if decision.outcome is Outcome.UNKNOWN_DEAL:
                 await asyncio.to_thread(self._refuse_lost_deal, deal_id)
         except ConnectionError:
@@ -132,11 +136,13 @@ class ClaimService:
             raise
         return self._answer(decision, deal_id, started)
 
-    def _attempt(self, deal_id: str, user: User | str, idempotency_key: str) -> ClaimAttempt:
+    def _attempt(
+        self, deal_id: str, user: User | str, idempotency_key: str, replay_only: bool = False
+    ) -> ClaimAttempt:
         user = user if isinstance(user, User) else User(user)
         now = int(self.clock())
         return ClaimAttempt(
-            deal_id, user.user_id, idempotency_key, new_voucher_id(), now, user.email, user.phone
+            deal_id, user.user_id, idempotency_key, new_voucher_id(), now, user.email, user.phone, replay_only
         )
 
     def _refuse_lost_deal(self, deal_id: str) -> None:

@@ -255,6 +255,9 @@ def serve_api(host: str, port: int, workers: int, factory: str = APP_FACTORY) ->
     import uvicorn
 
     settings = prepare_serving(host, port, workers)
+    # uvicorn's own X-Forwarded-For/-Proto rewrite trusts the same proxies as the rate limits
+    # (api/addresses.py): not its FORWARDED_ALLOW_IPS, so one setting says whom to believe.
+    trusted = [str(network) for network in settings.trusted_proxy_networks]
     uvicorn.run(
         factory,
         factory=True,
@@ -263,6 +266,8 @@ def serve_api(host: str, port: int, workers: int, factory: str = APP_FACTORY) ->
         port=port,
         log_config=None,
         access_log=settings.access_log,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted,
     )
     return 0
 

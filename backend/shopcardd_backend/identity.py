@@ -142,6 +142,14 @@ class UserTokenVerifier:
                 self._cache[token] = (user, expires)
         return user
 
+    def cached_user(self, token: str, now: float | None = None) -> User | None:
+        """The user of a token this process has verified and that has not expired; None for any
+        other (its signature is not checked here: the claim's rate limit comes first)."""
+        hit = self._cache.get(token)
+        if hit is None or (time.time() if now is None else now) >= hit[1] + self._leeway:
+            return None
+        return hit[0]
+
     def _verify(self, token: str) -> tuple[User, int]:
         try:
             header = jwt.get_unverified_header(token)

@@ -26,7 +26,7 @@ class Metrics:
         self.claims = Counter(
             "shopcardd_claims",
             "Claims decided, by outcome (issued, replayed, sold_out, limit_reached, sale_not_open, "
-            "unknown_deal, unavailable)",
+            "unknown_deal, rate_limited, unavailable)",
             ["outcome"],
             registry=self.registry,
         )
@@ -37,9 +37,11 @@ class Metrics:
             registry=self.registry,
         )
 
-    def claim_done(self, outcome: str, seconds: float) -> None:
+    def claim_done(self, outcome: str, seconds: float | None) -> None:
+        """Count a claim's outcome; ``seconds`` None for one refused before it was timed."""
         self.claims.labels(outcome=str(outcome)).inc()
-        self.claim_seconds.observe(seconds)
+        if seconds is not None:
+            self.claim_seconds.observe(seconds)
 
     def render(self) -> bytes:
         if os.environ.get(MULTIPROC_ENV):

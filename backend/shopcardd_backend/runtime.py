@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .gates.base import ClaimGate
     from .identity import UserTokenVerifier
     from .queue.base import Publisher
+    from .ratelimits import ClaimRateLimits
     from .signing import PublishedKeys, VoucherSigner
     from .stores.base import DocumentStore
 
@@ -102,6 +103,19 @@ class Runtime(Closing):
         return ClaimService(self.gate, self.store, self.signer, self.metrics)
 
     @cached_property
+    def rate_limits(self) -> ClaimRateLimits:
+        """The claim rate limits of the settings, counted in the gate's store."""
+        from .ratelimits import ClaimRateLimits
+
+        settings = self.settings
+        return ClaimRateLimits(
+            self.gate,
+            settings.claim_rate_per_user,
+            settings.claim_rate_per_address,
+            settings.claim_rate_window_seconds,
+        )
+
+    @cached_property
     def deals(self) -> DealService:
         from .deals import DealService
 
@@ -169,7 +183,7 @@ class Runtime(Closing):
 
     def open_api_parts(self) -> None:
         """Open what every request may need, so a bad setting or a dead store fails at start-up."""
-        for part in ("store", "gate", "signer", "users", "claims", "deals", "devices"):
+        for part in ("store", "gate", "signer", "users", "claims", "rate_limits", "deals", "devices"):
             getattr(self, part)
 
     async def aclose(self) -> None:

@@ -17,6 +17,7 @@ embedded profile.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -103,6 +104,18 @@ def parse_smtp_url(url: str) -> SmtpServer:
     )
 
 
+def parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The addresses and networks of a comma-separated list (``10.0.0.0/8, ::1``); ``ValueError``
+    names the first entry that is neither."""
+    networks = []
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry[:60]!r} is not an IP address or network (10.0.0.0/8, ::1)") from None
+    return tuple(networks)
+
+
 def load_jwks(value: str) -> dict[str, Any]:
     """The JWKS that ``SHOPCARDD_USER_JWKS`` gives: the JSON itself, or the path of a file holding it."""
     if value.lstrip().startswith("{"):
@@ -180,6 +193,19 @@ class Settings(BaseSettings):
     (set it behind a proxy, and in production)."""
     keyset_valid_seconds: int = Field(default=7 * 86_400, gt=0)
     """How long a key set sent at sync counts as fresh on the device (its ``valid_until``)."""
+
+    claim_rate_per_user: int = 30
+    """Claim requests one user may send per window (``claim_rate_window_seconds``); 0: no limit.
+    A person tapping "claim" never sends 30 a minute; a script does."""
+    claim_rate_per_address: int = 3000
+    """Claim requests one client address (an IPv6 /64) may send per window; 0: no limit. Far
+    above the per-user figure: thousands of phones share a carrier's NAT address in a sale."""
+    claim_rate_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    """The fixed window both limits count in (aligned to the epoch: a minute by default)."""
+    trusted_proxies: str = "127.0.0.1,::1"
+    """Peers whose ``X-Forwarded-For`` names the client: addresses or networks, comma-separated
+    (the default: the nginx site on this machine); empty: nobody's. Every other peer is the
+    client itself, whatever it sends."""
 
     max_body_bytes: int = Field(default=16 * 1024, gt=0)
     body_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -270,6 +296,23 @@ class Settings(BaseSettings):
         if any(ch.isspace() or not ch.isprintable() for ch in value):
             raise ValueError("must not hold whitespace or control characters")
         return value
+
+    @field_validator("claim_rate_per_user", "claim_rate_per_address")
+    @classmethod
+    def _limit_or_off(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 (no limit) or a number of claims per window")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return parse_networks(self.trusted_proxies)
 
     @field_validator("user_jwks")
     @classmethod

@@ -11,6 +11,7 @@ machine's real services, each test on its own files, key prefix or database.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,16 @@ def gate_kind(request: pytest.FixtureRequest) -> str:
 def gate(make_gate: MakeGate, gate_kind: str) -> ClaimGate:
     """A fresh, empty claim gate of each kind."""
     return make_gate(gate_kind)
+
+
+@pytest.fixture
+def environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """This test's own environment for ``Settings.from_env()``: no developer's ``SHOPCARDD_*``
+    leaks in; the data folder is the test's."""
+    for name in [name for name in os.environ if name.startswith("SHOPCARDD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SHOPCARDD_DATA_DIR", str(tmp_path))
+    return monkeypatch
 
 
 @pytest.fixture

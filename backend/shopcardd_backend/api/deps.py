@@ -7,6 +7,7 @@ costs more than the lookup. Those that call a store are plain ``def`` (STYLE tra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
@@ -17,6 +18,7 @@ from ..deals import DealService
 from ..devices import DeviceService
 from ..gates.base import ClaimGate
 from ..identity import API_KEY_PREFIX, Unauthorized, User, hash_api_key
+from ..ratelimits import RateLimited
 from ..runtime import Runtime
 from ..settings import Settings
 from ..signing import VoucherSigner
@@ -66,19 +68,56 @@ ClaimServiceDep = Annotated[ClaimService, Depends(get_claim_service)]
 DealServiceDep = Annotated[DealService, Depends(get_deal_service)]
 
 
-async def current_user(
-    runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> User:
-    """The user of the verified bearer token; 401 ``unauthorized`` otherwise."""
+@dataclass(frozen=True, slots=True)
+class Claimant:
+    """Who claims, counted against the claim rate limits."""
+
+    user: User
+    over: RateLimited | None = None
+    """Set when over a limit: only a claim already issued is answered (its voucher), else 429."""
+
+
+def rate_limited(over: RateLimited) -> Problem:
+    """The 429 of a claim over a rate limit."""
+    detail = f"too many claims from this {over.which}; retry in {over.retry_after} s"
+    return Problem("rate_limited", detail, headers={"Retry-After": str(over.retry_after)})
+
+
+async def claimant_of(runtime: Runtime, token: str, address: str | None) -> Claimant:
+    """The user of a claim's token, counted against the rate limits before any costly step.
+
+    A token this process has verified before is known at once: its address and user are counted
+    in one step. Any other token is counted by address first, so that a flood over its limit is
+    refused before its signature is checked; then it is verified and its user counted."""
+    limits = runtime.rate_limits
+    user = runtime.users.cached_user(token)
+    over = await limits.check(address, None if user is None else user.user_id)
+    if user is None:
+        if over is not None:
+            runtime.metrics.claim_done("rate_limited", None)
+            raise rate_limited(over)
+        user = user_of_token(runtime, token)
+        over = await limits.check(user_id=user.user_id)
+    return Claimant(user, over)
+
+
+async def current_claimant(
+    request: Request,
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Claimant:
+    """The claim route's ``claimant_of`` (the user of the bearer token, counted by the request's
+    client address); 401 ``unauthorized`` without a token."""
     if credentials is None:
         raise Problem(
             "unauthorized", "send the user's token: Authorization: Bearer TOKEN", headers=_challenge()
         )
-    return user_of_token(runtime, credentials.credentials)
+    address = request.app.state.client_addresses(request.scope)
+    return await claimant_of(runtime, credentials.credentials, address)
 
 
 def user_of_token(runtime: Runtime, token: str) -> User:
-    """The user of a bearer token (the claim's fast path calls this too); 401 otherwise."""
+    """The user of a bearer token (``claimant_of`` calls it for the claim's two routes); 401 otherwise."""
     if token.startswith(API_KEY_PREFIX):
         raise Problem(
             "unauthorized",
@@ -145,7 +184,7 @@ DeviceId = Annotated[str, Path(description="The device's id")]
 
 # --- end of the device block ---
 
-CurrentUser = Annotated[User, Depends(current_user)]
+CurrentClaimant = Annotated[Claimant, Depends(current_claimant)]
 CurrentMerchant = Annotated[str, Depends(current_merchant)]
 DealId = Annotated[str, Path(description="The deal's id")]
 IdempotencyKey = Annotated[

@@ -178,6 +178,8 @@ BAD_SETTINGS = [
     ("SHOPCARDD_REDIS_PREFIX", "{x}"),
     ("SHOPCARDD_REDIS_PREFIX", "shop}cardd"),
     ("SHOPCARDD_REDIS_PREFIX", "shop cardd"),
+    ("SHOPCARDD_CLAIM_RATE_PER_ADDRESS", "-1"),
+    ("SHOPCARDD_TRUSTED_PROXIES", "127.0.0.1, nginx"),
 ]
 COMMANDS = [
     ["serve", "--port", "1"],  # never reached: the settings are refused first

@@ -35,7 +35,9 @@ RETRIES = 4
 async def with_client(
     settings: Settings, body: Callable[[httpx.AsyncClient, FastAPI], Awaitable[Any]]
 ) -> Any:
-    app = create_app(settings)
+    # One address sending thousands of claims at once is what the rate limits refuse; this suite
+    # tests the gate under concurrency, so they are off (test_rate_limits.py tests them).
+    app = create_app(settings.model_copy(update={"claim_rate_per_user": 0, "claim_rate_per_address": 0}))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:

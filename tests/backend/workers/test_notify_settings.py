@@ -3,9 +3,6 @@ or key is ever echoed back."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from shopcardd_backend.settings import Settings, SettingsError
@@ -15,15 +12,6 @@ GOOD = {
     "SHOPCARDD_SMTP_URL": f"smtp://mailer:{PASSWORD}@mail.example.com:2525",
     "SHOPCARDD_MAIL_FROM": "v@x.io",
 }
-
-
-@pytest.fixture
-def environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """This test's own environment: no developer's ``SHOPCARDD_*`` leaks in."""
-    for name in [name for name in os.environ if name.startswith("SHOPCARDD_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("SHOPCARDD_DATA_DIR", str(tmp_path))
-    return monkeypatch
 
 
 def settings_of(environ: pytest.MonkeyPatch, **values: str) -> Settings:

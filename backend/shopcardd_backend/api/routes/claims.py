@@ -1,10 +1,12 @@
 """Claims: a user asks for one voucher of a deal; the answer is the signed voucher or why not.
 
-Two adapters over one use case (``ClaimService.claim_async``) and one mapping of refusals
-(``claim_voucher``). ``ClaimFastPath`` answers the claims a client sends as the API documents
-them (an empty body, ``Authorization: Bearer TOKEN``, a well-formed ``Idempotency-Key``) as a
-plain ASGI app ahead of FastAPI's router: FastAPI's routing, dependency solving and response
-model cost about as much CPU as the claim itself, and a flash sale is nearly all claims.
+Two adapters over one use case (``ClaimService.claim_async``), one count against the claim
+rate limits (``deps.claimant_of``, before the token's signature, the claim step and the
+voucher's signature) and one mapping of refusals (``claim_voucher``). ``ClaimFastPath``
+answers the claims a client sends as the API documents them (an empty body, ``Authorization:
+Bearer TOKEN``, a well-formed ``Idempotency-Key``) as a plain ASGI app ahead of FastAPI's
+router: FastAPI's routing, dependency solving and response model cost about as much CPU as the
+claim itself, and a flash sale is nearly all claims.
 Every other claim request (a body, a missing or malformed header) goes on to the FastAPI route
 ``create_claim``, which validates it and answers as before; it also puts the claim in the
 OpenAPI document. Both answer with the same bytes (``tests/backend/api/test_claim_fast_path.py``).
@@ -21,9 +23,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ...claims import ClaimRefused, ClaimService, IssuedVoucher
 from ...gates.base import Outcome
-from ...identity import User
 from ...storage import TransientError
-from ..deps import ClaimServiceDep, CurrentUser, DealId, IdempotencyKey, user_of_token
+from ..deps import (
+    Claimant,
+    ClaimServiceDep,
+    CurrentClaimant,
+    DealId,
+    IdempotencyKey,
+    claimant_of,
+    rate_limited,
+)
 from ..errors import Problem, answer, unavailable_answer
 from ..models import ClaimCreate, VoucherPublic
 
@@ -41,12 +50,16 @@ _REFUSALS: dict[Outcome, tuple[str, str]] = {
 
 
 async def claim_voucher(
-    service: ClaimService, deal_id: str, user: User, idempotency_key: str
+    service: ClaimService, deal_id: str, claimant: Claimant, idempotency_key: str
 ) -> IssuedVoucher:
-    """The claim, its refusals raised as the problem each one answers."""
+    """The claim, its refusals raised as the problem each one answers. Over a rate limit only a
+    claim already issued is answered: a lost answer's retry still gets its voucher."""
+    over = claimant.over
     try:
-        return await service.claim_async(deal_id, user, idempotency_key)
+        return await service.claim_async(deal_id, claimant.user, idempotency_key, over is not None)
     except ClaimRefused as refused:
+        if refused.outcome is Outcome.RATE_LIMITED and over is not None:
+            raise rate_limited(over) from None
         code, detail = _REFUSALS[refused.outcome]
         raise Problem(code, detail.format(deal=deal_id[:100])) from None
 
@@ -62,12 +75,17 @@ async def claim_voucher(
         409: {"description": "sold_out, limit_reached"},
         413: {},
         422: {},
+        429: {
+            "description": "rate_limited: too many claims from this user or client address; "
+            "Retry-After says when the window ends (a retry of a claim already issued is still 200)",
+            "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+        },
         503: {"description": "unavailable, with Retry-After"},
     },
 )
 async def create_claim(
     deal_id: DealId,
-    user: CurrentUser,
+    claimant: CurrentClaimant,
     idempotency_key: IdempotencyKey,
     service: ClaimServiceDep,
     response: Response,
@@ -75,7 +93,7 @@ async def create_claim(
 ) -> VoucherPublic:
     """Claim one voucher: 201 with a new voucher, 200 with the same voucher for a retry."""
     del body  # a claim has no fields; the body is validated to be empty or {} (null is refused)
-    issued = await claim_voucher(service, deal_id, user, idempotency_key)
+    issued = await claim_voucher(service, deal_id, claimant, idempotency_key)
     if issued.replayed:
         response.status_code = 200
     return VoucherPublic.model_validate(issued, from_attributes=True)
@@ -101,10 +119,11 @@ class ClaimFastPath:
             await self.app(scope, receive, send)
             return
         deal_id, token, idempotency_key = request
-        runtime = scope["app"].state.runtime
+        state = scope["app"].state
+        runtime = state.runtime
         try:
-            user = user_of_token(runtime, token)
-            issued = await claim_voucher(runtime.claims, deal_id, user, idempotency_key)
+            claimant = await claimant_of(runtime, token, state.client_addresses(scope))
+            issued = await claim_voucher(runtime.claims, deal_id, claimant, idempotency_key)
         except Problem as problem:
             await answer(problem)(scope, receive, send)
             return
