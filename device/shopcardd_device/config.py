@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from shopcardd_voucher import DEFAULT_LEEWAY_SECONDS
 
 from .errors import ConfigError
+from .ledger import DEFAULT_MAX_REJECTIONS
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/shopcardd/device.toml")
 CONFIG_ENV: Final = "SHOPCARDD_DEVICE_CONFIG"
@@ -86,6 +87,8 @@ class DeviceConfig:
     log_level: str = "info"
     timezone: tzinfo | None = None
     """The shop's time zone for the times a person reads (verdicts, status); ``None``: the system's."""
+    max_rejections: int = DEFAULT_MAX_REJECTIONS
+    """Rejection rows the ledger keeps (the oldest go first; the counts by reason stay exact)."""
     gpio: GpioConfig = field(default_factory=GpioConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
@@ -129,6 +132,7 @@ class DeviceConfig:
             leeway_seconds=top.number("leeway_seconds", DEFAULT_LEEWAY_SECONDS, int, 0, 3600),
             log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error")),
             timezone=_timezone(top),
+            max_rejections=top.number("max_rejections", DEFAULT_MAX_REJECTIONS, int, 0, 1_000_000),
             gpio=_gpio(top.table("gpio")),
             camera=_camera(top.table("camera")),
             decoder=_decoder(top.table("decoder")),

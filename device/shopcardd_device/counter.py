@@ -115,7 +115,7 @@ class Counter(Closing):
             ledger = Ledger(config.ledger_path, read_only=True)
             return cls(config, ledger, _keys_of(config, ledger), clock, synchronised)
         make_data_dir(config)
-        ledger = Ledger(config.ledger_path)
+        ledger = Ledger(config.ledger_path, max_rejections=config.max_rejections)
         try:
             now = clock()
             if ledger.keyset_version() == 0:

@@ -3,12 +3,13 @@
 A scanned code can be anything: bytes that are not UTF-8 (Python keeps them as lone
 surrogates, which SQLite, strict JSON parsers and a UTF-8 terminal all refuse), control
 characters that would move a terminal's cursor, or megabytes on one line. ``safe_code`` is
-the one place that turns it into text every consumer takes: the ledger's ``raw`` column,
-``verify``'s echo and the JSON log all use it, so what is shown is what is stored.
+the one place that turns it into text every consumer takes: ``verify``'s echo and the JSON log
+use it. The ledger keeps only ``fingerprint``: short, fixed in size, and no use to a thief.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from typing import Final, TextIO
@@ -18,6 +19,19 @@ from shopcardd_voucher import MAX_TOKEN_LENGTH
 IMAGE_SUFFIXES: Final = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"})
 CUT_MARKER: Final = "...[cut: {} characters]"
 """Ends a code longer than any voucher (``MAX_TOKEN_LENGTH``); says how long it was."""
+FINGERPRINT_HEX_DIGITS: Final = 16
+
+
+def fingerprint(raw: str) -> str:
+    """``sha256:`` and the first 16 hex digits of the SHA-256 of the code's bytes (as scanned: bytes
+    that were not UTF-8 count as themselves), so an operator holding a code can find its rows with
+    ``printf %s CODE | sha256sum | cut -c1-16``, while the ledger holds nothing that could be
+    scanned again, and every row is the same small size whatever was shown to the camera."""
+    try:
+        data = raw.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from an undecodable byte
+        data = raw.encode("utf-8", "surrogatepass")
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:FINGERPRINT_HEX_DIGITS]
 
 
 def safe_code(raw: str) -> str:

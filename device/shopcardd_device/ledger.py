@@ -4,8 +4,12 @@ Durability is the point. The file runs in WAL mode with ``synchronous=FULL``, so
 that returned survives a power cut; the accept signal is given only after that commit. The
 voucher id is the primary key of ``redemptions``: two scans racing for one voucher (two
 processes, two threads) cannot both insert, and the loser is told ``already_redeemed``.
-Rejections go to their own table with the reason and the raw code (as pretix keeps failed
-check-ins), so a rejected scan never blocks a later valid one.
+Rejections go to their own table with the reason (as pretix keeps failed check-ins), so a
+rejected scan never blocks a later valid one. A rejection keeps a short fingerprint of the code,
+never the code itself, and the voucher id of a genuine voucher: a stolen ledger holds no voucher
+that another counter, or this one later, would accept. The table is capped (oldest rows go first;
+``max_rejections``) and the counts by reason are kept apart, exact: a phone cycling junk codes
+cannot fill the SD card, after which nothing could be recorded.
 
 The ledger is also the device's one source of the key set (seeded from the ``keyset`` file,
 replaced by each sync), its revocations, its peers and its time floor. ``apply_sync`` writes
@@ -33,10 +37,14 @@ from shopcardd_voucher import KeySet, Reason, Verdict
 
 from .closing import Closing
 from .errors import LedgerError
-from .inputs import safe_code
+from .inputs import fingerprint, safe_code
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 REJECTION_RETENTION_SECONDS: Final = 30 * 86_400
+DEFAULT_MAX_REJECTIONS: Final = 10_000
+"""Rejection rows kept (about 2 MB); older ones go first, their counts by reason stay."""
+MAX_DETAIL_LENGTH: Final = 200
+"""A verdict's detail may quote the token (a kid): stored cut to this."""
 BUSY_TIMEOUT_MS: Final = 10_000
 _IN_MEMORY: Final = ":memory:"
 _DAMAGED: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
@@ -68,7 +76,7 @@ CREATE TABLE IF NOT EXISTS rejections (
     result      TEXT NOT NULL,             -- a reason code
     voucher_id  TEXT,                      -- when the code was a genuine voucher
     deal        TEXT,
-    raw         TEXT NOT NULL,             -- the code as scanned, made safe (inputs.safe_code)
+    raw         TEXT NOT NULL,             -- schema 3: the code's fingerprint (inputs.fingerprint)
     detail      TEXT NOT NULL DEFAULT '',
     synced_at   REAL
 );
@@ -102,7 +110,18 @@ CREATE TABLE peers (
     public_key TEXT NOT NULL                                   -- their Ed25519 JWK (JSON)
 ) WITHOUT ROWID;
 """
-MIGRATIONS: Final = (SCHEMA, SCHEMA_V2)
+SCHEMA_V3: Final = f"""
+CREATE TABLE rejection_counts (
+    result TEXT PRIMARY KEY,                                   -- a reason code
+    count  INTEGER NOT NULL                                    -- every rejection ever recorded with it
+) WITHOUT ROWID;
+INSERT INTO rejection_counts (result, count) SELECT result, count(*) FROM rejections GROUP BY result;
+DELETE FROM rejections WHERE id <= (SELECT max(id) FROM rejections) - {DEFAULT_MAX_REJECTIONS};
+UPDATE rejections SET raw = fingerprint(raw);                  -- no whole code stays in the ledger
+"""
+"""Counts first, then the rows past the cap go (before rewriting the rest: a table grown without
+bound on a nearly full card is not copied whole into the write-ahead log)."""
+MIGRATIONS: Final = (SCHEMA, SCHEMA_V2, SCHEMA_V3)
 """The schema step by step: ``MIGRATIONS[n]`` takes a ledger from version n to n + 1."""
 _NEXT_SEQ: Final = """
 INSERT INTO state (name, value) VALUES ('redemption_seq', '1') ON CONFLICT (name)
@@ -120,6 +139,10 @@ _REDEMPTION_COLUMNS: Final = (
 _INSERT_REJECTION: Final = """
 INSERT INTO rejections (nonce, device_id, scanned_at, clock_at, result, voucher_id, deal, raw, detail)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_COUNT_REJECTION: Final = """
+INSERT INTO rejection_counts (result, count) VALUES (?, 1)
+ON CONFLICT (result) DO UPDATE SET count = count + 1
 """
 
 
@@ -203,11 +226,19 @@ class Ledger(Closing):
     """One SQLite ledger file; open one per thread (several may share the file).
 
     ``read_only`` (for ``status``) never writes, so it also reads a ledger on a read-only
-    filesystem or in a folder this user may not write.
+    filesystem or in a folder this user may not write. ``max_rejections`` caps the rejection rows.
     """
 
-    def __init__(self, path: str | Path, *, check: bool = True, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        check: bool = True,
+        read_only: bool = False,
+        max_rejections: int = DEFAULT_MAX_REJECTIONS,
+    ) -> None:
         self.path = Path(path)
+        self.max_rejections = max_rejections
         in_memory = str(path) == _IN_MEMORY
         try:
             if read_only:
@@ -222,6 +253,7 @@ class Ledger(Closing):
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
         try:
+            self._db.create_function("fingerprint", 1, fingerprint, deterministic=True)  # for SCHEMA_V3
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if check:
                 self.check_integrity()
@@ -397,21 +429,37 @@ class Ledger(Closing):
                 if inserted:
                     return verdict
                 verdict = Verdict(Reason.ALREADY_REDEEMED, voucher, "redeemed a moment ago (race)")
-            db.execute(
-                _INSERT_REJECTION,
-                (
-                    uuid.uuid4().hex,
-                    device_id,
-                    scanned_at,
-                    clock_at,
-                    str(verdict.reason),
-                    voucher.voucher_id if voucher else None,
-                    voucher.deal if voucher else None,
-                    safe_code(raw),
-                    verdict.detail,
-                ),
-            )
+            self._add_rejection(db, verdict, raw, device_id, scanned_at, clock_at)
         return verdict
+
+    def _add_rejection(
+        self,
+        db: sqlite3.Connection,
+        verdict: Verdict,
+        raw: str,
+        device_id: str,
+        scanned_at: float | None,
+        clock_at: float,
+    ) -> None:
+        """One rejection row (the code's fingerprint; a genuine voucher's id and deal), its count,
+        and the oldest rows past ``max_rejections`` let go, all in the scan's transaction."""
+        voucher = verdict.voucher
+        detail = safe_code(verdict.detail)
+        row = (
+            uuid.uuid4().hex,
+            device_id,
+            scanned_at,
+            clock_at,
+            str(verdict.reason),
+            voucher.voucher_id if voucher else None,
+            voucher.deal if voucher else None,
+            fingerprint(raw),
+            detail if len(detail) <= MAX_DETAIL_LENGTH else detail[: MAX_DETAIL_LENGTH - 3] + "...",
+        )
+        added = db.execute(_INSERT_REJECTION, row).lastrowid
+        db.execute(_COUNT_REJECTION, (str(verdict.reason),))
+        if added is not None:  # ids only grow while the newest row stays: the oldest have the lowest
+            db.execute("DELETE FROM rejections WHERE id <= ?", (added - self.max_rejections,))
 
     # -- time -------------------------------------------------------------------------------
 
@@ -634,7 +682,8 @@ class Ledger(Closing):
         return int(self._one("SELECT count(*) FROM redemptions"))
 
     def rejected_counts(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT result, count(*) FROM rejections GROUP BY result ORDER BY result")
+        """Every rejection ever recorded here, by reason: exact, whatever rows the cap let go."""
+        rows = self._db.execute("SELECT result, count FROM rejection_counts ORDER BY result")
         return {result: count for result, count in rows}
 
     def unsynced_count(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -40,8 +41,14 @@ def answers(stdout: str) -> list[dict[str, object]]:
     return [strict_json(line) for line in stdout.splitlines()]
 
 
+def print_of(code: bytes) -> str:
+    """A code's fingerprint as an operator computes it: ``printf %s CODE | sha256sum | cut -c1-16``."""
+    return "sha256:" + hashlib.sha256(code).hexdigest()[:16]
+
+
 def rejected_raw(config: Path) -> list[tuple[str, str]]:
-    """The rejections the ledger holds, as an operator would list them with sqlite3."""
+    """The rejections the ledger holds (reason, the code's fingerprint), as an operator would list
+    them with sqlite3."""
     with closing(sqlite3.connect(config.parent / "data" / "ledger.sqlite3")) as db:
         return db.execute("SELECT result, raw FROM rejections ORDER BY id").fetchall()
 
@@ -352,7 +359,7 @@ def test_verify_judges_an_undecodable_stdin_line_and_goes_on_with_the_stream(
     bad, good = answers(result.stdout)
     assert (bad["input"], bad["result"]) == ("bad\\xff", "bad_format")  # the byte shown, as stored
     assert (good["input"], good["result"]) == (token, "accepted")
-    assert rejected_raw(config) == [("bad_format", "bad\\xff")]
+    assert rejected_raw(config) == [("bad_format", print_of(b"bad\xff"))]
 
 
 def test_verify_an_undecodable_argument_is_bad_format_in_text_json_and_dry_run(
@@ -367,16 +374,18 @@ def test_verify_an_undecodable_argument_is_bad_format_in_text_json_and_dry_run(
         ("a\\xffb", "bad_format"),
         ("\\x1b[2J", "bad_format"),  # a terminal escape is shown, never obeyed
     ]
-    assert rejected_raw(config) == [("bad_format", "a\\xffb")]
+    assert rejected_raw(config) == [("bad_format", print_of(b"a\xffb"))]
 
 
-def test_verify_cuts_a_huge_input_line_as_the_ledger_stores_it(write_config: WriteConfig) -> None:
+def test_verify_cuts_a_huge_input_line_and_the_ledger_keeps_its_fingerprint(
+    write_config: WriteConfig,
+) -> None:
     config = write_config()
     result = device_command("verify", "--config", config, "--json", "-", stdin="A" * 5_000_000 + "\n")
     [answer] = answers(result.stdout)
     assert len(result.stdout) < 5000 and answer["result"] == "bad_format"
     assert answer["input"] == "A" * MAX_TOKEN_LENGTH + "...[cut: 5000000 characters]"
-    assert rejected_raw(config) == [("bad_format", answer["input"])]
+    assert rejected_raw(config) == [("bad_format", print_of(b"A" * 5_000_000))]
     text = device_command("verify", "--config", config, "--dry-run", "-", stdin="B" * 5_000_000 + "\n")
     assert len(text.stdout) < 200 and text.stdout.startswith("bad_format       BBBB")
 
@@ -417,7 +426,7 @@ def test_run_with_a_usb_scanner_rejects_a_garbled_line_with_a_verdict_and_a_ledg
     log = [strict_json(line) for line in result.stderr.splitlines()]
     assert [entry["result"] for entry in log if entry["message"] == "scan"] == ["bad_format", "accepted"]
     assert not [entry for entry in log if entry["message"].endswith("_failed")]
-    assert rejected_raw(config) == [("bad_format", "bad\\xff")]
+    assert rejected_raw(config) == [("bad_format", print_of(b"bad\xff"))]
 
 
 def test_run_logs_a_file_name_that_is_not_utf8_as_valid_json(

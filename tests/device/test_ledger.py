@@ -1,7 +1,9 @@
-"""The ledger: durable, once-only redemptions; rejections kept apart; sync state; retention."""
+"""The ledger: durable, once-only redemptions; rejections kept apart, capped and fingerprinted; sync
+state; retention."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -13,10 +15,11 @@ import pytest
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.counter import Counter
 from shopcardd_device.errors import DeviceError, LedgerError
+from shopcardd_device.inputs import fingerprint
 from shopcardd_device.ledger import SCHEMA, BackendVerdict, Ledger, SyncRecord
 from shopcardd_voucher import KeySet, Reason
 
-from .conftest import Keys, Mint
+from .conftest import Keys, Mint, WriteConfig, device_command
 
 
 def test_the_ledger_is_wal_with_durable_commits(tmp_path: Path) -> None:
@@ -51,12 +54,55 @@ def test_a_voucher_is_redeemed_once_and_every_rejection_is_recorded(config: Devi
             "accepted",
             None,
         )
-        assert [(r.result, r.raw[:7]) for r in ledger.rejections()] == [
-            ("bad_format", "garbage"),
-            ("already_redeemed", token[:7]),
+        assert [(r.result, r.raw) for r in ledger.rejections()] == [
+            ("bad_format", fingerprint("garbage")),
+            ("already_redeemed", fingerprint(token)),
         ]
         assert ledger.accepted_count() == 1
         assert ledger.rejected_counts() == {"already_redeemed": 1, "bad_format": 1}
+
+
+def test_junk_scans_cannot_fill_the_disk_and_the_counts_stay_exact(
+    write_config: WriteConfig, mint: Mint
+) -> None:
+    """A phone cycling junk codes (hole 7): the rejection rows are capped, the oldest dropped first,
+    each row small whatever the code; ``status`` still counts every rejection; a voucher redeems."""
+    config_path = write_config(top="max_rejections = 1000")
+    config = DeviceConfig.load(config_path)
+    junk = [f"{n:06d}" + "J" * 4000 for n in range(20_000)]  # near the most a QR code holds
+    ledger = config.ledger_path  # (its -wal is bounded apart: SQLite checkpoints it every 1,000 pages)
+    with Counter.open(config) as counter:
+        for code in junk[:2000]:
+            counter.scan(code)
+        size_at_the_cap = ledger.stat().st_size
+        for code in junk[2000:]:
+            counter.scan(code)
+        assert ledger.stat().st_size <= size_at_the_cap + 64 * 1024  # it stopped growing
+        assert ledger.stat().st_size < 1024 * 1024  # 20,000 whole codes would take 80 MB
+        kept = counter.ledger.rejections()
+        assert [r.raw for r in kept] == [fingerprint(code) for code in junk[-1000:]]  # the newest
+        assert counter.scan(mint()).reason is Reason.ACCEPTED
+    status = json.loads(device_command("status", "--config", config_path, "--json").stdout)
+    assert (status["accepted"], status["rejected"]) == (1, {"bad_format": len(junk)})
+
+
+def test_a_rejection_keeps_a_fingerprint_and_a_voucher_id_never_a_code_that_could_pass(
+    config: DeviceConfig, mint: Mint
+) -> None:
+    """A genuine voucher refused here may pass later (not yet valid) or elsewhere (another
+    merchant): the ledger, which a thief may read, keeps its id, never the token."""
+    later, elsewhere = mint(not_before=int(time.time()) + 86_400), mint(merchant="m-else")
+    with Counter.open(config) as counter:
+        assert counter.scan(later).reason is Reason.NOT_YET_VALID
+        assert counter.scan(elsewhere).reason is Reason.WRONG_MERCHANT
+        rows = counter.ledger.rejections()
+    assert [(r.raw, r.voucher_id is not None) for r in rows] == [
+        (fingerprint(later), True),
+        (fingerprint(elsewhere), True),
+    ]
+    stored = b"".join(p.read_bytes() for p in config.ledger_path.parent.glob("ledger.sqlite3*"))
+    for token in (later, elsewhere):
+        assert token.split(".")[2].encode() not in stored  # not even the signature
 
 
 def test_two_counters_racing_for_one_voucher_redeem_it_once(config: DeviceConfig, mint: Mint) -> None:
@@ -167,11 +213,17 @@ def test_a_version_1_ledger_is_migrated_in_place_with_its_redemptions_numbered(t
             " merchant, expires_at) VALUES (?, ?, 'c', ?, 0, 'd', 'u', 'm', 0)",
             [("v-late", "n1", 20.0), ("v-early", "n2", 10.0)],
         )
+        db.execute(  # schema 1 and 2 kept the whole code of a rejection
+            "INSERT INTO rejections (nonce, device_id, clock_at, result, voucher_id, raw)"
+            " VALUES ('n3', 'c', 0, 'wrong_merchant', 'v-other', 'eyJ.a-whole.token')"
+        )
         db.execute("PRAGMA user_version = 1")
         db.commit()
     with Ledger(path) as ledger:
         assert [(r.voucher_id, r.seq) for r in ledger.to_upload(limit=10)] == [("v-early", 1), ("v-late", 2)]
         assert ledger.last_seq == 2 and ledger.unsynced_count() == 2 and ledger.peers() == {}
+        assert ledger.rejected_counts() == {"wrong_merchant": 1}  # counted before the migration
+        assert [r.raw for r in ledger.rejections()] == [fingerprint("eyJ.a-whole.token")]
 
 
 def test_the_ledger_file_is_plain_sqlite_with_a_unique_voucher_key(config: DeviceConfig, mint: Mint) -> None:
