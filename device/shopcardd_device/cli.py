@@ -2,18 +2,21 @@
 
 Everything (configuration, ledger, GPIO, camera) is built here in ``main``, never at import.
 Exit codes: 0 done (every input accepted, for ``verify``), 1 a voucher was rejected (``sync``:
-the backend could not be reached or refused), 2 usage, configuration or start-up error. Ctrl-C
-ends ``verify`` after the current input with the code of the verdicts so far (2 if none was
-judged), and ``run`` with 0; never with a traceback.
+the backend could not be reached or refused), 2 usage, configuration or start-up error, 3
+``verify`` could not record an input (a full disk), so did not accept it. Ctrl-C ends ``verify``
+after the current input with the code of the verdicts so far (2 if none was judged), and
+``run`` with 0; never with a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,9 +28,9 @@ from shopcardd_voucher.commandline import CommandParser
 from . import policy
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, DeviceConfig
 from .counter import Counter
-from .errors import DecoderError, DeviceError, FrameError
+from .errors import DecoderError, DeviceError, FrameError, LedgerError, LedgerFull
 from .inputs import keep_undecodable, names_a_file, safe_code
-from .log import setup_logging
+from .log import event, get_logger, setup_logging
 
 if TYPE_CHECKING:
     from .decoders.base import Decoder
@@ -35,7 +38,10 @@ if TYPE_CHECKING:
 EXIT_OK: Final = 0
 EXIT_REJECTED: Final = 1
 EXIT_USAGE: Final = 2
+EXIT_NOT_RECORDED: Final = 3
 SIGNAL_DRAIN_SECONDS: Final = 15.0
+SPACE_WAIT_SECONDS: Final = (1.0, 30.0)
+"""``run`` on a disk too full to open the ledger: the first pause before trying again, the longest."""
 REPEAT_NOTE: Final = "(repeat, not recorded or signalled again)"
 NO_INPUT: Final = "no input to judge: stdin was empty (give tokens, image files, or - and one token a line)"
 
@@ -85,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Judge each INPUT as the counter would and record it in the ledger (unless --dry-run). Each "
         "answer is written and flushed as soon as it is decided, after its ledger commit. Exit 0 when "
         "every input was accepted, 1 when any was rejected, 2 on a usage or configuration error "
-        "(also when - gave no input at all). "
+        "(also when - gave no input at all), 3 when an input could not be recorded (the disk is full, "
+        "the ledger locked): it gets no answer, is not accepted, and verify stops there, saying why. "
         "Ctrl-C (SIGINT) stops after the current input, quietly: what was answered stays recorded, and "
         "the exit code is that of the inputs judged so far (0 or 1), or 2 if none was judged.",
     )
@@ -182,7 +189,7 @@ def run_loop(args: argparse.Namespace, config: DeviceConfig) -> int:
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # systemd's stop ends the loop cleanly
     try:
-        with Counter.open(config) as counter:
+        with _open_when_there_is_space(config) as counter:
             decoder = None if config.camera.source == "keyboard" else _open_decoder(config)
             gpio = config.gpio
             with (
@@ -208,6 +215,20 @@ def run_loop(args: argparse.Namespace, config: DeviceConfig) -> int:
     except KeyboardInterrupt:
         pass  # a scan cut short was rolled back and never signalled
     return EXIT_OK
+
+
+def _open_when_there_is_space(config: DeviceConfig) -> Counter:
+    """Open the counter, waiting while the disk is too full for SQLite to open the ledger at all
+    (its shared-memory file needs space): exiting would stop the unit for good, and nothing can be
+    accepted meanwhile either way. A ``ledger_full`` line says so at each try."""
+    pause, longest = SPACE_WAIT_SECONDS
+    while True:
+        try:
+            return Counter.open(config)
+        except LedgerFull as exc:
+            event(get_logger("run"), "ledger_full", logging.ERROR, error=str(exc), retry_seconds=pause)
+        time.sleep(pause)
+        pause = min(longest, pause * 2)
 
 
 # -- verify ---------------------------------------------------------------------------------
@@ -266,6 +287,11 @@ def verify_inputs(args: argparse.Namespace, config: DeviceConfig) -> int:
     previous = signal.signal(signal.SIGINT, stop)
     try:
         return _verify(args, config, stop)
+    except LedgerFull as exc:  # at start-up, before any input
+        print(
+            f"shopcardd-device verify: no input judged: not recorded, so not accepted: {exc}", file=sys.stderr
+        )
+        return EXIT_NOT_RECORDED
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -304,7 +330,14 @@ def _verify(args: argparse.Namespace, config: DeviceConfig, stop: _StopAfterCurr
                 continue
             else:
                 code = item
-            verdict = counter.scan(code, record=not args.dry_run)
+            try:
+                verdict = counter.scan(code, record=not args.dry_run)
+            except LedgerError as exc:  # judged, but not recorded: so not accepted
+                shown = _shorten(safe_code(item))
+                print(
+                    f"shopcardd-device verify: {shown} not recorded, so not accepted: {exc}", file=sys.stderr
+                )
+                return EXIT_NOT_RECORDED
             all_accepted &= verdict.is_accepted
             _answer(args, item, verdict.reason, policy.describe(verdict.voucher), verdict.detail)
     if not judged:
@@ -320,6 +353,11 @@ def _unjudged(args: argparse.Namespace, item: str, problem: str) -> None:
     _answer(args, item, Reason.BAD_FORMAT, None, problem)
 
 
+def _shorten(item: str) -> str:
+    """An input as the readable lines show it: at most 40 characters."""
+    return item if len(item) <= 40 else item[:37] + "..."
+
+
 def _answer(
     args: argparse.Namespace, item: str, reason: Reason, fields: dict[str, str | None] | None, detail: str
 ) -> None:
@@ -331,7 +369,7 @@ def _answer(
         answer = {"input": item, "result": str(reason), **fields, "detail": safe_code(detail) or None}
         line = json.dumps(answer, separators=(",", ":"))
     else:
-        shown = item if len(item) <= 40 else item[:37] + "..."
+        shown = _shorten(item)
         line = f"{reason:<16} {shown}  voucher {fields['voucher_id'] or '-'}  deal {fields['deal'] or '-'}"
         line += f"  ({safe_code(detail)})" if detail and not reason.is_accepted else ""
     print(line, flush=True)

@@ -9,6 +9,7 @@ stored, without a restart.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +21,12 @@ from . import policy
 from .clock import Synchronised, system_clock_synchronised
 from .closing import Closing
 from .config import DeviceConfig
-from .errors import ConfigError
+from .errors import ConfigError, LedgerFull
 from .ledger import Ledger, StoredKeys
+from .log import event, get_logger
 from .policy import ClockState, TrustedTime
+
+log = get_logger("counter")
 
 Clock = Callable[[], float]
 
@@ -122,7 +126,7 @@ class Counter(Closing):
                 ledger.seed_keyset(load_keyset(config), now)
             moment = policy.raised_floor(ledger.time_floor, now if synchronised() else None)
             if moment is not None and moment != ledger.time_floor:
-                ledger.raise_floor(moment)
+                _note_floor(ledger, moment)
             keys = _keys_of(config, ledger)
         except BaseException:
             ledger.close()
@@ -192,6 +196,17 @@ class Counter(Closing):
             clock_at=now.clock,
             time_floor=floor if floor != now.floor else None,
         )
+
+
+def _note_floor(ledger: Ledger, moment: float) -> None:
+    """Raise the floor at start-up if the disk lets us: on a full disk the counter still starts, so
+    it refuses each scan with the fault signal and records again once space returns (every
+    recorded scan raises the floor in its own transaction); a counter that exited instead would
+    stay down."""
+    try:
+        ledger.raise_floor(moment)
+    except LedgerFull as exc:
+        event(log, "ledger_full", logging.ERROR, error=str(exc))
 
 
 def _keys_of(config: DeviceConfig, ledger: Ledger) -> StoredKeys | KeySet:

@@ -15,6 +15,11 @@ class LedgerError(DeviceError, RuntimeError):
     """The ledger cannot be opened, fails its integrity check, or a write failed."""
 
 
+class LedgerFull(LedgerError):
+    """The disk holding the ledger is full: nothing can be recorded, so nothing is accepted, until
+    space returns (a failure that passes by itself once the disk is cleared)."""
+
+
 class FrameError(DeviceError, OSError):
     """One frame could not be read; the scan loop logs it and asks for the next."""
 

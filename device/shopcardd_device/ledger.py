@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -36,7 +37,7 @@ from typing import Any, Final
 from shopcardd_voucher import KeySet, Reason, Verdict
 
 from .closing import Closing
-from .errors import LedgerError
+from .errors import LedgerError, LedgerFull
 from .inputs import fingerprint, safe_code
 
 SCHEMA_VERSION: Final = 3
@@ -46,6 +47,8 @@ DEFAULT_MAX_REJECTIONS: Final = 10_000
 MAX_DETAIL_LENGTH: Final = 200
 """A verdict's detail may quote the token (a kid): stored cut to this."""
 BUSY_TIMEOUT_MS: Final = 10_000
+NO_SPACE_BYTES: Final = 64 * 1024
+"""Less free space than this, and an I/O error of the ledger is a full disk."""
 _IN_MEMORY: Final = ":memory:"
 _DAMAGED: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _UNREACHABLE: Final = frozenset(
@@ -308,11 +311,22 @@ class Ledger(Closing):
                 f"cannot open or write the ledger {self.path} ({exc}): check that its folder exists and "
                 "this user may write it (permissions, a read-only filesystem, a missing folder)"
             )
-        if code == sqlite3.SQLITE_FULL:
-            return LedgerError(f"ledger {self.path}: the disk is full ({exc})")
+        if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and self._no_space_left()):
+            return LedgerFull(
+                f"ledger {self.path}: the disk is full ({exc}): nothing is recorded or accepted until "
+                "space is freed on its filesystem"
+            )
         if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             return LedgerError(f"ledger {self.path} is locked by another process ({exc})")
         return LedgerError(f"ledger {self.path}: {exc}")
+
+    def _no_space_left(self) -> bool:
+        """Whether the ledger's filesystem is full for this user: SQLite reports a full disk met
+        while growing its shared-memory file as an I/O error, not as SQLITE_FULL."""
+        try:
+            return shutil.disk_usage(self.path.parent).free < NO_SPACE_BYTES
+        except OSError:
+            return False
 
     def _check_schema(self) -> None:
         """A read-only ledger cannot be migrated: its schema must be this software's."""
@@ -355,18 +369,30 @@ class Ledger(Closing):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (IMMEDIATE) so racing writers queue, not deadlock."""
+        """One write transaction, taken at once (IMMEDIATE) so racing writers queue, not deadlock.
+
+        A COMMIT that fails (a full disk) leaves the transaction open: it is rolled back here, or
+        every later write would fail too and the counter would not recover when space returns.
+        """
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
-            self._db.execute("COMMIT")
         except sqlite3.Error as exc:  # disk full, read-only file, locked past the busy timeout
             raise self._error(exc) from exc
+
+    def _rollback(self) -> None:
+        """Roll back what is open (SQLite may have done so itself); a failure here must not hide
+        the error that caused it."""
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
     def _one(self, sql: str, *params: Any) -> Any:
         row = self._db.execute(sql, params).fetchone()

@@ -5,6 +5,7 @@ Every test gets its own data folder and ledger; nothing reads /etc/shopcardd.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -176,3 +177,48 @@ def read_only_folder(folder: Path) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["umount", folder], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path / "data"`` (the test configs' ``data_dir``) as a real 2 MiB filesystem of its own
+    (tmpfs), mounted for this test and removed after it: a disk a test may fill. Where mount is not
+    permitted (not root, a container without the capability) it skips, saying so; under CI=true it
+    fails instead, as the services' tests do."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        problem = "mount(8) is not installed"
+    else:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "shopcardd-test", str(folder)],
+            capture_output=True,
+            text=True,
+        )
+        problem = (
+            (mounted.stderr.strip() or f"mount exited {mounted.returncode}") if mounted.returncode else ""
+        )
+    if problem:
+        message = f"cannot mount a small filesystem to fill here ({problem}): run as root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem of ``folder`` to the last byte with one file; deleting it frees the space."""
+    filler = folder / "filler"
+    chunk = b"\0" * 65_536
+    with filler.open("wb", buffering=0) as out:
+        while chunk:
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                chunk = chunk[: len(chunk) // 2]  # fill the last blocks too
+    return filler
