@@ -1,11 +1,12 @@
-"""``shopcardd-device``: the counter's commands: run the scan loop, verify codes, show status, sync.
+"""``shopcardd-device``: the counter's commands: run the scan loop, verify codes, show status, sync,
+salvage a damaged ledger.
 
 Everything (configuration, ledger, GPIO, camera) is built here in ``main``, never at import.
 Exit codes: 0 done (every input accepted, for ``verify``), 1 a voucher was rejected (``sync``:
-the backend could not be reached or refused), 2 usage, configuration or start-up error, 3
-``verify`` could not record an input (a full disk), so did not accept it. Ctrl-C ends ``verify``
-after the current input with the code of the verdicts so far (2 if none was judged), and
-``run`` with 0; never with a traceback.
+the backend could not be reached or refused), 2 usage, configuration or start-up error (a
+damaged ledger too: the unit does not restart on 2), 3 ``verify`` could not record an input (a
+full disk), so did not accept it. Ctrl-C ends ``verify`` after the current input with the code
+of the verdicts so far (2 if none was judged), and ``run`` with 0; never with a traceback.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from shopcardd_voucher.commandline import CommandParser
 from . import policy
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, DeviceConfig
 from .counter import Counter
-from .errors import DecoderError, DeviceError, FrameError, LedgerError, LedgerFull
+from .errors import DecoderError, DeviceError, FrameError, LedgerDamaged, LedgerError, LedgerFull
 from .inputs import keep_undecodable, names_a_file, safe_code
 from .log import event, get_logger, setup_logging
 
@@ -52,6 +53,7 @@ examples:
   shopcardd-provision issue ... | shopcardd-device verify --json -
   shopcardd-device status --json
   shopcardd-device sync --config device.toml
+  shopcardd-device salvage --config device.toml   # after "ledger ... is damaged"
 
 The configuration is --config PATH, else ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH}.
 GPIO follows gpiozero's GPIOZERO_PIN_FACTORY (lgpio on a Pi; mock off it).
@@ -134,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
         "ended. Prints one summary line. Exit 0 synced, 1 the backend could not be reached or refused "
         "(the reason in one line), 2 a usage or configuration error (no backend_url or device_key).",
     )
+    command(
+        "salvage",
+        "copy what a damaged ledger still holds into a fresh one, keeping the damaged file",
+        "For a ledger that is damaged (every command refuses it, and the counter will not start): stop "
+        "the counter first (systemctl stop shopcardd-verifier shopcardd-sync.timer). The damaged file "
+        "is kept aside as ledger.sqlite3.damaged-TIME (with its -wal), never deleted; every row that can "
+        "still be read (redemptions first: each stays refused as already_redeemed) is copied into a "
+        "fresh ledger put in its place. A redemption whose row could not be read but whose voucher id an "
+        "index still names is revoked in the fresh ledger, so it stays refused (as revoked). Prints what "
+        "was copied and those voucher ids. A sound ledger is left as it is. Exit 0 done "
+        "(or nothing to do), 2 no ledger, or a usage or configuration error.",
+    )
     return parser
 
 
@@ -144,10 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         "verify": verify_inputs,
         "status": show_status,
         "sync": run_sync,
+        "salvage": run_salvage,
     }
     try:
         config = DeviceConfig.load(args.config)
         return commands[args.command](args, config)
+    except LedgerDamaged as exc:
+        print(f"shopcardd-device {args.command}: {exc}\n{_salvage_hint(args)}", file=sys.stderr)
+        return EXIT_USAGE
     except DeviceError as exc:
         print(f"shopcardd-device {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -155,6 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C while starting up: nothing judged, no traceback
         return EXIT_USAGE
+
+
+def _salvage_hint(args: argparse.Namespace) -> str:
+    """How to recover from a damaged ledger, in words an operator can paste."""
+    config = f" --config {args.config}" if args.config else ""
+    return (
+        "The counter will not run on a damaged ledger. Stop it (systemctl stop shopcardd-verifier "
+        f"shopcardd-sync.timer), then run: shopcardd-device salvage{config}  (it keeps the damaged file "
+        "aside and copies every readable redemption into a fresh ledger; see docs/device.md, "
+        '"A damaged ledger")'
+    )
 
 
 def _open_decoder(config: DeviceConfig) -> Decoder:
@@ -508,6 +537,34 @@ def run_sync(args: argparse.Namespace, config: DeviceConfig) -> int:
         f"server time {_readable(report.server_time, config)}",
         flush=True,
     )
+    return EXIT_OK
+
+
+# -- salvage --------------------------------------------------------------------------------
+
+
+def run_salvage(args: argparse.Namespace, config: DeviceConfig) -> int:
+    """Salvage a damaged ledger; say what was kept, copied and lost."""
+    from .salvage import salvage
+
+    path = config.ledger_path
+    done = salvage(path)
+    if done is None:
+        print(
+            f"ledger {safe_code(str(path))} passes its integrity check: nothing to salvage, nothing changed"
+        )
+        return EXIT_OK
+    copied = ", ".join(f"{_count(n, 'row')} of {table}" for table, n in sorted(done.copied.items()) if n)
+    print(f"kept the damaged ledger as {safe_code(str(done.kept_at))} (never deleted)")
+    print(
+        f"copied into a fresh ledger at {safe_code(str(path))}: {copied or 'nothing (no row could be read)'}"
+    )
+    if done.lost_redemptions:
+        print(
+            f"{_count(len(done.lost_redemptions), 'redemption')} named by an index could not be read: "
+            f"revoked here, so they stay refused (as revoked): {' '.join(done.lost_redemptions)}"
+        )
+    print("start the counter again (systemctl start shopcardd-verifier shopcardd-sync.timer)", flush=True)
     return EXIT_OK
 
 

@@ -15,6 +15,11 @@ class LedgerError(DeviceError, RuntimeError):
     """The ledger cannot be opened, fails its integrity check, or a write failed."""
 
 
+class LedgerDamaged(LedgerError):
+    """The ledger file is corrupt or not a ledger: the counter must not run on it until an operator
+    salvages what can be read (``shopcardd-device salvage``); restarting cannot fix it."""
+
+
 class LedgerFull(LedgerError):
     """The disk holding the ledger is full: nothing can be recorded, so nothing is accepted, until
     space returns (a failure that passes by itself once the disk is cleared)."""

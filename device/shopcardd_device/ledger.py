@@ -37,7 +37,7 @@ from typing import Any, Final
 from shopcardd_voucher import KeySet, Reason, Verdict
 
 from .closing import Closing
-from .errors import LedgerError, LedgerFull
+from .errors import LedgerDamaged, LedgerError, LedgerFull
 from .inputs import fingerprint, safe_code
 
 SCHEMA_VERSION: Final = 3
@@ -305,7 +305,7 @@ class Ledger(Closing):
         cannot be written, a full disk or a lock do not."""
         code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # the primary result code
         if code in _DAMAGED:
-            return LedgerError(f"ledger {self.path} is damaged or not a ledger: {exc}")
+            return LedgerDamaged(f"ledger {self.path} is damaged or not a ledger: {exc}")
         if code in _UNREACHABLE:
             return LedgerError(
                 f"cannot open or write the ledger {self.path} ({exc}): check that its folder exists and "
@@ -362,7 +362,9 @@ class Ledger(Closing):
         """Run ``PRAGMA integrity_check``; a damaged ledger stops start-up rather than lose scans."""
         rows = [row[0] for row in self._db.execute("PRAGMA integrity_check").fetchall()]
         if rows != ["ok"]:
-            raise LedgerError(f"ledger {self.path} failed its integrity check: {'; '.join(rows[:3])}")
+            raise LedgerDamaged(
+                f"ledger {self.path} is damaged: its integrity check found {'; '.join(rows[:3])}"
+            )
 
     def close(self) -> None:
         self._db.close()

@@ -1,9 +1,11 @@
 """The ledger: durable, once-only redemptions; rejections kept apart, capped and fingerprinted; sync
-state; retention."""
+state; retention; a damaged ledger stops start-up and is salvaged."""
 
 from __future__ import annotations
 
+import configparser
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -12,14 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from shopcardd_device.cli import EXIT_USAGE
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.counter import Counter
-from shopcardd_device.errors import DeviceError, LedgerError
+from shopcardd_device.errors import DeviceError, LedgerDamaged, LedgerError
 from shopcardd_device.inputs import fingerprint
 from shopcardd_device.ledger import SCHEMA, BackendVerdict, Ledger, SyncRecord
 from shopcardd_voucher import KeySet, Reason
 
 from .conftest import Keys, Mint, WriteConfig, device_command
+
+VERIFIER_UNIT = Path(__file__).parents[2] / "systemd" / "shopcardd-verifier.service"
 
 
 def test_the_ledger_is_wal_with_durable_commits(tmp_path: Path) -> None:
@@ -28,15 +33,60 @@ def test_the_ledger_is_wal_with_durable_commits(tmp_path: Path) -> None:
         assert ledger._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+def restart_prevented() -> list[str]:
+    """The exit codes on which systemd does not restart the scan loop (the unit's own setting)."""
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(VERIFIER_UNIT)
+    return unit["Service"]["RestartPreventExitStatus"].split()
+
+
 def test_a_damaged_ledger_stops_start_up(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     Ledger(path).close()
     raw = bytearray(path.read_bytes())
     raw[100:4096] = b"\xff" * (4096 - 100)  # scribble over the schema page
     path.write_bytes(bytes(raw))
-    with pytest.raises(LedgerError, match=r"damaged|integrity"):
+    with pytest.raises(LedgerDamaged, match=r"damaged|integrity"):
         Ledger(path)
-    assert issubclass(LedgerError, DeviceError)
+    assert issubclass(LedgerDamaged, LedgerError) and issubclass(LedgerError, DeviceError)
+
+
+def test_a_ledger_damaged_in_the_middle_stops_the_counter_and_salvage_keeps_what_can_be_read(
+    write_config: WriteConfig, mint: Mint
+) -> None:
+    """Bytes overwritten in the middle of a ledger of many redemptions: the counter refuses to
+    start (an exit code the unit does not restart on) and says how to recover; salvage keeps the
+    damaged file, byte for byte, and every redemption it read is still refused as already used."""
+    config_path = write_config('[camera]\nsource = "keyboard"')
+    config = DeviceConfig.load(config_path)
+    tokens = [mint() for _ in range(1500)]
+    with Counter.open(config) as counter:
+        assert all(counter.scan(token).is_accepted for token in tokens)
+    path = config.ledger_path
+    damaged = bytearray(path.read_bytes())
+    middle = len(damaged) // 4096 // 2 * 4096
+    damaged[middle : middle + 4096] = b"\xa5" * 4096  # one page in the middle scribbled over
+    path.write_bytes(bytes(damaged))
+
+    started = device_command("run", "--config", config_path, stdin="")
+    assert started.returncode == EXIT_USAGE and str(EXIT_USAGE) in restart_prevented()
+    assert f"ledger {path} is damaged" in started.stderr
+    assert f"shopcardd-device salvage --config {config_path}" in started.stderr
+    assert "Traceback" not in started.stderr
+
+    salvaged = device_command("salvage", "--config", config_path)
+    assert salvaged.returncode == 0, salvaged.stderr
+    [kept] = path.parent.glob("ledger.sqlite3.damaged-*")
+    assert kept.read_bytes() == damaged  # kept aside as found, never deleted
+    copied = re.search(r"([0-9,]+) rows? of redemptions", salvaged.stdout)
+    assert copied, salvaged.stdout
+    again = device_command("verify", "--config", config_path, "--json", "-", stdin="\n".join(tokens))
+    results = [json.loads(line)["result"] for line in again.stdout.splitlines()]
+    assert results.count("already_redeemed") == int(copied[1].replace(",", "")) >= 0.9 * len(tokens)
+    lost = re.search(r"([0-9]+) redemptions? named by an index could not be read", salvaged.stdout)
+    assert results.count("revoked") == (int(lost[1]) if lost else 0)  # their ids survived: still refused
+    assert "accepted" not in results  # no voucher redeemed here is accepted again
+    assert device_command("salvage", "--config", config_path).stdout.startswith("ledger ")  # sound now
 
 
 def test_a_voucher_is_redeemed_once_and_every_rejection_is_recorded(config: DeviceConfig, mint: Mint) -> None:
