@@ -294,7 +294,7 @@ def test_run_reads_the_image_files_in_name_order_and_exits_0(
 
 
 def test_every_subcommand_explains_itself() -> None:
-    for command in ("run", "verify", "status", "sync"):
+    for command in _subcommands():  # salvage too, and any command added later
         result = device_command(command, "--help")
         assert result.returncode == 0 and "--config" in result.stdout
 
