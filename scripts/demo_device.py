@@ -103,7 +103,7 @@ signal_seconds = 0.3
     if json.loads(proc.stdout)["result"] != "already_redeemed":
         raise DemoFailed("verify did not see the redemption in the ledger")
 
-    demo.say("\nWhat the ledger holds (every rejection is kept too, with its reason):")
+    demo.say("\nWhat the ledger holds (every rejection is counted too, by its reason):")
     status = json.loads(demo.run("shopcardd-device", "status", "--config", rel, "--json").stdout)
     rejected = ", ".join(f"{count} {reason}" for reason, count in status["rejected"].items()) or "none"
     demo.say(

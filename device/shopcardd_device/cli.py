@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         "For a ledger that is damaged (every command refuses it, and the counter will not start): stop "
         "the counter first (systemctl stop shopcardd-verifier shopcardd-sync.timer). The damaged file "
         "is kept aside as ledger.sqlite3.damaged-TIME (with its -wal), never deleted; every row that can "
-        "still be read (redemptions first: each stays refused as already_redeemed) is copied into a "
+        "still be read (each redemption read stays refused as already_redeemed) is copied into a "
         "fresh ledger put in its place. A redemption whose row could not be read but whose voucher id an "
         "index still names is revoked in the fresh ledger, so it stays refused (as revoked). Prints what "
         "was copied and those voucher ids. A sound ledger is left as it is. Exit 0 done "
