@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -265,7 +266,7 @@ class Ledger(Closing):
             elif in_memory:
                 self._migrate()
             else:
-                mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = self._switch_to_wal()
                 if mode.lower() != "wal":
                     raise LedgerError(f"ledger {self.path}: cannot switch to WAL (journal mode {mode})")
                 self._db.execute("PRAGMA synchronous = FULL")
@@ -276,6 +277,20 @@ class Ledger(Closing):
         except LedgerError:
             self._db.close()
             raise
+
+    def _switch_to_wal(self) -> str:
+        """The journal mode after asking for WAL. The switch takes the file's exclusive lock, and
+        while another process opens the same new ledger SQLite may answer "locked" at once
+        instead of waiting out the busy timeout: ask again, within that timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return str(self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                busy = (exc.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @classmethod
     def empty(cls) -> Ledger:

@@ -155,10 +155,33 @@ def test_a_rejection_keeps_a_fingerprint_and_a_voucher_id_never_a_code_that_coul
         assert token.split(".")[2].encode() not in stored  # not even the signature
 
 
+def test_processes_opening_a_new_ledger_at_once_all_open_it(tmp_path: Path) -> None:
+    """``run``, ``verify`` and ``sync`` may start together on a fresh counter: the first to
+    switch the file to WAL holds its lock for a moment, and the others wait, not fail."""
+    failures: list[str] = []
+
+    def open_once(path: Path, start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            Ledger(path).close()
+        except LedgerError as exc:
+            failures.append(str(exc))
+
+    for round_ in range(100):
+        start = threading.Barrier(6, timeout=60)
+        path = tmp_path / f"{round_}" / "ledger.sqlite3"
+        threads = [threading.Thread(target=open_once, args=(path, start)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+
+
 def test_two_counters_racing_for_one_voucher_redeem_it_once(config: DeviceConfig, mint: Mint) -> None:
     tokens = [mint() for _ in range(40)]
     results: list[Reason] = []
-    start = threading.Barrier(4)
+    start = threading.Barrier(4, timeout=60)  # a cashier that fails to open breaks it: no hang
 
     def cashier() -> None:
         with Counter.open(config) as counter:  # its own connection, as a second process would have
