@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 EXIT_OK: Final = 0
 EXIT_REJECTED: Final = 1
 EXIT_USAGE: Final = 2
-EXIT_NOT_RECORDED: Final = 3
+EXIT_NOT_RECORDED: Final = EXIT_USAGE
+"""DESIGN.md gives verify three codes: a ledger it cannot write (a full disk) is the device's set-up."""
 SIGNAL_DRAIN_SECONDS: Final = 15.0
 SPACE_WAIT_SECONDS: Final = (1.0, 30.0)
 """``run`` on a disk too full to open the ledger: the first pause before trying again, the longest."""
@@ -93,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Judge each INPUT as the counter would and record it in the ledger (unless --dry-run). Each "
         "answer is written and flushed as soon as it is decided, after its ledger commit. Exit 0 when "
         "every input was accepted, 1 when any was rejected, 2 on a usage or configuration error "
-        "(also when - gave no input at all), 3 when an input could not be recorded (the disk is full, "
-        "the ledger locked): it gets no answer, is not accepted, and verify stops there, saying why. "
+        "(also when - gave no input at all, and when an input could not be recorded: the disk is full, "
+        "the ledger locked; it gets no answer, is not accepted, and verify stops there, saying why). "
         "Ctrl-C (SIGINT) stops after the current input, quietly: what was answered stays recorded, and "
         "the exit code is that of the inputs judged so far (0 or 1), or 2 if none was judged.",
     )

@@ -51,7 +51,7 @@ PARTS: Final = {
     "shopcardd-bench": Part(
         "bench",
         "shopcardd_bench.cli:main",
-        (*_DEVICE, *_BACKEND, *_PROVISION, "httpx", "aiohttp", "tqdm", "matplotlib"),
+        (*_DEVICE, *_BACKEND, *_PROVISION, "httpx", "aiohttp", "tqdm", "matplotlib", "granian"),
     ),
 }
 

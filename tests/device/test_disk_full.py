@@ -1,7 +1,7 @@
 """Fault drill: the counter's disk full, on a real filesystem the test fills (``small_disk``).
 
 A scan that cannot be recorded is never accepted: the cashier sees the "could not record"
-pattern, the operator reads why (a log line; ``verify`` exits 3 saying so). Once space returns
+pattern, the operator reads why (a log line; ``verify`` exits 2 saying so). Once space returns
 the counter records again, without a restart, and every voucher it called accepted while the
 disk filled is in the ledger (refused as already used).
 """
