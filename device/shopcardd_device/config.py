@@ -9,6 +9,7 @@ folder of the configuration file, so a config and its key set can travel togethe
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -74,6 +75,25 @@ class SyncConfig:
     timeout_seconds: float = 10.0
 
 
+DEFAULT_LAN_PORT: Final = 47474
+DEFAULT_LAN_GROUP: Final = "239.255.74.74"
+
+
+@dataclass(frozen=True)
+class LanConfig:
+    """The shop LAN (``shopcardd_device.lan``): ``run`` tells the merchant's other counters of each
+    redemption and hears theirs. On by default; it does anything only once the device has peers (a
+    sync brought them) and a ``device_key`` to sign with. ``peers``: pinned ``host:port`` addresses,
+    for a network where multicast does not reach (``discovery`` finds the rest)."""
+
+    enabled: bool = True
+    port: int = DEFAULT_LAN_PORT
+    peers: tuple[tuple[str, int], ...] = ()
+    discovery: bool = True
+    group: str = DEFAULT_LAN_GROUP
+    hello_seconds: float = 5.0
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
     device_id: str
@@ -93,6 +113,7 @@ class DeviceConfig:
     camera: CameraConfig = field(default_factory=CameraConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    lan: LanConfig = field(default_factory=LanConfig)
     source_file: Path | None = None
 
     @property
@@ -137,6 +158,7 @@ class DeviceConfig:
             camera=_camera(top.table("camera")),
             decoder=_decoder(top.table("decoder")),
             sync=_sync(top.table("sync")),
+            lan=_lan(top.table("lan")),
             source_file=source_file,
         )
         top.refuse_unknown()
@@ -239,6 +261,40 @@ def _sync(table: _Table) -> SyncConfig:
     return config
 
 
+def _lan(table: _Table) -> LanConfig:
+    port = table.number("port", LanConfig.port, int, 1, 65535)
+    pinned = table.strings("peers")
+    config = LanConfig(
+        enabled=table.flag("enabled", LanConfig.enabled),
+        port=port,
+        peers=tuple(_address(item, port) for item in pinned),
+        discovery=table.flag("discovery", LanConfig.discovery),
+        group=table.text("group", LanConfig.group),
+        hello_seconds=table.number("hello_seconds", LanConfig.hello_seconds, float, 0.1, 600.0),
+    )
+    try:
+        if not ipaddress.IPv4Address(config.group).is_multicast:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"[lan] group: must be an IPv4 multicast address ({DEFAULT_LAN_GROUP}), not {config.group!r}"
+        ) from None
+    table.refuse_unknown()
+    return config
+
+
+def _address(item: str, default_port: int) -> tuple[str, int]:
+    """``host:port`` (or ``host``, on the default port) of a pinned peer."""
+    host, colon, port = item.rpartition(":")
+    if not colon:
+        host, port = item, str(default_port)
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535 or any(ch.isspace() for ch in host):
+        raise ConfigError(
+            f'[lan] peers: each must be "host:port" (such as "192.168.1.21:{default_port}"), not {item!r}'
+        )
+    return host, int(port)
+
+
 _MISSING: Final = object()
 N = TypeVar("N", int, float)
 
@@ -307,6 +363,12 @@ class _Table:
         )
         self._check(key, ok, 'a BCM pin number 0-53 or a gpiozero pin name such as "GPIO17"', value)
         return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._get(key, [])
+        ok = isinstance(value, list) and all(isinstance(item, str) and item for item in value)
+        self._check(key, ok, "a list of strings", value)
+        return tuple(value)
 
     def path(self, key: str) -> Path:
         return self._resolve(self.text(key))

@@ -182,6 +182,7 @@ class Counter(Closing):
             time=now,
             leeway=self.config.leeway_seconds,
             tz=self.config.timezone,
+            peers=self.ledger,
         )
 
     def commit(self, code: str, verdict: Verdict, now: TrustedTime) -> Verdict:

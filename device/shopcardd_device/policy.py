@@ -132,6 +132,14 @@ class LedgerFacts(Protocol):
         ...
 
 
+class PeerFacts(Protocol):
+    """What the policy asks of the other counters' redemptions, as the shop LAN brought them."""
+
+    def redeemed_by_peer(self, voucher_id: str) -> tuple[str, float] | None:
+        """The counter that redeemed the voucher and when (its trusted time), or ``None``."""
+        ...
+
+
 def judge(
     token: str,
     *,
@@ -141,8 +149,11 @@ def judge(
     time: TrustedTime,
     leeway: float,
     tz: tzinfo | None = None,
+    peers: PeerFacts | None = None,
 ) -> Verdict:
     """The verdict on one scanned code; its detail gives times in ``tz`` (``None``: the system's).
+    A voucher another counter redeemed (``peers``) is ``already_redeemed`` as one redeemed here,
+    its detail naming that counter.
 
     Order: format, key, signature, claims, key window, merchant (the voucher module), then
     revoked, already redeemed (final whatever the time), then the clock, then ``nbf``/``exp``.
@@ -157,6 +168,12 @@ def judge(
     if redeemed is not None:
         when = readable_time(redeemed, tz)
         return Verdict(Reason.ALREADY_REDEEMED, voucher, f"redeemed at this device {when}")
+    elsewhere = peers.redeemed_by_peer(voucher.voucher_id) if peers is not None else None
+    if elsewhere is not None:
+        device, moment = elsewhere
+        return Verdict(
+            Reason.ALREADY_REDEEMED, voucher, f"redeemed at counter {device} {readable_time(moment, tz)}"
+        )
     if time.now is None:
         return Verdict(Reason.CLOCK_UNTRUSTED, voucher, "no trusted time: clock unset and never synced")
     return check_time(voucher, time.now, leeway, tz)

@@ -174,7 +174,7 @@ def sign(key: SigningKey, voucher: Voucher) -> str:
     return (signing_input + b"." + base64url_encode(signature)).decode("ascii")
 
 
-def _segment(text: str) -> bytes:
+def canonical_segment(text: str) -> bytes:
     """Decode one base64url segment, refusing any spelling but the canonical one."""
     raw = text.encode("ascii")
     decoded = base64url_decode(raw)
@@ -260,8 +260,8 @@ def verify(
     if len(parts) != 3 or not all(parts):
         return Verdict(Reason.BAD_FORMAT, detail="not a compact JWS (three dot-separated parts)")
     try:
-        header = _json_object(_segment(parts[0]))
-        signature = _segment(parts[2])
+        header = _json_object(canonical_segment(parts[0]))
+        signature = canonical_segment(parts[2])
     except (ValueError, UnicodeError, binascii.Error):
         return Verdict(Reason.BAD_FORMAT, detail="header or signature is not canonical base64url JSON")
     kid, alg = header.get("kid"), header.get("alg")
@@ -282,7 +282,7 @@ def verify(
     if not genuine:
         return Verdict(Reason.BAD_SIGNATURE, detail="signature does not match")
     try:
-        voucher = _claims_voucher(_json_object(_segment(parts[1])), kid)
+        voucher = _claims_voucher(_json_object(canonical_segment(parts[1])), kid)
     except (ValueError, UnicodeError, binascii.Error) as exc:
         return Verdict(Reason.BAD_FORMAT, detail=f"claims: {exc}")
     if not key.signed_within_window(voucher.issued_at, voucher.expires_at):

@@ -1,0 +1,442 @@
+"""The shop LAN: counters of one merchant tell each other of each redemption, offline.
+
+A voucher redeemed at till A must be refused at till B even while the shop's internet is down.
+So ``shopcardd-device run`` keeps a small UDP node beside its scan loop (``Lan``):
+
+- Discovery without configuration: a signed hello to a multicast group (``[lan] group``, port
+  ``[lan] port``, TTL 1: the shop's own network) every ``hello_seconds``; pinned ``[lan] peers``
+  addresses get it by unicast, for networks where multicast does not reach.
+- Gossip: right after a redemption is committed and signalled, the scan loop calls ``announce``
+  (it only wakes the node), and the node sends the new redemptions, signed with the device key
+  (``gossip``), to every peer it has heard, by unicast.
+- Catch-up: each peer's hello says how far its ledger has numbered its redemptions; a counter
+  whose watermark for that peer is behind asks for the rest, and the pages that come back move
+  the watermark on. A counter that was off or cut off learns what it missed within a hello or
+  two of coming back, from each peer directly, and a lost datagram is asked for again.
+
+Nothing is trusted that is not signed by a counter the last sync named as the merchant's
+(``Ledger.peers``); anything else is dropped and logged, one line per reason per
+``LOG_EVERY_SECONDS`` at most, with the count left unsaid. A junk flood cannot slow the scan:
+the receiving thread reads at most ``MAX_DATAGRAMS_PER_SECOND`` (the kernel drops the rest) into
+a bounded queue (full: dropped), a datagram of an unknown device costs no signature check, and
+the work (checking, ledger writes, sending) runs on a thread of its own with its own ledger
+connection, whose commits are not fsynced (``Ledger.lan_connection``).
+
+What this does not close: two counters that scan one voucher within the gossip delay (a few
+milliseconds on a LAN; ``shopcardd-bench lan``) may both accept it; sync reports that conflict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import secrets
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Final, Self
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from shopcardd_voucher import SigningKey
+from shopcardd_voucher.device_auth import DeviceTokenError, parse_public_jwk
+
+from . import gossip
+from .closing import Closing
+from .config import DeviceConfig
+from .ledger import LanRecord, Ledger
+from .log import event, get_logger
+
+Address = tuple[str, int]
+
+INBOX_SIZE: Final = 256
+"""Datagrams waiting to be checked; more are dropped (a flood, never a peer's normal traffic)."""
+MAX_DATAGRAMS_PER_SECOND: Final = 2_000
+"""The receiving thread's pace: a flood beyond it is dropped by the kernel, at no cost here."""
+TICK_SECONDS: Final = 0.25
+PEERS_REFRESH_SECONDS: Final = 5.0
+"""How often the node reads the ledger's peers again (a sync in another process replaces them)."""
+ASK_AGAIN_SECONDS: Final = 1.0
+MAX_ROWS_PER_ANSWER: Final = 400
+STATS_EVERY_SECONDS: Final = 2.0
+PRUNE_EVERY_SECONDS: Final = 3_600.0
+LOG_EVERY_SECONDS: Final = 10.0
+_WAKE: Final = object()
+
+log = get_logger("lan")
+
+
+class _Throttle:
+    """At most one log line per reason per ``LOG_EVERY_SECONDS``; the lines left out are counted."""
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def log(self, name: str, reason: str, **fields: object) -> None:
+        now = self._monotonic()
+        if now - self._last.get(reason, -LOG_EVERY_SECONDS) < LOG_EVERY_SECONDS:
+            self._quiet[reason] = self._quiet.get(reason, 0) + 1
+            return
+        self._last[reason] = now
+        event(log, name, logging.WARNING, reason=reason, suppressed=self._quiet.pop(reason, 0), **fields)
+
+
+class Lan(Closing):
+    """The node: ``start`` it, ``announce`` after each redemption, ``close`` it (sends what is new
+    first). ``on_record(device_id, count)`` is called after records of a peer were committed here
+    (the bench times the gossip delay with it)."""
+
+    _ledger: Ledger
+    """The worker thread's own connection (set when it starts; only that thread uses it)."""
+    _epoch: str
+    _last_sent: int
+    """The last number of this device's redemptions sent to the peers."""
+
+    def __init__(
+        self,
+        config: DeviceConfig,
+        key: SigningKey,
+        *,
+        on_record: Callable[[str, int], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config, self.key, self.on_record = config, key, on_record
+        self._clock, self._monotonic = clock, monotonic
+        self._inbox: queue.Queue[object] = queue.Queue(INBOX_SIZE)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sock: socket.socket | None = None
+        self._throttle = _Throttle(monotonic)
+        self._boot, self._count = secrets.token_hex(8), 0
+        self._peers: dict[str, ed25519.Ed25519PublicKey] = {}
+        self._heard: dict[str, tuple[str, int]] = {}
+        """device -> (boot, count) of its last hello or ask: older ones are replays."""
+        self._learned: dict[str, Address] = {}
+        """device -> the address its last genuine hello came from."""
+        self._asked: dict[str, tuple[int, float]] = {}
+        self._their_last: dict[str, int] = {}
+        """device -> the last number its hello said its ledger gave (catch-up goes on until there)."""
+        self._sent: dict[str, int] = {}
+        self.dropped = 0
+        """Datagrams dropped unread (inbox full) since start."""
+
+    @property
+    def address(self) -> Address:
+        """The address the node listens on (its port is ``[lan] port``, or the one the system gave)."""
+        assert self._sock is not None, "start() first"
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    def start(self) -> Self:
+        """Note where this ledger's numbers stand, bind the port, join the group, start the two
+        threads. A port in use is an ``OSError``; a ledger that cannot be opened a ``LedgerError``."""
+        lan = self.config.lan
+        with Ledger(self.config.ledger_path, check=False) as ledger:  # before any scan after start
+            self._epoch = ledger.lan_epoch()
+            self._last_sent = ledger.last_seq  # earlier ones: peers ask for them (catch-up)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("0.0.0.0", lan.port))  # no SO_REUSEADDR: a second node on one port is refused
+            sock.settimeout(TICK_SECONDS)
+            if lan.discovery:
+                self._join(sock)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        for name, work in (("lan-receive", self._receive), ("lan-work", self._work)):
+            thread = threading.Thread(target=work, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _join(self, sock: socket.socket) -> None:
+        """Join the multicast group on the default interface; where that fails (no multicast route),
+        the node goes on with pinned peers and says so."""
+        group = self.config.lan.group
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        try:
+            membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("0.0.0.0"))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        except OSError as exc:
+            event(log, "lan_discovery_off", logging.WARNING, group=group, error=exc.strerror or str(exc))
+
+    def announce(self) -> None:
+        """A redemption was committed: send it now (from the scan thread: never blocks)."""
+        self._wake.set()
+        with contextlib.suppress(queue.Full):  # the worker sends new records at its next tick anyway
+            self._inbox.put_nowait(_WAKE)
+
+    def close(self) -> None:
+        """Send what is new, then stop both threads and release the port."""
+        self._stop.set()
+        self.announce()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # -- the receiving thread ---------------------------------------------------------------
+
+    def _receive(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        budget, refilled = float(MAX_DATAGRAMS_PER_SECOND), self._monotonic()
+        while not self._stop.is_set():
+            now = self._monotonic()
+            budget = min(MAX_DATAGRAMS_PER_SECOND, budget + (now - refilled) * MAX_DATAGRAMS_PER_SECOND)
+            refilled = now
+            if budget < 1:
+                time.sleep((1 - budget) / MAX_DATAGRAMS_PER_SECOND)
+                continue
+            try:
+                data, sender = sock.recvfrom(gossip.MAX_DATAGRAM + 1)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                continue
+            budget -= 1
+            try:
+                self._inbox.put_nowait((data, sender[:2]))
+            except queue.Full:
+                self.dropped += 1
+                self._throttle.log("lan_dropped", "inbox_full", address=sender[0])
+
+    # -- the working thread -----------------------------------------------------------------
+
+    def _work(self) -> None:
+        """Check and record what arrives; on each tick send what is new, hellos and asks."""
+        with Ledger(self.config.ledger_path, check=False) as ledger:
+            ledger.lan_connection()
+            self._ledger = ledger
+            self._guarded(self._load_peers)  # before the first datagram is judged
+            next_tick = next_hello = next_stats = next_prune = 0.0
+            next_peers = self._monotonic() + PEERS_REFRESH_SECONDS
+            while True:
+                stopping = self._stop.is_set()
+                try:
+                    item = None if stopping else self._inbox.get(timeout=TICK_SECONDS)
+                except queue.Empty:
+                    item = None
+                if isinstance(item, tuple):
+                    self._guarded(self._handle, *item)
+                now = self._monotonic()
+                if now >= next_peers:
+                    self._guarded(self._load_peers)
+                    next_peers = now + PEERS_REFRESH_SECONDS
+                if self._wake.is_set() or now >= next_tick or stopping:
+                    self._wake.clear()
+                    self._guarded(self._send_new)
+                    next_tick = now + TICK_SECONDS
+                if now >= next_hello and self._peers and not stopping:
+                    self._guarded(self._hello_all)
+                    next_hello = now + self.config.lan.hello_seconds
+                if now >= next_stats or stopping:
+                    self._guarded(self._flush_stats)
+                    next_stats = now + STATS_EVERY_SECONDS
+                if now >= next_prune:
+                    self._guarded(self._prune)
+                    next_prune = now + PRUNE_EVERY_SECONDS
+                if stopping:
+                    return
+
+    def _guarded(self, step: Callable[..., object], *args: object) -> None:
+        """One step of the worker; a failure (a locked ledger, a socket error) is logged, and the
+        worker goes on: the LAN must never stop the counter."""
+        try:
+            step(*args)
+        except Exception as exc:
+            self._throttle.log("lan_failed", type(exc).__name__, error=str(exc)[:200])
+
+    def _load_peers(self) -> None:
+        keys = {}
+        for device_id, jwk in self._ledger.peers().items():
+            if device_id == self.config.device_id:
+                continue
+            try:
+                keys[device_id] = parse_public_jwk(jwk)
+            except DeviceTokenError as exc:
+                self._throttle.log("lan_peer_key_refused", "bad_key", device=device_id, error=str(exc))
+        self._peers = keys
+        for device_id in set(self._learned) - set(keys):  # revoked at a sync: no longer told anything
+            del self._learned[device_id]
+
+    def _send(self, datagram: bytes, address: Address) -> bool:
+        assert self._sock is not None
+        try:
+            self._sock.sendto(datagram, address)
+            return True
+        except OSError as exc:  # no route, a peer's host gone: UDP, so the catch-up makes up for it
+            self._throttle.log("lan_send_failed", "send_failed", address=address[0], error=str(exc))
+            return False
+
+    def _targets(self) -> dict[Address, str | None]:
+        """Where to send records: every address heard from a peer, and every pinned one."""
+        targets: dict[Address, str | None] = {address: None for address in self.config.lan.peers}
+        for device_id, address in self._learned.items():
+            targets[address] = device_id
+        return targets
+
+    def _send_new(self) -> None:
+        """This device's redemptions not sent yet, to every peer it knows of."""
+        rows, through = self._ledger.own_records(self._last_sent, max_rows=MAX_ROWS_PER_ANSWER)
+        if not rows and through == self._last_sent:
+            return
+        if self._peers or self.config.lan.peers:
+            for page, after, until in gossip.pages(rows, self._last_sent, through):
+                datagram = self._records(page, after, until)
+                for address, device_id in self._targets().items():
+                    if self._send(datagram, address) and device_id is not None:
+                        self._sent[device_id] = self._sent.get(device_id, 0) + len(page)
+        self._last_sent = through
+
+    def _records(self, rows: list[LanRecord], after: int, through: int) -> bytes:
+        return gossip.records(
+            self.key,
+            merchant=self.config.merchant_id,
+            epoch=self._epoch,
+            rows=rows,
+            after=after,
+            through=through,
+        )
+
+    def _next_count(self) -> int:
+        self._count += 1
+        return self._count
+
+    def _hello(self) -> bytes:
+        return gossip.hello(
+            self.key,
+            merchant=self.config.merchant_id,
+            epoch=self._epoch,
+            last_seq=self._ledger.last_seq,
+            boot=self._boot,
+            count=self._next_count(),
+        )
+
+    def _hello_all(self) -> None:
+        datagram = self._hello()
+        if self.config.lan.discovery:
+            self._send(datagram, (self.config.lan.group, self.config.lan.port))
+        for address in self.config.lan.peers:
+            self._send(datagram, address)
+
+    def _flush_stats(self) -> None:
+        if self._sent:
+            sent, self._sent = self._sent, {}
+            self._ledger.note_sent(sent)
+
+    def _prune(self) -> None:
+        if self._ledger.last_sync is not None:
+            self._ledger.prune_lan(self._ledger.last_sync, self.config.leeway_seconds)
+
+    # -- what arrives -----------------------------------------------------------------------
+
+    def _handle(self, data: bytes, address: Address) -> None:
+        try:
+            message = gossip.read(data, merchant=self.config.merchant_id, peers=self._peers)
+            if message.kind in (gossip.HELLO, gossip.ASK):
+                self._check_fresh(message)
+        except gossip.Dropped as exc:
+            if exc.device_id == self.config.device_id:
+                return  # our own hello, looped back
+            self._throttle.log(
+                "lan_dropped", exc.reason, address=address[0], device=exc.device_id, error=exc.detail[:200]
+            )
+            return
+        heard_at = self._clock()
+        where = f"{address[0]}:{address[1]}"
+        if message.kind == gossip.HELLO:
+            known = message.device_id in self._learned
+            self._learned[message.device_id] = address
+            _, watermark = self._ledger.note_peer(
+                message.device_id, epoch=message.epoch, address=where, heard_at=heard_at
+            )
+            if not known:  # a peer just (re)appeared: tell it at once how far this ledger goes
+                self._send(self._hello(), address)
+            self._their_last[message.device_id] = message.last_seq
+            if message.last_seq > watermark:
+                self._ask(message.device_id, watermark, address)
+        elif message.kind == gossip.ASK:
+            if message.to == self.config.device_id:
+                self._answer(message.after, address)
+        else:
+            inserted, watermark = self._ledger.note_peer(
+                message.device_id,
+                epoch=message.epoch,
+                address=where,
+                heard_at=heard_at,
+                records=message.records,
+                span=(message.after, message.through),
+            )
+            if inserted:
+                event(log, "lan_records", device=message.device_id, records=inserted, watermark=watermark)
+                if self.on_record is not None:
+                    self.on_record(message.device_id, inserted)
+            behind = max(message.through, self._their_last.get(message.device_id, 0)) > watermark
+            learned = self._learned.get(message.device_id)
+            if behind and learned is not None:  # a page was lost, or there are more: ask on
+                self._ask(message.device_id, watermark, learned)
+
+    def _check_fresh(self, message: gossip.Message) -> None:
+        """A hello or ask must be newer than the last of the same process of that device."""
+        last = self._heard.get(message.device_id)
+        if last is not None and last[0] == message.boot and message.count <= last[1]:
+            raise gossip.Dropped("replayed", "not newer than the last one heard", message.device_id)
+        self._heard[message.device_id] = (message.boot, message.count)
+
+    def _ask(self, device_id: str, after: int, address: Address) -> None:
+        """Ask ``device_id`` for its records after ``after``; the same question again only after
+        ``ASK_AGAIN_SECONDS`` (its answer may still be on its way), the next page at once."""
+        now = self._monotonic()
+        asked = self._asked.get(device_id)
+        if asked is not None and asked[0] == after and now - asked[1] < ASK_AGAIN_SECONDS:
+            return
+        self._asked[device_id] = (after, now)
+        datagram = gossip.ask(
+            self.key,
+            merchant=self.config.merchant_id,
+            epoch=self._epoch,
+            to=device_id,
+            after=after,
+            boot=self._boot,
+            count=self._next_count(),
+        )
+        self._send(datagram, address)
+
+    def _answer(self, after: int, address: Address) -> None:
+        """What this device has numbered after ``after``, in pages, to the asker."""
+        rows, through = self._ledger.own_records(after, max_rows=MAX_ROWS_PER_ANSWER)
+        for page, start, until in gossip.pages(rows, after, through):
+            self._send(self._records(page, start, until), address)
+
+
+def open_lan(config: DeviceConfig, **kwargs: object) -> Lan | None:
+    """The started node for ``run``, or ``None`` when ``[lan]`` is off or there is no device key to
+    sign with (said in one log line); a port in use is said too, and the counter scans on without."""
+    if not config.lan.enabled:
+        return None
+    if config.device_key is None:  # not enrolled: no peers either (a sync brings them, with the key)
+        return None
+    try:
+        key = SigningKey.load(config.device_id, config.device_key)
+    except (OSError, ValueError) as exc:
+        event(log, "lan_off", logging.WARNING, error=f"device_key: {exc}")
+        return None
+    try:
+        return Lan(config, key, **kwargs).start()  # type: ignore[arg-type]
+    except OSError as exc:
+        event(log, "lan_off", logging.ERROR, error=f"[lan] port {config.lan.port}: {exc.strerror or exc}")
+        return None
