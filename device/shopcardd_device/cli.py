@@ -12,6 +12,7 @@ of the verdicts so far (2 if none was judged), and ``run`` with 0; never with a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from shopcardd_voucher import Reason, readable_time
 from shopcardd_voucher.commandline import CommandParser
 
 from . import policy
+from .closing import Closing
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, DeviceConfig
 from .counter import Counter
 from .errors import DecoderError, DeviceError, FrameError, LedgerDamaged, LedgerError, LedgerFull
@@ -86,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         "debounce_seconds is the same scan: one more line, marked (repeat, not recorded or signalled again), "
         "the first time. JSON log lines go to stderr. With "
         '[camera] source = "files" it reads the images of [camera] path in name order as consecutive '
-        "frames and exits 0 after the last one.",
+        "frames and exits 0 after the last one. The shop LAN ([lan], on by default): after each "
+        "redemption is committed and signalled, the merchant's other counters (from the last sync) are "
+        "told, signed with device_key, and what they redeemed is refused here as already_redeemed; a "
+        "counter that was off catches up when it is back.",
     )
     verify = command(
         "verify",
@@ -119,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status = command(
         "status",
-        "show counts, unsynced rows, keys and the trusted time",
+        "show counts, unsynced rows, keys, the trusted time and the shop LAN",
         "Show what the ledger holds: redemptions, rejections by reason, rows not yet synced, the key "
-        "set in force and the trusted time floor.",
+        "set in force, the trusted time floor, and the shop LAN: peers seen, when last heard, records "
+        "received and sent.",
     )
     status.add_argument("--json", action="store_true", help="one JSON object on one line instead of text")
     command(
@@ -199,6 +205,7 @@ def _open_decoder(config: DeviceConfig) -> Decoder:
 def run_loop(args: argparse.Namespace, config: DeviceConfig) -> int:
     from .feedback import FeedbackPanel, describe_pattern
     from .frames import open_source
+    from .lan import Lan, open_lan
     from .scanner import Scan, Scanner
     from .watchdog import Watchdog
 
@@ -228,14 +235,22 @@ def run_loop(args: argparse.Namespace, config: DeviceConfig) -> int:
                 FeedbackPanel(
                     gpio.accept, gpio.reject, gpio.buzzer, signal_seconds=gpio.signal_seconds
                 ) as panel,
+                contextlib.closing(open_lan(config) or Closing()) as lan,
             ):
+
+                def after_scan(scan: Scan) -> None:
+                    """Called after the commit and the signal: the LAN sends off the scan thread."""
+                    if scan.verdict.is_accepted and not scan.repeated and isinstance(lan, Lan):
+                        lan.announce()
+                    print_scan(scan)
+
                 scanner = Scanner(
                     source,
                     decoder,
                     counter,
                     panel,
                     debounce_seconds=config.decoder.debounce_seconds,
-                    on_scan=print_scan,
+                    on_scan=after_scan,
                     heartbeat=watchdog.feed,
                 )
                 watchdog.ready(feeding=config.camera.source != "keyboard")  # a scanner waits on a person
@@ -456,6 +471,7 @@ def status_report(counter: Counter) -> dict[str, Any]:
         },
         "revocations": ledger.revocation_count(),
         "peers": sorted(ledger.peers()),
+        "lan": _lan_report(counter),
         "time_floor": now.floor,
         "last_sync": ledger.last_sync,
         "clock": str(now.state),
@@ -463,6 +479,32 @@ def status_report(counter: Counter) -> dict[str, Any]:
         "trusted_time": now.now,
         "degraded": health.is_degraded,
         "ledger": safe_code(str(ledger.path)),
+    }
+
+
+def _lan_report(counter: Counter) -> dict[str, Any]:
+    """The shop LAN as the ledger saw it: each counter heard or sent to, and whether still enrolled."""
+    config, ledger = counter.config, counter.ledger
+    enrolled = ledger.peers()
+    peers = [
+        {
+            "device_id": peer.device_id,
+            "address": peer.address,
+            "last_heard": peer.last_heard,
+            "received": peer.received,
+            "sent": peer.sent,
+            "enrolled": peer.device_id in enrolled,
+        }
+        for peer in ledger.lan_peers()
+    ]
+    return {
+        "enabled": config.lan.enabled and config.device_key is not None,
+        "port": config.lan.port,
+        "peers_seen": sum(p["last_heard"] is not None for p in peers),
+        "last_heard": max((p["last_heard"] for p in peers if p["last_heard"] is not None), default=None),
+        "received": sum(p["received"] for p in peers),
+        "sent": sum(p["sent"] for p in peers),
+        "peers": peers,
     }
 
 
@@ -497,6 +539,20 @@ def show_status(args: argparse.Namespace, config: DeviceConfig) -> int:
         print(f"  key set    synced, valid until {_readable(keyset['valid_until'], config)}{stale}")
     print(f"  revoked    {report['revocations']}  (vouchers and deals)")
     print(f"  peers      {', '.join(report['peers']) or 'none'}")
+    lan = report["lan"]
+    state = f"on, port {lan['port']}" if lan["enabled"] else "off"
+    print(
+        f"  shop LAN   {state}: {_count(lan['peers_seen'], 'peer')} seen, last heard "
+        f"{_readable(lan['last_heard'], config) or 'never'}; records received {lan['received']}, "
+        f"sent {lan['sent']}"
+    )
+    for peer in lan["peers"]:
+        if peer["last_heard"] is not None or peer["sent"]:
+            print(
+                f"    {peer['device_id']} at {peer['address'] or '?'}: last heard "
+                f"{_readable(peer['last_heard'], config) or 'never'}, received {peer['received']}, "
+                f"sent {peer['sent']}{'' if peer['enrolled'] else ' (no longer enrolled)'}"
+            )
     synchronised = "synchronised" if report["clock_synchronised"] else "not synchronised"
     print(
         f"  time floor {_readable(report['time_floor'], config) or 'none'}  "
