@@ -57,6 +57,10 @@ INBOX_SIZE: Final = 256
 MAX_DATAGRAMS_PER_SECOND: Final = 2_000
 """The receiving thread's pace: a flood beyond it is dropped by the kernel, at no cost here."""
 TICK_SECONDS: Final = 0.25
+SEND_GAP_SECONDS: Final = 0.02
+"""Sends of new redemptions are at least this far apart: a redemption after a quiet spell goes at
+once; a burst (the bench's back-to-back frames) goes in batches, so the scan loop does not pay a
+thread switch per redemption."""
 PEERS_REFRESH_SECONDS: Final = 5.0
 """How often the node reads the ledger's peers again (a sync in another process replaces them)."""
 ASK_AGAIN_SECONDS: Final = 1.0
@@ -170,7 +174,10 @@ class Lan(Closing):
             event(log, "lan_discovery_off", logging.WARNING, group=group, error=exc.strerror or str(exc))
 
     def announce(self) -> None:
-        """A redemption was committed: send it now (from the scan thread: never blocks)."""
+        """A redemption was committed: have it sent (from the scan thread: never blocks). While a
+        send is already due this costs nothing more: the worker is not woken again."""
+        if self._wake.is_set():
+            return
         self._wake.set()
         with contextlib.suppress(queue.Full):  # the worker sends new records at its next tick anyway
             self._inbox.put_nowait(_WAKE)
@@ -222,12 +229,15 @@ class Lan(Closing):
             ledger.lan_connection()
             self._ledger = ledger
             self._guarded(self._load_peers)  # before the first datagram is judged
-            next_tick = next_hello = next_stats = next_prune = 0.0
+            next_tick = next_hello = next_stats = next_prune = last_send = 0.0
             next_peers = self._monotonic() + PEERS_REFRESH_SECONDS
             while True:
                 stopping = self._stop.is_set()
+                wait = TICK_SECONDS
+                if self._wake.is_set():  # a send is due: at once, or at the end of the gap
+                    wait = max(0.0, last_send + SEND_GAP_SECONDS - self._monotonic())
                 try:
-                    item = None if stopping else self._inbox.get(timeout=TICK_SECONDS)
+                    item = None if stopping else self._inbox.get(timeout=wait)
                 except queue.Empty:
                     item = None
                 if isinstance(item, tuple):
@@ -236,10 +246,11 @@ class Lan(Closing):
                 if now >= next_peers:
                     self._guarded(self._load_peers)
                     next_peers = now + PEERS_REFRESH_SECONDS
-                if self._wake.is_set() or now >= next_tick or stopping:
-                    self._wake.clear()
+                due = self._wake.is_set() and now >= last_send + SEND_GAP_SECONDS
+                if due or now >= next_tick or stopping:
+                    self._wake.clear()  # before reading: a redemption committed after it wakes again
                     self._guarded(self._send_new)
-                    next_tick = now + TICK_SECONDS
+                    next_tick, last_send = now + TICK_SECONDS, now
                 if now >= next_hello and self._peers and not stopping:
                     self._guarded(self._hello_all)
                     next_hello = now + self.config.lan.hello_seconds
