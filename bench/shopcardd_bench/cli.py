@@ -20,6 +20,7 @@ BENCHMARKS = {
     "claims": "claim throughput and latency of the claim API on a chosen profile",
     "pipeline": "soak of claims through the Redis gate, relay, RabbitMQ and the three workers",
     "sync": "time for a counter to sync 10,000 redemptions with a served backend over loopback",
+    "lan": "gossip delay between two counters on loopback; the scan loop per frame with gossip on and off",
     "fuzz": "fuzz the counter (image bytes in), the voucher parser (text in) and the API, for --seconds each",
 }
 

@@ -48,3 +48,19 @@ def test_the_sync_benchmark_prints_a_table() -> None:
     assert header.split() == ["redemptions", "batch", "requests", "seconds", "redemptions/s"]
     redemptions, batch, requests, seconds, rate = row.split()
     assert (redemptions, batch, requests) == ("300", "100", "3") and float(seconds) > 0 < float(rate)
+
+
+def test_the_lan_benchmark_prints_the_gossip_delay_and_the_scan_loop_with_gossip_on_and_off() -> None:
+    result = subprocess.run(
+        [str(BIN / "shopcardd-bench"), "lan", "--vouchers", "5", "--runs", "1", "--frames", "3"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    p50, p99, longest = map(float, lines[2].split())
+    assert 0 < p50 <= p99 <= longest
+    rows = {line.split()[0]: line.split()[1:] for line in lines[5:8]}
+    assert float(rows["off"][0]) > 0 < float(rows["on"][0]) and rows["off"][1] == rows["on"][1] == "3"
+    assert lines[8].startswith("ratio on/off") and float(lines[8].split()[2]) > 0

@@ -23,7 +23,7 @@ def test_the_example_config_is_valid_and_documents_every_table() -> None:
     assert config.camera.source == "picamera" and config.decoder.name == "auto"
     assert config.leeway_seconds == 60 and config.gpio.accept != config.gpio.reject
     documented = (ROOT / "docs" / "device.md").read_text()
-    for table in ("[gpio]", "[camera]", "[decoder]", "[sync]"):
+    for table in ("[gpio]", "[camera]", "[decoder]", "[sync]", "[lan]"):
         assert table in example.read_text() and table in documented
 
 

@@ -1,0 +1,276 @@
+"""The shop LAN: the gossip delay between two counters, and what gossip costs the scan loop.
+
+Two counters of one shop on loopback (pinned addresses, so no multicast is needed), each with its
+own ledger, device key and the other as its peer, as a sync would have left them; no backend.
+
+- Gossip delay: a voucher is redeemed at counter A (``Counter.scan``: judged and committed), A's
+  node is told (``Lan.announce``, as the scan loop does after the green light), and the clock
+  stops when counter B has committed the record to its ledger. Both nodes run in this process.
+  p50/p99 over ``--vouchers`` vouchers, one at a time and 40 ms apart, as redemptions at a till
+  are (a burst of back-to-back redemptions is sent in batches 20 ms apart: ``SEND_GAP_SECONDS``).
+- Scan loop: the milliseconds per frame of ``Scanner.process`` (decode, verify, commit; every frame
+  a new voucher, so every frame is a redemption to gossip) at counter A with gossip off and on, in
+  alternating runs of the same process (off then on, then on then off, after a warm-up run);
+  B is another process (``shopcardd-device run``) on a CPU of its own (A on the others), as on
+  its own till: on one machine, B's checking and committing would otherwise count against A.
+  The ratio on/off (the median over the pairs of runs of each pair's ratio) is the figure to
+  read; the issue's target is at most 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shopcardd_voucher import KeySet, SigningKey, issue
+from shopcardd_voucher.commandline import whole_number
+from shopcardd_voucher.device_auth import public_jwk
+
+if TYPE_CHECKING:
+    from shopcardd_device.counter import Counter
+    from shopcardd_device.decoders.base import Gray
+
+MERCHANT = "m-bench-shop"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--vouchers", type=whole_number(1), default=200, help="vouchers gossiped for the delay (default 200)"
+    )
+    parser.add_argument(
+        "--runs", type=whole_number(1), default=6, help="scan-loop runs per mode, alternating (default 6)"
+    )
+    parser.add_argument(
+        "--frames", type=whole_number(1), default=40, help="frames (distinct vouchers) per run (default 40)"
+    )
+
+
+def free_port() -> int:
+    """A UDP port free on this host now (a test or the bench pins its counters to such ports)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_shop(
+    folder: Path,
+    devices: Sequence[str],
+    *,
+    voucher_keys: KeySet,
+    merchant: str = MERCHANT,
+    lan: Mapping[str, str] | None = None,
+    extra: str = "",
+) -> dict[str, Path]:
+    """The counters of one shop in ``folder``, as enrolment and a first sync leave them: each its
+    own folder with ``device.toml`` (plus ``extra`` at the top and ``lan[device]`` in ``[lan]``),
+    an Ed25519 device key, and a ledger holding the voucher key set and the other counters as its
+    peers. Returns each device's config path. No backend is involved."""
+    from shopcardd_device.ledger import Ledger, SyncRecord
+
+    keys = {device: SigningKey.generate(device) for device in devices}
+    (folder / "jwks.json").write_text(voucher_keys.to_json())
+    paths = {}
+    now = time.time()
+    for device in devices:
+        home = folder / device
+        home.mkdir(parents=True)
+        (home / "device.private.pem").write_bytes(keys[device].to_pem())
+        (home / "device.private.pem").chmod(0o600)
+        config = home / "device.toml"
+        config.write_text(
+            f'device_id = "{device}"\nmerchant_id = "{merchant}"\ndata_dir = "data"\n'
+            f'keyset = "../jwks.json"\ndevice_key = "device.private.pem"\n{extra}\n'
+            f"[lan]\n{(lan or {}).get(device, '')}\n"
+        )
+        peers = {other: public_jwk(keys[other]) for other in devices if other != device}
+        record = SyncRecord(
+            uploaded_through=0,
+            verdicts=[],
+            keys=voucher_keys,
+            keys_issued_at=now,
+            keys_valid_until=now + 86_400,
+            revoked_vouchers=[],
+            revoked_deals=[],
+            revocations_watermark=None,
+            peers=peers,
+            server_time=now,
+        )
+        with Ledger(home / "data" / "ledger.sqlite3") as ledger:
+            ledger.apply_sync(record, 60)
+        paths[device] = config
+    return paths
+
+
+def pinned_on_loopback(ports: Mapping[str, int], hello_seconds: float = 0.5) -> dict[str, str]:
+    """Each counter's ``[lan]`` table: its port, the others pinned on loopback, no multicast."""
+    return {
+        device: f"port = {port}\ndiscovery = false\nhello_seconds = {hello_seconds}\npeers = ["
+        + ", ".join(f'"127.0.0.1:{other}"' for name, other in ports.items() if name != device)
+        + "]"
+        for device, port in ports.items()
+    }
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def _gossip_delay(configs: Mapping[str, Path], mint: Iterator[str], vouchers: int) -> list[float]:
+    """Seconds from A's commit to B's, per voucher."""
+    from shopcardd_device.config import DeviceConfig
+    from shopcardd_device.counter import Counter
+    from shopcardd_device.lan import SEND_GAP_SECONDS, Lan
+
+    config_a, config_b = (DeviceConfig.load(configs[name]) for name in ("till-a", "till-b"))
+    recorded = threading.Event()
+    moments: list[float] = []
+
+    def on_record(device: str, count: int) -> None:
+        moments.append(time.perf_counter())
+        recorded.set()
+
+    key_a = SigningKey.load("till-a", config_a.device_key)  # type: ignore[arg-type]
+    key_b = SigningKey.load("till-b", config_b.device_key)  # type: ignore[arg-type]
+    delays = []
+    with (
+        Counter.open(config_a) as counter,
+        Lan(config_b, key_b, on_record=on_record).start(),
+        Lan(config_a, key_a).start() as lan_a,
+    ):
+        for number in range(vouchers + 1):  # the first one warms both up, and is not counted
+            token = next(mint)
+            recorded.clear()
+            time.sleep(2 * SEND_GAP_SECONDS)  # redemptions seconds apart, as at a till: none batched
+            if not counter.scan(token).is_accepted:
+                raise RuntimeError("the bench's voucher was not accepted at till-a")
+            committed = time.perf_counter()
+            lan_a.announce()
+            if not recorded.wait(10):
+                raise RuntimeError("till-b did not record till-a's redemption within 10 s")
+            if number:
+                delays.append(moments[-1] - committed)
+    return delays
+
+
+def _frame_times(counter: Counter, frames: list[Gray], announce: Callable[[], None] | None) -> list[float]:
+    """Seconds of ``Scanner.process`` per frame, ``announce`` called after each accepted scan."""
+    from shopcardd_device.decoders import open_decoder
+    from shopcardd_device.frames.base import Frame
+    from shopcardd_device.scanner import Scan, Scanner
+
+    def after(scan: Scan) -> None:
+        if announce is not None and scan.verdict.is_accepted:
+            announce()
+
+    times = []
+    with open_decoder("zxing") as decoder:
+        scanner = Scanner(None, decoder, counter, on_scan=after)  # type: ignore[arg-type]
+        for image in frames:
+            start = time.perf_counter()
+            scanner.process(Frame(image=image, origin="bench"))
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def _scan_loop(
+    configs: Mapping[str, Path], mint: Iterator[str], runs: int, frames: int
+) -> dict[str, list[list[float]]]:
+    """Per-frame seconds at till-a, gossip off and on, runs alternating; till-b a process of its own."""
+    from shopcardd_device.config import DeviceConfig
+    from shopcardd_device.counter import Counter
+    from shopcardd_device.lan import Lan
+
+    from .device import _frames
+
+    config_a = DeviceConfig.load(configs["till-a"])
+    key_a = SigningKey.load("till-a", config_a.device_key)  # type: ignore[arg-type]
+    command = [
+        str(Path(sys.executable).parent / "shopcardd-device"),
+        "run",
+        "--config",
+        str(configs["till-b"]),
+    ]
+    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}  # till-b's LEDs: no Pi here
+    cpus = sorted(os.sched_getaffinity(0))
+    own, other = (set(cpus[:-1]), {cpus[-1]}) if len(cpus) > 1 else (set(cpus), set(cpus))
+    os.sched_setaffinity(0, own)  # till-b's work (checking, committing) is its own till's, not A's
+    till_b = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        preexec_fn=lambda: os.sched_setaffinity(0, other),
+    )
+    results: dict[str, list[list[float]]] = {"off": [], "on": []}
+    try:
+        with Counter.open(config_a) as counter:
+            warm_up = _frames(lambda: next(mint), (640, 480), frames, seed=99_999)
+            _frame_times(counter, warm_up, None)  # not counted: caches, the decoder's first frames
+            for pair in range(runs):  # off, on; then on, off: a drift of the machine cancels out
+                for mode in ("off", "on") if pair % 2 == 0 else ("on", "off"):
+                    images = _frames(lambda: next(mint), (640, 480), frames, seed=len(results[mode]) * 1000)
+                    with Lan(config_a, key_a).start() if mode == "on" else contextlib.nullcontext() as lan:
+                        announce = lan.announce if lan is not None else None
+                        results[mode].append(_frame_times(counter, images, announce))
+    finally:
+        os.sched_setaffinity(0, set(cpus))
+        if till_b.stdin is not None:
+            till_b.stdin.close()
+        till_b.wait(timeout=30)
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.getLogger("shopcardd_device").setLevel(logging.ERROR)
+    key = SigningKey.generate("k1")
+    serial = iter(range(10**9))
+
+    def mints() -> Iterator[str]:
+        while True:
+            yield issue(key, deal="d-lan", merchant=MERCHANT, user=f"u-{next(serial):06d}", ttl=86_400)
+
+    mint = mints()
+    with tempfile.TemporaryDirectory(prefix="shopcardd-bench-lan-") as tmp:
+        ports = {"till-a": free_port(), "till-b": free_port()}
+        configs = make_shop(
+            Path(tmp),
+            list(ports),
+            voucher_keys=KeySet([key.verification_key()]),
+            lan=pinned_on_loopback(ports),
+            extra='log_level = "error"\n[camera]\nsource = "keyboard"  # till-b waits on stdin\n',
+        )
+        delays = _gossip_delay(configs, mint, args.vouchers)
+        loop = _scan_loop(configs, mint, args.runs, args.frames)
+    ms = [d * 1000 for d in delays]
+    print(f"shopcardd-bench lan: two counters on loopback, EdDSA device keys, {len(ms)} vouchers gossiped")
+    print(f"{'gossip delay (A committed -> B committed)':<44} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(f"{'':<44} {_percentile(ms, 0.5):>8.2f} {_percentile(ms, 0.99):>8.2f} {max(ms):>8.2f}")
+    print()
+    medians = {mode: statistics.median(t for run in runs for t in run) * 1000 for mode, runs in loop.items()}
+    pairs = zip(loop["on"], loop["off"], strict=True)
+    ratios = [statistics.median(on) / statistics.median(off) for on, off in pairs]
+    frames = sum(len(run) for run in loop["on"])
+    print(
+        f"scan loop at A ({args.runs} runs x {args.frames} frames a mode, 640x480, each frame a redemption;"
+        " B on a CPU of its own)"
+    )
+    print(f"{'gossip':<8} {'median ms/frame':>16} {'frames':>8}")
+    for mode in ("off", "on"):
+        print(f"{mode:<8} {medians[mode]:>16.2f} {frames:>8}")
+    print(f"{'ratio on/off':<8} {statistics.median(ratios):>16.3f}  (median of {len(ratios)} pairs of runs)")
+    return 0
