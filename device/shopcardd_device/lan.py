@@ -382,7 +382,7 @@ class Lan(Closing):
                 self._ask(message.device_id, watermark, address)
         elif message.kind == gossip.ASK:
             if message.to == self.config.device_id:
-                self._answer(message.after, address)
+                self._answer(message.device_id, message.after, address)
         else:
             inserted, watermark = self._ledger.note_peer(
                 message.device_id,
@@ -427,11 +427,12 @@ class Lan(Closing):
         )
         self._send(datagram, address)
 
-    def _answer(self, after: int, address: Address) -> None:
+    def _answer(self, device_id: str, after: int, address: Address) -> None:
         """What this device has numbered after ``after``, in pages, to the asker."""
         rows, through = self._ledger.own_records(after, max_rows=MAX_ROWS_PER_ANSWER)
         for page, start, until in gossip.pages(rows, after, through):
-            self._send(self._records(page, start, until), address)
+            if self._send(self._records(page, start, until), address):
+                self._sent[device_id] = self._sent.get(device_id, 0) + len(page)
 
 
 def open_lan(config: DeviceConfig, **kwargs: object) -> Lan | None:
