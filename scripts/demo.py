@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTERS = ["demo_voucher", "demo_device", "demo_backend", "demo_sync"]
+CHAPTERS = ["demo_voucher", "demo_device", "demo_backend", "demo_sync", "demo_lan"]
 
 BOLD, DIM, GREEN, RED, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m"
 
@@ -43,6 +43,11 @@ class Demo:
     def at_end(self, ending: Callable[[], None]) -> None:
         """Run ``ending`` once every chapter is done, or one failed."""
         self.endings.append(ending)
+
+    def end_now(self) -> None:
+        """Run the endings now: a chapter that shows life without the backend stops it first."""
+        if not _end(self):
+            raise DemoFailed("an ending did not do what it said")
 
     def _paint(self, code: str, text: str) -> str:
         return f"{code}{text}{RESET}" if self.color else text
@@ -75,11 +80,19 @@ class Demo:
             )
         return proc
 
-    def spawn(self, *args: str | Path, log: Path) -> subprocess.Popen[bytes]:
-        """Start a long-running command (a server) in the background, its output in ``log``."""
+    def spawn(self, *args: str | Path, log: Path, stdin: bool = False) -> subprocess.Popen[bytes]:
+        """Start a long-running command (a server, a till) in the background, its output in ``log``;
+        with ``stdin`` the demo types into it (``proc.stdin``)."""
         argv = self._announce(args, background=True)
         with log.open("wb") as out:
-            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.out)
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin else None,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.out,
+            )
 
     def _announce(self, args: tuple[str | Path, ...], background: bool = False) -> list[str]:
         """Print the command as typed; the argv to run, with the venv's console script found."""

@@ -43,6 +43,13 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "ok: the merchant sees voucher" in told and "redeemed at till-1 and till-2" in told
     assert "first at till-1" in told  # till-2's status shows the backend's verdict
     assert "refused: a voucher revoked on the backend, at a counter after sync -> revoked" in told
+    # Chapter 5: the shop LAN with no backend running: the second till refuses what the first redeemed,
+    # saying where.
+    chapter_5 = told.split("== 5.")[1]
+    assert "ok: backend stopped cleanly" in chapter_5.split("A customer shows voucher")[0]
+    assert "ok: each till heard the other's signed hello" in chapter_5
+    assert "refused: till-2, the same voucher a moment later -> already_redeemed" in chapter_5
+    assert "redeemed at counter till-1" in chapter_5
     assert "Demo finished" in result.stdout
     # the server it stops (after the last chapter that uses it) is not offered as a URL to visit;
     # how to start one is
