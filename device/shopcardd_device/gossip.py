@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -54,6 +54,7 @@ DROP_REASONS: Final = (
     "bad_signature",  # signed by another key than the device's enrolled one: forged or altered
     "other_merchant",  # a counter of another merchant (or a record claiming to be of one)
     "replayed",  # a hello or ask not newer than the last one of that device
+    "over_budget",  # more signatures to check than the budget allows: a flood (the catch-up heals it)
 )
 
 
@@ -154,10 +155,16 @@ def _record(item: Any) -> LanRecord:
     return LanRecord(voucher_id, deal, float(redeemed_at), expires_at, seq)
 
 
-def read(datagram: bytes, *, merchant: str, peers: Mapping[str, ed25519.Ed25519PublicKey]) -> Message:
+def read(
+    datagram: bytes,
+    *,
+    merchant: str,
+    peers: Mapping[str, ed25519.Ed25519PublicKey],
+    may_verify: Callable[[], bool] | None = None,
+) -> Message:
     """The verified message in ``datagram``, sent by one of ``peers`` (device id -> enrolled key) of
     ``merchant``; ``Dropped`` for anything else. Cheap checks first: a datagram of an unknown device
-    costs no signature check."""
+    costs no signature check, and ``may_verify`` (a budget) is asked before each check."""
     try:
         if len(datagram) > MAX_DATAGRAM:
             raise ValueError("too long")
@@ -180,6 +187,8 @@ def read(datagram: bytes, *, merchant: str, peers: Mapping[str, ed25519.Ed25519P
         raise Dropped("unknown_device", "not an enrolled counter of this merchant", device[:64])
     if header["alg"] != "EdDSA":
         raise Dropped("bad_signature", "device keys sign with EdDSA only", device)
+    if may_verify is not None and not may_verify():
+        raise Dropped("over_budget", "too many signatures to check this second: a flood", device)
     try:
         key.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"))
     except InvalidSignature:

@@ -54,8 +54,12 @@ Address = tuple[str, int]
 
 INBOX_SIZE: Final = 256
 """Datagrams waiting to be checked; more are dropped (a flood, never a peer's normal traffic)."""
-MAX_DATAGRAMS_PER_SECOND: Final = 2_000
+MAX_DATAGRAMS_PER_SECOND: Final = 500
 """The receiving thread's pace: a flood beyond it is dropped by the kernel, at no cost here."""
+MAX_CHECKS_PER_SECOND: Final = 100
+"""Signatures checked at most (about 5 ms of CPU a second): datagrams that name a peer but are
+forged cost a check each, so beyond this they are dropped unchecked (``over_budget``). A shop's
+own traffic is a hello per peer every few seconds and a message per redemption or page."""
 TICK_SECONDS: Final = 0.25
 SEND_GAP_SECONDS: Final = 0.02
 """Sends of new redemptions are at least this far apart: a redemption after a quiet spell goes at
@@ -71,6 +75,23 @@ LOG_EVERY_SECONDS: Final = 10.0
 _WAKE: Final = object()
 
 log = get_logger("lan")
+
+
+class _Budget:
+    """A token bucket: at most ``rate`` a second, bursts of up to ``rate``."""
+
+    def __init__(self, rate: float, monotonic: Callable[[], float]) -> None:
+        self.rate, self._monotonic = rate, monotonic
+        self._tokens, self._at = rate, monotonic()
+
+    def take(self) -> bool:
+        now = self._monotonic()
+        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 class _Throttle:
@@ -118,6 +139,7 @@ class Lan(Closing):
         self._threads: list[threading.Thread] = []
         self._sock: socket.socket | None = None
         self._throttle = _Throttle(monotonic)
+        self._checks = _Budget(MAX_CHECKS_PER_SECOND, monotonic)
         self._boot, self._count = secrets.token_hex(8), 0
         self._peers: dict[str, ed25519.Ed25519PublicKey] = {}
         self._heard: dict[str, tuple[str, int]] = {}
@@ -198,13 +220,10 @@ class Lan(Closing):
     def _receive(self) -> None:
         sock = self._sock
         assert sock is not None
-        budget, refilled = float(MAX_DATAGRAMS_PER_SECOND), self._monotonic()
+        pace = _Budget(MAX_DATAGRAMS_PER_SECOND, self._monotonic)
         while not self._stop.is_set():
-            now = self._monotonic()
-            budget = min(MAX_DATAGRAMS_PER_SECOND, budget + (now - refilled) * MAX_DATAGRAMS_PER_SECOND)
-            refilled = now
-            if budget < 1:
-                time.sleep((1 - budget) / MAX_DATAGRAMS_PER_SECOND)
+            if not pace.take():  # meanwhile the kernel drops what does not fit its buffer
+                time.sleep(1 / MAX_DATAGRAMS_PER_SECOND)
                 continue
             try:
                 data, sender = sock.recvfrom(gossip.MAX_DATAGRAM + 1)
@@ -214,7 +233,6 @@ class Lan(Closing):
                 if self._stop.is_set():
                     return
                 continue
-            budget -= 1
             try:
                 self._inbox.put_nowait((data, sender[:2]))
             except queue.Full:
@@ -357,7 +375,9 @@ class Lan(Closing):
 
     def _handle(self, data: bytes, address: Address) -> None:
         try:
-            message = gossip.read(data, merchant=self.config.merchant_id, peers=self._peers)
+            message = gossip.read(
+                data, merchant=self.config.merchant_id, peers=self._peers, may_verify=self._checks.take
+            )
             if message.kind in (gossip.HELLO, gossip.ASK):
                 self._check_fresh(message)
         except gossip.Dropped as exc:
