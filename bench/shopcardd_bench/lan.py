@@ -184,10 +184,47 @@ def _frame_times(counter: Counter, frames: list[Gray], announce: Callable[[], No
     return times
 
 
+MODES = ("off", "on", "flood")
+FLOOD = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+junk = [bytes.fromhex(sys.argv[2]), b"not.a.message", bytes(64)]
+while True:
+    for datagram in junk:
+        sock.sendto(datagram, ("127.0.0.1", int(sys.argv[1])))
+"""
+"""The flooder: as fast as one Python process sends, a forged record naming till-b (each costs a
+signature check, while the budget lasts), and junk."""
+
+
+@contextlib.contextmanager
+def _flood(configs: Mapping[str, Path], cpus: set[int]) -> Iterator[None]:
+    """A host of the LAN floods till-a's port with junk while the block runs (on till-b's CPU)."""
+    from shopcardd_device import gossip
+    from shopcardd_device.config import DeviceConfig
+    from shopcardd_device.ledger import LanRecord
+
+    port = DeviceConfig.load(configs["till-a"]).lan.port
+    row = LanRecord("v-flood", "d-lan", time.time(), int(time.time()) + 60, 1)
+    forged = gossip.records(
+        SigningKey.generate("till-b"), merchant=MERCHANT, epoch="e", rows=[row], after=0, through=1
+    )
+    flooder = subprocess.Popen(
+        [sys.executable, "-c", FLOOD, str(port), forged.hex()],
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+    )
+    try:
+        yield
+    finally:
+        flooder.kill()
+        flooder.wait()
+
+
 def _scan_loop(
     configs: Mapping[str, Path], mint: Iterator[str], runs: int, frames: int
 ) -> dict[str, list[list[float]]]:
-    """Per-frame seconds at till-a, gossip off and on, runs alternating; till-b a process of its own."""
+    """Per-frame seconds at till-a: gossip off, on, and on under a flood, the runs interleaved;
+    till-b (and the flooder) are processes of their own, on a CPU of their own."""
     from shopcardd_device.config import DeviceConfig
     from shopcardd_device.counter import Counter
     from shopcardd_device.lan import Lan
@@ -214,15 +251,19 @@ def _scan_loop(
         env=env,
         preexec_fn=lambda: os.sched_setaffinity(0, other),
     )
-    results: dict[str, list[list[float]]] = {"off": [], "on": []}
+    results: dict[str, list[list[float]]] = {mode: [] for mode in MODES}
     try:
         with Counter.open(config_a) as counter:
             warm_up = _frames(lambda: next(mint), (640, 480), frames, seed=99_999)
             _frame_times(counter, warm_up, None)  # not counted: caches, the decoder's first frames
-            for pair in range(runs):  # off, on; then on, off: a drift of the machine cancels out
-                for mode in ("off", "on") if pair % 2 == 0 else ("on", "off"):
+            for turn in range(runs):  # each turn the modes in another order: a drift cancels out
+                for mode in MODES[turn % 3 :] + MODES[: turn % 3]:
                     images = _frames(lambda: next(mint), (640, 480), frames, seed=len(results[mode]) * 1000)
-                    with Lan(config_a, key_a).start() if mode == "on" else contextlib.nullcontext() as lan:
+                    node = Lan(config_a, key_a).start() if mode != "off" else contextlib.nullcontext()
+                    with (
+                        node as lan,
+                        _flood(configs, other) if mode == "flood" else contextlib.nullcontext(),
+                    ):
                         announce = lan.announce if lan is not None else None
                         results[mode].append(_frame_times(counter, images, announce))
     finally:
@@ -262,15 +303,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'':<44} {_percentile(ms, 0.5):>8.2f} {_percentile(ms, 0.99):>8.2f} {max(ms):>8.2f}")
     print()
     medians = {mode: statistics.median(t for run in runs for t in run) * 1000 for mode, runs in loop.items()}
-    pairs = zip(loop["on"], loop["off"], strict=True)
-    ratios = [statistics.median(on) / statistics.median(off) for on, off in pairs]
     frames = sum(len(run) for run in loop["on"])
     print(
         f"scan loop at A ({args.runs} runs x {args.frames} frames a mode, 640x480, each frame a redemption;"
         " B on a CPU of its own)"
     )
-    print(f"{'gossip':<8} {'median ms/frame':>16} {'frames':>8}")
-    for mode in ("off", "on"):
+    print(f"{'gossip':<8} {'median ms/frame':>16} {'frames':>8}   (flood: gossip on, junk at full speed)")
+    for mode in MODES:
         print(f"{mode:<8} {medians[mode]:>16.2f} {frames:>8}")
-    print(f"{'ratio on/off':<8} {statistics.median(ratios):>16.3f}  (median of {len(ratios)} pairs of runs)")
+    for mode in MODES[1:]:
+        turns = zip(loop[mode], loop["off"], strict=True)
+        ratios = [statistics.median(run) / statistics.median(off) for run, off in turns]
+        name = f"ratio {mode}/off"
+        print(f"{name:<14} {statistics.median(ratios):>10.3f}  (median over {len(ratios)} turns)")
     return 0

@@ -61,6 +61,8 @@ def test_the_lan_benchmark_prints_the_gossip_delay_and_the_scan_loop_with_gossip
     lines = result.stdout.splitlines()
     p50, p99, longest = map(float, lines[2].split())
     assert 0 < p50 <= p99 <= longest
-    rows = {line.split()[0]: line.split()[1:] for line in lines[5:8]}
-    assert float(rows["off"][0]) > 0 < float(rows["on"][0]) and rows["off"][1] == rows["on"][1] == "3"
-    assert lines[8].startswith("ratio on/off") and float(lines[8].split()[2]) > 0
+    rows = {line.split()[0]: line.split()[1:3] for line in lines[6:9]}
+    assert list(rows) == ["off", "on", "flood"]
+    assert all(float(median) > 0 and frames == "3" for median, frames in rows.values())
+    assert [line.split()[:2] for line in lines[9:11]] == [["ratio", "on/off"], ["ratio", "flood/off"]]
+    assert all(float(line.split()[2]) > 0 for line in lines[9:11])
