@@ -327,3 +327,43 @@ def test_sync_says_why_it_failed_in_one_line_and_exits_1_or_2(
     assert cli.main(["sync", "--config", str(config.source_file)]) == 1
     [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("shopcardd-device")]
     assert "cannot reach the backend at http://127.0.0.1:9" in line and "gave up after 6 tries" in line
+
+
+def test_with_the_shop_lan_a_race_within_the_gossip_delay_is_still_a_conflict_at_sync(shop: Shop) -> None:
+    """Two tills that both accepted a voucher before either heard of the other's redemption (within
+    the gossip delay) are still reported at sync; a voucher refused because of the LAN is no
+    redemption, so it goes up from the till that redeemed it only."""
+    from shopcardd_bench.lan import free_port, pinned_on_loopback
+    from shopcardd_device.lan import Lan
+
+    configs = {name: shop.enrol(name) for name in ("till-a", "till-b")}
+    for config in configs.values():  # the first sync brings each the other as its peer
+        with Counter.open(config) as counter:
+            sync(config, counter.ledger)
+    ports = {config.device_id: free_port() for config in configs.values()}
+    lan = pinned_on_loopback(ports, hello_seconds=0.2)
+    for config in configs.values():
+        assert config.source_file is not None
+        config.source_file.write_text(config.source_file.read_text() + f"\n[lan]\n{lan[config.device_id]}\n")
+    till_a, till_b = (DeviceConfig.load(c.source_file) for c in configs.values())
+    deal = shop.deal()
+    raced, gossiped = shop.voucher(deal), shop.voucher(deal)
+    with Counter.open(till_a) as a, Counter.open(till_b) as b:
+        assert a.scan(raced).is_accepted and b.scan(raced).is_accepted  # both before any gossip
+        raced_id = voucher_id(a, raced)
+        assert a.scan(gossiped).is_accepted
+        with (
+            Lan(till_a, load_device_key(till_a)).start(),
+            Lan(till_b, load_device_key(till_b)).start(),
+        ):
+            deadline = time.monotonic() + 30
+            while b.judge(gossiped, b.time()).reason is not Reason.ALREADY_REDEEMED:
+                assert time.monotonic() < deadline, "till-b did not hear of till-a's redemption"
+                time.sleep(0.05)
+        refused = b.scan(gossiped)
+        assert refused.reason is Reason.ALREADY_REDEEMED and till_a.device_id in refused.detail
+        assert sync(till_a, a.ledger).conflicts == 0
+        report = sync(till_b, b.ledger)  # the race is reported; the refusal is no redemption
+        assert (report.uploaded, report.conflicts) == (1, 1)
+    [conflict] = shop.call("GET", f"/v1/merchants/{shop.merchant}/conflicts")["conflicts"]
+    assert conflict["voucher_id"] == raced_id
