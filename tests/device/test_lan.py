@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from shopcardd_bench.lan import free_port, make_shop, pinned_on_loopback
 from shopcardd_device import gossip
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.counter import Counter
-from shopcardd_device.lan import Lan
+from shopcardd_device.lan import Lan, open_lan
 from shopcardd_device.ledger import LanRecord, Ledger, SyncRecord
 from shopcardd_voucher import KeySet, Reason, SigningKey
 from shopcardd_voucher.device_auth import parse_public_jwk, public_jwk
@@ -348,3 +349,17 @@ def test_lan_settings_are_checked_naming_the_setting(write_config: Callable[...,
     ]:
         with pytest.raises(ValueError, match=named.replace("[", r"\[").replace("]", r"\]")):
             DeviceConfig.load(write_config(f"[lan]\n{table}"))
+
+
+def test_the_lan_can_be_switched_off_and_a_port_in_use_leaves_the_counter_scanning(
+    shop: Shop, till_b: Lan, lan_log: list[logging.LogRecord]
+) -> None:
+    path = shop.paths["till-a"]
+    path.write_text(path.read_text().replace("[lan]\n", "[lan]\nenabled = false\n"))
+    off = DeviceConfig.load(path)
+    assert open_lan(off) is None
+    assert json.loads(device_command("status", "--config", path, "--json").stdout)["lan"]["enabled"] is False
+    assert "shop LAN   off" in device_command("status", "--config", path).stdout
+    taken = replace(shop.configs["till-a"], lan=replace(shop.configs["till-a"].lan, port=till_b.address[1]))
+    assert open_lan(taken) is None  # till-b holds the port: said in one line, and no node
+    assert [r.getMessage() for r in lan_log] == ["lan_off"]
