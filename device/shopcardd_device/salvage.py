@@ -28,6 +28,7 @@ from .errors import LedgerDamaged, LedgerError
 from .ledger import Ledger
 
 _SIDE_FILES: Final = ("-wal", "-shm")
+_MAGIC: Final = b"SQLite format 3\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ def salvage(path: Path) -> Salvaged | None:
         for suffix in ("", "-wal"):  # read a copy: the file kept aside stays exactly as it was found
             if _with_suffix(path, suffix).exists():
                 shutil.copyfile(_with_suffix(path, suffix), _with_suffix(damaged, suffix))
+        _restore_magic(damaged)
         Ledger(fresh, check=False).close()  # the current schema, empty
         with (
             closing(sqlite3.connect(damaged)) as src,
@@ -65,10 +67,25 @@ def salvage(path: Path) -> Salvaged | None:
             copied, lost = _copy(src, dst)
             if dst.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
                 raise LedgerError(f"the fresh ledger made from {path} failed its integrity check")
+        if not any(copied.values()) and not lost:
+            raise LedgerError(
+                f"nothing could be read from the damaged ledger {path}; it is left as it was. Do not "
+                "start the counter on a new, empty ledger: it would accept again every voucher "
+                "redeemed here. Keep the file (and any -wal beside it) for support."
+            )
         kept_at = _set_aside(path)
         os.replace(fresh, path)
         _sync_folder(path.parent)
     return Salvaged(kept_at, copied, lost)
+
+
+def _restore_magic(path: Path) -> None:
+    """Put back the 16 bytes every SQLite file starts with, if they were overwritten: with them
+    gone SQLite reads nothing ("file is not a database") though every page may still be sound."""
+    with path.open("r+b") as file:
+        if file.read(len(_MAGIC)) != _MAGIC:
+            file.seek(0)
+            file.write(_MAGIC)
 
 
 def _with_suffix(path: Path, suffix: str) -> Path:

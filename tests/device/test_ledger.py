@@ -89,6 +89,34 @@ def test_a_ledger_damaged_in_the_middle_stops_the_counter_and_salvage_keeps_what
     assert device_command("salvage", "--config", config_path).stdout.startswith("ledger ")  # sound now
 
 
+def test_salvage_reads_a_ledger_whose_first_bytes_were_overwritten_and_refuses_one_it_cannot_read(
+    write_config: WriteConfig, mint: Mint
+) -> None:
+    """With its 16-byte SQLite header gone, a ledger reads as "not a database" though every page
+    is sound: salvage puts the header back and keeps every redemption. A ledger of which nothing
+    can be read is left as it was, and salvage says so instead of starting the counter afresh."""
+    config_path = write_config('[camera]\nsource = "keyboard"')
+    config = DeviceConfig.load(config_path)
+    tokens = [mint() for _ in range(300)]
+    with Counter.open(config) as counter:
+        assert all(counter.scan(token).is_accepted for token in tokens)
+    path = config.ledger_path
+    raw = path.read_bytes()
+    path.write_bytes(b"\x00" * 16 + raw[16:])
+    salvaged = device_command("salvage", "--config", config_path)
+    assert salvaged.returncode == 0, salvaged.stderr
+    assert "300 rows of redemptions" in salvaged.stdout
+    again = device_command("verify", "--config", config_path, "--json", "-", stdin="\n".join(tokens))
+    assert {json.loads(line)["result"] for line in again.stdout.splitlines()} == {"already_redeemed"}
+
+    junk = bytes(range(256)) * (len(raw) // 256)
+    path.write_bytes(junk)
+    refused = device_command("salvage", "--config", config_path)
+    assert refused.returncode == EXIT_USAGE
+    assert "nothing could be read" in refused.stderr and "Do not start the counter" in refused.stderr
+    assert path.read_bytes() == junk  # left as it was: no empty ledger put in its place
+
+
 def test_a_voucher_is_redeemed_once_and_every_rejection_is_recorded(config: DeviceConfig, mint: Mint) -> None:
     token = mint(user="u-ada")
     with Counter.open(config) as counter:
