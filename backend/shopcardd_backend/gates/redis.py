@@ -119,13 +119,16 @@ however often a move is finished (by its mover, or by another process after the 
 SETTLE = "return redis.call('HDEL', KEYS[1], ARGV[1])"
 """Strike a finished move from its donor's journal (KEYS: the journal)."""
 COUNT = """
-local hits = redis.call('INCR', KEYS[1])
-if hits == 1 then
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
+local hits = {}
+for i, key in ipairs(KEYS) do
+  hits[i] = redis.call('INCR', key)
+  if hits[i] == 1 then
+    redis.call('EXPIRE', key, ARGV[1])
+  end
 end
 return hits
 """
-"""One hit of a rate limit's window counter (KEYS: the counter; ARGV: seconds it lives)."""
+"""One hit of each rate limit window counter named (KEYS: the counters; ARGV: seconds they live)."""
 KNOWN_FIELD = "merchant_id"
 """The terms field whose presence makes a deal known, here as in the script: a terms hash
 without it (a ``cancelled`` flag written just as Redis lost the deal) is a lost deal."""
@@ -412,14 +415,18 @@ class RedisClaimGate(Closing):
                 return done.value
 
     async def count_async(self, names: Sequence[str], window_start: int, window_seconds: int) -> list[int]:
-        """One ``COUNT`` call per counter, all joining this turn's pipeline (a claim's counters
-        and its script go out in the same round trips as the other claims in flight)."""
+        """One ``COUNT`` call joining this turn's pipeline (a claim's counters go out in the same
+        round trips as the other claims in flight); on a cluster, one per counter, each key
+        being in a slot of its own."""
         run = self._async_parts()
         keys = [f"{self.prefix}:rate:{window_start}:{name}" for name in names]
+        lives = [2 * window_seconds]
         with self._mapped_errors():
             async with asyncio.timeout(self._client_options["socket_timeout"]):
-                calls = [run("count", [key], [2 * window_seconds]) for key in keys]
-                return [int(hits) for hits in await asyncio.gather(*calls)]
+                if not self._cluster:
+                    return [int(hits) for hits in await run("count", keys, lives)]
+                replies = await asyncio.gather(*(run("count", [key], lives) for key in keys))
+                return [int(hits) for [hits] in replies]
 
     def _claim_steps(self, attempt: ClaimAttempt) -> Generator[Call, Any, ClaimDecision]:
         """The claim as script calls, each yielded and answered with its reply: ``claim`` and
