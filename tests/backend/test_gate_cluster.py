@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -25,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from servers import free_port
 from shopcardd_backend.gates.base import ClaimAttempt, ClaimDecision, DealTerms, GateUnavailable, Outcome
 from shopcardd_backend.gates.redis import RedisClaimGate
+from shopcardd_bench.hotdeal import cluster_port
 from shopcardd_voucher import Voucher, new_voucher_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -73,19 +72,6 @@ class Cluster:
         while not all("cluster_state:ok" in self.cli(port, "CLUSTER", "INFO") for port in self.ports):
             assert time.monotonic() < deadline, "the cluster did not come up"
             time.sleep(0.2)
-
-
-def cluster_port(taken: list[int]) -> int:
-    """A free port whose cluster bus port (10,000 higher) is free too and at most 65535."""
-    while True:
-        port = free_port()
-        if port <= 55535 and port not in taken and port + 10_000 not in taken:
-            with socket.socket() as bus:
-                try:
-                    bus.bind(("127.0.0.1", port + 10_000))
-                except OSError:
-                    continue
-            return port
 
 
 @pytest.fixture
@@ -227,10 +213,7 @@ def test_claims_on_a_redis_cluster_survive_a_failover(cluster: Cluster) -> None:
 
     # A rebuild (what deal rebuild does once the gate lost a deal) spreads the vouchers of the hot
     # deal over its buckets again: the same stock left, the same limits and replays.
-    claimed = [
-        (e["idempotency_key"], voucher_of(e))
-        for e in hot_events
-    ]
+    claimed = [(e["idempotency_key"], voucher_of(e)) for e in hot_events]
     gate.load_deal(DealTerms("hot", "m1", HOT_STOCK, 1, 3600), claimed=claimed)
     assert gate.stock_left("hot") == 0
     key, voucher = claimed[0]
