@@ -77,6 +77,18 @@ def test_a_move_a_dead_process_left_half_done_is_finished_and_nothing_is_lost(ga
     assert claim(gate, users_of_bucket(2, 4, 1)[0]) is Outcome.SOLD_OUT
 
 
+def test_a_move_sent_twice_takes_its_units_once(gate: RedisClaimGate) -> None:
+    """A client resends a script whose connection closed before the answer (redis-py's cluster
+    client does): the second run of a move finds its id journaled and takes nothing."""
+    donor = gate._move_keys(bucket_tag("hot", 1))
+    assert int(gate._scripts["move"](keys=donor, args=["m", 2])[0]) == 1
+    taken, *journal = gate._scripts["move"](keys=donor, args=["m", 2])
+    assert int(taken) == 0 and journal == ["m", "1 2"]
+    assert gate.stock_left("hot") == 8
+    crowd = users_of_bucket(0, 4, 9)
+    assert [claim(gate, user) for user in crowd] == [Outcome.ISSUED] * 8 + [Outcome.SOLD_OUT]
+
+
 def test_a_bucketed_deal_is_cancelled_in_every_bucket(gate: RedisClaimGate) -> None:
     crowd = users_of_bucket(1, 4, 3)
     assert [claim(gate, user) for user in crowd] == [Outcome.ISSUED] * 3

@@ -97,6 +97,9 @@ TOUCH = "redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])"
 MOVE = """
 local stock = tonumber(redis.call('GET', KEYS[1]) or '0')
 local take = math.ceil(stock / 2)
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  take = 0
+end
 local journal = redis.call('HGETALL', KEYS[2])
 if take > 0 then
   redis.call('DECRBY', KEYS[1], take)
@@ -107,7 +110,10 @@ return journal
 """
 """Take half the stock of a donor bucket (KEYS: its stock, its moves journal) for the bucket
 ARGV[2], journaled under the move's id ARGV[1]; returns {taken, id, "n home", ...} with the
-moves already in the journal (the caller finishes them: one whose mover died is not lost)."""
+moves already in the journal (the caller finishes them: one whose mover died is not lost).
+A move id already journaled takes nothing more: the cluster client sends a script again when a
+connection closed under it, and a second take would overwrite the first's journal entry, losing
+its units (found by ``shopcardd-bench hotdeal``'s sell-out check)."""
 CREDIT = """
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
   redis.call('INCRBY', KEYS[1], ARGV[2])
