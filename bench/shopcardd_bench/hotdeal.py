@@ -302,6 +302,14 @@ def run(args: argparse.Namespace) -> int:
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         print("hotdeal needs redis-server and redis-cli (Debian: apt install redis-server)", file=sys.stderr)
         return 2
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted: the cluster is stopped", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     rows: dict[int, Run] = {}
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="hotdeal-") as tmp, running_cluster(Path(tmp)) as cluster:
