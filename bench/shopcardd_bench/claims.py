@@ -208,7 +208,7 @@ def own_redis(folder: Path) -> Iterator[str]:
         proc.wait()
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process, from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -234,7 +234,7 @@ def _tree_cpu(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError):
-            total += _cpu_seconds(pid)
+            total += cpu_seconds(pid)
     return total
 
 
@@ -245,7 +245,7 @@ def _redis_cpu(url: str) -> float:
     with redis.Redis.from_url(url) as client:
         pid = int(client.info("server")["process_id"])
         with contextlib.suppress(OSError):
-            return _cpu_seconds(pid)
+            return cpu_seconds(pid)
         cpu = client.info("cpu")
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from shopcardd_voucher.commandline import whole_number
 
-from .claims import _cpu_seconds
+from .claims import cpu_seconds
 
 if TYPE_CHECKING:
     from shopcardd_backend.gates.redis import RedisClaimGate
@@ -106,7 +106,7 @@ class Cluster:
         return f"redis://127.0.0.1:{next(iter(self.nodes))}/0"
 
     def cpu(self) -> dict[int, float]:
-        return {port: _cpu_seconds(proc.pid) for port, proc in self.nodes.items()}
+        return {port: cpu_seconds(proc.pid) for port, proc in self.nodes.items()}
 
     def port_of_slot(self, slot: int) -> int:
         """The port of the primary that serves ``slot`` (from ``CLUSTER NODES``)."""

@@ -7,25 +7,18 @@ import subprocess
 from .conftest import BIN
 
 
-def test_the_device_benchmark_prints_a_table() -> None:
+def bench(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``shopcardd-bench ARGS``, checked to exit 0 (its stderr shown when it does not)."""
     result = subprocess.run(
-        [
-            str(BIN / "shopcardd-bench"),
-            "device",
-            "--runs",
-            "1",
-            "--frames",
-            "3",
-            "--decoder",
-            "zxing",
-            "--size",
-            "640x480",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [str(BIN / "shopcardd-bench"), *args], capture_output=True, text=True, timeout=timeout
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_the_device_benchmark_prints_a_table() -> None:
+    args = ("--runs", "1", "--frames", "3", "--decoder", "zxing", "--size", "640x480")
+    result = bench("device", *args, timeout=120)
     header, row = result.stdout.splitlines()[2], result.stdout.splitlines()[4]
     stages = ["decode", "verify", "record", "total", "empty"]
     assert header.split() == ["decoder", "frame", "read", *stages, "scans/s"]
@@ -37,13 +30,7 @@ def test_the_device_benchmark_prints_a_table() -> None:
 
 
 def test_the_sync_benchmark_prints_a_table() -> None:
-    result = subprocess.run(
-        [str(BIN / "shopcardd-bench"), "sync", "--redemptions", "300", "--runs", "1", "--batch-size", "100"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
+    result = bench("sync", "--redemptions", "300", "--runs", "1", "--batch-size", "100")
     header, row = result.stdout.splitlines()[1:3]
     assert header.split() == ["redemptions", "batch", "requests", "seconds", "redemptions/s"]
     redemptions, batch, requests, seconds, rate = row.split()
@@ -51,13 +38,7 @@ def test_the_sync_benchmark_prints_a_table() -> None:
 
 
 def test_the_lan_benchmark_prints_the_gossip_delay_and_the_scan_loop_with_gossip_on_and_off() -> None:
-    result = subprocess.run(
-        [str(BIN / "shopcardd-bench"), "lan", "--vouchers", "5", "--runs", "1", "--frames", "3"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
+    result = bench("lan", "--vouchers", "5", "--runs", "1", "--frames", "3")
     lines = result.stdout.splitlines()
     p50, p99, longest = map(float, lines[2].split())
     assert 0 < p50 <= p99 <= longest

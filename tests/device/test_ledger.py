@@ -51,17 +51,25 @@ def test_a_damaged_ledger_stops_start_up(tmp_path: Path) -> None:
     assert issubclass(LedgerDamaged, LedgerError) and issubclass(LedgerError, DeviceError)
 
 
+def redeemed_at_a_counter(
+    write_config: WriteConfig, mint: Mint, count: int
+) -> tuple[Path, DeviceConfig, list[str]]:
+    """A counter's config (its path and itself) and ``count`` vouchers it accepted."""
+    config_path = write_config('[camera]\nsource = "keyboard"')
+    config = DeviceConfig.load(config_path)
+    tokens = [mint() for _ in range(count)]
+    with Counter.open(config) as counter:
+        assert all(counter.scan(token).is_accepted for token in tokens)
+    return config_path, config, tokens
+
+
 def test_a_ledger_damaged_in_the_middle_stops_the_counter_and_salvage_keeps_what_can_be_read(
     write_config: WriteConfig, mint: Mint
 ) -> None:
     """Bytes overwritten in the middle of a ledger of many redemptions: the counter refuses to
     start (an exit code the unit does not restart on) and says how to recover; salvage keeps the
     damaged file, byte for byte, and every redemption it read is still refused as already used."""
-    config_path = write_config('[camera]\nsource = "keyboard"')
-    config = DeviceConfig.load(config_path)
-    tokens = [mint() for _ in range(1500)]
-    with Counter.open(config) as counter:
-        assert all(counter.scan(token).is_accepted for token in tokens)
+    config_path, config, tokens = redeemed_at_a_counter(write_config, mint, 1500)
     path = config.ledger_path
     damaged = bytearray(path.read_bytes())
     middle = len(damaged) // 4096 // 2 * 4096
@@ -95,11 +103,7 @@ def test_salvage_reads_a_ledger_whose_first_bytes_were_overwritten_and_refuses_o
     """With its 16-byte SQLite header gone, a ledger reads as "not a database" though every page
     is sound: salvage puts the header back and keeps every redemption. A ledger of which nothing
     can be read is left as it was, and salvage says so instead of starting the counter afresh."""
-    config_path = write_config('[camera]\nsource = "keyboard"')
-    config = DeviceConfig.load(config_path)
-    tokens = [mint() for _ in range(300)]
-    with Counter.open(config) as counter:
-        assert all(counter.scan(token).is_accepted for token in tokens)
+    config_path, config, tokens = redeemed_at_a_counter(write_config, mint, 300)
     path = config.ledger_path
     raw = path.read_bytes()
     path.write_bytes(b"\x00" * 16 + raw[16:])
