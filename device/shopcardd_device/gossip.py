@@ -34,10 +34,9 @@ from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from jwt.utils import base64url_encode
 
 from shopcardd_voucher import SigningKey, is_valid_id
-from shopcardd_voucher.voucher import canonical_segment
+from shopcardd_voucher.voucher import canonical_segment, sign_compact
 
 from .ledger import LanRecord
 
@@ -85,17 +84,10 @@ class Message:
     records: tuple[LanRecord, ...] = field(default=())
 
 
-def _b64(data: bytes) -> str:
-    return base64url_encode(data).decode("ascii")
-
-
 def _sign(key: SigningKey, payload: dict[str, Any]) -> bytes:
     if not isinstance(key.private_key, ed25519.Ed25519PrivateKey):
         raise ValueError(f"a device key is Ed25519 (EdDSA), not {key.alg}")
-    header = _b64(json.dumps({"alg": "EdDSA", "kid": key.kid}, separators=(",", ":")).encode())
-    body = _b64(json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode())
-    signing_input = f"{header}.{body}".encode("ascii")
-    return signing_input + b"." + base64url_encode(key.private_key.sign(signing_input))
+    return sign_compact(key, payload).encode("ascii")
 
 
 def hello(key: SigningKey, *, merchant: str, epoch: str, last_seq: int, boot: str, count: int) -> bytes:

@@ -165,9 +165,14 @@ def issue(
 
 def sign(key: SigningKey, voucher: Voucher) -> str:
     """Sign already-built voucher claims (the backend builds them inside its claim step)."""
+    return sign_compact(key, voucher.to_claims())
+
+
+def sign_compact(key: SigningKey, payload: dict[str, Any]) -> str:
+    """A compact JWS of ``payload`` with the header ``{"alg", "kid"}`` of ``key``: a voucher, and
+    the shop LAN's messages (``shopcardd_device.gossip``)."""
     header = base64url_encode(_compact_json({"alg": key.alg, "kid": key.kid}))
-    payload = base64url_encode(_compact_json(voucher.to_claims()))
-    signing_input = header + b"." + payload
+    signing_input = header + b"." + base64url_encode(_compact_json(payload))
     signature = _algorithm(key.alg).sign(signing_input, key.private_key)
     if key.alg == "ES256":
         signature = low_s(signature)  # the verifier refuses the high-S twin
