@@ -95,3 +95,40 @@ def test_a_bucketed_deal_is_cancelled_in_every_bucket(gate: RedisClaimGate) -> N
     gate.cancel("hot")
     assert {claim(gate, users_of_bucket(b, 4, 1)[0]) for b in range(4)} == {Outcome.SALE_NOT_OPEN}
     assert gate.stock_left("hot") == 5
+
+
+def test_units_moving_behind_the_sweep_are_not_answered_sold_out(
+    gate: RedisClaimGate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refill reads the other buckets one after the other. Units that another process moves,
+    meanwhile, from a bucket it has yet to read into one it has read are still found and sold:
+    the deal is not sold out while they are left."""
+    gate.load_deal(DealTerms("late", "m1", stock=3, per_user_limit=1, voucher_ttl_seconds=60, buckets=3))
+    first, second = (users_of_bucket(bucket, 3, 2) for bucket in (0, 1))
+    assert [claim(gate, first[0], "late"), claim(gate, second[0], "late")] == [Outcome.ISSUED] * 2
+    behind, read = bucket_tag("late", 2), bucket_tag("late", 1)  # bucket 2 holds the last unit
+    run, moved = gate._run, []
+
+    def run_with_a_move_behind_the_sweep(name: str, keys: list[str], args: list[Any]) -> Any:
+        if name == "move" and keys == gate._move_keys(behind) and not moved:  # the sweep read bucket 1
+            moved.append(run("move", gate._move_keys(behind), ["elsewhere", 1])[0])
+            run("credit", gate._credit_keys(read), ["elsewhere", moved[0]])
+            run("settle", gate._move_keys(behind)[1:], ["elsewhere"])
+        return run(name, keys, args)
+
+    monkeypatch.setattr(gate, "_run", run_with_a_move_behind_the_sweep)
+    assert claim(gate, first[1], "late") is Outcome.ISSUED
+    assert moved == [1], "the unit moved from bucket 2 to bucket 1 while the sweep was between them"
+    assert gate.stock_left("late") == 0
+    assert claim(gate, second[1], "late") is Outcome.SOLD_OUT
+
+
+def test_a_move_a_dead_process_left_in_the_claimers_own_bucket_is_finished(gate: RedisClaimGate) -> None:
+    """The dead mover took units out of the very bucket the next claims live in: its journal is
+    read too, so the units reach their bucket and sell, instead of the deal answering sold out."""
+    gate.load_deal(DealTerms("stuck", "m1", stock=2, per_user_limit=1, voucher_ttl_seconds=60, buckets=2))
+    taken, *_ = gate._scripts["move"](keys=gate._move_keys(bucket_tag("stuck", 0)), args=["dead-mover", 1])
+    assert int(taken) == 1 and gate.stock_left("stuck") == 2  # on its way from bucket 0 to bucket 1
+    crowd = users_of_bucket(0, 2, 3)
+    outcomes = [claim(gate, user, "stuck") for user in crowd]
+    assert outcomes == [Outcome.ISSUED, Outcome.ISSUED, Outcome.SOLD_OUT]

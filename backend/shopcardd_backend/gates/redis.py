@@ -124,6 +124,15 @@ return 1
 however often a move is finished (by its mover, or by another process after the mover died)."""
 SETTLE = "return redis.call('HDEL', KEYS[1], ARGV[1])"
 """Strike a finished move from its donor's journal (KEYS: the journal)."""
+CENSUS = """
+local stock = tonumber(redis.call('GET', KEYS[1]) or '0')
+return {stock, redis.call('HLEN', KEYS[2]), redis.call('SCARD', KEYS[3])}
+"""
+"""A bucket's stock, its moves on their way out and the moves credited to it (KEYS: its stock,
+its journal, its credited set), for ``_surely_sold_out``."""
+REFILLS_PER_CLAIM = 20
+"""A claim whose bucket is still empty after this many refills (the last units moving between
+buckets under many claims at once) answers ``GateUnavailable``: try again, not a false sold_out."""
 COUNT = """
 local hits = {}
 for i, key in ipairs(KEYS) do
@@ -165,6 +174,7 @@ def _scripts() -> dict[str, str]:
         "move": MOVE,
         "credit": CREDIT,
         "settle": SETTLE,
+        "census": CENSUS,
         "count": COUNT,
     }
 
@@ -400,10 +410,12 @@ class RedisClaimGate(Closing):
             try:
                 call = next(steps)
                 while True:
-                    name, keys, args = call
-                    call = steps.send(self._scripts[name](keys=keys, args=args))
+                    call = steps.send(self._run(*call))
             except StopIteration as done:
                 return done.value
+
+    def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return self._scripts[name](keys=keys, args=args)
 
     async def claim_async(self, attempt: ClaimAttempt) -> ClaimDecision:
         """The same steps through redis.asyncio (hiredis parses the replies), under one deadline
@@ -441,6 +453,7 @@ class RedisClaimGate(Closing):
         the user's home bucket; when that one is empty, stock moves in from the others."""
         deal = attempt.deal_id
         buckets = self._buckets.get(deal, 1)
+        refills = 0
         while True:
             tag = bucket_tag(deal, home_bucket(attempt.user_id, buckets))
             now = self._clock()
@@ -454,19 +467,24 @@ class RedisClaimGate(Closing):
             home = home_bucket(attempt.user_id, buckets)
             if reply[0] == Outcome.SOLD_OUT and buckets > 1:  # noqa: SIM102 (a yield from in a condition)
                 if (yield from self._refill(deal, home, buckets)):
+                    refills += 1
+                    if refills > REFILLS_PER_CLAIM:
+                        moving = f"deal {deal}: its last units are moving between buckets"
+                        raise GateUnavailable(moving, self.retry_after)
                     continue
             return _decision(attempt, reply)
 
     def _refill(self, deal: str, home: int, buckets: int) -> Generator[Call, Any, bool]:
         """Move stock into the empty ``home`` bucket: half of the first other bucket that has
-        some. Moves found half done in a journal (their mover died) are finished on the way.
-        False when every bucket is empty: the deal is sold out (remembered for a second, so a
-        flood of refused claims does not sweep every bucket each time)."""
+        some. Moves found half done in a journal (their mover died) are finished on the way,
+        the home bucket's own last. False when the deal is sold out for sure
+        (``_surely_sold_out``; remembered for a second, so a flood of refused claims does not
+        sweep every bucket each time)."""
         now = self._clock()
         if self._sold_out_until.get(deal, 0.0) > now:
             return False
         found = False
-        for offset in range(1, buckets):
+        for offset in range(1, buckets + 1):
             donor = bucket_tag(deal, (home + offset) % buckets)
             move_id = uuid.uuid4().hex
             taken, *journal = yield ("move", self._move_keys(donor), [move_id, home])
@@ -477,9 +495,30 @@ class RedisClaimGate(Closing):
             if int(taken):
                 yield from self._finish_move(donor, move_id, bucket_tag(deal, home), int(taken))
                 return True
-        if not found:
-            self._sold_out_until[deal] = now + 1.0
-        return found
+        if found or not (yield from self._surely_sold_out(deal, buckets)):
+            return True  # units moved, or may have moved behind the sweep: claim again
+        self._sold_out_until[deal] = now + 1.0
+        return False
+
+    def _surely_sold_out(self, deal: str, buckets: int) -> Generator[Call, Any, bool]:
+        """True when two censuses of every bucket, one after the other, find each bucket empty
+        with nothing on its way out, and nothing credited to it between its two censuses.
+
+        One sweep is not enough: it reads the buckets one after the other, and units can move
+        behind it, from a bucket it has yet to read into one it has read. But a bucket gains
+        units only by a credit, so a bucket found empty twice with no credit in between was
+        empty all the while; every bucket's while holds the moment between the two censuses,
+        when every bucket was empty at once and nothing was moving: every unit was sold."""
+        censuses: list[list[int]] = [[], []]
+        for census in censuses:
+            for bucket in range(buckets):
+                tag = bucket_tag(deal, bucket)
+                census_keys = [*self._move_keys(tag), self._credit_keys(tag)[1]]
+                stock, moving, credited = yield ("census", census_keys, [])
+                if int(stock) > 0 or int(moving):
+                    return False
+                census.append(int(credited))
+        return censuses[0] == censuses[1]
 
     def _finish_move(self, donor: str, move_id: str, home: str, units: int) -> Generator[Call, Any, None]:
         yield ("credit", self._credit_keys(home), [move_id, units])
