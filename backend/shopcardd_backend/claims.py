@@ -24,9 +24,10 @@ from shopcardd_voucher import new_voucher_id
 
 from .deals import lost_deal
 from .events import ClaimsRefused, event_payload
-from .gates.base import ClaimAttempt, ClaimDecision, ClaimGate, Outcome
+from .gates.base import ClaimAttempt, ClaimDecision, ClaimGate, Outcome, RateCount
 from .identity import User
 from .metrics import Metrics
+from .ratelimits import ClaimRateLimits, RateLimited, Standing
 from .signing import VoucherSigner
 from .stores.base import DocumentStore
 
@@ -99,12 +100,15 @@ class ClaimService:
         signer: VoucherSigner,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        rate_limits: ClaimRateLimits | None = None,
     ) -> None:
         self.gate = gate
         self.store = store
         self.signer = signer
         self.metrics = metrics
         self.clock = clock
+        self.rate_limits = rate_limits
+        """Reads the counts of a claim's ``RateCount`` (``claim_async``'s ``standing``)."""
         self.refusals = RefusalTally()
 
     def claim(self, deal_id: str, user: User | str, idempotency_key: str) -> IssuedVoucher:
@@ -120,29 +124,44 @@ class ClaimService:
         return self._answer(decision, deal_id, started)
 
     async def claim_async(
-        self, deal_id: str, user: User | str, idempotency_key: str, replay_only: bool = False
+        self, deal_id: str, user: User | str, idempotency_key: str, standing: Standing = None
     ) -> IssuedVoucher:
         """``claim`` in the event loop, for the API: the gate's step awaited, no thread hop
-        (only a deal the gate does not know asks the store, in a thread). ``replay_only``: the
-        user is over a rate limit; only a claim already issued is answered (else RATE_LIMITED)."""
+        (only a deal the gate does not know asks the store, in a thread). ``standing``: the
+        claim against the rate limits (``ClaimRateLimits.standing``). Over one already, or once
+        the gate has counted its ``RateCount`` over one, only a claim already issued is
+        answered; anything else raises the ``RateLimited``."""
         started = time.perf_counter()
         try:
-            attempt = self._attempt(deal_id, user, idempotency_key, replay_only)
+            attempt = self._attempt(deal_id, user, idempotency_key, standing)
             decision = await self.gate.claim_async(attempt)
             if decision.outcome is Outcome.UNKNOWN_DEAL:
                 await asyncio.to_thread(self._refuse_lost_deal, deal_id)
         except ConnectionError:
             self.metrics.claim_done("unavailable", time.perf_counter() - started)
             raise
+        over = standing if isinstance(standing, RateLimited) else None
+        if isinstance(standing, RateCount) and self.rate_limits is not None:
+            over = self.rate_limits.verdict(standing, decision.hits)
+        if decision.outcome is Outcome.RATE_LIMITED and over is not None:
+            self.metrics.claim_done(decision.outcome, time.perf_counter() - started)
+            raise over
         return self._answer(decision, deal_id, started)
 
     def _attempt(
-        self, deal_id: str, user: User | str, idempotency_key: str, replay_only: bool = False
+        self, deal_id: str, user: User | str, idempotency_key: str, standing: Standing = None
     ) -> ClaimAttempt:
         user = user if isinstance(user, User) else User(user)
-        now = int(self.clock())
         return ClaimAttempt(
-            deal_id, user.user_id, idempotency_key, new_voucher_id(), now, user.email, user.phone, replay_only
+            deal_id,
+            user.user_id,
+            idempotency_key,
+            new_voucher_id(),
+            int(self.clock()),
+            user.email,
+            user.phone,
+            replay_only=isinstance(standing, RateLimited),
+            rate_count=standing if isinstance(standing, RateCount) else None,
         )
 
     def _refuse_lost_deal(self, deal_id: str) -> None:

@@ -1,27 +1,32 @@
 """Claim rate limits: so many claim requests per user, and per client address, in a fixed window.
 
 A bot flood must be refused before the costly steps (a token's signature, the claim step, the
-voucher's signature) and without slowing other customers' claims. So a request is counted
-first, in the claim gate's store, where every API process sees the same counters (Redis:
-``INCR`` of a key of its own, pipelined with the claims in flight; SQLite: a file beside the
-gate's). A fixed window (aligned to the epoch) needs one counter per limit; ``Retry-After`` is
-the time left in it. Once a counter is over its limit, this process remembers it until the
-window ends (counts only grow within a window), so a flood's further requests are refused
-without asking the store again.
+voucher's signature) and without slowing other customers' claims. So a request is counted in
+the claim gate's store, where every API process sees the same counters (Redis: ``INCR`` of a
+key of its own; SQLite: a file beside the gate's). A fixed window (aligned to the epoch) needs
+one counter per limit; ``Retry-After`` is the time left in it. Once a counter is over its
+limit, this process remembers it until the window ends (counts only grow within a window), so
+a flood's further requests are refused without asking the store again.
 
-A limit of 0 is off. The use of a refusal is the API's (``api/deps.py``): over a limit, only a
-replay of a claim already issued is answered (``ClaimAttempt.replay_only``), else 429.
+Where a request is counted: ``standing`` gives its counters, and the claim's own step counts
+them (``ClaimAttempt.rate_count``; on Redis in the claim script, saving the claim a round trip),
+then ``verdict`` reads the counts. A request whose token is not verified yet has its address
+counted first, in a step of its own (``check``), so that a flood is refused before its
+signature is checked. Over a limit, only a replay of a claim already issued is answered
+(``ClaimAttempt.replay_only``), else 429 (``api/deps.py``). A limit of 0 is off.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, Literal
 
-from .gates.base import ClaimGate
+from .gates.base import ClaimGate, RateCount
 
 Limited = Literal["user", "address"]
+LIMITED_BY_INITIAL: Final[dict[str, Limited]] = {"u": "user", "a": "address"}
+"""A counter is named ``INITIAL:WHO`` (``u:alice``, ``a:192.0.2.1``)."""
 FORGET_AFTER: Final = 100_000
 """Over this many remembered refusals, the ones of past windows are dropped."""
 
@@ -33,6 +38,11 @@ class RateLimited(Exception):
         super().__init__(f"over the claim rate limit per {which}; retry after {retry_after} s")
         self.which = which
         self.retry_after = retry_after
+
+
+Standing = RateLimited | RateCount | None
+"""A claim request against the limits (``ClaimRateLimits.standing``): over one already, the
+counters to count with its claim, or under no limit."""
 
 
 class ClaimRateLimits:
@@ -53,29 +63,44 @@ class ClaimRateLimits:
         self._over_until: dict[str, int] = {}
         """Counter name -> the end of the window in which it went over its limit."""
 
-    async def check(self, address: str | None = None, user_id: str | None = None) -> RateLimited | None:
-        """Count one claim request of ``address`` and of ``user_id`` (None: not counted); the
-        refusal when either is over its limit, else None. A request refused is counted no
-        further: a counter remembered over its limit is not sent to the store."""
+    def standing(self, address: str | None = None, user_id: str | None = None) -> Standing:
+        """Where one claim request of ``address`` and ``user_id`` (None: not counted) stands: the
+        refusal when a counter of it is remembered over its limit (it is counted no further),
+        else the counters to count, or None when no limit applies."""
         now = int(self.clock())
-        end = now - now % self.window + self.window
-        counted: list[tuple[Limited, str]] = []
+        start = now - now % self.window
+        names: list[str] = []
+        limits: list[int] = []
         whom: tuple[tuple[Limited, str | None], ...] = (("address", address), ("user", user_id))
         for which, who in whom:
             if who is None or not self.limits[which]:
                 continue
             name = f"{which[0]}:{who}"
             if self._over_until.get(name, 0) > now:
-                return RateLimited(which, end - now)
-            counted.append((which, name))
-        if not counted:
-            return None
-        hits = await self.gate.count_async([name for _, name in counted], end - self.window, self.window)
-        for (which, name), count in zip(counted, hits, strict=True):
-            if count > self.limits[which]:
+                return RateLimited(which, start + self.window - now)
+            names.append(name)
+            limits.append(self.limits[which])
+        return RateCount(tuple(names), tuple(limits), start, self.window) if names else None
+
+    def verdict(self, counted: RateCount, hits: Sequence[int]) -> RateLimited | None:
+        """The refusal when a counter's new value ``hits`` is over its limit (remembered until
+        its window ends), else None."""
+        end = counted.window_start + counted.window_seconds
+        now = int(self.clock())
+        for name, limit, count in zip(counted.names, counted.limits, hits, strict=True):
+            if count > limit:
                 self._remember(name, end, now)
-                return RateLimited(which, end - now)
+                return RateLimited(LIMITED_BY_INITIAL[name[0]], max(end - now, 1))
         return None
+
+    async def check(self, address: str | None = None, user_id: str | None = None) -> RateLimited | None:
+        """Count one claim request now, in a step of its own (``count_async``); the refusal when
+        it is over a limit, else None."""
+        standing = self.standing(address, user_id)
+        if not isinstance(standing, RateCount):
+            return standing
+        names, start, seconds = standing.names, standing.window_start, standing.window_seconds
+        return self.verdict(standing, await self.gate.count_async(names, start, seconds))
 
     def _remember(self, name: str, end: int, now: int) -> None:
         if len(self._over_until) >= FORGET_AFTER:

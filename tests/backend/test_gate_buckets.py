@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from shopcardd_backend.gates.base import ClaimAttempt, DealTerms, Outcome
+from shopcardd_backend.gates.base import ClaimAttempt, DealTerms, Outcome, RateCount
 from shopcardd_backend.gates.redis import RedisClaimGate, bucket_tag, home_bucket
 
 pytestmark = pytest.mark.redis
@@ -95,6 +95,21 @@ def test_a_bucketed_deal_is_cancelled_in_every_bucket(gate: RedisClaimGate) -> N
     gate.cancel("hot")
     assert {claim(gate, users_of_bucket(b, 4, 1)[0]) for b in range(4)} == {Outcome.SALE_NOT_OPEN}
     assert gate.stock_left("hot") == 5
+
+
+def test_a_claims_rate_counters_are_counted_once_when_it_is_sent_again(
+    gate: RedisClaimGate, make_gate: Callable[..., Any]
+) -> None:
+    """A bucketed claim can take several script calls: a process that had not seen the deal
+    asks the wrong bucket first, and a claim whose bucket is empty is sent again once stock
+    moved in. Its rate counters count it once all the same."""
+    crowd = users_of_bucket(1, 4, 4)
+    stranger = make_gate("redis", prefix=gate.prefix)  # another process: it thinks 1 bucket
+    from_here = RateCount(("a:192.0.2.1",), (10,), NOW, 60)
+    for n, who in enumerate([stranger, gate, gate, gate]):  # bucket 1 holds 2 units: then a move
+        decision = who.claim(ClaimAttempt("hot", crowd[n], "k", f"v{n}", NOW, rate_count=from_here))
+        assert (decision.outcome, decision.hits) == (Outcome.ISSUED, (n + 1,))
+    assert gate.stock_left("hot") == 4
 
 
 def test_units_moving_behind_the_sweep_are_not_answered_sold_out(

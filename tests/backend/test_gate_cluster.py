@@ -24,7 +24,14 @@ from typing import Any
 
 import pytest
 
-from shopcardd_backend.gates.base import ClaimAttempt, ClaimDecision, DealTerms, GateUnavailable, Outcome
+from shopcardd_backend.gates.base import (
+    ClaimAttempt,
+    ClaimDecision,
+    DealTerms,
+    GateUnavailable,
+    Outcome,
+    RateCount,
+)
 from shopcardd_backend.gates.redis import RedisClaimGate
 from shopcardd_bench.hotdeal import cluster_port
 from shopcardd_voucher import Voucher, new_voucher_id
@@ -182,12 +189,23 @@ def test_claims_on_a_redis_cluster_survive_a_failover(cluster: Cluster) -> None:
         extra = [(rng.choice(targets), f"u{rng.randrange(USERS)}", f"a{n}") for n in range(400)]
         await asyncio.gather(*(claim_async(extra[n::16]) for n in range(16)))
         # The claim rate limits' counters: a key each, in slots of their own, counted in one call.
-        names = ["u:alice", "u:bob", "a:192.0.2.1", "a:2001:db8::/64"]
         assert await gate.count_async(names, 0, 60) == [1] * 4
         assert await gate.count_async(names, 0, 60) == [2] * 4
+        # A claim's own counters: counted in calls before its script (they are in other slots).
+        over = await gate.claim_async(counted_claim())
+        assert (over.outcome, over.hits) == (Outcome.RATE_LIMITED, (3,) * 4)
         await gate.aclose()
 
+    names = ["u:alice", "u:bob", "a:192.0.2.1", "a:2001:db8::/64"]
+
+    def counted_claim() -> ClaimAttempt:
+        """A claim over the limit of its third counter (2) once the flood counted them all twice."""
+        counted = RateCount(tuple(names), (100, 100, 2, 100), 0, 60)
+        now = int(time.time())
+        return ClaimAttempt(deals[0], "alice", "counted", new_voucher_id(), now, rate_count=counted)
+
     asyncio.run(flood())
+    assert gate.claim(counted_claim()).hits == (4,) * 4, "the blocking client counts them the same"
 
     issued: dict[str, list[str]] = {}
     for (deal, _, _), (outcome, voucher) in answers.items():

@@ -17,6 +17,7 @@ from shopcardd_backend.gates.base import (
     DealTerms,
     GateUnavailable,
     Outcome,
+    RateCount,
 )
 from shopcardd_voucher import Voucher
 
@@ -145,6 +146,38 @@ def test_rate_counters_count_by_name_and_window(gate: ClaimGate) -> None:
             await gate.aclose()
 
     assert asyncio.run(hits()) == [[1, 1], [2], [1, 3, 2], [1], [2]]
+
+
+def test_a_claims_rate_counters_are_counted_with_it_and_over_a_limit_it_is_replay_only(
+    gate: ClaimGate,
+) -> None:
+    """The API counts a claim's rate counters in the claim's own step (Redis: the claim script):
+    the same counters as ``count_async``'s, counted once whatever the answer."""
+    gate.load_deal(terms(stock=5, per_user_limit=5))
+    alice_here = RateCount(("u:alice", "a:192.0.2.1"), (2, 10), NOW, 60)
+
+    def counted(key: str, voucher_id: str, deal: str = "d1", user: str = "alice") -> ClaimDecision:
+        return gate.claim(ClaimAttempt(deal, user, key, voucher_id, NOW, rate_count=alice_here))
+
+    first = counted("k1", "v1")
+    assert (first.outcome, first.hits) == (Outcome.ISSUED, (1, 1))
+    assert (counted("k2", "v2").outcome, counted("k1", "v3").hits) == (Outcome.ISSUED, (3, 3))
+    over = counted("k4", "v4")
+    assert (over.outcome, over.voucher, over.hits) == (Outcome.RATE_LIMITED, None, (4, 4))
+    replay = counted("k1", "v5")
+    assert (replay.outcome, replay.voucher, replay.hits) == (Outcome.REPLAYED, first.voucher, (5, 5))
+    assert counted("k6", "v6", deal="no-such-deal").outcome is Outcome.RATE_LIMITED
+    assert gate.claim(ClaimAttempt("d1", "bob", "k1", "v7", NOW)).hits == (), "no rate_count: nothing counted"
+
+    async def count() -> list[int]:
+        try:
+            return await gate.count_async(["u:alice", "a:192.0.2.1"], NOW, 60)
+        finally:
+            await gate.aclose()
+
+    assert asyncio.run(count()) == [7, 7]
+    assert gate.stock_left("d1") == 2
+    assert len(all_events(gate)) == 3
 
 
 def test_sold_out_when_the_stock_is_gone(gate: ClaimGate) -> None:

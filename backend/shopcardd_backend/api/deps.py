@@ -18,7 +18,7 @@ from ..deals import DealService
 from ..devices import DeviceService
 from ..gates.base import ClaimGate
 from ..identity import API_KEY_PREFIX, Unauthorized, User, hash_api_key
-from ..ratelimits import RateLimited
+from ..ratelimits import RateLimited, Standing
 from ..runtime import Runtime
 from ..settings import Settings
 from ..signing import VoucherSigner
@@ -73,8 +73,9 @@ class Claimant:
     """Who claims, counted against the claim rate limits."""
 
     user: User
-    over: RateLimited | None = None
-    """Set when over a limit: only a claim already issued is answered (its voucher), else 429."""
+    standing: Standing = None
+    """Against the limits: over one (only a claim already issued is answered, else 429), or
+    the counters its claim counts in the gate's step (``ratelimits.py``)."""
 
 
 def rate_limited(over: RateLimited) -> Problem:
@@ -84,21 +85,22 @@ def rate_limited(over: RateLimited) -> Problem:
 
 
 async def claimant_of(runtime: Runtime, token: str, address: str | None) -> Claimant:
-    """The user of a claim's token, counted against the rate limits before any costly step.
+    """The user of a claim's token, and where the claim stands against the rate limits.
 
     A token this process has verified before is known at once: its address and user are counted
-    in one step. Any other token is counted by address first, so that a flood over its limit is
-    refused before its signature is checked; then it is verified and its user counted."""
+    with the claim, in the gate's one step. Any other token is counted by address first, in a
+    step of its own, so that a flood over its limit is refused before its signature is checked;
+    then it is verified, and its user is counted with the claim."""
     limits = runtime.rate_limits
     user = runtime.users.cached_user(token)
-    over = await limits.check(address, None if user is None else user.user_id)
-    if user is None:
-        if over is not None:
-            runtime.metrics.claim_done("rate_limited", None)
-            raise rate_limited(over)
-        user = user_of_token(runtime, token)
-        over = await limits.check(user_id=user.user_id)
-    return Claimant(user, over)
+    if user is not None:
+        return Claimant(user, limits.standing(address, user.user_id))
+    over = await limits.check(address)
+    if over is not None:
+        runtime.metrics.claim_done("rate_limited", None)
+        raise rate_limited(over)
+    user = user_of_token(runtime, token)
+    return Claimant(user, limits.standing(user_id=user.user_id))
 
 
 async def current_claimant(

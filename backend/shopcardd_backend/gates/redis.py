@@ -11,8 +11,9 @@ one cluster slot (``deal_keys``)::
     PREFIX:deal:{D}:outbox   stream: one entry per issued claim (and per refusal tally);
                              consumer group ``relay``
     PREFIX:outbox-active     sorted set: deal id -> when a writer last touched its outbox
-    PREFIX:rate:W:NAME       a claim rate limit's hits in the window starting at W (``count_async``):
-                             a key of its own, in its own slot, never in the claim script
+    PREFIX:rate:W:NAME       a claim rate limit's hits in the window starting at W: a key of its
+                             own, in its own slot; counted by the claim script on one Redis (a
+                             claim's ``rate_count``), by a call of its own on a cluster
 
 The outbox is one stream per deal (a single stream would put every deal in one slot). Relays
 read only the deals in ``PREFIX:outbox-active``, never every deal ever created. That index
@@ -73,8 +74,10 @@ from .base import (
     GateUnavailable,
     OutboxEvent,
     Outcome,
+    RateCount,
     check_claim_step,
     claim_event_payload,
+    count_apart,
 )
 
 KEY_PARTS = ("terms", "stock", "users", "claims", "outbox")
@@ -215,18 +218,18 @@ def claim_args(attempt: ClaimAttempt, buckets: int = 1) -> list[str | int]:
     ]
 
 
-def _decision(attempt: ClaimAttempt, reply: list[Any]) -> ClaimDecision:
-    """The script's reply ``{outcome, record, stock left, merchant}`` as the port's decision."""
-    outcome, record, stock_left, merchant_id = reply
+def _decision(attempt: ClaimAttempt, reply: list[Any], hits: tuple[int, ...]) -> ClaimDecision:
+    """The script's reply ``{outcome, record, stock left, merchant, ...}`` as the port's decision."""
+    outcome, record, stock_left, merchant_id = reply[:4]
     if outcome == Outcome.UNKNOWN_DEAL:
-        return ClaimDecision(Outcome.UNKNOWN_DEAL)
+        return ClaimDecision(Outcome.UNKNOWN_DEAL, hits=hits)
     voucher = None
     if record:
         issued_at, expires_at, voucher_id = record.split(" ", 2)
         voucher = Voucher(
             voucher_id, attempt.deal_id, attempt.user_id, merchant_id, int(issued_at), int(expires_at)
         )
-    return ClaimDecision(Outcome(outcome), voucher, stock_left if stock_left >= 0 else None)
+    return ClaimDecision(Outcome(outcome), voucher, stock_left if stock_left >= 0 else None, hits)
 
 
 def _event_sort_key(event_id: str) -> tuple[int, int, str]:
@@ -415,6 +418,8 @@ class RedisClaimGate(Closing):
                 return done.value
 
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if name == "count" and self._cluster:  # each counter in a slot of its own: a call each
+            return [self._scripts[name](keys=[key], args=args)[0] for key in keys]
         return self._scripts[name](keys=keys, args=args)
 
     async def claim_async(self, attempt: ClaimAttempt) -> ClaimDecision:
@@ -434,36 +439,51 @@ class RedisClaimGate(Closing):
 
     async def count_async(self, names: Sequence[str], window_start: int, window_seconds: int) -> list[int]:
         """One ``COUNT`` call joining this turn's pipeline (a claim's counters go out in the same
-        round trips as the other claims in flight); on a cluster, one per counter, each key
-        being in a slot of its own."""
-        run = self._async_parts()
-        keys = [f"{self.prefix}:rate:{window_start}:{name}" for name in names]
-        lives = [2 * window_seconds]
+        round trips as the other claims in flight); on a cluster, one per counter."""
+        run, call = self._async_parts(), self._count_call(names, window_start, window_seconds)
         with self._mapped_errors():
             async with asyncio.timeout(self._client_options["socket_timeout"]):
-                if not self._cluster:
-                    return [int(hits) for hits in await run("count", keys, lives)]
-                replies = await asyncio.gather(*(run("count", [key], lives) for key in keys))
-                return [int(hits) for [hits] in replies]
+                return [int(hits) for hits in await run(*call)]
+
+    def _count_call(self, names: Sequence[str], window_start: int, window_seconds: int) -> Call:
+        """The COUNT script's call for these counters; they live twice the window (a clock
+        behind by most of one still finds its counter)."""
+        keys = [f"{self.prefix}:rate:{window_start}:{name}" for name in names]
+        return "count", keys, [2 * window_seconds]
+
+    def _counting(self, counted: RateCount) -> Call:
+        return self._count_call(counted.names, counted.window_start, counted.window_seconds)
 
     def _claim_steps(self, attempt: ClaimAttempt) -> Generator[Call, Any, ClaimDecision]:
         """The claim as script calls, each yielded and answered with its reply: ``claim`` and
         ``claim_async`` run the same steps, one blocking and one awaiting. Unbucketed, that is
-        one call (and a touch of the active index once a second). Bucketed: the claim runs in
-        the user's home bucket; when that one is empty, stock moves in from the others."""
+        one call (and a touch of the active index once a second), which also counts the
+        attempt's rate counters; on a cluster they take a call before it. Bucketed: the claim
+        runs in the user's home bucket; when that one is empty, stock moves in from the others."""
         deal = attempt.deal_id
         buckets = self._buckets.get(deal, 1)
+        hits: tuple[int, ...] = ()
         refills = 0
+        counted = attempt.rate_count
+        if counted is not None and self._cluster:  # the counters are in other slots: a call first
+            hits = tuple(int(hit) for hit in (yield self._counting(counted)))
+            attempt, counted = count_apart(attempt, hits), None
         while True:
             tag = bucket_tag(deal, home_bucket(attempt.user_id, buckets))
             now = self._clock()
             if self._touch_due(tag, now):
                 yield ("touch", [self.active_key], [now, tag])
                 self._touched[tag] = now
-            reply = yield ("claim", self.deal_keys(tag), claim_args(attempt, buckets))
+            keys, args = self.deal_keys(tag), claim_args(attempt, buckets)
+            if counted is not None:  # counted by the script itself (one Redis: claim.lua)
+                _, rate_keys, lives = self._counting(counted)
+                keys, args = keys + rate_keys, [*args, *lives, *counted.limits]
+            reply = yield ("claim", keys, args)
             if reply[0] == "buckets":  # this process had not seen the deal: ask its home bucket
                 buckets = self._buckets[deal] = int(reply[2])
-                continue
+                continue  # nothing was counted either
+            if counted is not None:  # counted once: a claim sent again after a refill is not (a
+                hits, counted = tuple(int(hit) for hit in reply[4:]), None  # refill: it was under)
             home = home_bucket(attempt.user_id, buckets)
             if reply[0] == Outcome.SOLD_OUT and buckets > 1:  # noqa: SIM102 (a yield from in a condition)
                 if (yield from self._refill(deal, home, buckets)):
@@ -472,7 +492,7 @@ class RedisClaimGate(Closing):
                         moving = f"deal {deal}: its last units are moving between buckets"
                         raise GateUnavailable(moving, self.retry_after)
                     continue
-            return _decision(attempt, reply)
+            return _decision(attempt, reply, hits)
 
     def _refill(self, deal: str, home: int, buckets: int) -> Generator[Call, Any, bool]:
         """Move stock into the empty ``home`` bucket: half of the first other bucket that has
@@ -534,7 +554,14 @@ class RedisClaimGate(Closing):
                 self._async_client = cluster_client.from_url(self._url, **options)
                 client = self._async_client
                 scripts = {name: client.register_script(code) for name, code in _scripts().items()}
-                self._async_run = lambda name, keys, args: scripts[name](keys=keys, args=args)
+
+                async def run(name: str, keys: list[str], args: list[Any]) -> Any:
+                    if name == "count":  # each counter in a slot of its own: a call each
+                        calls = (scripts[name](keys=[key], args=args) for key in keys)
+                        return [hits for [hits] in await asyncio.gather(*calls)]
+                    return await scripts[name](keys=keys, args=args)
+
+                self._async_run = run
             else:
                 self._async_client = redis.asyncio.Redis.from_url(
                     self._url, retry=AsyncRetry(NoBackoff(), 0), **options

@@ -11,7 +11,8 @@ constraint as a last line of defence. Schema:
 - ``outbox``: events (JSON payload), ``event_id`` an increasing integer; ``deal_id`` to find
   one deal's; ``leased_by`` and ``lease_until`` (epoch seconds) while a relay holds the event.
 
-The claim rate limits' counters (``count_async``) live in a file of their own beside it
+The claim rate limits' counters (``count_async``, or a claim's ``rate_count``, counted just before
+its transaction) live in a file of their own beside it
 (``NAME-rates.sqlite3``), committed without an fsync: counting never waits on the claims'
 write lock, and a counter lost in a power cut costs nothing.
 """
@@ -23,6 +24,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from .base import (
     Outcome,
     check_claim_step,
     claim_event_payload,
+    count_apart,
 )
 
 SCHEMA = """
@@ -195,6 +198,13 @@ class SqliteClaimGate(Closing):
         """Nothing of its own to close: ``close()`` closes the connections."""
 
     def claim(self, attempt: ClaimAttempt) -> ClaimDecision:
+        counted = attempt.rate_count
+        if counted is None:
+            return self._claim(attempt)
+        hits = tuple(self._count(counted.names, counted.window_start, counted.window_seconds))
+        return replace(self._claim(count_apart(attempt, hits)), hits=hits)
+
+    def _claim(self, attempt: ClaimAttempt) -> ClaimDecision:
         if attempt.replay_only:  # reads only: a flood over its rate limit never takes the write lock
             with self._db.reading() as conn:
                 return self._decide(conn, attempt)

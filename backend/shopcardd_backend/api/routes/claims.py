@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ...claims import ClaimRefused, ClaimService, IssuedVoucher
 from ...gates.base import Outcome
+from ...ratelimits import RateLimited
 from ...storage import TransientError
 from ..deps import (
     Claimant,
@@ -54,12 +55,11 @@ async def claim_voucher(
 ) -> IssuedVoucher:
     """The claim, its refusals raised as the problem each one answers. Over a rate limit only a
     claim already issued is answered: a lost answer's retry still gets its voucher."""
-    over = claimant.over
     try:
-        return await service.claim_async(deal_id, claimant.user, idempotency_key, over is not None)
+        return await service.claim_async(deal_id, claimant.user, idempotency_key, claimant.standing)
+    except RateLimited as over:
+        raise rate_limited(over) from None
     except ClaimRefused as refused:
-        if refused.outcome is Outcome.RATE_LIMITED and over is not None:
-            raise rate_limited(over) from None
         code, detail = _REFUSALS[refused.outcome]
         raise Problem(code, detail.format(deal=deal_id[:100])) from None
 
