@@ -66,6 +66,9 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
         summary="Flash-sale deals and claims; vouchers signed for offline checking at the counter.",
         lifespan=lifespan,
+        # FastAPI's OpenTelemetry hooks, off: our metrics are Prometheus (/metrics), and the hooks
+        # ask on every request whether OpenTelemetry is configured, a cost on every claim.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         responses={"default": {"model": ProblemDocument, "description": "An RFC 9457 problem document"}},
     )
     app.state.settings = settings

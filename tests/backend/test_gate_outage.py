@@ -4,18 +4,27 @@ so that it can be frozen, killed and restarted."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import redis
 
 from servers import SpareRedis
-from shopcardd_backend.gates.base import ClaimAttempt, ClaimDecision, DealTerms, GateUnavailable, Outcome
+from shopcardd_backend.gates.base import (
+    ClaimAttempt,
+    ClaimDecision,
+    DealTerms,
+    GateUnavailable,
+    Outcome,
+    RateCount,
+)
 from shopcardd_voucher import new_voucher_id
 
 pytestmark = pytest.mark.redis
@@ -53,6 +62,35 @@ def test_a_frozen_redis_gives_gate_unavailable_promptly(make_gate: MakeGate, spa
     assert all(result.retry_after >= 1 for result, _ in results if isinstance(result, GateUnavailable))
     assert max(elapsed for _, elapsed in results) < PROMPT
     gate.check()  # back to work once Redis answers again
+
+
+def test_the_apis_claims_on_a_frozen_redis_give_gate_unavailable_promptly(
+    make_gate: MakeGate, spare_redis: SpareRedis
+) -> None:
+    """The API's way (``claim_async``, the claims in flight pipelined together), counters too."""
+    gate = make_gate("redis", url=spare_redis.url)
+    gate.load_deal(DealTerms("d1", "m1", STOCK, 100, 600))
+    counted = RateCount(("a:192.0.2.1",), (100,), NOW, 60)
+
+    async def timed(attempt: ClaimAttempt) -> tuple[ClaimDecision | GateUnavailable, float]:
+        started = time.monotonic()
+        try:
+            return await gate.claim_async(replace(attempt, rate_count=counted)), time.monotonic() - started
+        except GateUnavailable as exc:
+            return exc, time.monotonic() - started
+
+    async def flood() -> list[tuple[ClaimDecision | GateUnavailable, float]]:
+        try:
+            assert (await timed(attempts(1, "warm")[0]))[0].outcome is Outcome.ISSUED  # type: ignore[union-attr]
+            spare_redis.signal(signal.SIGSTOP)
+            return await asyncio.gather(*(timed(attempt) for attempt in attempts(8, "frozen")))
+        finally:
+            spare_redis.signal(signal.SIGCONT)
+            await gate.aclose()
+
+    results = asyncio.run(flood())
+    assert all(isinstance(result, GateUnavailable) for result, _ in results)
+    assert max(elapsed for _, elapsed in results) < PROMPT
 
 
 def test_a_redis_killed_mid_flood_loses_no_claim_and_half_applies_none(
