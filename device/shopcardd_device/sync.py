@@ -33,6 +33,7 @@ from typing import Any, Final
 import requests
 
 from shopcardd_voucher import InvalidKeyError, KeySet, SigningKey
+from shopcardd_voucher.answers import problem_detail, transport_reason
 from shopcardd_voucher.device_auth import make_device_token
 
 from .closing import Closing
@@ -144,7 +145,7 @@ class BackendClient(Closing):
                 timeout=self.timeout,
             )
         except requests.RequestException as exc:
-            raise _Transient(f"cannot reach the backend at {self.url} ({_reason(exc)})") from None
+            raise _Transient(f"cannot reach the backend at {self.url} ({transport_reason(exc)})") from None
         clock_was_off = self._learn_offset(response)
         if response.status_code == 200:
             try:
@@ -156,7 +157,7 @@ class BackendClient(Closing):
             if not isinstance(answer, dict):
                 raise SyncFailed(f"{self.url}{SYNC_PATH} did not answer with a sync answer")
             return answer
-        detail = _detail(response)
+        detail = problem_detail(response)
         if response.status_code == 401 and clock_was_off:
             raise _Transient(f"the device's clock is off; dating the token by the backend's ({detail})", 0.0)
         if response.status_code == 422 and "revocations_after" in detail:
@@ -179,21 +180,6 @@ class BackendClient(Closing):
         changed = abs(offset - self.offset) > CLOCK_SKEW_SECONDS
         self.offset = offset
         return changed
-
-
-def _reason(exc: requests.RequestException) -> str:
-    """The useful end of a requests error (urllib3 nests its reasons)."""
-    text = str(exc)
-    return (text.split(": ")[-1] if text else type(exc).__name__)[:200].strip("()'\" ")
-
-
-def _detail(response: requests.Response) -> str:
-    """The problem document's ``detail``, else the start of the body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200].strip() or response.reason or "no detail"
-    return str(body.get("detail", body))[:300] if isinstance(body, dict) else str(body)[:300]
 
 
 def _retry_after(response: requests.Response) -> float | None:

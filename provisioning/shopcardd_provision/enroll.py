@@ -26,6 +26,7 @@ from typing import Any, Final
 import requests
 
 from shopcardd_voucher import InvalidKeyError, KeySet, SigningKey
+from shopcardd_voucher.answers import problem_detail, transport_reason
 from shopcardd_voucher.device_auth import public_jwk
 
 from .keys import ProvisionError, write_atomically, write_private
@@ -102,17 +103,7 @@ def _call(http: requests.Session, method: str, url: str, **kwargs: Any) -> reque
     try:
         return http.request(method, url, timeout=TIMEOUT_SECONDS, **kwargs)
     except requests.RequestException as exc:
-        reason = type(exc).__name__ if not str(exc) else str(exc).split(": ")[-1][:200]
-        raise EnrolFailed(f"cannot reach the backend at {url} ({reason})") from None
-
-
-def _detail(response: requests.Response) -> str:
-    """The problem document's ``detail``, else the start of the body."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200].strip() or response.reason
-    return str(body.get("detail", body))[:300] if isinstance(body, dict) else str(body)[:300]
+        raise EnrolFailed(f"cannot reach the backend at {url} ({transport_reason(exc)})") from None
 
 
 def _fetch_keyset(http: requests.Session, backend: str) -> KeySet:
@@ -138,7 +129,7 @@ def _register(
     response = _call(http, "POST", f"{backend}/v1/devices", json=body, headers={"X-API-Key": api_key})
     if response.status_code == 201:
         return
-    detail = _detail(response)
+    detail = problem_detail(response)
     why = {
         401: f"the backend refused the merchant's API key ({detail}); check SHOPCARDD_API_KEY",
         403: f"the backend refused the enrolment for merchant {merchant_id!r}: {detail}",

@@ -1,0 +1,43 @@
+"""The backend's answers as one line a person can read, for its two HTTP clients.
+
+The counter (``shopcardd-device sync``) and the provisioning host (``shopcardd-provision
+enroll``) both talk to the backend with requests and both print what went wrong in one line.
+It lives beside the voucher format because both install that package; it imports no HTTP
+library itself (the objects come from the caller's requests).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import requests
+
+_ERRNO_REASON = re.compile(r"\[Errno -?\d+\] [^'\"\])]+")
+"""The operating system's reason inside urllib3's nested message, e.g. ``[Errno 111] Connection
+refused`` in ``HTTPConnectionPool(...): Max retries exceeded ... (Caused by NewConnectionError(
+'<...>: Failed to establish a new connection: [Errno 111] Connection refused'))``."""
+
+
+def transport_reason(exc: requests.RequestException) -> str:
+    """Why a request got no answer: the system's reason where urllib3 nested one, else the end
+    of the message, without the quotes and brackets of the nesting; the error's class when empty."""
+    text = str(exc)
+    if not text:
+        return type(exc).__name__
+    found = _ERRNO_REASON.search(text)
+    reason = (found.group(0) if found else text.split(": ")[-1]).strip("'\" ")
+    while reason.endswith(")") and reason.count(")") > reason.count("("):  # the nesting's closers
+        reason = reason[:-1].rstrip("'\" ")
+    return reason[:200] or type(exc).__name__
+
+
+def problem_detail(response: requests.Response) -> str:
+    """An error answer's ``detail`` (the backend answers problem documents, RFC 9457), else the
+    start of its body, else its HTTP reason."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200].strip() or response.reason or "no detail"
+    return str(body.get("detail", body))[:300] if isinstance(body, dict) else str(body)[:300]
