@@ -216,11 +216,12 @@ def run_loop(args: argparse.Namespace, config: DeviceConfig) -> int:
         frames of it print nothing, so a code left in view cannot flood the journal."""
         if scan.repeats > 1:
             return
-        fields = policy.describe(scan.verdict.voucher)
-        shown = REPEAT_NOTE if scan.repeated else f"-> {describe_pattern(scan.verdict.reason)}"
+        verdict = scan.verdict
+        fields = policy.describe(verdict.voucher)
+        shown = REPEAT_NOTE if scan.repeated else f"-> {describe_pattern(verdict.reason)}"
         print(
-            f"{scan.verdict.reason:<16} voucher {fields['voucher_id'] or '-'}  deal {fields['deal'] or '-'}"
-            f"  {shown}",
+            f"{verdict.reason:<16} voucher {fields['voucher_id'] or '-'}  deal {fields['deal'] or '-'}"
+            f"  {shown}{_why(verdict.reason, verdict.detail)}",
             flush=True,
         )
 
@@ -416,8 +417,13 @@ def _answer(
     else:
         shown = _shorten(item)
         line = f"{reason:<16} {shown}  voucher {fields['voucher_id'] or '-'}  deal {fields['deal'] or '-'}"
-        line += f"  ({safe_code(detail)})" if detail and not reason.is_accepted else ""
+        line += _why(reason, detail)
     print(line, flush=True)
+
+
+def _why(reason: Reason, detail: str) -> str:
+    """The end of a refusal's readable line: why, in words (``redeemed at counter till-2 ...``)."""
+    return f"  ({safe_code(detail)})" if detail and not reason.is_accepted else ""
 
 
 # -- status ---------------------------------------------------------------------------------

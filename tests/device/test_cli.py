@@ -422,6 +422,7 @@ def test_run_with_a_usb_scanner_rejects_a_garbled_line_with_a_verdict_and_a_ledg
     assert result.returncode == 0, result.stderr
     garbled, good = result.stdout.splitlines()
     assert garbled.startswith("bad_format") and "red light" in garbled
+    assert garbled.endswith("-> red light, one long beep  (not ASCII)"), "why, in words"
     assert good.startswith("accepted")
     log = [strict_json(line) for line in result.stderr.splitlines()]
     assert [entry["result"] for entry in log if entry["message"] == "scan"] == ["bad_format", "accepted"]
