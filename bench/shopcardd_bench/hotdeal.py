@@ -25,23 +25,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shopcardd_voucher.commandline import whole_number
 
-from .claims import cpu_seconds
+from .rediscluster import Cluster, running_cluster
 
 if TYPE_CHECKING:
     from shopcardd_backend.gates.redis import RedisClaimGate
@@ -95,83 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass
-class Cluster:
-    """Redis Cluster nodes of this bench's own: port -> the redis-server process."""
-
-    nodes: dict[int, subprocess.Popen[bytes]]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{next(iter(self.nodes))}/0"
-
-    def cpu(self) -> dict[int, float]:
-        return {port: cpu_seconds(proc.pid) for port, proc in self.nodes.items()}
-
-    def port_of_slot(self, slot: int) -> int:
-        """The port of the primary that serves ``slot`` (from ``CLUSTER NODES``)."""
-        lines = _cli(next(iter(self.nodes)), "CLUSTER", "NODES").splitlines()
-        for _, address, flags, *_, ranges in (line.split(maxsplit=8) for line in lines):
-            for span in ranges.split():
-                low, _, high = span.partition("-")
-                if "master" in flags and int(low) <= slot <= int(high or low):
-                    return int(address.split(":")[1].split("@")[0])
-        raise RuntimeError(f"no primary serves slot {slot}")
-
-
-def _cli(port: int, *args: str) -> str:
-    argv = ["redis-cli", "-p", str(port), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
-
-
-def cluster_port(taken: Collection[int]) -> int:
-    """A free loopback port, not in ``taken``, whose cluster bus port (10,000 higher) is free too
-    (also used by the cluster test)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port > 55_535 or port in taken or port + 10_000 in taken:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10_000))
-            except OSError:
-                continue
-        return port
-
-
-@contextlib.contextmanager
-def running_cluster(folder: Path, primaries: int = PRIMARIES) -> Iterator[Cluster]:
-    """A cluster of ``primaries`` nodes made with ``redis-cli --cluster create``; killed on exit."""
-    nodes: dict[int, subprocess.Popen[bytes]] = {}
-    try:
-        for _ in range(primaries):
-            port = cluster_port(nodes)
-            argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
-            argv += ["--dbfilename", f"{port}.rdb", "--cluster-config-file", f"nodes-{port}.conf"]
-            argv += ["--save", "", "--appendonly", "no", "--cluster-enabled", "yes"]
-            with (folder / f"redis-{port}.log").open("wb") as log:
-                nodes[port] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        for port in nodes:
-            while subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True).returncode:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server on port {port} did not start (see {folder})")
-                time.sleep(0.05)
-        addresses = [f"127.0.0.1:{port}" for port in nodes]
-        _cli(next(iter(nodes)), "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes")
-        while not all("cluster_state:ok" in _cli(port, "CLUSTER", "INFO") for port in nodes):
-            if time.monotonic() > deadline + 40:
-                raise RuntimeError("the cluster did not come up")
-            time.sleep(0.1)
-        yield Cluster(nodes)
-    finally:
-        for proc in nodes.values():
-            proc.kill()
-            proc.wait()
-
-
 def spread_deal(cluster: Cluster, buckets: int) -> tuple[str, list[int]]:
     """The first deal id ``hot-K`` whose ``buckets`` buckets sit on as many primaries as there
     are (or buckets), and the primary port of each bucket: a bucket's slot comes from its tag,
@@ -180,7 +99,7 @@ def spread_deal(cluster: Cluster, buckets: int) -> tuple[str, list[int]]:
 
     from shopcardd_backend.gates.redis import bucket_tag
 
-    wanted = min(buckets, len(cluster.nodes))
+    wanted = min(buckets, cluster.primaries)
     for k in range(1000):
         deal = f"hot-{k}"
         tags = [f"{{{bucket_tag(deal, bucket)}}}" for bucket in range(buckets)]
@@ -312,7 +231,10 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     rows: dict[int, Run] = {}
     problems: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="hotdeal-") as tmp, running_cluster(Path(tmp)) as cluster:
+    with (
+        tempfile.TemporaryDirectory(prefix="hotdeal-") as tmp,
+        running_cluster(Path(tmp), primaries=PRIMARIES) as cluster,
+    ):
         ports = list(cluster.nodes)
         deal, spread = spread_deal(cluster, max(args.buckets))
         for buckets in args.buckets:

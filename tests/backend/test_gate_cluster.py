@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ from shopcardd_backend.gates.base import (
     RateCount,
 )
 from shopcardd_backend.gates.redis import RedisClaimGate
-from shopcardd_bench.hotdeal import cluster_port
+from shopcardd_bench.rediscluster import Cluster, running_cluster
 from shopcardd_voucher import Voucher, new_voucher_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -52,67 +50,13 @@ def voucher_of(event: dict[str, Any]) -> Voucher:
     return Voucher(event["voucher_id"], deal, user, "m1", event["issued_at"], event["expires_at"])
 
 
-@dataclass
-class Cluster:
-    ports: list[int]
-    procs: list[subprocess.Popen[bytes]]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.ports[0]}/0"
-
-    def cli(self, port: int, *args: str) -> str:
-        argv = ["redis-cli", "-p", str(port), *args]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
-
-    def replica_of_slot(self, slot: int) -> int:
-        """The port of a replica of the primary that serves ``slot``."""
-        nodes = [line.split() for line in self.cli(self.ports[0], "CLUSTER", "NODES").splitlines()]
-        for node_id, _, flags, _, _, _, _, _, *ranges in nodes:
-            spans = [tuple(int(n) for n in span.split("-")) for span in ranges if "[" not in span]
-            if "master" in flags and any(span[0] <= slot <= span[-1] for span in spans):
-                return next(int(n[1].split(":")[1].split("@")[0]) for n in nodes if n[3] == node_id)
-        raise AssertionError(f"no primary serves slot {slot}")
-
-    def wait_ok(self) -> None:
-        deadline = time.monotonic() + 60
-        while not all("cluster_state:ok" in self.cli(port, "CLUSTER", "INFO") for port in self.ports):
-            assert time.monotonic() < deadline, "the cluster did not come up"
-            time.sleep(0.2)
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    exe = shutil.which("redis-server")
-    if exe is None or shutil.which("redis-cli") is None:
+    """Three primaries with a replica each; a node silent for 2 s is failed over."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.skip("needs redis-server and redis-cli")
-    ports: list[int] = []
-    for _ in range(6):
-        ports.append(cluster_port(ports))
-    procs = []
-    for port in ports:
-        folder = tmp_path / str(port)
-        folder.mkdir()
-        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""]
-        argv += ["--appendonly", "no", "--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
-        with (folder / "redis.log").open("wb") as log:
-            procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
-    made = Cluster(ports, procs)
-    try:
-        deadline = time.monotonic() + 20
-        for port in ports:
-            while subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True).returncode:
-                assert time.monotonic() < deadline, "a node did not start"
-                time.sleep(0.05)
-        nodes = [f"127.0.0.1:{port}" for port in ports]
-        create = ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"]
-        subprocess.run(create, capture_output=True, timeout=60, check=True)
-        made.wait_ok()
+    with running_cluster(tmp_path, primaries=3, replicas=1, node_timeout_ms=2000) as made:
         yield made
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
 
 
 def test_claims_on_a_redis_cluster_survive_a_failover(cluster: Cluster) -> None:
@@ -153,7 +97,7 @@ def test_claims_on_a_redis_cluster_survive_a_failover(cluster: Cluster) -> None:
         thread.start()
     while len(answers) < CLAIMS // 4:  # mid-run: the primary of the hot deal's first bucket hands over
         time.sleep(0.01)
-    slot = int(cluster.cli(cluster.ports[0], "CLUSTER", "KEYSLOT", gate.deal_keys("hot")[0]))
+    slot = int(cluster.cli(next(iter(cluster.nodes)), "CLUSTER", "KEYSLOT", gate.deal_keys("hot")[0]))
     replica = cluster.replica_of_slot(slot)
     for _ in range(6):  # a manual failover the primary does not ack in time is dropped: ask again
         assert cluster.cli(replica, "CLUSTER", "FAILOVER").strip() == "OK"
