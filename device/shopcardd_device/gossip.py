@@ -27,7 +27,6 @@ harmless by construction: the ledger keeps a record once.
 from __future__ import annotations
 
 import binascii
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -36,7 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from shopcardd_voucher import SigningKey, is_valid_id
-from shopcardd_voucher.voucher import canonical_segment, sign_compact
+from shopcardd_voucher.voucher import parse_compact, sign_compact
 
 from .ledger import LanRecord
 
@@ -160,34 +159,26 @@ def read(
     try:
         if len(datagram) > MAX_DATAGRAM:
             raise ValueError("too long")
-        parts = datagram.decode("ascii").split(".")
-        if len(parts) != 3:
-            raise ValueError("not a compact JWS")
-        header = json.loads(canonical_segment(parts[0]))
-        if (
-            not isinstance(header, dict)
-            or set(header) != {"alg", "kid"}
-            or not isinstance(header["kid"], str)
-        ):
+        jws = parse_compact(datagram.decode("ascii"))
+        if set(jws.header) != {"alg", "kid"}:
             raise ValueError('the header must be {"alg", "kid"}')
-        signature = canonical_segment(parts[2])
-    except (ValueError, UnicodeError, binascii.Error, RecursionError) as exc:
+    except (ValueError, UnicodeError) as exc:
         raise Dropped("bad_format", str(exc)) from None
-    device = header["kid"]
+    device = jws.kid
     key = peers.get(device)
     if key is None:
         raise Dropped("unknown_device", "not an enrolled counter of this merchant", device[:64])
-    if header["alg"] != "EdDSA":
+    if jws.alg != "EdDSA":
         raise Dropped("bad_signature", "device keys sign with EdDSA only", device)
     if may_verify is not None and not may_verify():
         raise Dropped("over_budget", "too many signatures to check this second: a flood", device)
     try:
-        key.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"))
+        key.verify(jws.signature, jws.signing_input)
     except InvalidSignature:
         raise Dropped("bad_signature", "does not verify with the device's enrolled key", device) from None
     try:
-        return _message(json.loads(canonical_segment(parts[1])), device, merchant)
-    except (ValueError, TypeError, KeyError, UnicodeError, binascii.Error, RecursionError) as exc:
+        return _message(jws.payload(), device, merchant)
+    except (ValueError, TypeError, KeyError, UnicodeError, binascii.Error) as exc:
         raise Dropped("bad_format", str(exc), device) from None
 
 

@@ -179,6 +179,45 @@ def sign_compact(key: SigningKey, payload: dict[str, Any]) -> str:
     return (signing_input + b"." + base64url_encode(signature)).decode("ascii")
 
 
+@dataclass(frozen=True, slots=True)
+class CompactJws:
+    """A compact JWS taken apart, nothing verified yet (``parse_compact``)."""
+
+    header: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+    payload_segment: str
+
+    @property
+    def kid(self) -> str:
+        return str(self.header["kid"])
+
+    @property
+    def alg(self) -> str:
+        return str(self.header["alg"])
+
+    def payload(self) -> dict[str, Any]:
+        """The payload's JSON object (read only once the signature was checked); ``ValueError``."""
+        return _json_object(canonical_segment(self.payload_segment))
+
+
+def parse_compact(text: str) -> CompactJws:
+    """Three canonical base64url segments whose header is a JSON object with string ``alg`` and
+    ``kid`` and no ``crit``: what a voucher and a shop-LAN message both are. ``ValueError``
+    (saying which rule) for anything else; the payload is left for after the signature."""
+    parts = text.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError("not a compact JWS (three dot-separated parts)")
+    try:
+        header = _json_object(canonical_segment(parts[0]))
+        signature = canonical_segment(parts[2])
+    except (ValueError, UnicodeError, binascii.Error):
+        raise ValueError("header or signature is not canonical base64url JSON") from None
+    if not isinstance(header.get("kid"), str) or not isinstance(header.get("alg"), str) or "crit" in header:
+        raise ValueError("header needs string alg and kid, and no crit")
+    return CompactJws(header, f"{parts[0]}.{parts[1]}".encode("ascii"), signature, parts[1])
+
+
 def canonical_segment(text: str) -> bytes:
     """Decode one base64url segment, refusing any spelling but the canonical one."""
     raw = text.encode("ascii")
@@ -261,33 +300,26 @@ def verify(
     token = token.strip()
     if not token.isascii():
         return Verdict(Reason.BAD_FORMAT, detail="not ASCII")
-    parts = token.split(".")
-    if len(parts) != 3 or not all(parts):
-        return Verdict(Reason.BAD_FORMAT, detail="not a compact JWS (three dot-separated parts)")
     try:
-        header = _json_object(canonical_segment(parts[0]))
-        signature = canonical_segment(parts[2])
-    except (ValueError, UnicodeError, binascii.Error):
-        return Verdict(Reason.BAD_FORMAT, detail="header or signature is not canonical base64url JSON")
-    kid, alg = header.get("kid"), header.get("alg")
-    if not isinstance(kid, str) or not isinstance(alg, str) or "crit" in header:
-        return Verdict(Reason.BAD_FORMAT, detail="header needs string alg and kid, and no crit")
+        jws = parse_compact(token)
+    except ValueError as exc:
+        return Verdict(Reason.BAD_FORMAT, detail=str(exc))
+    kid, alg = jws.kid, jws.alg
     key = keys.get(kid)
     if key is None:
         return Verdict(Reason.UNKNOWN_KEY, detail=f"no key {kid!r} in the key set")
     if alg != key.alg:
         return Verdict(Reason.BAD_SIGNATURE, detail=f"token says {alg!r} but key {kid!r} is {key.alg}")
-    if _is_high_s(key.alg, signature):
+    if _is_high_s(key.alg, jws.signature):
         return Verdict(Reason.BAD_SIGNATURE, detail="high-S ECDSA signature: the malleated twin of a voucher")
-    signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
     try:
-        genuine = _algorithm(key.alg).verify(signing_input, key.public_key, signature)
+        genuine = _algorithm(key.alg).verify(jws.signing_input, key.public_key, jws.signature)
     except (ValueError, TypeError):
         genuine = False
     if not genuine:
         return Verdict(Reason.BAD_SIGNATURE, detail="signature does not match")
     try:
-        voucher = _claims_voucher(_json_object(canonical_segment(parts[1])), kid)
+        voucher = _claims_voucher(jws.payload(), kid)
     except (ValueError, UnicodeError, binascii.Error) as exc:
         return Verdict(Reason.BAD_FORMAT, detail=f"claims: {exc}")
     if not key.signed_within_window(voucher.issued_at, voucher.expires_at):

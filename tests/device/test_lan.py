@@ -325,7 +325,8 @@ def test_an_altered_record_another_algorithm_or_junk_is_refused_saying_why() -> 
     unsigned = base64url_encode(b'{"alg":"none","kid":"till-a"}')
     for datagram, reason in [
         (b".".join([header, altered, signature]), "bad_signature"),
-        (b".".join([unsigned, body, b""]), "bad_signature"),
+        (b".".join([unsigned, body, signature]), "bad_signature"),  # "none", or any other algorithm
+        (b".".join([unsigned, body, b""]), "bad_format"),  # no signature at all: not a compact JWS
         (genuine + b"=", "bad_format"),  # a second spelling of the signature
         (b"\xff" * 10, "bad_format"),
     ]:
