@@ -64,6 +64,9 @@ MAX_CHECKS_PER_SECOND: Final = 100
 forged cost a check each, so beyond this they are dropped unchecked (``over_budget``). A shop's
 own traffic is a hello per peer every few seconds and a message per redemption or page."""
 TICK_SECONDS: Final = 0.25
+"""Even unwoken, the worker looks for new redemptions this often: one committed by another
+process at the same ledger (``verify``) announces nothing here, and a wake can be lost to a full
+inbox. A look is one indexed query for rows after the last one sent."""
 SEND_GAP_SECONDS: Final = 0.02
 """Sends of new redemptions are at least this far apart: a redemption after a quiet spell goes at
 once; a burst (the bench's back-to-back frames) goes in batches, so the scan loop does not pay a
