@@ -3,20 +3,9 @@ the store, and the deal's stats count what was issued and refused."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
-import pytest
+from waiting import until
 
 from .conftest import Api, assert_problem
-
-
-def _until(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {seconds} s")
-        time.sleep(0.05)
 
 
 def test_claims_reach_the_store_and_the_stats_without_a_broker(api: Api) -> None:
@@ -26,11 +15,11 @@ def test_claims_reach_the_store_and_the_stats_without_a_broker(api: Api) -> None
     assert_problem(api.claim(deal, api.user_token("ann"), "k2"), 409, "sold_out")
     assert_problem(api.claim(deal, api.user_token("cy"), "k"), 409, "sold_out")
     store = api.client.app.state.runtime.store  # type: ignore[attr-defined]
-    _until(lambda: {v.voucher_id for v in store.vouchers_of_deal(deal)} == issued, "vouchers stored")
+    until(lambda: {v.voucher_id for v in store.vouchers_of_deal(deal)} == issued, "vouchers stored")
 
     def totals() -> dict[str, int]:
         return api.client.get(f"/v1/deals/{deal}/stats", headers={"X-API-Key": key}).json()["totals"]
 
-    _until(lambda: totals().get("sold_out") == 2, "refusals counted")
+    until(lambda: totals().get("sold_out") == 2, "refusals counted")
     assert totals() == {"issued": 2, "sold_out": 2, "limit_reached": 0, "sale_not_open": 0}
     assert api.client.app.state.runtime.gate.read_outbox() == []  # type: ignore[attr-defined]

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pika
-import pytest
 
 from shopcardd_backend.gates.base import ClaimAttempt, ClaimGate, DealTerms
 
@@ -53,13 +50,3 @@ def claim_many(gate: ClaimGate, count: int, deal_id: str = "d1", start: int = 0)
         assert decision.voucher is not None, decision
         ids.append(decision.voucher.voucher_id)
     return ids
-
-
-def until(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``seconds`` (a hang guard,
-    not a timing assertion)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {seconds} s")
-        time.sleep(0.05)

@@ -19,8 +19,9 @@ from servers import SpareRabbitMQ
 from shopcardd_backend.gates.base import ClaimGate
 from shopcardd_backend.queue.rabbitmq import RabbitPublisher
 from shopcardd_backend.relay import Relay
+from waiting import until
 
-from .conftest import claim_many, drain, open_deal, until
+from .conftest import claim_many, drain, open_deal
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +16,12 @@ import pytest
 
 from shopcardd_backend.gates.base import OutboxEvent
 from shopcardd_backend.queue.rabbitmq import RabbitPublisher, queue_depth
+from waiting import until
 
 from .conftest import NOW, claim_many, drain, open_deal
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 BACKEND = str(Path(sys.executable).with_name("shopcardd-backend"))
-
-
-def _until(condition: Callable[[], bool], what: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {seconds} s")
-        time.sleep(0.05)
 
 
 def _start(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
@@ -64,7 +56,7 @@ def test_a_relay_killed_again_and_again_loses_no_event(
         time.sleep(rng.uniform(0.0, 0.4))  # let it get somewhere, then cut it off mid-work
         _kill(relay)
         relay = _start(env, "relay", "--lease", "1", "--batch", "50", log=log)
-    _until(lambda: not gate.read_outbox(limit=1), "the outbox drained after the last restart")
+    until(lambda: not gate.read_outbox(limit=1), "the outbox drained after the last restart")
     relay.send_signal(signal.SIGTERM)
     assert relay.wait(30) == 0, log.read_text()[-2000:]
     published = [m["voucher_id"] for m in drain(amqp_vhost, "shopcardd.persist")]
@@ -111,13 +103,13 @@ def test_a_persist_worker_killed_mid_batch_loses_and_duplicates_nothing(
         return len(store.vouchers_of_deal("d1"))
 
     for kills in range(3):
-        _until(lambda k=kills: stored() > (k + 1) * total // 5, "the worker making progress")
+        until(lambda k=kills: stored() > (k + 1) * total // 5, "the worker making progress")
         _kill(worker)
         started_at = log.stat().st_size
         worker = _start(env, "worker", "persist", log=log)
-    _until(lambda: stored() == total and queue_depth(amqp_vhost, "persist") == 0, "every voucher stored")
+    until(lambda: stored() == total and queue_depth(amqp_vhost, "persist") == 0, "every voucher stored")
     # The last one may have found nothing left to do: SIGTERM once it is running, not starting.
-    _until(lambda: "worker consuming" in log.read_text()[started_at:], "the last worker consuming")
+    until(lambda: "worker consuming" in log.read_text()[started_at:], "the last worker consuming")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0, log.read_text()[-2000:]
     vouchers = store.vouchers_of_deal("d1")
@@ -131,7 +123,7 @@ def test_sigterm_ends_the_relay_and_a_worker_cleanly(amqp_vhost: str, tmp_path: 
         log = tmp_path / f"{args[0]}.log"
         proc = _start(env, *args, log=log)
         started = "relay started" if args == ["relay"] else "worker consuming"
-        _until(lambda log=log, started=started: started in log.read_text(), f"{args} started")
+        until(lambda log=log, started=started: started in log.read_text(), f"{args} started")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()[-2000:]
         assert "Traceback" not in log.read_text()

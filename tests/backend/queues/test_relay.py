@@ -13,8 +13,9 @@ from shopcardd_backend.gates.base import ClaimGate, OutboxEvent
 from shopcardd_backend.queue.base import QueueUnavailable
 from shopcardd_backend.queue.rabbitmq import RabbitPublisher
 from shopcardd_backend.relay import Relay
+from waiting import until
 
-from .conftest import NOW, claim_many, drain, open_deal, until
+from .conftest import NOW, claim_many, drain, open_deal
 
 pytestmark = pytest.mark.rabbitmq
 

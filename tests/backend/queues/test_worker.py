@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -16,6 +15,7 @@ from shopcardd_backend.queue.base import DELIVERY_LIMIT
 from shopcardd_backend.queue.rabbitmq import consume, queue_depth
 from shopcardd_backend.storage import TransientError
 from shopcardd_backend.workers.base import DONE, Result, Verdict
+from waiting import until
 
 from .conftest import drain, publish_raw
 
@@ -58,20 +58,12 @@ def running(url: str, handler: Recorder) -> Iterator[threading.Thread]:
         assert not thread.is_alive(), "the worker stopped when asked"
 
 
-def _until(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {seconds} s")
-        time.sleep(0.05)
-
-
 def test_a_handled_message_is_acknowledged_and_gone(amqp_vhost: str) -> None:
     handler = Recorder()
     with running(amqp_vhost, handler):
-        _until(lambda: queue_depth(amqp_vhost, "persist") == 0, "topology declared")
+        until(lambda: queue_depth(amqp_vhost, "persist") == 0, "topology declared")
         publish_raw(amqp_vhost, "claim.issued", EVENT)
-        _until(lambda: handler.seen == ["v1"], "the event handled")
+        until(lambda: handler.seen == ["v1"], "the event handled")
     assert queue_depth(amqp_vhost, "persist") == 0
     assert drain(amqp_vhost, "shopcardd.persist.parked") == []
 
@@ -79,9 +71,9 @@ def test_a_handled_message_is_acknowledged_and_gone(amqp_vhost: str) -> None:
 def test_a_message_that_always_fails_is_parked_after_the_delivery_limit(amqp_vhost: str) -> None:
     handler = Recorder(lambda event: Result(Verdict.RETRY, "the SMTP server said try later"))
     with running(amqp_vhost, handler):
-        _until(lambda: queue_depth(amqp_vhost, "persist") == 0, "topology declared")
+        until(lambda: queue_depth(amqp_vhost, "persist") == 0, "topology declared")
         publish_raw(amqp_vhost, "claim.issued", EVENT)
-        _until(lambda: queue_depth(amqp_vhost, "persist.parked") == 1, "the message parked")
+        until(lambda: queue_depth(amqp_vhost, "persist.parked") == 1, "the message parked")
     assert DELIVERY_LIMIT <= len(handler.seen) <= DELIVERY_LIMIT + 1, handler.seen
     assert [m["voucher_id"] for m in drain(amqp_vhost, "shopcardd.persist.parked")] == ["v1"]
 
@@ -89,9 +81,9 @@ def test_a_message_that_always_fails_is_parked_after_the_delivery_limit(amqp_vho
 def test_a_final_failure_is_parked_at_once(amqp_vhost: str) -> None:
     handler = Recorder(lambda event: Result(Verdict.PARK, "the recipient does not exist"))
     with running(amqp_vhost, handler):
-        _until(lambda: queue_depth(amqp_vhost, "persist") == 0, "topology declared")
+        until(lambda: queue_depth(amqp_vhost, "persist") == 0, "topology declared")
         publish_raw(amqp_vhost, "claim.issued", EVENT)
-        _until(lambda: queue_depth(amqp_vhost, "persist.parked") == 1, "the message parked")
+        until(lambda: queue_depth(amqp_vhost, "persist.parked") == 1, "the message parked")
     assert handler.seen == ["v1"]
 
 
@@ -108,9 +100,9 @@ def test_a_message_no_worker_can_read_is_parked_at_once_with_the_reason_logged(
 ) -> None:
     handler = Recorder()
     with caplog.at_level(logging.WARNING, "shopcardd_backend.queue"), running(amqp_vhost, handler):
-        _until(lambda: queue_depth(amqp_vhost, "persist") == 0, "topology declared")
+        until(lambda: queue_depth(amqp_vhost, "persist") == 0, "topology declared")
         publish_raw(amqp_vhost, "claim.issued", body)
-        _until(lambda: queue_depth(amqp_vhost, "persist.parked") == 1, "the message parked")
+        until(lambda: queue_depth(amqp_vhost, "persist.parked") == 1, "the message parked")
     assert handler.seen == [], "the handler never saw it"
     parked = [r for r in caplog.records if r.getMessage() == "event parked"]
     assert len(parked) == 1 and why in parked[0].reason  # type: ignore[attr-defined]
@@ -130,7 +122,7 @@ def test_a_dependency_that_is_down_holds_the_batch_instead_of_parking_it(amqp_vh
 
     handler = Flaky()
     with running(amqp_vhost, handler):
-        _until(lambda: queue_depth(amqp_vhost, "persist") == 0, "topology declared")
+        until(lambda: queue_depth(amqp_vhost, "persist") == 0, "topology declared")
         publish_raw(amqp_vhost, "claim.issued", EVENT)
-        _until(lambda: handler.seen == ["v1"], "handled once the store is back")
+        until(lambda: handler.seen == ["v1"], "handled once the store is back")
     assert queue_depth(amqp_vhost, "persist.parked") == 0
