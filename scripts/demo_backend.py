@@ -17,6 +17,8 @@ from typing import Any
 from demo import Demo, DemoFailed
 
 STOCK, LIMIT, USERS, CLAIMS_PER_USER, IN_FLIGHT = 20, 2, 15, 12, 32
+BOT_CLAIMS = 200
+"""Claims the bot may send before the rate limit must have refused one (30 a minute by default)."""
 REFUSALS = {
     "sold_out": "sold out (sold_out)",
     "limit_reached": "over the per-customer limit (limit_reached)",
@@ -111,6 +113,26 @@ def _greedy_customer(demo: Demo, url: str, deal_id: str, user: str, token: str) 
     return results
 
 
+def _bot(demo: Demo, url: str, deal_id: str, token: str) -> None:
+    """A script sends claim after claim with one customer's token until the API refuses it for the
+    rate (per customer and minute: SHOPCARDD_CLAIM_RATE_PER_USER, 30 by default). The window is a
+    fixed minute, so up to twice the limit can pass across its turn: the loop allows for more."""
+    demo.say("A bot sends claim after claim with one customer's token, a new Idempotency-Key each:")
+    before: Counter[str] = Counter()
+    for n in range(1, BOT_CLAIMS + 1):
+        answer = _claim(url, deal_id, token, f"bot-{n}")
+        body = answer.json()
+        if answer.status_code != 429:
+            before[f"{answer.status_code} {body.get('code', 'voucher')}"] += 1
+            continue
+        demo.say(f"  claims 1 to {n - 1}: {', '.join(f'{count} x {what}' for what, count in before.items())}")
+        retry = answer.headers["retry-after"]
+        demo.say(f"  claim {n}: 429 {body['code']}: {body['detail']} (Retry-After: {retry})")
+        demo.refused(f"claim {n} of the bot: over the claim rate per customer -> rate_limited")
+        return
+    raise DemoFailed(f"{BOT_CLAIMS} claims of one customer in a row were never refused for the rate")
+
+
 def _counter_config(original: Path, keyset: Path, merchant: str, out: Path) -> Path:
     """A copy of the counter's config for ``shopcardd-device verify`` only: the backend's key set,
     the deal's merchant, a ledger of its own, and no ``[camera]`` table (verify reads the tokens
@@ -193,6 +215,8 @@ def run(demo: Demo) -> None:
     if again.status_code != 200 or again.json()["voucher_id"] != voucher["voucher_id"]:
         raise DemoFailed(f"the retry did not return the same voucher: {again.status_code} {again.text}")
     demo.ok(f"200 with the same voucher {voucher['voucher_id']}, no second voucher issued")
+    bot_token = demo.run("shopcardd-backend", "user-token", "bot01", show=False).stdout.split()[0]
+    _bot(demo, url, deal["deal_id"], bot_token)
 
     jwks_path = demo.out / "backend-jwks.json"
     jwks_path.write_text(httpx.get(f"{url}/.well-known/jwks.json").text)

@@ -35,6 +35,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "ok: exactly the stock was issued: 20 vouchers" in told
     assert "ok: nobody exceeded the limit" in told
     assert "no second voucher issued" in told
+    assert "of the bot: over the claim rate per customer -> rate_limited" in told
     assert "ok: the counter accepted a voucher the API issued" in told
     # Chapter 4: two enrolled tills accept one voucher offline; after sync the merchant sees the
     # conflict, and a voucher revoked on the backend is refused after sync.
