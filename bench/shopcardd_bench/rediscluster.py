@@ -48,9 +48,14 @@ class Cluster:
         return next(self._port(node[1]) for node in self._nodes() if node[3] == primary_id)
 
     def wait_ok(self, seconds: float = 60) -> None:
-        """Until every node says ``cluster_state:ok`` (after a start, or a failover)."""
+        """Until every node says ``cluster_state:ok`` and every replica is known as one (after a
+        start, or a failover: ``cluster_state:ok`` comes before the replicas are told apart)."""
+        replicas = len(self.nodes) - self.primaries
         deadline = time.monotonic() + seconds
-        while not all("cluster_state:ok" in self.cli(port, "CLUSTER", "INFO") for port in self.nodes):
+        while not (
+            all("cluster_state:ok" in self.cli(port, "CLUSTER", "INFO") for port in self.nodes)
+            and sum("slave" in node[2] for node in self._nodes()) == replicas
+        ):
             if time.monotonic() > deadline:
                 raise RuntimeError("the cluster did not come up")
             time.sleep(0.1)
@@ -72,12 +77,14 @@ class Cluster:
 
 
 def cluster_port(taken: Collection[int]) -> int:
-    """A free loopback port, not in ``taken``, whose cluster bus port (10,000 higher) is free too."""
+    """A free loopback port whose cluster bus port (10,000 higher) is free too, neither of them
+    a port or a bus port of the nodes ``taken``."""
+    used = {*taken, *(port + 10_000 for port in taken)}
     while True:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port > 55_535 or port in taken or port + 10_000 in taken:
+        if port > 55_535 or port in used or port + 10_000 in used:
             continue
         with socket.socket() as bus:
             try:

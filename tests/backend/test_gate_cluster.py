@@ -2,7 +2,9 @@
 primaries, three replicas) on free loopback ports, made with ``redis-cli --cluster create``.
 
 Claims run across many deals and one hot deal split over buckets while one primary fails over
-to its replica (``CLUSTER FAILOVER``, the coordinated switch an operator or an upgrade makes).
+to its replica (``CLUSTER FAILOVER``, the coordinated switch an operator or an upgrade makes):
+from threads, one claim at a time each, and from an API process's way of claiming, asyncio
+tasks whose calls go out pipelined by node.
 A client retries an unavailable answer with the same Idempotency-Key, as a real one does.
 Afterwards: no deal sold more than its stock, nobody above the limit, every voucher answered
 ISSUED is in the outbox, and the relay's reads (lease, read, ack) and a rebuild work there too.
@@ -91,8 +93,47 @@ def test_claims_on_a_redis_cluster_survive_a_failover(cluster: Cluster) -> None:
             extra += 1
         claim_one(rng_of_thread[thread].choice(targets), "after", f"x{thread}-after")
 
+    async def answered_async(on: RedisClaimGate, deal: str, user: str, key: str) -> None:
+        attempt = ClaimAttempt(deal, user, key, new_voucher_id(), int(time.time()))
+        while True:
+            try:
+                decision = await on.claim_async(attempt)
+                break
+            except GateUnavailable:  # the failover, or a node still closing its clients after it
+                await asyncio.sleep(0.05)
+        answers[deal, user, key] = answer_of(decision)
+
+    async def claim_async(on: RedisClaimGate, part: list[tuple[str, str, str]], task: int = -1) -> None:
+        """The API's way: the asyncio cluster client, the calls of all the claims in flight
+        pipelined by node. With a ``task`` number, claims go on until the failover is done."""
+        for deal, user, key in part:
+            await answered_async(on, deal, user, key)
+        extra = 0
+        while task >= 0 and not switched.is_set():
+            deal = rng_of_task[task].choice(targets)
+            await answered_async(on, deal, f"u{extra % USERS}", f"y{task}-{extra}")
+            extra += 1
+
+    def api_process(part: list[tuple[str, str, str]]) -> None:
+        """Another API process during the failover: a gate of its own, claims in 8 tasks."""
+        other = RedisClaimGate(cluster.url, prefix="cl", cluster=True)
+
+        async def tasks() -> None:
+            try:
+                await asyncio.gather(*(claim_async(other, part[n::8], n) for n in range(8)))
+            finally:
+                await other.aclose()
+
+        with other:
+            asyncio.run(tasks())
+
     rng_of_thread = [random.Random(thread) for thread in range(8)]
-    threads = [threading.Thread(target=claim, args=(work[n::8], n)) for n in range(8)]
+    rng_of_task = [random.Random(100 + task) for task in range(8)]
+    api_work = [(rng.choice(targets), f"u{rng.randrange(USERS)}", f"s{n}") for n in range(CLAIMS // 2)]
+    # Daemons: should the test fail, its claimers (retrying an unavailable gate) do not keep
+    # the test session from ending.
+    threads = [threading.Thread(target=claim, args=(work[n::8], n), daemon=True) for n in range(8)]
+    threads.append(threading.Thread(target=api_process, args=(api_work,), daemon=True))
     for thread in threads:
         thread.start()
     while len(answers) < CLAIMS // 4:  # mid-run: the primary of the hot deal's first bucket hands over
@@ -117,21 +158,9 @@ def test_claims_on_a_redis_cluster_survive_a_failover(cluster: Cluster) -> None:
     cluster.wait_ok()
     gate.check()  # readiness: the claim step and the eviction policy, through the cluster
 
-    async def claim_async(part: list[tuple[str, str, str]]) -> None:
-        """The API's way: the asyncio cluster client, after the failover."""
-        for deal, user, key in part:
-            attempt = ClaimAttempt(deal, user, key, new_voucher_id(), int(time.time()))
-            while True:
-                try:
-                    decision = await gate.claim_async(attempt)
-                    break
-                except GateUnavailable:  # a node still closing its clients after the switch
-                    await asyncio.sleep(0.05)
-            answers[deal, user, key] = answer_of(decision)
-
     async def flood() -> None:
         extra = [(rng.choice(targets), f"u{rng.randrange(USERS)}", f"a{n}") for n in range(400)]
-        await asyncio.gather(*(claim_async(extra[n::16]) for n in range(16)))
+        await asyncio.gather(*(claim_async(gate, extra[n::16]) for n in range(16)))
         # The claim rate limits' counters: a key each, in slots of their own, counted in one call.
         assert await gate.count_async(names, 0, 60) == [1] * 4
         assert await gate.count_async(names, 0, 60) == [2] * 4
