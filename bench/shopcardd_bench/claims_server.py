@@ -1,15 +1,15 @@
 """The server ``shopcardd-bench claims`` measures: the backend's own app, plus a bare endpoint.
 
 ``python -m shopcardd_bench.claims_server --port P --workers N`` serves, through the same code
-path as ``shopcardd-backend serve`` (``serve_api``), the app of ``create_app_from_env`` with one
-more route, ``POST /bench/bare/deals/{deal_id}/claims``: the yardstick of issue 14, "a naive
-async FastAPI endpoint doing the same work", written the way the framework's documentation
-teaches, over plain library calls: a bearer dependency and a header parameter, the user's
-token decoded and checked by PyJWT on every request, redis.asyncio with its defaults
-evaluating the gate's own ``claim.lua``, the voucher signed by ``jwt.encode``, a pydantic
-response model, FastAPI's routing. The bench reports the API CPU of a real claim as a ratio to
-this one in the same run, so a busy machine moves both alike. Mounted here only, never in the
-served API.
+path as ``shopcardd-backend serve`` (``serve_api``), the app of ``create_app_from_env`` with
+one more route, ``POST /bench/bare/deals/{deal_id}/claims``: the yardstick of issue 14, "a
+naive async FastAPI endpoint doing the same work", written the way the framework's
+documentation teaches, over plain library calls: a bearer dependency and a header parameter,
+the user's token decoded and checked by PyJWT on every request, redis.asyncio with its defaults
+(its cluster client on a Redis Cluster) evaluating the gate's own ``claim.lua``, the voucher
+signed by ``jwt.encode``, a pydantic response model, FastAPI's routing. The bench reports the
+API CPU of a real claim as a ratio to this one in the same run, so a busy machine moves both
+alike. Mounted here only, never in the served API.
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ async def bare_claim(
     if not hasattr(state, "bare_script"):
         settings = runtime.settings.model_copy(update={"user_token_cache_size": 0})
         state.bare_users = build_verifier(settings)  # PyJWT on every request: no cache
-        client = redis.asyncio.Redis.from_url(runtime.settings.redis_url, decode_responses=True)
+        url = runtime.settings.redis_url
+        client_class = redis.asyncio.RedisCluster if runtime.settings.redis_cluster else redis.asyncio.Redis
+        client = client_class.from_url(url, decode_responses=True)
         state.bare_script = client.register_script(claim_script_source())
     try:
         user = state.bare_users.user(credentials.credentials)

@@ -22,7 +22,14 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.redis
-def test_the_claims_bench_logs_a_summary_without_carriage_returns(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "redis",
+    [
+        pytest.param([], id="one-redis"),
+        pytest.param(["--redis-cluster", "3"], id="cluster", marks=pytest.mark.slow),
+    ],
+)
+def test_the_claims_bench_logs_a_summary_without_carriage_returns(tmp_path: Path, redis: list[str]) -> None:
     if shutil.which("wrk") is None or shutil.which("redis-server") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("the claims bench needs wrk and redis-server (.ci/run installs wrk)")
@@ -30,7 +37,7 @@ def test_the_claims_bench_logs_a_summary_without_carriage_returns(tmp_path: Path
     bench = str(Path(sys.executable).with_name("shopcardd-bench"))
     argv = [bench, "claims", "--users", "20", "--duration", "1", "--runs", "1", "--workers", "1"]
     argv += ["--connections", "4", "--warm-passes", "1", "--sellout-stock", "5"]
-    argv += ["--plot", str(tmp_path / "p.png")]
+    argv += ["--plot", str(tmp_path / "p.png"), *redis]
     # Bytes, not text: universal newlines would turn the carriage returns into line feeds.
     proc = subprocess.run(argv, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
