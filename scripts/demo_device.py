@@ -108,7 +108,7 @@ signal_seconds = 0.3
     rejected = ", ".join(f"{count} {reason}" for reason, count in status["rejected"].items()) or "none"
     demo.say(
         f"  that is: {status['accepted']} redeemed; rejected: {rejected}; "
-        f"{status['unsynced']} rows waiting for sync; keys: {', '.join(k['kid'] for k in status['keys'])}"
+        f"{status['unsynced']} waiting for sync; keys: {', '.join(k['kid'] for k in status['keys'])}"
     )
     if status["accepted"] != 1:
         raise DemoFailed(f"the ledger should hold one redemption, not {status['accepted']}")

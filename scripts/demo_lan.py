@@ -109,7 +109,7 @@ class _Till:
 
 def run(demo: Demo) -> None:
     demo.chapter("5. The shop LAN: the second till refuses what the first redeemed, no backend at all")
-    demo.say("The shop is offline again, and this time the backend is gone too:")
+    demo.say("The shop is offline again, and this time the backend is gone too.")
     demo.end_now()
     voucher: dict[str, Any] = demo.facts["unused_vouchers"][2]  # type: ignore[index]
     ports = {till: _free_port() for till in TILLS}

@@ -51,7 +51,7 @@ def run(demo: Demo) -> None:
     demo.ok("each till has its own Ed25519 key; the backend holds only the public halves")
 
     demo.say(f"\nThe shop's internet is down. A customer shows voucher {twice['voucher_id']} at till-1,")
-    demo.say("and a friend shows a screenshot of the same code at till-2 a minute later:")
+    demo.say("and a friend shows a screenshot of the same code at till-2, moments later:")
     seen = [_verdict(demo, till, twice["token"], 0) for till in TILLS]
     if seen != ["accepted", "accepted"]:
         raise DemoFailed(f"offline, each till should accept the voucher once: {seen}")

@@ -88,7 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(SHOPCARDD_REDIS_CLUSTER=true); Redis CPU is its nodes' together",
     )
     parser.add_argument("--mongodb-uri", default=None, help="MongoDB of the store (default SQLite)")
-    parser.add_argument("--plot", type=Path, default=Path("claims-bench.png"), help="PNG to write")
+    parser.add_argument(
+        "--plot", type=Path, default=Path("claims-bench.png"), help="PNG to write (default claims-bench.png)"
+    )
     parser.add_argument(
         "--server",
         choices=("uvicorn", "granian"),
@@ -539,11 +541,12 @@ def run(args: argparse.Namespace) -> int:
         if issued != args.sellout_stock:
             problems.append(f"sell-out: {issued} issued for a stock of {args.sellout_stock}")
         print(
-            f"sell-out: stock {args.sellout_stock}, {args.users} users claiming one each: {issued} issued, "
-            + ", ".join(f"{status}: {n}" for status, n in sorted(result.statuses.items()))
+            f"sell-out: stock {args.sellout_stock}, {args.users:,} users allowed one voucher each, claiming "
+            f"for 5 s: {issued} issued, "
+            + ", ".join(f"{status}: {n:,}" for status, n in sorted(result.statuses.items()))
         )
         verdict = "; ".join(problems) or "nothing oversold, nobody over the limit"
-        print(f"checks: {len(session.answers)} deals, 5xx answers {fives}; {verdict}")
+        print(f"checks: the {len(session.answers)} deals of the bench, 5xx answers {fives}; {verdict}")
         measured = rows["claim"] + rows["bare"]
         _plot(args.plot, measured, session.probe)
         print(f"plot: {args.plot}")

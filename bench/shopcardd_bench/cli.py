@@ -17,7 +17,7 @@ from shopcardd_voucher.commandline import CommandParser
 BENCHMARKS = {
     "voucher": "sign and verify operations per second per algorithm, token length and QR version",
     "device": "per-frame cost of decode, verify and record on the counter, and scans per second",
-    "claims": "claim throughput and latency of the claim API on a chosen profile",
+    "claims": "claim throughput, latency and CPU of the claim API on Redis (one server, or a cluster)",
     "hotdeal": "one hot deal on a local Redis Cluster in 1 and N buckets: claims/s and Redis CPU per primary",
     "pipeline": "soak of claims through the Redis gate, relay, RabbitMQ and the three workers",
     "sync": "time for a counter to sync 10,000 redemptions with a served backend over loopback",
