@@ -99,8 +99,8 @@ class ClaimService:
         store: DocumentStore,
         signer: VoucherSigner,
         metrics: Metrics,
+        rate_limits: ClaimRateLimits,
         clock: Callable[[], float] = time.time,
-        rate_limits: ClaimRateLimits | None = None,
     ) -> None:
         self.gate = gate
         self.store = store
@@ -141,7 +141,7 @@ class ClaimService:
             self.metrics.claim_done("unavailable", time.perf_counter() - started)
             raise
         over = standing if isinstance(standing, RateLimited) else None
-        if isinstance(standing, RateCount) and self.rate_limits is not None:
+        if isinstance(standing, RateCount):
             over = self.rate_limits.verdict(standing, decision.hits)
         if decision.outcome is Outcome.RATE_LIMITED and over is not None:
             self.metrics.claim_done(decision.outcome, time.perf_counter() - started)

@@ -100,7 +100,7 @@ class Runtime(Closing):
     def claims(self) -> ClaimService:
         from .claims import ClaimService
 
-        return ClaimService(self.gate, self.store, self.signer, self.metrics, rate_limits=self.rate_limits)
+        return ClaimService(self.gate, self.store, self.signer, self.metrics, self.rate_limits)
 
     @cached_property
     def rate_limits(self) -> ClaimRateLimits:
