@@ -17,8 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-LANGUAGES = {"sh", "text", "toml", "json"}
-"""``sh`` blocks are commands and are run; the others are shown, never run."""
+LANGUAGES = {"sh", "text", "toml", "json", "mermaid"}
+"""``sh`` blocks are commands and are run; the others are shown, never run (``mermaid``: a diagram
+GitHub draws)."""
 NOT_RUN: dict[str, str] = {}
 """Guides whose blocks are not run yet, and why (their fences are still checked): none now; a
 list of long-running services is fenced as ``text``, shown and not run."""

@@ -48,8 +48,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.runtime = runtime
             # The app's own objects (routes, models, clients: a few hundred thousand) live as
             # long as the process: moved out of the collector's sight, a full collection no
-            # longer walks them all, and the claim's p99 drops from ~75 ms to ~20 ms
-            # (shopcardd-bench claims, 64 connections; README, capacity model).
+            # longer walks them all while the claims in flight wait for it (their p99 was that
+            # wait; docs/performance.md).
             gc.collect()
             gc.freeze()
             where = {"profile": settings.profile, "data_dir": str(settings.data_dir)}

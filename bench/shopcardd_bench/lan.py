@@ -15,7 +15,7 @@ own ledger, device key and the other as its peer, as a sync would have left them
   B is another process (``shopcardd-device run``) on a CPU of its own (A on the others), as on
   its own till: on one machine, B's checking and committing would otherwise count against A.
   The ratios on/off and flood/off (medians over the runs of each run's ratio) are the figures
-  to read; the budget is at most 1.05 for on/off (README, "Measured").
+  to read; the budget is at most 1.05 for on/off (docs/performance.md).
 """
 
 from __future__ import annotations

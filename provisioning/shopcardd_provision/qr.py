@@ -23,7 +23,7 @@ MAX_SCALE = 64
 
 
 def make_qr(token: str) -> segno.QRCode:
-    """The code at level M: the app shows it so, and the counter's decoders and the README's
+    """The code at level M: the app shows it so, and the counter's decoders and docs/performance.md's
     QR-version figures assume it. ``ValueError`` for nothing to encode or too much."""
     import segno
 

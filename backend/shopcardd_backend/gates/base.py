@@ -65,8 +65,8 @@ class RateCount:
 
     One counter per limit (``ratelimits.py`` names them), each with its limit, all of the fixed
     window that starts at ``window_start``. Counting them in the claim's step instead of one of
-    their own saves the claim a round trip to the store (Redis: a pipeline turn, about 30 us of
-    API CPU per claim; ``shopcardd-bench claims``)."""
+    their own saves the claim a round trip to the store (Redis: a pipeline turn, a sizeable
+    share of the claim's API CPU; docs/performance.md)."""
 
     names: tuple[str, ...]
     limits: tuple[int, ...]
