@@ -1,4 +1,4 @@
-"""Queue workers: one handler per job, run by the queue runner or in-process (``base.py``)."""
+"""Queue workers: one handler per job, run by RabbitMQ's consumer or in-process (``base.py``)."""
 
 from __future__ import annotations
 

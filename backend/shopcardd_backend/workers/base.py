@@ -1,9 +1,9 @@
 """The worker port: a handler does one job (persist, notify, analytics) for a batch of events.
 
-A handler knows nothing of RabbitMQ: the same handler runs under the queue runner
-(``workers/runner.py``: pika, manual acks, dead-lettering) and in-process in the embedded
-profile (``queue/inprocess.py``: straight from the SQLite outbox). It answers one ``Result``
-per event, in order:
+A handler knows nothing of RabbitMQ: the same handler runs under RabbitMQ's consumer
+(``consume`` in ``queue/rabbitmq.py``: pika, manual acks, dead-lettering) and in-process in
+the embedded profile (``queue/inprocess.py``: straight from the SQLite outbox). It answers one
+``Result`` per event, in order:
 
 - ``done``: the work is durable (or was already done: handlers are idempotent); ack it.
 - ``retry``: a transient failure of this event (an SMTP server that said "try later"); it comes
@@ -12,7 +12,7 @@ per event, in order:
   the reason.
 
 A failure of the handler's own dependency, for every event alike (the store does not answer),
-is raised as a ``TransientError`` instead: the runner keeps the batch, backs off and tries the
+is raised as a ``TransientError`` instead: RabbitMQ's consumer keeps the batch, backs off and tries the
 whole batch again, without counting it against the events.
 """
 
