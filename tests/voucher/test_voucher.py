@@ -338,7 +338,8 @@ def test_whitespace_around_a_scanned_token_is_tolerated(keys: KeySet, token: str
 @pytest.mark.parametrize(("kid", "version"), [("k1", 12), ("k2026-01", 13), ("k2026-12-01-edsa", 13)])
 def test_eddsa_voucher_fits_a_small_qr_code(kid: str, version: int) -> None:
     """Ids of 8 characters: 281 characters (QR version 12) with kid k1, 289 (version 13) with an
-    8-character kid, 300 with the longest kid keygen allows (16); docs/performance.md's table shows the first."""
+    8-character kid, 300 with the longest kid keygen allows (16); docs/performance.md's table shows
+    the first."""
     from shopcardd_provision.qr import qr_version
 
     key = SigningKey.generate(kid)
