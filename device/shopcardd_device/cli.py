@@ -4,9 +4,10 @@ salvage a damaged ledger.
 Everything (configuration, ledger, GPIO, camera) is built here in ``main``, never at import.
 Exit codes: 0 done (every input accepted, for ``verify``), 1 a voucher was rejected (``sync``:
 the backend could not be reached or refused), 2 usage, configuration or start-up error (a
-damaged ledger too: the unit does not restart on 2), 3 ``verify`` could not record an input (a
-full disk), so did not accept it. Ctrl-C ends ``verify`` after the current input with the code
-of the verdicts so far (2 if none was judged), and ``run`` with 0; never with a traceback.
+damaged ledger too: the unit does not restart on 2; and ``verify`` when it could not record an
+input, a full disk, so did not accept it). Ctrl-C ends ``verify`` after the current input with
+the code of the verdicts so far (2 if none was judged), and ``run`` with 0; never with a
+traceback.
 """
 
 from __future__ import annotations
