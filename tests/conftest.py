@@ -90,7 +90,7 @@ def amqp_url() -> str:
 @pytest.fixture
 def amqp_vhost(amqp_url: str) -> Iterator[str]:
     """The URL of a RabbitMQ virtual host of this test's own (made with ``rabbitmqctl``, removed
-    after): the topology's names are fixed (DESIGN.md), so tests keep apart by vhost."""
+    after): the topology's names are fixed (docs/architecture.md), so tests keep apart by vhost."""
     ctl = shutil.which("rabbitmqctl")
     if ctl is None:
         service_missing("rabbitmqctl is not installed; it makes each queue test its own vhost")

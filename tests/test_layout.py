@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import subprocess
 import sys
 import tomllib
@@ -150,3 +151,19 @@ def test_the_launcher_checks_every_library_of_each_extra() -> None:
             assert modules_of[distribution] & set(part.needs), (part.extra, distribution)
         others = set(part.needs) - {m for d in distributions(part.extra) for m in modules_of[d]}
         assert not others, (part.extra, others)
+
+
+OUTSIDE_DOCUMENTS = re.compile(r"DESIGN\.md|STYLE\.md|STYLE\s+trap|\.\./shared/")
+"""Names of the development workspace's own notes, which a clone of the repository does not have."""
+
+
+def test_no_file_refers_to_a_document_outside_the_repository() -> None:
+    """A reader who cloned the repository must find every reason it gives inside it
+    (docs/architecture.md, docs/contributing.md), not in notes beside the workspace."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    citing = []
+    for name in sorted(filter(None, listed.decode().split("\0"))):
+        path = ROOT / name
+        if path.is_file() and OUTSIDE_DOCUMENTS.search(path.read_bytes().decode(errors="replace")):
+            citing.append(name)
+    assert not citing, f"these files refer to documents outside the repository: {', '.join(citing)}"

@@ -4,7 +4,8 @@ Every process starts here: the API's lifespan, each command (``merchant create``
 rebuild``), the relay and each queue worker. A part is opened on first use and closed with the
 runtime, so a worker that never signs never makes a signing key, and a command that only needs
 the store never connects to Redis. Parts are opened after any fork (in the lifespan of each
-API process, in ``main()`` of a command), never at import (STYLE trap 2).
+API process, in ``main()`` of a command), never at import: a client made before uvicorn forks
+its worker processes would be shared by all of them.
 
     with Runtime(settings) as runtime:
         runtime.deals.create(...)

@@ -43,7 +43,7 @@ EXIT_OK: Final = 0
 EXIT_REJECTED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_NOT_RECORDED: Final = EXIT_USAGE
-"""DESIGN.md gives verify three codes: a ledger it cannot write (a full disk) is the device's set-up."""
+"""verify has three exit codes (0, 1, 2): a ledger it cannot write (a full disk) is the device's set-up."""
 SIGNAL_DRAIN_SECONDS: Final = 15.0
 SPACE_WAIT_SECONDS: Final = (1.0, 30.0)
 """``run`` on a disk too full to open the ledger: the first pause before trying again, the longest."""

@@ -3,10 +3,10 @@
 An import-linter contract keeps this module free of sqlite3, requests, gpiozero and the
 like, so every rule can be tested with plain values and read in one place.
 
-The clock rule (DESIGN.md, "Clock"). A Pi has no real-time clock, and after an offline boot
-its clock reads whatever fake-hwclock or timesyncd saved at the last shutdown: believable, but
-maybe days behind. So the device keeps a *time floor* in its ledger, raised by evidence that a
-moment has passed:
+The clock rule (docs/architecture.md, "Flow 2: a scan"). A Pi has no real-time clock, and after
+an offline boot its clock reads whatever fake-hwclock or timesyncd saved at the last shutdown:
+believable, but maybe days behind. So the device keeps a *time floor* in its ledger, raised by
+evidence that a moment has passed:
 
 - the server time of a sync, the strongest: it *sets* the floor, down as well as up, so it
   also corrects a floor pushed ahead (the ledger applies it, ``Ledger.apply_sync``);

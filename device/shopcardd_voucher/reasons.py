@@ -1,7 +1,7 @@
 """The closed list of verdicts a scan or a claim check can end in.
 
 The device, the API and the merchant's audit log all speak these exact strings
-(DESIGN.md, "Reason codes"), so they live in one place.
+(docs/architecture.md, "Contracts and their names"), so they live in one place.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``shopcardd-device`` as an operator and a script use it: the contracts of DESIGN.md."""
+"""``shopcardd-device`` as an operator and a script use it: the contracts of docs/architecture.md
+and docs/device.md."""
 
 from __future__ import annotations
 

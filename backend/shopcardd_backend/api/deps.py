@@ -2,7 +2,8 @@
 
 Dependencies that only look things up (or only compute, like checking a token's signature)
 are ``async def``: FastAPI runs a plain ``def`` dependency in the thread pool, a hop that
-costs more than the lookup. Those that call a store are plain ``def`` (STYLE trap 1).
+costs more than the lookup. Those that call a store are plain ``def``: pymongo and sqlite3
+block, and a blocking call in an ``async def`` would stall every request of the process.
 """
 
 from __future__ import annotations

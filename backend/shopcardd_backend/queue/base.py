@@ -5,10 +5,10 @@ broker has taken responsibility for every event (publisher confirms), or raise. 
 ``rabbitmq.py``. The embedded profile has no broker at all: ``inprocess.py`` hands the
 outbox's events straight to the handlers.
 
-The topology (DESIGN.md): a topic exchange ``shopcardd.events`` routes each event by its
-``type``; one durable quorum queue per job (``shopcardd.persist``, ``shopcardd.notify``,
-``shopcardd.analytics``), each with a delivery limit and a dead-letter route (through the
-exchange ``shopcardd.parked``) to its own ``.parked`` queue.
+The topology (fixed names: docs/architecture.md): a topic exchange ``shopcardd.events`` routes
+each event by its ``type``; one durable quorum queue per job (``shopcardd.persist``,
+``shopcardd.notify``, ``shopcardd.analytics``), each with a delivery limit and a dead-letter
+route (through the exchange ``shopcardd.parked``) to its own ``.parked`` queue.
 """
 
 from __future__ import annotations

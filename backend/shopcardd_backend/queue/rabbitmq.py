@@ -2,7 +2,8 @@
 
 The only module that imports pika. pika's errors are mapped to ``QueueUnavailable`` here.
 
-The consumer (``consume``) follows pika's advice for long work (STYLE trap 3): the connection's
+The consumer (``consume``) follows pika's advice for long work (a connection whose thread is
+busy in a handler misses its heartbeats and is dropped by the broker): the connection's
 own thread only moves frames (``process_data_events``), a worker thread runs the handler on a
 batch, and the acks go back through ``add_callback_threadsafe``, so heartbeats never stall
 however long a batch takes. Acks come only after the handler said the work is durable.
