@@ -116,9 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     sys.modules.setdefault("demo", sys.modules[__name__])  # chapters' DemoFailed is the one caught below
     started = time.monotonic()
     try:
-        told_all = _chapters(demo)
-    finally:
-        ended = _end(demo)  # a server is stopped even when a chapter failed
+        try:
+            told_all = _chapters(demo)
+        finally:
+            ended = _end(demo)  # a server is stopped even when a chapter failed or Ctrl-C came
+    except KeyboardInterrupt:
+        print("\ndemo stopped (Ctrl-C); what it started is stopped", file=sys.stderr)
+        return 130
     if not (told_all and ended):
         return 1
     print(f"\nDemo finished in {time.monotonic() - started:.1f} s; everything it made is in {demo.out}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,24 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     while_running, after = told.split("ok: backend stopped cleanly")
     assert "== 4." in while_running
     assert "/docs" not in while_running and "shopcardd-backend serve --port 8000" in after
+
+
+def test_ctrl_c_stops_the_demo_in_one_line_without_a_traceback(tmp_path: Path) -> None:
+    demo = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--out", str(tmp_path / "demo"), "--no-color"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # wait until the demo is in the middle of its work
+            if line.startswith("== 2."):
+                break
+        demo.send_signal(signal.SIGINT)
+        _, err = demo.communicate(timeout=120)
+    finally:
+        demo.kill()
+    assert demo.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "demo stopped (Ctrl-C); what it started is stopped"
