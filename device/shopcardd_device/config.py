@@ -151,7 +151,7 @@ class DeviceConfig:
             backend_url=top.text("backend_url", "") or None,
             device_key=top.path("device_key") if "device_key" in data else None,
             leeway_seconds=top.number("leeway_seconds", DEFAULT_LEEWAY_SECONDS, int, 0, 3600),
-            log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error")),
+            log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error"), any_case=True),
             timezone=_timezone(top),
             max_rejections=top.number("max_rejections", DEFAULT_MAX_REJECTIONS, int, 0, 1_000_000),
             gpio=_gpio(top.table("gpio")),
@@ -338,8 +338,11 @@ class _Table:
             raise ConfigError(f"{self._label(key)}: must not contain whitespace, not {value!r}")
         return value
 
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, key: str, default: str, choices: tuple[str, ...], *, any_case: bool = False) -> str:
+        """One of ``choices``; with ``any_case``, spelt in any case (``"DEBUG"`` as the backend takes it)."""
         value = self._get(key, default)
+        if any_case and isinstance(value, str):
+            value = value.lower()
         self._check(key, value in choices, "one of " + ", ".join(f'"{c}"' for c in choices), value)
         return value
 

@@ -192,3 +192,10 @@ def test_a_data_dir_that_is_a_file_says_it_is_not_a_folder(write_config: WriteCo
     assert (
         result.stderr == f"shopcardd-device verify: data_dir: {tmp_path / 'data'} is a file, not a folder\n"
     )
+
+
+@pytest.mark.parametrize("spelt", ["DEBUG", "Debug", "debug"])
+def test_the_log_level_is_taken_in_any_case_as_the_backend_takes_it(
+    write_config: WriteConfig, spelt: str
+) -> None:
+    assert DeviceConfig.load(write_config(top=f'log_level = "{spelt}"')).log_level == "debug"
