@@ -104,6 +104,12 @@ def parse_smtp_url(url: str) -> SmtpServer:
     )
 
 
+def uri_database(uri: str) -> str:
+    """The database a MongoDB URI names after its hosts (``mongodb://h1,h2/shop?...`` -> ``shop``),
+    or ``""``. The hosts part never holds a ``/`` (the URI format has passwords percent-encoded)."""
+    return unquote(urlsplit(uri).path.lstrip("/"))
+
+
 def parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """The addresses and networks of a comma-separated list (``10.0.0.0/8, ::1``); ``ValueError``
     names the first entry that is neither."""
@@ -156,6 +162,8 @@ class Settings(BaseSettings):
     no braces (a ``{...}`` in it would become the keys' cluster hash tag) and no whitespace."""
     mongodb_uri: str | None = None
     mongodb_database: str = "shopcardd"
+    """The database of the document store: this setting, else the one the URI names
+    (``mongodb://host/shop``), else ``shopcardd``."""
     amqp_url: str | None = None
 
     smtp_url: SecretStr | None = None
@@ -258,6 +266,16 @@ class Settings(BaseSettings):
         if not os.access(self.data_dir, os.W_OK | os.X_OK):
             raise SettingsError(f"{where}: the folder is not writable")
         return self.data_dir
+
+    @model_validator(mode="before")
+    @classmethod
+    def _database_named_by_the_uri(cls, data: Any) -> Any:
+        """An operator who writes ``mongodb://host/shop`` means the database ``shop``."""
+        if isinstance(data, dict) and not data.get("mongodb_database") and data.get("mongodb_uri"):
+            named = uri_database(str(data["mongodb_uri"]))
+            if named:
+                return {**data, "mongodb_database": named}
+        return data
 
     @field_validator("log_level", mode="before")
     @classmethod
