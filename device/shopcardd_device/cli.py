@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,6 +35,7 @@ from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, DeviceConfig
 from .counter import Counter
 from .errors import DecoderError, DeviceError, FrameError, LedgerDamaged, LedgerError, LedgerFull
 from .inputs import keep_undecodable, names_a_file, safe_code
+from .ledger import SyncFailure
 from .log import event, get_logger, setup_logging
 
 if TYPE_CHECKING:
@@ -481,12 +483,17 @@ def status_report(counter: Counter) -> dict[str, Any]:
         "lan": _lan_report(counter),
         "time_floor": now.floor,
         "last_sync": ledger.last_sync,
+        "sync_failing": _sync_failing(ledger.sync_failure),
         "clock": str(now.state),
         "clock_synchronised": now.synchronised,
         "trusted_time": now.now,
         "degraded": health.is_degraded,
         "ledger": safe_code(str(ledger.path)),
     }
+
+
+def _sync_failing(failure: SyncFailure | None) -> dict[str, Any] | None:
+    return None if failure is None else {"since": failure.since, "reason": failure.reason}
 
 
 def _lan_report(counter: Counter) -> dict[str, Any]:
@@ -566,6 +573,9 @@ def show_status(args: argparse.Namespace, config: DeviceConfig) -> int:
         f"(clock {report['clock']}, {synchronised})"
     )
     print(f"  last sync  {_readable(report['last_sync'], config) or 'never'}")
+    if failing := report["sync_failing"]:
+        since = datetime.fromtimestamp(failing["since"], UTC).isoformat(timespec="seconds")
+        print(f"  WARNING: sync failing since {since}: {failing['reason']}")
     if report["degraded"]:
         print(
             "  WARNING: amber: the clock cannot be trusted, no key is in force, or the key set is stale; "
@@ -583,7 +593,7 @@ def _count(number: int, noun: str) -> str:
 
 def run_sync(args: argparse.Namespace, config: DeviceConfig) -> int:
     """One sync; the reason of a failure in one line (exit 1)."""
-    from .sync import SyncFailed, load_device_key, sync
+    from .sync import MAX_BATCH, SyncFailed, load_device_key, sync
 
     setup_logging(config.log_level, config.device_id)
     load_device_key(config)  # a configuration error (exit 2) before anything is opened
@@ -594,8 +604,13 @@ def run_sync(args: argparse.Namespace, config: DeviceConfig) -> int:
             print(f"shopcardd-device sync: {exc}", file=sys.stderr)
             return EXIT_REJECTED
     conflicts = f" ({_count(report.conflicts, 'conflict')})" if report.conflicts else ""
+    halved = (
+        f" in batches halved to {report.batch_size} (larger ones were refused with HTTP 413)"
+        if report.batch_size < min(config.sync.batch_size, MAX_BATCH)
+        else ""
+    )
     print(
-        f"synced with {config.backend_url}: {_count(report.uploaded, 'redemption')} up{conflicts}, "
+        f"synced with {config.backend_url}: {_count(report.uploaded, 'redemption')} up{conflicts}{halved}, "
         f"{_count(report.revoked, 'revocation')} down, key set {' '.join(report.kids)} valid until "
         f"{_readable(report.keys_valid_until, config)}, {_count(report.peers, 'peer')}, "
         f"server time {_readable(report.server_time, config)}",

@@ -92,7 +92,7 @@ CREATE TABLE IF NOT EXISTS revocations (
     PRIMARY KEY (kind, value)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (
-    name  TEXT PRIMARY KEY,                -- time_floor, last_sync, keyset, keyset_loaded_at
+    name  TEXT PRIMARY KEY,                -- time_floor, last_sync, keyset, keyset_loaded_at, sync_failure
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 """
@@ -169,6 +169,15 @@ _COUNT_REJECTION: Final = """
 INSERT INTO rejection_counts (result, count) VALUES (?, 1)
 ON CONFLICT (result) DO UPDATE SET count = count + 1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class SyncFailure:
+    """Syncs the backend keeps refusing: since the first refusal, with the latest reason. Kept in the
+    ledger because ``status`` runs in another process than the sync that was refused."""
+
+    since: float
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,6 +577,27 @@ class Ledger(Closing):
         floor = max(float(server_time), float(kept) if kept is not None else float(server_time))
         self._set(db, "time_floor", repr(floor))
         self._set(db, "last_sync", repr(float(server_time)))
+
+    @property
+    def sync_failure(self) -> SyncFailure | None:
+        """The refusal the last sync ended with, until a sync succeeds."""
+        value = self._state("sync_failure")
+        if not value:
+            return None
+        stored = json.loads(value)
+        return SyncFailure(float(stored["since"]), str(stored["reason"]))
+
+    def note_sync_failure(self, reason: str, at: float) -> SyncFailure:
+        """A refused sync: ``since`` stays the first refusal's time while refusals go on."""
+        with self._write() as db:
+            earlier = self.sync_failure
+            failure = SyncFailure(earlier.since if earlier else at, reason)
+            self._set(db, "sync_failure", json.dumps({"since": failure.since, "reason": failure.reason}))
+            return failure
+
+    def clear_sync_failure(self) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM state WHERE name = 'sync_failure'")
 
     # -- keys, revocations and peers --------------------------------------------------------
 

@@ -59,7 +59,21 @@ Sleep = Callable[[float], object]
 
 
 class SyncFailed(DeviceError, RuntimeError):
-    """The backend could not be reached or refused the sync (exit 1); the message says why."""
+    """The backend could not be reached or refused the sync (exit 1); the message says why.
+
+    ``status`` is the HTTP status of a refusal (``None`` when there was no answer to refuse with).
+    """
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+
+    @property
+    def is_refusal(self) -> bool:
+        """Refused for what was sent, so every later run is refused alike until someone acts: a 4xx.
+        A 401 is not one: a revoked device is the merchant's own act, and a clock far off heals at
+        the next run that reads the backend's ``Date``."""
+        return self.status is not None and 400 <= self.status < 500 and self.status != 401
 
 
 class _WatermarkRefused(SyncFailed):
@@ -85,6 +99,8 @@ class SyncReport:
     requests: int = 0
     retries: int = 0
     let_go: int = 0
+    batch_size: int = 0
+    """The batch size the run ended with: less than ``[sync] batch_size`` after a 413 halved it."""
     kids: list[str] = field(default_factory=list)
     keys_valid_until: float | None = None
     peers: int = 0
@@ -166,7 +182,9 @@ class BackendClient(Closing):
             raise _Transient(
                 f"the backend answered HTTP {response.status_code}: {detail}", _retry_after(response)
             )
-        raise SyncFailed(f"the backend refused the sync (HTTP {response.status_code}): {detail}")
+        raise SyncFailed(
+            f"the backend refused the sync (HTTP {response.status_code}): {detail}", response.status_code
+        )
 
     def _learn_offset(self, response: requests.Response) -> bool:
         """Note how far the backend's ``Date`` is from the device's clock; whether that changed the
@@ -269,21 +287,62 @@ class Syncer:
         self.ledger, self.client, self.sleep, self.tries = ledger, client, sleep, tries
         self.batch_size = min(batch_size, MAX_BATCH)
         self.leeway = leeway
-        self.report = SyncReport()
+        self.report = SyncReport(batch_size=self.batch_size)
 
     def run(self) -> SyncReport:
+        """The whole run; a refusal is kept in the ledger (for ``status``) until a run succeeds."""
+        try:
+            self._run()
+        except SyncFailed as exc:
+            if exc.is_refusal:
+                failure = self.ledger.note_sync_failure(str(exc), self.client.clock() + self.client.offset)
+                event(
+                    log,
+                    "sync_failing",
+                    logging.ERROR,
+                    error=str(exc),
+                    status=exc.status,
+                    since=_rfc3339(failure.since),
+                )
+            raise
+        if self.ledger.sync_failure is not None:
+            self.ledger.clear_sync_failure()
+        return self.report
+
+    def _run(self) -> None:
         through = self.ledger.last_seq  # redemptions recorded during the run wait for the next one
         more_revocations = True
         while more_revocations or self.ledger.upload_watermark < through:
             batch = self.ledger.to_upload(limit=self.batch_size, through=through)
             # A short batch holds every row up to ``through``: gaps in seq need no later request.
             confirmed = through if len(batch) < self.batch_size else batch[-1].seq
-            answer = self._request(batch)
+            try:
+                answer = self._request(batch)
+            except SyncFailed as exc:
+                if exc.status != 413:
+                    raise
+                self._halve(batch, exc)
+                continue
             record = read_answer(answer, batch, confirmed)
             self.report.let_go += self.ledger.apply_sync(record, self.leeway)
             more_revocations = bool(answer["revocations"].get("more"))
             self._note(record)
-        return self.report
+
+    def _halve(self, batch: list[Redemption], refused: SyncFailed) -> None:
+        """A body too large for the backend (or a proxy before it, with a lower limit): the same
+        rows go again in batches half the size; a single redemption refused is a failure."""
+        if len(batch) <= 1:
+            what = "a single redemption" if batch else "a sync with no redemption"
+            raise SyncFailed(f"{refused} ({what} is more than it takes)", refused.status) from None
+        self.batch_size = self.report.batch_size = len(batch) // 2
+        event(
+            log,
+            "sync_batch_halved",
+            logging.WARNING,
+            error=str(refused),
+            redemptions=len(batch),
+            batch_size=self.batch_size,
+        )
 
     def _request(self, batch: list[Redemption]) -> dict[str, Any]:
         """Send one batch; a revocation watermark the backend refuses is dropped (all revocations

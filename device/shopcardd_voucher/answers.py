@@ -35,9 +35,12 @@ def transport_reason(exc: requests.RequestException) -> str:
 
 def problem_detail(response: requests.Response) -> str:
     """An error answer's ``detail`` (the backend answers problem documents, RFC 9457), else the
-    start of its body, else its HTTP reason."""
+    start of its body on one line, else its HTTP reason. A proxy's HTML error page (nginx's 413)
+    is its HTTP reason: its markup says nothing more and would break the one-line reason."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:200].strip() or response.reason or "no detail"
+        if "html" in response.headers.get("Content-Type", ""):
+            return response.reason or "no detail"
+        return " ".join(response.text[:200].split()) or response.reason or "no detail"
     return str(body.get("detail", body))[:300] if isinstance(body, dict) else str(body)[:300]
