@@ -13,7 +13,9 @@ import socket
 import subprocess
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -150,6 +152,62 @@ def _shut(*socks: socket.socket) -> None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
+
+
+class BodyLimitProxy:
+    """An HTTP proxy on a free loopback port in front of ``upstream`` (a URL) that refuses a POST
+    whose body is over ``max_bytes`` with 413 and an HTML page, as nginx's ``client_max_body_size``
+    does, and passes every other one on. ``passed`` and ``refused`` hold the sizes of the bodies."""
+
+    PAGE: ClassVar[bytes] = b"<html><head><title>413 Request Entity Too Large</title></head></html>\r\n"
+
+    def __init__(self, upstream: str, max_bytes: int) -> None:
+        self.upstream, self.max_bytes = upstream.rstrip("/"), max_bytes
+        self.passed: list[int] = []
+        self.refused: list[int] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet: the test reads ``passed`` and ``refused``."""
+
+            def do_POST(self) -> None:
+                import requests
+
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if len(body) > proxy.max_bytes:
+                    proxy.refused.append(len(body))
+                    self._answer(413, "text/html", proxy.PAGE)
+                    return
+                proxy.passed.append(len(body))
+                passed_on = ("Authorization", "Content-Type", "Host")  # Host: the token's audience
+                headers = {k: v for k, v in self.headers.items() if k in passed_on}
+                answer = requests.post(proxy.upstream + self.path, data=body, headers=headers, timeout=60)
+                self._answer(answer.status_code, answer.headers.get("Content-Type", ""), answer.content)
+
+            def _answer(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> BodyLimitProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class SpareRabbitMQ:

@@ -13,13 +13,15 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from servers import DroppingProxy
+from logschema import log_entry
+from servers import BodyLimitProxy, DroppingProxy
 from shopcardd_backend.stores.sqlite import SqliteDocumentStore
 from shopcardd_bench.claims import backend_command, running_backend
 from shopcardd_bench.sync import enrol_counter, fill_ledger
@@ -368,3 +370,80 @@ def test_with_the_shop_lan_a_race_within_the_gossip_delay_is_still_a_conflict_at
         assert (report.uploaded, report.conflicts) == (1, 1)
     [conflict] = shop.call("GET", f"/v1/merchants/{shop.merchant}/conflicts")["conflicts"]
     assert conflict["voucher_id"] == raced_id
+
+
+def device_log(stderr: str, message: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``message`` that a ``shopcardd-device`` command wrote on stderr."""
+    entries = [log_entry(line, "shopcardd-device") for line in stderr.splitlines() if line.startswith("{")]
+    return [entry for entry in entries if entry["message"] == message]
+
+
+def test_a_proxy_that_takes_16_kib_halves_the_batch_until_it_passes_and_every_redemption_is_confirmed(
+    shop: Shop, served: Served
+) -> None:
+    """A proxy with a lower body limit than the backend's (the 16 KiB every other route takes)."""
+    config = shop.enrol("till-proxied")
+    assert config.source_file is not None and config.sync.batch_size == 200  # the default: about 34 KB
+    fill_ledger(config.ledger_path, 600, merchant=shop.merchant, deal="d-bulk", now=time.time())
+    with BodyLimitProxy(served.url, 16 * 1024) as proxy:
+        config.source_file.write_text(config.source_file.read_text().replace(served.url, proxy.url))
+        done = device_command("sync", "--config", config.source_file)
+    assert done.returncode == 0, done.stderr
+
+    halved = device_log(done.stderr, "sync_batch_halved")
+    assert halved and halved[0]["redemptions"] == 200
+    for entry, then in zip(halved, [*halved[1:], None], strict=True):  # each halving of the last size
+        assert entry["level"] == "warning" and "HTTP 413" in entry["error"]
+        assert entry["batch_size"] == entry["redemptions"] // 2
+        assert then is None or then["redemptions"] == entry["batch_size"]
+    size = halved[-1]["batch_size"]
+    assert f"600 redemptions up in batches halved to {size} " in done.stdout
+    assert len(proxy.refused) == len(halved) and min(proxy.refused) > 16 * 1024
+    assert proxy.passed and max(proxy.passed) <= 16 * 1024
+    assert not device_log(done.stderr, "sync_failing")
+    status = json.loads(device_command("status", "--config", config.source_file, "--json").stdout)
+    assert (status["unsynced"], status["sync_failing"]) == (0, None)
+    with SqliteDocumentStore(served.data / "store.sqlite3") as store:
+        assert store.count_redemptions(shop.merchant) == 600
+
+
+def test_a_sync_the_backend_keeps_refusing_exits_1_and_status_says_since_when_until_a_sync_succeeds(
+    shop: Shop, served: Served
+) -> None:
+    config = shop.enrol("till-refused")
+    assert config.source_file is not None
+    fill_ledger(config.ledger_path, 3, merchant=shop.merchant, deal="d-bulk", now=time.time())
+    toml = config.source_file.read_text()
+
+    def status() -> dict[str, Any]:
+        return dict(json.loads(device_command("status", "--config", config.source_file, "--json").stdout))
+
+    with BodyLimitProxy(served.url, 100) as proxy:  # not even one redemption (about 200 bytes) passes
+        config.source_file.write_text(toml.replace(served.url, proxy.url))
+        refused = device_command("sync", "--config", config.source_file)
+        assert refused.returncode == 1, refused.stderr
+        [reason] = [line for line in refused.stderr.splitlines() if line.startswith("shopcardd-device sync:")]
+        assert reason == (
+            "shopcardd-device sync: the backend refused the sync (HTTP 413): Request Entity Too Large "
+            "(a single redemption is more than it takes)"
+        )
+        halved = device_log(refused.stderr, "sync_batch_halved")
+        assert [(e["redemptions"], e["batch_size"]) for e in halved] == [(3, 1)]
+        [failing] = device_log(refused.stderr, "sync_failing")
+        assert failing["level"] == "error" and failing["status"] == 413
+        first = status()["sync_failing"]
+        assert first["reason"] == reason.removeprefix("shopcardd-device sync: ")
+        assert first["since"] == pytest.approx(time.time(), abs=60)
+
+        assert device_command("sync", "--config", config.source_file).returncode == 1  # the next tick
+        assert status()["sync_failing"] == first  # failing since the first refusal, not the latest
+        assert len(proxy.refused) == 4 and not proxy.passed  # 3, then 1, on each of the two runs
+    text = device_command("status", "--config", config.source_file).stdout
+    since = datetime.fromtimestamp(first["since"], UTC).isoformat(timespec="seconds")
+    assert f"WARNING: sync failing since {since}: the backend refused the sync (HTTP 413)" in text
+
+    config.source_file.write_text(toml)  # the proxy is out of the way: the next sync goes through
+    synced = device_command("sync", "--config", config.source_file)
+    assert synced.returncode == 0, synced.stderr
+    assert (status()["sync_failing"], status()["unsynced"]) == (None, 0)
+    assert "sync failing" not in device_command("status", "--config", config.source_file).stdout
