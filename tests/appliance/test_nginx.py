@@ -22,6 +22,9 @@ import httpx
 import pytest
 
 from servers import free_port
+from shopcardd_bench.sync import enrol_counter, fill_ledger
+from shopcardd_device.config import DeviceConfig
+from shopcardd_device.ledger import Ledger
 
 from .conftest import BIN, UNITS, require_tool
 
@@ -89,18 +92,26 @@ http {{
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     nginx = require_tool("nginx", "nginx-light")
-    env = {**os.environ, "SHOPCARDD_DATA_DIR": str(tmp_path / "data")}
-    env = {k: v for k, v in env.items() if not k.startswith("SHOPCARDD_") or k == "SHOPCARDD_DATA_DIR"}
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPCARDD_")}
+    env["SHOPCARDD_DATA_DIR"] = str(tmp_path / "data")
+    env["SHOPCARDD_DEVICE_AUDIENCE"] = f"http://127.0.0.1:{port}"  # what counters sign for, behind nginx
     procs: list[subprocess.Popen[bytes]] = []
     try:
         api_ports = [free_port(), free_port()]
-        for port in api_ports:
-            log = tmp_path / f"api-{port}.log"
+        for api_port in api_ports:
+            log = tmp_path / f"api-{api_port}.log"
             with log.open("wb") as out:
-                cmd = [str(BIN / "shopcardd-backend"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+                cmd = [
+                    str(BIN / "shopcardd-backend"),
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(api_port),
+                ]
                 procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
-            wait_until_up(f"http://127.0.0.1:{port}/healthz", procs[-1], log)
-        port = free_port()
+            wait_until_up(f"http://127.0.0.1:{api_port}/healthz", procs[-1], log)
         (tmp_path / "site.conf").write_text(site_for_test(api_ports, port))
         (tmp_path / "nginx.conf").write_text(nginx_conf(tmp_path))
         checked = subprocess.run(
@@ -182,3 +193,44 @@ def test_killing_one_api_process_mid_run_loses_no_claim_answered_201(stack: Stac
         vouchers = {c.voucher_id for c in answered}
         left = client.get(f"/v1/deals/{deal}").json()["stock_left"]
         assert 10_000 - left == len(vouchers) == len(work)  # no voucher lost, none made twice
+
+
+def test_a_counter_syncs_600_redemptions_in_its_largest_batches_through_the_shipped_site(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The site's body limits are the API's, location by location: a counter's sync takes the
+    device's largest batch (500 redemptions, about 90 KB) without one 413; other bodies stay small."""
+    merchant = "m-nginx-sync"
+    api_key = backend(stack, "merchant", "create", "--merchant", merchant).splitlines()[-1].strip()
+    toml = enrol_counter(stack.url, api_key, "till-1", tmp_path / "counter", merchant)  # through nginx
+    toml.write_text(toml.read_text() + "\n[sync]\nbatch_size = 500\n")
+    config = DeviceConfig.load(toml)
+    ids = fill_ledger(config.ledger_path, 600, merchant=merchant, deal="d-espresso", now=time.time())
+
+    done = subprocess.run(
+        [str(BIN / "shopcardd-device"), "sync", "--config", str(toml)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "synced with" in done.stdout and "600 redemptions up, " in done.stdout, done.stdout
+    assert "sync_batch_halved" not in done.stderr, done.stderr
+    syncs = [
+        line for line in (tmp_path / "access.log").read_text().splitlines() if "/v1/devices/sync" in line
+    ]
+    assert len(syncs) == 2 and all('" 200 ' in line for line in syncs), syncs  # 500, then 100
+    with Ledger(config.ledger_path, read_only=True) as ledger:
+        assert ledger.unsynced_count() == 0 and ledger.sync_failure is None
+        confirmed = {r.voucher_id: r.backend_status for r in ledger.redemptions()}
+    assert confirmed == dict.fromkeys(ids, "ok")
+
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        # Past the API's own limits nginx refuses first (its HTML page, not the API's problem
+        # document): 256 KiB on the sync, 16 KiB on everything else.
+        too_large = client.post("/v1/devices/sync", content=b"x" * (256 * 1024 + 1))
+        assert too_large.status_code == 413 and "text/html" in too_large.headers["content-type"]
+        within = client.post("/v1/devices/sync", content=b"x" * (256 * 1024))  # reaches the API
+        assert within.status_code == 401 and within.headers["content-type"] == "application/problem+json"
+        deal = client.post("/v1/deals", headers={"X-API-Key": api_key}, content=b"x" * (16 * 1024 + 1))
+        assert deal.status_code == 413 and "text/html" in deal.headers["content-type"]
