@@ -332,7 +332,7 @@ class Syncer:
         """A body too large for the backend (or a proxy before it, with a lower limit): the same
         rows go again in batches half the size; a single redemption refused is a failure."""
         if len(batch) <= 1:
-            what = "a single redemption" if batch else "a sync with no redemption"
+            what = "even a single redemption" if batch else "even a sync with no redemption"
             raise SyncFailed(f"{refused} ({what} is more than it takes)", refused.status) from None
         self.batch_size = self.report.batch_size = len(batch) // 2
         event(

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from shopcardd_device.cli import EXIT_USAGE
+from servers import BodyLimitProxy
+from shopcardd_device.cli import EXIT_REJECTED, EXIT_USAGE
+from shopcardd_provision.keys import keygen
 
 from .conftest import BIN, UNITS, systemd_analyze
 
@@ -94,3 +96,32 @@ def test_the_verifier_stops_on_a_configuration_error_and_the_journal_says_why(tm
     done = subprocess.run(command.split(), capture_output=True, text=True, timeout=60)
     assert done.returncode == EXIT_USAGE
     assert done.stderr.startswith("shopcardd-device run: [camera] source: must be one of")
+
+
+def test_a_sync_the_backend_refuses_is_a_failed_run_of_the_unit_and_the_journal_says_why(
+    tmp_path: Path,
+) -> None:
+    """Its own command line, against a backend (here a proxy before it) that refuses every body
+    with 413, exits 1, which the unit does not count as success, and says why on stderr (the
+    journal): one line, and a ``sync_failing`` log line at level error."""
+    service = service_section("shopcardd-sync.service")
+    assert str(EXIT_REJECTED) not in service.get("SuccessExitStatus", "").split()
+    keygen("EdDSA", "k1", tmp_path / "keys")
+    device_key = keygen("EdDSA", "counter-1", tmp_path / "device-key").private_key_path
+    with BodyLimitProxy("http://127.0.0.1:9", max_bytes=0) as refusing:  # passes nothing on
+        config = tmp_path / "device.toml"
+        config.write_text(
+            f'device_id = "counter-1"\nmerchant_id = "m1"\ndata_dir = "{tmp_path / "data"}"\n'
+            f'keyset = "{tmp_path / "keys" / "jwks.json"}"\nbackend_url = "{refusing.url}"\n'
+            f'device_key = "{device_key}"\n'
+        )
+        command = service["ExecStart"].replace("/opt/shopcardd/venv/bin/", f"{BIN}/")
+        command = command.replace("/etc/shopcardd/device.toml", str(config))
+        done = subprocess.run(command.split(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_REJECTED
+    assert done.stderr.splitlines()[-1] == (
+        "shopcardd-device sync: the backend refused the sync (HTTP 413): Request Entity Too Large "
+        "(even a sync with no redemption is more than it takes)"
+    )
+    assert '"message":"sync_failing","service":"shopcardd-device"' in done.stderr
+    assert '"level":"error"' in done.stderr

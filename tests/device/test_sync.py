@@ -425,7 +425,7 @@ def test_a_sync_the_backend_keeps_refusing_exits_1_and_status_says_since_when_un
         [reason] = [line for line in refused.stderr.splitlines() if line.startswith("shopcardd-device sync:")]
         assert reason == (
             "shopcardd-device sync: the backend refused the sync (HTTP 413): Request Entity Too Large "
-            "(a single redemption is more than it takes)"
+            "(even a single redemption is more than it takes)"
         )
         halved = device_log(refused.stderr, "sync_batch_halved")
         assert [(e["redemptions"], e["batch_size"]) for e in halved] == [(3, 1)]
