@@ -143,8 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         "restart), revocations and the merchant's other counters stored, and the server's time sets the "
         "time floor. A failure that may pass (no network, a timeout, HTTP 5xx) is tried again with a "
         "growing pause; what was confirmed stays, and the next run starts where the last confirmed batch "
-        "ended. Prints one summary line. Exit 0 synced, 1 the backend could not be reached or refused "
-        "(the reason in one line), 2 a usage or configuration error (no backend_url or device_key).",
+        "ended. A batch refused as too large (HTTP 413, from the backend or a proxy before it) is sent "
+        "again in halves, down to one redemption. A refusal (HTTP 4xx other than 401) is kept in the "
+        "ledger until a sync succeeds: status shows 'sync failing since ...'. Prints one summary line. "
+        "Exit 0 synced, 1 the backend could not be reached or refused (the reason in one line), 2 a "
+        "usage or configuration error (no backend_url or device_key).",
     )
     command(
         "salvage",

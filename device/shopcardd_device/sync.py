@@ -10,7 +10,10 @@ lost is sent again, which the backend makes harmless (it keeps the first upload)
 
 A failure that may pass (no connection, a timeout, 408/429/5xx) is retried with a growing
 pause (``Retry-After`` when the backend gives one); a refusal (401, 403, 422, an answer that
-is no sync answer) is final and ends the run at once. Either way what was confirmed stays,
+is no sync answer) is final and ends the run at once, except 413: a body too large for the
+backend, or for a proxy before it with a lower limit, goes again in halves, down to one
+redemption. A refusal that every later run would meet too (a 4xx other than 401) stays in the
+ledger until a sync succeeds, so ``status`` shows it. Either way what was confirmed stays,
 and nothing a failed sync does changes a verdict the counter has given: the backend's
 verdict is kept beside the counter's.
 
