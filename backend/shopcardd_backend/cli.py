@@ -150,6 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="lifetime (default SHOPCARDD_USER_TOKEN_TTL_SECONDS, 1 day)",
     )
 
+    trust = sub.add_parser("trust-key", help="the key that signs sync answers")
+    trust_sub = trust.add_subparsers(dest="trust_command", required=True, metavar="ACTION")
+    trust_sub.add_parser(
+        "rotate",
+        help="make a new trust key, announced by the one in force; print its kid",
+        description="Make a new trust key in DATA_DIR/trust and sign its announcement with the key "
+        "in force. Counters move their pin to it at their next sync (after the API processes were "
+        "restarted to sign with it); the old key and its link are kept, so a counter pinned to any "
+        "earlier key still follows.",
+    )
+
     deal = sub.add_parser("deal", help="operator actions on deals")
     deal_sub = deal.add_subparsers(dest="deal_command", required=True, metavar="ACTION")
     rebuild = deal_sub.add_parser(
@@ -329,6 +340,15 @@ def cmd_user_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trust_rotate(args: argparse.Namespace) -> int:
+    from .trust import rotate_trust
+
+    settings = _settings()
+    settings.make_data_dir()
+    print(rotate_trust(settings.trust_dir).key.kid)
+    return 0
+
+
 def cmd_deal_rebuild(args: argparse.Namespace) -> int:
     from .deals import DealNotFound
     from .runtime import Runtime
@@ -421,6 +441,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "merchant": cmd_merchant_create,
     "user-token": cmd_user_token,
     "deal": cmd_deal_rebuild,
+    "trust-key": cmd_trust_rotate,
     "relay": cmd_relay,
     "worker": cmd_worker,
 }

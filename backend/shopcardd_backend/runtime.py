@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .ratelimits import ClaimRateLimits
     from .signing import PublishedKeys, VoucherSigner
     from .stores.base import DocumentStore
+    from .trust import TrustKey
 
 
 class Runtime(Closing):
@@ -90,6 +91,14 @@ class Runtime(Closing):
         if kid is not None and not (settings.keys_dir / f"{kid}.private.pem").is_file():
             raise SettingsError(f"SHOPCARDD_SIGNING_KID: no private key {kid!r} in {settings.keys_dir}")
         return load_signer(settings.keys_dir, settings.signing_alg, kid)
+
+    @cached_property
+    def trust(self) -> TrustKey:
+        """The key that signs sync answers, ``DATA_DIR/trust`` (made there on first use)."""
+        from .trust import load_trust
+
+        self.settings.make_data_dir()
+        return load_trust(self.settings.trust_dir)
 
     @cached_property
     def users(self) -> UserTokenVerifier:
@@ -184,7 +193,17 @@ class Runtime(Closing):
 
     def open_api_parts(self) -> None:
         """Open what every request may need, so a bad setting or a dead store fails at start-up."""
-        for part in ("store", "gate", "signer", "users", "claims", "rate_limits", "deals", "devices"):
+        for part in (
+            "store",
+            "gate",
+            "signer",
+            "users",
+            "claims",
+            "rate_limits",
+            "deals",
+            "devices",
+            "trust",
+        ):
             getattr(self, part)
 
     async def aclose(self) -> None:

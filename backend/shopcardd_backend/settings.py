@@ -247,6 +247,10 @@ class Settings(BaseSettings):
         return self.data_dir / "keys"
 
     @property
+    def trust_dir(self) -> Path:
+        return self.data_dir / "trust"
+
+    @property
     def identity_dir(self) -> Path:
         return self.data_dir / "identity"
 

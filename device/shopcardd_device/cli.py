@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         "show counts, unsynced rows, keys, the trusted time and the shop LAN",
         "Show what the ledger holds: redemptions, rejections by reason, rows not yet synced, the key "
-        "set in force, the trusted time floor, and the shop LAN: peers seen, when last heard, records "
+        "set in force, the trusted time floor, a sync answer refused since the last good sync, and the "
+        "shop LAN: peers seen, when last heard, records "
         "received and sent.",
     )
     status.add_argument("--json", action="store_true", help="one JSON object on one line instead of text")
@@ -141,13 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
         "device_key; the backend's verdict on each (ok, or conflict: another counter redeemed it first) "
         "is kept in the ledger. The key set is replaced (a running scan loop takes it up without a "
         "restart), revocations and the merchant's other counters stored, and the server's time sets the "
-        "time floor. A failure that may pass (no network, a timeout, HTTP 5xx) is tried again with a "
+        "time floor. All of that is believed only from an answer signed by the backend's trust key "
+        "(trust_key, pinned at enrolment, or a key it announced) that echoes this request's nonce; "
+        "any other answer changes nothing, exits 1 and is shown by status. A failure that may pass "
+        "(no network, a timeout, HTTP 5xx) is tried again with a "
         "growing pause; what was confirmed stays, and the next run starts where the last confirmed batch "
         "ended. A batch refused as too large (HTTP 413, from the backend or a proxy before it) is sent "
-        "again in halves, down to one redemption. A refusal (HTTP 4xx other than 401) is kept in the "
-        "ledger until a sync succeeds: status shows 'sync failing since ...'. Prints one summary line. "
-        "Exit 0 synced, 1 the backend could not be reached or refused (the reason in one line), 2 a "
-        "usage or configuration error (no backend_url or device_key).",
+        "again in halves, down to one redemption. A refusal (HTTP 4xx other than 401, or an answer the "
+        "trust key does not vouch for) is kept in the ledger until a sync succeeds: status shows 'sync "
+        "failing since ...'. Prints one summary line. Exit 0 synced, 1 the backend could not be reached "
+        "or refused (the reason in one line), 2 a usage or configuration error (no backend_url, "
+        "device_key or trust_key; a backend_url of plain http off loopback).",
     )
     command(
         "salvage",

@@ -21,6 +21,7 @@ from typing import Any, Final, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from shopcardd_voucher import DEFAULT_LEEWAY_SECONDS
+from shopcardd_voucher.answers import plain_http_refusal
 
 from .errors import ConfigError
 from .ledger import DEFAULT_MAX_REJECTIONS
@@ -103,6 +104,12 @@ class DeviceConfig:
     backend_url: str | None = None
     device_key: Path | None = None
     """This device's Ed25519 key (PEM, from ``shopcardd-provision enroll``): signs its sync tokens."""
+    trust_key: Path | None = None
+    """The backend's trust key as pinned at enrolment (a public JWK): a sync answer is believed
+    only when signed by it, or by a key it announced (the pin then moves, in the ledger)."""
+    ca_file: Path | None = None
+    """The CA certificates (PEM) that sign the backend's https certificate, for a private CA;
+    unset, the system's."""
     leeway_seconds: int = DEFAULT_LEEWAY_SECONDS
     log_level: str = "info"
     timezone: tzinfo | None = None
@@ -150,6 +157,8 @@ class DeviceConfig:
             keyset=top.path("keyset"),
             backend_url=top.text("backend_url", "") or None,
             device_key=top.path("device_key") if "device_key" in data else None,
+            trust_key=top.path("trust_key") if "trust_key" in data else None,
+            ca_file=top.path("ca_file") if "ca_file" in data else None,
             leeway_seconds=top.number("leeway_seconds", DEFAULT_LEEWAY_SECONDS, int, 0, 3600),
             log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error"), any_case=True),
             timezone=_timezone(top),
@@ -162,8 +171,9 @@ class DeviceConfig:
             source_file=source_file,
         )
         top.refuse_unknown()
-        if config.backend_url and not config.backend_url.startswith(("https://", "http://")):
-            raise ConfigError(f"backend_url: must start with https:// or http://, not {config.backend_url!r}")
+        refusal = plain_http_refusal(config.backend_url) if config.backend_url else None
+        if refusal:
+            raise ConfigError(f"backend_url: {refusal}")
         return config
 
 

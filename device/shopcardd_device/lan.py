@@ -374,8 +374,8 @@ class Lan(Closing):
             self._ledger.note_sent(sent)
 
     def _prune(self) -> None:
-        if self._ledger.last_sync is not None:
-            self._ledger.prune_lan(self._ledger.last_sync, self.config.leeway_seconds)
+        if self._ledger.prune_time is not None:
+            self._ledger.prune_lan(self._ledger.prune_time, self.config.leeway_seconds)
 
     # -- what arrives -----------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from shopcardd_voucher import KeySet, Reason, Verdict
+from shopcardd_voucher import KeySet, Reason, Verdict, VerificationKey
 
 from .closing import Closing
 from .errors import LedgerDamaged, LedgerError, LedgerFull
@@ -239,6 +239,14 @@ class BackendVerdict:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustPin:
+    """The trust key that signed a sync answer, and the bundle's pin whose chain led to it."""
+
+    origin: VerificationKey
+    key: VerificationKey
+
+
+@dataclass(frozen=True, slots=True)
 class SyncRecord:
     """What one sync round trip brought, applied to the ledger at once (``Ledger.apply_sync``)."""
 
@@ -254,6 +262,8 @@ class SyncRecord:
     peers: dict[str, dict[str, Any]]
     """device id -> its public Ed25519 JWK."""
     server_time: float
+    trust: TrustPin | None = None
+    """Where the pin moves (a new trust key announced by the pinned one), kept with the rest."""
 
 
 class Ledger(Closing):
@@ -696,6 +706,17 @@ class Ledger(Closing):
         rows = self._db.execute("SELECT device_id, public_key FROM peers ORDER BY device_id")
         return {device_id: json.loads(jwk) for device_id, jwk in rows}
 
+    def trust_key(self, pinned: VerificationKey) -> VerificationKey:
+        """The trust key in force: where syncs moved the pin from ``pinned`` (the bundle's), or
+        ``pinned`` itself (also when the bundle pins another key than the one they started from:
+        a device enrolled again starts again from its new bundle)."""
+        rows = dict(
+            self._db.execute("SELECT name, value FROM state WHERE name IN ('trust_origin', 'trust_key')")
+        )
+        if rows.get("trust_origin") != _jwk_text(pinned) or "trust_key" not in rows:
+            return pinned
+        return VerificationKey.from_jwk(json.loads(rows["trust_key"]))
+
     # -- sync -------------------------------------------------------------------------------
 
     @property
@@ -722,9 +743,10 @@ class Ledger(Closing):
         The backend's verdicts are kept beside the redemptions (the verdict the counter gave is
         never changed); the upload watermark moves on; the key set is replaced whole (a key the
         backend retired leaves); revocations are added; peers replaced; the server's time sets
-        the floor and decides which synced rows are no longer needed.
+        the floor and decides which synced rows are no longer needed; the trust pin moves.
         """
         with self._write() as db:
+            floor_before = self.time_floor
             db.executemany(
                 "UPDATE redemptions SET synced_at = ?, backend_status = ?, first_device_id = ?,"
                 " first_redeemed_at = ? WHERE voucher_id = ?",
@@ -745,24 +767,35 @@ class Ledger(Closing):
                 "INSERT INTO peers (device_id, public_key) VALUES (?, ?)",
                 [(device, json.dumps(jwk, sort_keys=True)) for device, jwk in record.peers.items()],
             )
+            if record.trust is not None:
+                self._set(db, "trust_origin", _jwk_text(record.trust.origin))
+                self._set(db, "trust_key", _jwk_text(record.trust.key))
             self._note_sync(db, record.server_time)
-            return self._prune(db, record.server_time, leeway)
+            if floor_before is None:
+                return 0  # no time was trusted before this answer: it alone lets nothing go
+            return self._prune(db, min(record.server_time, floor_before), record.server_time, leeway)
 
-    def _prune(self, db: sqlite3.Connection, server_time: float, leeway: float) -> int:
-        """Let go of synced redemptions whose voucher expired by the server's time (they can only be
+    def _prune(self, db: sqlite3.Connection, trusted: float, server_time: float, leeway: float) -> int:
+        """Let go of synced redemptions whose voucher expired by ``trusted`` (they can only be
         ``expired`` now), remembering the latest such expiry in ``pruned_through`` so that no later
-        sync sets the floor below it; and of rejections older than 30 days."""
+        sync sets the floor below it; and of rejections older than 30 days by the server's time.
+
+        ``trusted`` is the server's time, but no later than the floor before this answer: a sync
+        that moved the floor far forward lets go of nothing the old floor did not already refuse
+        as expired, so if the backend's clock was wrong, its next (corrected) answer sets the
+        floor back and every redemption is still there to say ``already_redeemed``."""
         horizon = db.execute(
             "SELECT max(expires_at) + ? FROM redemptions WHERE synced_at IS NOT NULL AND expires_at < ?",
-            (leeway, server_time - leeway),
+            (leeway, trusted - leeway),
         ).fetchone()[0]
+        self._set(db, "prune_time", repr(float(trusted)))
         gone = 0
         if horizon is not None:
             kept = self._one("SELECT value FROM state WHERE name = 'pruned_through'")
             self._set(db, "pruned_through", repr(max(float(horizon), float(kept or 0))))
             gone = db.execute(
                 "DELETE FROM redemptions WHERE synced_at IS NOT NULL AND expires_at < ?",
-                (server_time - leeway,),
+                (trusted - leeway,),
             ).rowcount
         gone += db.execute(
             "DELETE FROM rejections WHERE coalesce(scanned_at, clock_at) < ?",
@@ -914,15 +947,26 @@ class Ledger(Closing):
         )
         return [LanPeer(*row) for row in rows]
 
+    @property
+    def prune_time(self) -> float | None:
+        """The time by which the last sync let expired redemptions go (``_prune``): the server's,
+        never past the floor that stood before that answer."""
+        return self._number("prune_time")
+
     def prune_lan(self, server_time: float, leeway: float) -> int:
-        """Let go of peers' records of vouchers expired by a sync's server time (never by the clock's
-        word, as for the ledger's own redemptions): such a voucher can only be ``expired`` now."""
+        """Let go of peers' records of vouchers expired by a sync's time (``prune_time``; never by
+        the clock's word, as for the ledger's own redemptions): such a voucher can only be
+        ``expired`` now."""
         with self._write() as db:
             return int(
                 db.execute(
                     "DELETE FROM lan_redemptions WHERE expires_at < ?", (server_time - leeway,)
                 ).rowcount
             )
+
+
+def _jwk_text(key: VerificationKey) -> str:
+    return json.dumps(key.to_jwk(), sort_keys=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,11 @@ lock only for the short transaction that applies one answer.
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import random
 import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,14 +37,15 @@ from typing import Any, Final
 
 import requests
 
-from shopcardd_voucher import InvalidKeyError, KeySet, SigningKey
+from shopcardd_voucher import InvalidKeyError, KeySet, SigningKey, VerificationKey
 from shopcardd_voucher.answers import problem_detail, transport_reason
 from shopcardd_voucher.device_auth import make_device_token
+from shopcardd_voucher.trust import ANSWER_TYPE, TrustError, follow_chain, read_document
 
 from .closing import Closing
 from .config import DeviceConfig
 from .errors import ConfigError, DeviceError
-from .ledger import BackendVerdict, Ledger, Redemption, SyncRecord
+from .ledger import BackendVerdict, Ledger, Redemption, SyncRecord, TrustPin
 from .log import event, get_logger
 
 SYNC_PATH: Final = "/v1/devices/sync"
@@ -79,6 +82,16 @@ class SyncFailed(DeviceError, RuntimeError):
         return self.status is not None and 400 <= self.status < 500 and self.status != 401
 
 
+class AnswerNotTrusted(SyncFailed):
+    """A sync answer that the pinned trust key does not vouch for, or that is not the answer to
+    this request (another nonce: an old answer replayed): nothing of it is applied, and like a
+    refusal it is kept for ``status`` until a sync succeeds."""
+
+    @property
+    def is_refusal(self) -> bool:
+        return True
+
+
 class _WatermarkRefused(SyncFailed):
     """The backend did not give the revocation watermark sent (restored from a backup, another
     backend): start over from ``null``, as the contract says."""
@@ -110,6 +123,25 @@ class SyncReport:
     server_time: float | None = None
 
 
+def load_trust_key(config: DeviceConfig, ledger: Ledger) -> VerificationKey:
+    """The trust key sync answers must be signed by: the bundle's pin (``trust_key``), or the key
+    the ledger moved the pin to by a chain of links from it. Problems are configuration errors."""
+    if config.trust_key is None:
+        raise ConfigError(
+            "trust_key: not set; sync believes only answers signed by the backend's trust key "
+            "(shopcardd-provision enroll pins it)"
+        )
+    try:
+        pinned = VerificationKey.from_jwk(json.loads(config.trust_key.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise ConfigError(f"trust_key: cannot read {config.trust_key}: {exc.strerror}") from None
+    except (ValueError, InvalidKeyError) as exc:
+        raise ConfigError(
+            f"trust_key: {config.trust_key} is not a public JWK with kid and alg: {exc}"
+        ) from None
+    return ledger.trust_key(pinned)
+
+
 def load_device_key(config: DeviceConfig) -> SigningKey:
     """The device's Ed25519 key (``device_key``); any problem is a configuration error (exit 2)."""
     if config.backend_url is None:
@@ -139,14 +171,20 @@ class BackendClient(Closing):
         self,
         url: str,
         key: SigningKey,
+        trust: VerificationKey,
         *,
         timeout: float,
         clock: Clock = time.time,
         session: requests.Session | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
-        self.key, self.timeout, self.clock = key, timeout, clock
+        self.key, self.trust, self.timeout, self.clock = key, trust, timeout, clock
+        self.pinned = trust
+        """The key the chain starts from; ``trust`` is where it led (the signer of the last answer)."""
         self.session = session or requests.Session()
+        if ca_file is not None:
+            self.session.verify = ca_file
         self.offset = 0.0
         """Seconds to add to the device's clock to get the backend's (0 while they agree)."""
 
@@ -154,7 +192,24 @@ class BackendClient(Closing):
         self.session.close()
 
     def sync(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One sync request; its JSON answer. ``_Transient`` for what may pass, ``SyncFailed`` else."""
+        """One sync request; what its answer's signed document says (``self.trust`` follows the
+        chain it carried). ``_Transient`` for what may pass, ``SyncFailed`` else."""
+        nonce = secrets.token_urlsafe(16)
+        answer = self._post({**body, "nonce": nonce})
+        try:
+            signer = follow_chain(self.trust, answer.get("trust_chain") or [])
+            told = read_document(answer.get("signed"), signer, ANSWER_TYPE)
+        except TrustError as exc:
+            raise AnswerNotTrusted(f"the sync answer is not the backend's: {exc}") from None
+        if told.get("nonce") != nonce or told.get("device_id") != self.key.kid:
+            raise AnswerNotTrusted(
+                "the sync answer is not the answer to this request (another nonce or device): "
+                "an old answer replayed?"
+            )
+        self.trust = signer
+        return told
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         token = make_device_token(self.key, self.url, now=self.clock() + self.offset)
         try:
             response = self.session.post(
@@ -236,8 +291,11 @@ def _upload(redemption: Redemption) -> dict[str, Any]:
     return upload
 
 
-def read_answer(answer: dict[str, Any], batch: list[Redemption], uploaded_through: int) -> SyncRecord:
-    """The ledger's record of one answer; ``SyncFailed`` for an answer that does not fit the batch."""
+def read_answer(
+    answer: dict[str, Any], batch: list[Redemption], uploaded_through: int, trust: TrustPin | None = None
+) -> SyncRecord:
+    """The ledger's record of what one signed answer said; ``SyncFailed`` for an answer that does
+    not fit the batch. ``trust``: the key that signed it, for the ledger to pin."""
     try:
         results = answer["results"]
         if [r["voucher_id"] for r in results] != [r.voucher_id for r in batch]:
@@ -268,6 +326,7 @@ def read_answer(answer: dict[str, Any], batch: list[Redemption], uploaded_throug
             revocations_watermark=revocations["watermark"],
             peers={str(p["device_id"]): dict(p["public_key"]) for p in answer["peers"]},
             server_time=_moment(answer["server_time"]),
+            trust=trust,
         )
     except (KeyError, TypeError, ValueError, InvalidKeyError) as exc:
         detail = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
@@ -326,7 +385,7 @@ class Syncer:
                     raise
                 self._halve(batch, exc)
                 continue
-            record = read_answer(answer, batch, confirmed)
+            record = read_answer(answer, batch, confirmed, TrustPin(self.client.pinned, self.client.trust))
             self.report.let_go += self.ledger.apply_sync(record, self.leeway)
             more_revocations = bool(answer["revocations"].get("more"))
             self._note(record)
@@ -412,9 +471,16 @@ def sync(
 ) -> SyncReport:
     """One sync of ``ledger`` with ``config``'s backend (``SyncFailed``: exit 1)."""
     key = load_device_key(config)
+    trust = load_trust_key(config, ledger)
     assert config.backend_url is not None  # load_device_key refused a config without it
     with BackendClient(
-        config.backend_url, key, timeout=config.sync.timeout_seconds, clock=clock, session=session
+        config.backend_url,
+        key,
+        trust,
+        timeout=config.sync.timeout_seconds,
+        clock=clock,
+        session=session,
+        ca_file=None if config.ca_file is None else str(config.ca_file),
     ) as client:
         syncer = Syncer(
             ledger, client, batch_size=config.sync.batch_size, leeway=config.leeway_seconds, sleep=sleep

@@ -8,8 +8,10 @@ library itself (the objects come from the caller's requests).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import requests
@@ -44,3 +46,24 @@ def problem_detail(response: requests.Response) -> str:
             return response.reason or "no detail"
         return " ".join(response.text[:200].split()) or response.reason or "no detail"
     return str(body.get("detail", body))[:300] if isinstance(body, dict) else str(body)[:300]
+
+
+def plain_http_refusal(url: str) -> str | None:
+    """Why ``url`` may not be the backend's (plain http to a host off this machine), or ``None``.
+
+    Whoever answers the backend's URL is believed at enrolment, and a sync over plain http can
+    be answered by anyone on the path; only loopback (a backend on this machine, a test) is
+    exempt. ``https://`` with a private CA takes ``ca_file``."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme != "http" or not parts.hostname:
+        return f"must be the backend's URL, such as https://api.example.com, not {url!r}"
+    host = parts.hostname
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return f"{url} is plain http to another machine: use https:// (a private CA goes in ca_file)"

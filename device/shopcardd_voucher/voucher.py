@@ -24,7 +24,7 @@ import jwt
 from jwt.algorithms import Algorithm as JWTAlgorithm
 from jwt.utils import base64url_decode, base64url_encode
 
-from .keys import KeySet, SigningKey
+from .keys import KeySet, SigningKey, VerificationKey
 from .limits import MAX_TIMESTAMP, MAX_VOUCHER_LIFETIME_SECONDS
 from .reasons import Reason
 
@@ -218,6 +218,17 @@ def parse_compact(text: str) -> CompactJws:
     return CompactJws(header, f"{parts[0]}.{parts[1]}".encode("ascii"), signature, parts[1])
 
 
+def signature_matches(jws: CompactJws, key: VerificationKey) -> bool:
+    """Whether ``key`` made the signature, by the key's algorithm (the header's ``alg`` must
+    name it: no token chooses how it is checked)."""
+    if jws.alg != key.alg:
+        return False
+    try:
+        return bool(_algorithm(key.alg).verify(jws.signing_input, key.public_key, jws.signature))
+    except (ValueError, TypeError):
+        return False
+
+
 def canonical_segment(text: str) -> bytes:
     """Decode one base64url segment, refusing any spelling but the canonical one."""
     raw = text.encode("ascii")
@@ -312,11 +323,7 @@ def verify(
         return Verdict(Reason.BAD_SIGNATURE, detail=f"token says {alg!r} but key {kid!r} is {key.alg}")
     if _is_high_s(key.alg, jws.signature):
         return Verdict(Reason.BAD_SIGNATURE, detail="high-S ECDSA signature: the malleated twin of a voucher")
-    try:
-        genuine = _algorithm(key.alg).verify(jws.signing_input, key.public_key, jws.signature)
-    except (ValueError, TypeError):
-        genuine = False
-    if not genuine:
+    if not signature_matches(jws, key):
         return Verdict(Reason.BAD_SIGNATURE, detail="signature does not match")
     try:
         voucher = _claims_voucher(jws.payload(), kid)

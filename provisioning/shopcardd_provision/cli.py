@@ -38,9 +38,12 @@ terminal; never from an argument (arguments show in ps and the shell history).
 
 Writes into DIR (made 0700; nothing in it is ever overwritten):
   device.toml          the device configuration: device_id, merchant_id, data_dir,
-                       keyset, backend_url and device_key, paths relative to itself
+                       keyset, backend_url, device_key, trust_key (and ca_file),
+                       paths relative to itself
   device.private.pem   the device's Ed25519 key (0600); its public half is enrolled
   jwks.json            the voucher key set, until the device's first sync
+  trust-key.json       the backend's trust key, pinned: sync believes only what it signs
+  ca.pem               with --ca-file: the private CA of the backend's certificate
 
 Copy DIR to the device as /etc/shopcardd/ and check it there:
   shopcardd-device status --config /etc/shopcardd/device.toml
@@ -139,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="enrol a counter device with the backend and write its bundle",
         description="Make a counter device's Ed25519 key pair, enrol its public key with the backend "
         "(POST /v1/devices) for the merchant whose API key is given, fetch the voucher key set "
-        "(GET /.well-known/jwks.json) and write the device's bundle into DIR.",
+        "(GET /.well-known/jwks.json) and the backend's trust key "
+        "(GET /.well-known/shopcardd-trust-key.json), and write the device's bundle into DIR. The backend must be reached over https, unless on "
+        "loopback: what enrolment fetches decides what the counter trusts.",
         epilog=ENROLL_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -156,7 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         type=_backend,
         metavar="URL",
-        help="the backend's base URL as the device will reach it (its sync tokens are signed for it)",
+        help="the backend's base URL as the device will reach it (its sync tokens are signed for it); "
+        "https://, unless on loopback",
+    )
+    enr.add_argument(
+        "--ca-file",
+        type=Path,
+        metavar="PEM",
+        help="CA certificates for the backend's https certificate (a private CA); copied into the bundle",
     )
     enr.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the bundle")
     enr.add_argument(
@@ -184,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "enroll":
-            bundle = enroll(args.merchant, args.device, args.backend, args.out, _api_key(), args.data_dir)
+            bundle = enroll(
+                args.merchant, args.device, args.backend, args.out, _api_key(), args.data_dir, args.ca_file
+            )
             print(
                 f"enrolled device {bundle.device_id!r} of merchant {bundle.merchant_id!r}; wrote "
                 f"{bundle.folder}/ ({', '.join(BUNDLE)}; voucher keys {', '.join(bundle.kids)})",

@@ -270,6 +270,8 @@ class SyncRequest(BaseModel):
     redemptions: list[RedemptionUpload] = Field(default_factory=list, max_length=MAX_REDEMPTIONS_PER_SYNC)
     revocations_after: str | None = Field(default=None, max_length=40)
     """The ``revocations.watermark`` of the previous answer; ``null`` on the first sync."""
+    nonce: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{16,64}$")
+    """Fresh for each request; the signed answer echoes it, so an old answer replayed is refused."""
 
     @field_validator("redemptions")
     @classmethod
@@ -320,6 +322,11 @@ class SyncResponse(BaseModel):
     peers: list[Peer]
     """The merchant's other active counters, with the keys their LAN messages are signed with."""
     server_time: Instant
+    signed: str = ""
+    """All of the above with ``nonce`` and ``device_id``, as a compact JWS of the backend's trust
+    key: what a counter believes (the plain fields are for reading)."""
+    trust_chain: list[str] = Field(default_factory=list)
+    """The links from the first trust key to the one that signed: each announces the next."""
 
 
 class ConflictingRedemption(BaseModel):

@@ -8,7 +8,7 @@ from typing import Final
 from fastapi import APIRouter
 
 from ...devices import Redemption
-from ..deps import CurrentDevice, CurrentMerchant, DeviceId, DeviceServiceDep
+from ..deps import CurrentDevice, CurrentMerchant, DeviceId, DeviceServiceDep, RuntimeDep
 from ..models import (
     DeviceCreate,
     DevicePublic,
@@ -35,11 +35,14 @@ def enrol_device(body: DeviceCreate, merchant: CurrentMerchant, devices: DeviceS
 
 
 @router.post("/sync", responses={401: {}, 413: {}, 422: {}, 503: {}})
-def sync_device(body: SyncRequest, device: CurrentDevice, devices: DeviceServiceDep) -> SyncResponse:
-    """One sync: the counter's redemptions up (idempotent), key set, revocations, peers and time down."""
+def sync_device(
+    body: SyncRequest, device: CurrentDevice, devices: DeviceServiceDep, runtime: RuntimeDep
+) -> SyncResponse:
+    """One sync: the counter's redemptions up (idempotent), key set, revocations, peers and time
+    down, all of it signed by the backend's trust key with the request's nonce."""
     uploads = [Redemption(**upload.model_dump()) for upload in body.redemptions]
     answer = devices.sync(device, uploads, body.revocations_after)
-    return SyncResponse(
+    response = SyncResponse(
         results=[RedemptionResultPublic.model_validate(r, from_attributes=True) for r in answer.results],
         keys=KeySetDown(
             keys=answer.keys["keys"], issued_at=answer.keys_issued_at, valid_until=answer.keys_valid_until
@@ -48,6 +51,10 @@ def sync_device(body: SyncRequest, device: CurrentDevice, devices: DeviceService
         peers=[Peer(device_id=peer.device_id, public_key=peer.public_key) for peer in answer.peers],
         server_time=answer.server_time,
     )
+    told = {**response.model_dump(mode="json"), "nonce": body.nonce, "device_id": device.device_id}
+    response.signed = runtime.trust.sign_answer(told)
+    response.trust_chain = list(runtime.trust.links)
+    return response
 
 
 @router.post("/{device_id}/revoke", responses={401: {}, 403: {}, 404: {}})
