@@ -143,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make a counter device's Ed25519 key pair, enrol its public key with the backend "
         "(POST /v1/devices) for the merchant whose API key is given, fetch the voucher key set "
         "(GET /.well-known/jwks.json) and the backend's trust key "
-        "(GET /.well-known/shopcardd-trust-key.json), and write the device's bundle into DIR. The backend must be reached over https, unless on "
-        "loopback: what enrolment fetches decides what the counter trusts.",
+        "(GET /.well-known/shopcardd-trust-key.json), and write the device's bundle into DIR. The "
+        "backend must be reached over https, unless on loopback: what enrolment fetches decides "
+        "what the counter trusts.",
         epilog=ENROLL_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

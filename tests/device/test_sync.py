@@ -29,7 +29,14 @@ from shopcardd_device import cli
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.counter import Counter
 from shopcardd_device.policy import ClockState
-from shopcardd_device.sync import BackendClient, Syncer, SyncFailed, load_device_key, sync
+from shopcardd_device.sync import (
+    BackendClient,
+    Syncer,
+    SyncFailed,
+    load_device_key,
+    load_trust_key,
+    sync,
+)
 from shopcardd_provision.keys import keygen
 from shopcardd_voucher import KeySet, Reason, SigningKey, issue
 
@@ -172,7 +179,9 @@ def test_10000_redemptions_over_a_connection_that_keeps_dropping_are_stored_exac
         flaky = replace(config, backend_url=proxy.url)
         # a run that gives up at the first cut: what the backend confirmed stays confirmed
         with (
-            BackendClient(proxy.url, load_device_key(flaky), timeout=10) as client,
+            BackendClient(
+                proxy.url, load_device_key(flaky), load_trust_key(flaky, counter.ledger), timeout=10
+            ) as client,
             pytest.raises(SyncFailed, match="cannot reach the backend"),
         ):
             Syncer(counter.ledger, client, batch_size=200, leeway=60, sleep=no_pause, tries=1).run()

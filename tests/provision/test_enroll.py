@@ -75,7 +75,12 @@ def test_enroll_writes_a_bundle_the_device_accepts_and_can_sync_with(
     assert "enrolled device 'till-1'" in done.stderr and api_key not in done.stdout + done.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     assert stat.S_IMODE((out / "device.private.pem").stat().st_mode) == 0o600
-    assert sorted(p.name for p in out.iterdir()) == ["device.private.pem", "device.toml", "jwks.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "device.private.pem",
+        "device.toml",
+        "jwks.json",
+        "trust-key.json",
+    ]
 
     config = DeviceConfig.load(out / "device.toml")
     assert (config.device_id, config.merchant_id, config.backend_url) == ("till-1", "cafe-42", server)
