@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import requests
+import requests.adapters
 
 from logschema import log_entry
 from servers import BodyLimitProxy, DroppingProxy
@@ -39,6 +40,8 @@ from shopcardd_device.sync import (
 )
 from shopcardd_provision.keys import keygen
 from shopcardd_voucher import KeySet, Reason, SigningKey, issue
+from shopcardd_voucher.trust import ANSWER_TYPE, sign_document
+from shopcardd_voucher.voucher import parse_compact
 
 from .conftest import device_command, start_device
 
@@ -456,3 +459,150 @@ def test_a_sync_the_backend_keeps_refusing_exits_1_and_status_says_since_when_un
     assert synced.returncode == 0, synced.stderr
     assert (status()["sync_failing"], status()["unsynced"]) == (None, 0)
     assert "sync failing" not in device_command("status", "--config", config.source_file).stdout
+
+
+# -- signed answers and the clock floor ----------------------------------------------------
+
+
+class Answering(requests.adapters.HTTPAdapter):
+    """Whoever sits between the counter and the backend (a TLS terminator, a CDN, someone on the
+    shop's network): passes each request on and may change the answer (``change``), or answer
+    with one it kept (``replay``). Every answer passing is kept in ``seen``."""
+
+    def __init__(self, change: Any = None) -> None:
+        super().__init__()
+        self.change, self.replay = change, None
+        self.seen: list[bytes] = []
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> requests.Response:
+        response = super().send(request, *args, **kwargs)
+        if response.status_code == 200 and self.replay is not None:
+            response._content = self.replay
+        elif response.status_code == 200 and self.change is not None:
+            response._content = json.dumps(self.change(response.json())).encode()
+        self.seen.append(response.content)
+        return response
+
+
+def through(adapter: Answering) -> requests.Session:
+    session = requests.Session()
+    session.mount("http://", adapter)
+    return session
+
+
+def resigned(key: SigningKey, **told: Any) -> Any:
+    """An answer whose signed document says ``told`` instead, signed anew by ``key``."""
+
+    def change(answer: dict[str, Any]) -> dict[str, Any]:
+        payload = {**parse_compact(answer["signed"]).payload(), **told}
+        payload.pop("typ")
+        return {**answer, **told, "signed": sign_document(key, ANSWER_TYPE, payload)}
+
+    return change
+
+
+def backend_trust_key(data: Path) -> SigningKey:
+    kid = json.loads((data / "trust" / "chain.json").read_text())["current"]
+    return SigningKey.load(kid, data / "trust" / f"{kid}.private.pem")
+
+
+def test_an_impostors_answer_changes_nothing_and_the_sync_and_status_say_why(
+    shop: Shop, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Someone between counter and backend answers with its own voucher key, signed with a key of
+    its own: the counter keeps its key set, its floor and its upload watermark, refuses the
+    impostor's vouchers, the sync fails (exit 1), and status names the refusal until a good sync
+    clears it."""
+    config, deal = shop.enrol("till-1"), shop.deal()
+    impostor = SigningKey.generate("kimp")
+    their_keys = {
+        "keys": [impostor.verification_key().to_jwk()],
+        "issued_at": "2026-01-01T00:00:00Z",
+        "valid_until": "2099-01-01T00:00:00Z",
+    }
+    with Counter.open(config) as counter:
+        assert counter.scan(shop.voucher(deal)).reason is Reason.ACCEPTED
+        # the answer's plain fields changed: they are for reading; the signed document is believed
+        plain = Answering(lambda answer: {**answer, "keys": their_keys})
+        sync(config, counter.ledger, session=through(plain))
+        assert "kimp" not in counter.ledger.keyset()
+        assert counter.scan(shop.voucher(deal)).reason is Reason.ACCEPTED
+        before = (counter.ledger.keyset_version(), counter.ledger.time_floor, counter.ledger.upload_watermark)
+        signed = Answering(resigned(impostor, keys=their_keys, server_time="2020-01-01T00:00:00Z"))
+        with pytest.raises(SyncFailed, match="the sync answer is not the backend's"):
+            sync(config, counter.ledger, session=through(signed), sleep=no_pause)
+        after = (counter.ledger.keyset_version(), counter.ledger.time_floor, counter.ledger.upload_watermark)
+        assert after == before
+        forged = issue(impostor, deal=deal, merchant=shop.merchant, user="u-eve", ttl=3600)
+        assert counter.scan(forged).reason is Reason.UNKNOWN_KEY
+    assert cli.main(["status", "--config", str(config.source_file), "--json"]) == 0
+    refused = json.loads(capsys.readouterr().out)["sync_failing"]
+    assert "signed by key 'kimp', not the trusted key" in refused["reason"]
+    with Counter.open(config) as counter:
+        sync(config, counter.ledger)
+        assert counter.ledger.sync_failure is None and counter.ledger.upload_watermark == 2
+
+
+def test_a_replayed_old_answer_is_refused_and_cannot_set_the_floor_back(shop: Shop) -> None:
+    config, deal = shop.enrol("till-1"), shop.deal()
+    recorder = Answering()
+    with Counter.open(config) as counter:
+        sync(config, counter.ledger, session=through(recorder))
+        counter.ledger.raise_floor(time.time() + 3 * DAY)  # evidence since: three days have passed
+        floor = counter.ledger.time_floor
+        replayer = Answering()
+        replayer.replay = recorder.seen[-1]  # the genuine, signed answer of three days ago
+        with pytest.raises(SyncFailed, match="not the answer to this request"):
+            sync(config, counter.ledger, session=through(replayer), sleep=no_pause)
+        assert counter.ledger.time_floor == floor
+        lapsed = shop.voucher(deal, now=time.time() + 3 * DAY - 7200, ttl=3600)  # expired yesterday
+        assert counter.scan(lapsed).reason is Reason.EXPIRED
+
+
+def test_a_backend_clock_two_years_ahead_heals_at_the_next_sync_and_nothing_redeemed_comes_back(
+    shop: Shop,
+) -> None:
+    """The backend's clock jumps two years ahead for one answer, then is corrected: that answer
+    prunes no redemption it alone made look expired, and the next answer sets the floor back."""
+    config, deal = shop.enrol("till-1"), shop.deal()
+    redeemed = shop.voucher(deal, ttl=int(30 * DAY))
+    ahead = datetime.fromtimestamp(time.time() + 730 * DAY, UTC).isoformat().replace("+00:00", "Z")
+    with Counter.open(config) as counter:
+        assert counter.scan(redeemed).reason is Reason.ACCEPTED
+        sync(config, counter.ledger)  # uploaded: from now on the ledger may let its row go
+        wrong = Answering(resigned(backend_trust_key(shop.served.data), server_time=ahead))
+        sync(config, counter.ledger, session=through(wrong))
+        assert counter.ledger.time_floor == pytest.approx(time.time() + 730 * DAY, abs=60)
+        assert counter.ledger.accepted_count() == 1  # not pruned in the sync that jumped the floor
+        sync(config, counter.ledger)  # the backend's clock corrected
+        assert counter.ledger.time_floor == pytest.approx(time.time(), abs=5)
+        assert counter.scan(redeemed).reason is Reason.ALREADY_REDEEMED
+        assert counter.scan(shop.voucher(deal, ttl=int(DAY))).reason is Reason.ACCEPTED
+
+
+def test_a_new_trust_key_announced_by_the_old_one_moves_the_pin_and_the_old_one_is_then_refused(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPCARDD_")}
+    env["SHOPCARDD_DATA_DIR"] = str(tmp_path / "data")
+    with running_backend(env, tmp_path / "serve.log") as backend:
+        api_key = backend_command(env, "merchant", "create", "--merchant", "m-rot").strip().splitlines()[-1]
+        config = DeviceConfig.load(
+            enrol_counter(backend.url, api_key, "m-rot-till", tmp_path / "till", "m-rot")
+        )
+        with Counter.open(config) as counter:
+            sync(config, counter.ledger)
+    old = backend_trust_key(tmp_path / "data")
+    new_kid = backend_command(env, "trust-key", "rotate").strip()
+    assert new_kid != old.kid
+    with running_backend(env, tmp_path / "serve-2.log") as backend, Counter.open(config) as counter:
+        pinned = json.loads(config.trust_key.read_text())  # type: ignore[union-attr]
+        assert pinned["kid"] == old.kid  # the bundle keeps the first pin...
+        config = replace(config, backend_url=backend.url)
+        sync(config, counter.ledger)
+        assert load_trust_key(config, counter.ledger).kid == new_kid  # ...the ledger follows the chain
+        # the retired key (stolen, say) signs an answer of its own, without the link that retired
+        # it: the pin moved on, so it is no longer believed
+        with pytest.raises(SyncFailed, match=f"signed by key '{old.kid}', not the trusted key '{new_kid}'"):
+            stolen = Answering(lambda answer: {**resigned(old)(answer), "trust_chain": []})
+            sync(config, counter.ledger, session=through(stolen), sleep=no_pause)
