@@ -302,7 +302,11 @@ def test_synced_rows_go_only_when_the_server_time_says_their_voucher_expired(
         assert ledger.apply_sync(answer(ledger, keys, now, ok), 60) == 0  # still valid: kept
         assert ledger.unsynced_count() == 0 and ledger.to_upload(limit=10) == []
         assert ledger.redemptions()[0].backend_status == "ok"
-        assert ledger.apply_sync(answer(ledger, keys, now + 3600), 60) == 1  # expired by the server's time
+        # an answer that moves the floor an hour on lets go of nothing the old floor kept...
+        assert ledger.apply_sync(answer(ledger, keys, now + 3600), 60) == 0
+        assert ledger.accepted_count() == 1
+        # ...the next one, from the floor it set, does: expired by the server's time
+        assert ledger.apply_sync(answer(ledger, keys, now + 3600), 60) == 1
         assert ledger.accepted_count() == 0
         # the floor never goes below the expiry of a redemption let go, whatever a later sync says
         ledger.apply_sync(answer(ledger, keys, now - 86_400), 60)
