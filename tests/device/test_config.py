@@ -199,3 +199,25 @@ def test_the_log_level_is_taken_in_any_case_as_the_backend_takes_it(
     write_config: WriteConfig, spelt: str
 ) -> None:
     assert DeviceConfig.load(write_config(top=f'log_level = "{spelt}"')).log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://api.shopcardd.example", True),
+        ("http://192.168.1.10:8000", True),
+        ("https://api.shopcardd.example", False),
+        ("http://127.0.0.1:8000", False),
+        ("http://[::1]:8000", False),
+        ("http://localhost:8000", False),
+    ],
+)
+def test_backend_url_is_https_unless_on_loopback(write_config: WriteConfig, url: str, refused: bool) -> None:
+    """Plain http to another machine lets anyone on the path answer the sync."""
+    path = write_config(top=f'backend_url = "{url}"\nca_file = "ca.pem"')
+    if refused:
+        with pytest.raises(ConfigError, match="plain http to another machine: use https://"):
+            DeviceConfig.load(path)
+    else:
+        config = DeviceConfig.load(path)
+        assert config.backend_url == url and config.ca_file == path.parent / "ca.pem"

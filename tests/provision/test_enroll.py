@@ -163,3 +163,13 @@ def test_the_api_key_never_comes_from_an_argument(env: dict[str, str], tmp_path:
     assert "set SHOPCARDD_API_KEY" in missing
     assert enroll(env, None, *args, "--api-key", "sck_x").returncode == 2
     assert not (tmp_path / "b").exists()
+
+
+def test_enroll_refuses_plain_http_to_another_machine(env: dict[str, str], tmp_path: Path) -> None:
+    """Whoever answers enrolment is trusted by the counter from then on: no plain http off loopback."""
+    out = tmp_path / "b"
+    args = ["--merchant", "m", "--device", "d", "--out", str(out)]
+    result = enroll(env, "sck_x", *args, "--backend", "http://api.example.com")
+    assert result.returncode == 2, result.stderr
+    assert "plain http to another machine: use https://" in result.stderr
+    assert not out.exists()
