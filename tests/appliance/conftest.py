@@ -7,6 +7,7 @@ qemu-user-static, binfmt-support, systemd, nginx) and registers qemu's arm64 int
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -51,8 +52,9 @@ class Bundle:
 
 
 def make_bundle(folder: Path, device_id: str = "counter-1") -> Bundle:
-    """device.toml, jwks.json (the voucher keys) and device.private.pem (the device's own key), as a
-    counter finds them installed: paths under /etc/shopcardd and /var/lib/shopcardd."""
+    """device.toml, jwks.json (the voucher keys), trust-key.json (the backend's trust key) and
+    device.private.pem (the device's own key), as a counter finds them installed: paths under
+    /etc/shopcardd and /var/lib/shopcardd."""
     keys, device_key = folder / "voucher-keys", folder / "device-key"
     made = keygen("EdDSA", "k1", keys)
     device = keygen("EdDSA", device_id, device_key)
@@ -60,9 +62,11 @@ def make_bundle(folder: Path, device_id: str = "counter-1") -> Bundle:
     bundle.mkdir()
     shutil.copy(keys / "jwks.json", bundle / "jwks.json")
     shutil.copy(device.private_key_path, bundle / "device.private.pem")
+    trust = SigningKey.generate("trust-1").verification_key()  # the backend's, pinned at enrolment
+    (bundle / "trust-key.json").write_text(json.dumps(trust.to_jwk()))
     (bundle / "device.toml").write_text(
         f'device_id = "{device_id}"\nmerchant_id = "{MERCHANT}"\n'
         'data_dir = "/var/lib/shopcardd"\nkeyset = "/etc/shopcardd/jwks.json"\n'
-        'device_key = "/etc/shopcardd/device.private.pem"\n'
+        'device_key = "/etc/shopcardd/device.private.pem"\ntrust_key = "/etc/shopcardd/trust-key.json"\n'
     )
     return Bundle(bundle, SigningKey.load("k1", made.private_key_path))

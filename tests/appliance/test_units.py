@@ -9,6 +9,7 @@ installed virtual environments: test_fleet checks those inside the arm64 root it
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from servers import BodyLimitProxy
 from shopcardd_device.cli import EXIT_REJECTED, EXIT_USAGE
 from shopcardd_provision.keys import keygen
+from shopcardd_voucher import SigningKey
 
 from .conftest import BIN, UNITS, systemd_analyze
 
@@ -108,12 +110,14 @@ def test_a_sync_the_backend_refuses_is_a_failed_run_of_the_unit_and_the_journal_
     assert str(EXIT_REJECTED) not in service.get("SuccessExitStatus", "").split()
     keygen("EdDSA", "k1", tmp_path / "keys")
     device_key = keygen("EdDSA", "counter-1", tmp_path / "device-key").private_key_path
+    trust_key = tmp_path / "trust-key.json"  # the pin enrolment writes; never used: nothing answers
+    trust_key.write_text(json.dumps(SigningKey.generate("t1").verification_key().to_jwk()))
     with BodyLimitProxy("http://127.0.0.1:9", max_bytes=0) as refusing:  # passes nothing on
         config = tmp_path / "device.toml"
         config.write_text(
             f'device_id = "counter-1"\nmerchant_id = "m1"\ndata_dir = "{tmp_path / "data"}"\n'
             f'keyset = "{tmp_path / "keys" / "jwks.json"}"\nbackend_url = "{refusing.url}"\n'
-            f'device_key = "{device_key}"\n'
+            f'device_key = "{device_key}"\ntrust_key = "{trust_key}"\n'
         )
         command = service["ExecStart"].replace("/opt/shopcardd/venv/bin/", f"{BIN}/")
         command = command.replace("/etc/shopcardd/device.toml", str(config))
