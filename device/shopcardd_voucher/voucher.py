@@ -2,10 +2,14 @@
 
 Framing is done here rather than through ``jwt.decode`` for three reasons the counter
 cares about: the algorithm must come from the key (looked up by ``kid``), never from the
-token; every base64url segment must be canonical, so that no two spellings of one token
-exist (a changed character can never still verify); and time is judged against the clock
-the caller trusts, which on a Pi is not always the system clock. The cryptography itself is
-pyjwt's algorithm objects over ``cryptography``.
+token; every base64url segment must be canonical (a changed character can never still
+verify); and time is judged against the clock the caller trusts, which on a Pi is not always
+the system clock. The cryptography itself is pyjwt's algorithm objects over ``cryptography``.
+
+Every valid signature of the key's algorithm is accepted, as RFC 7518 says: an ES256 voucher
+signed by any JOSE library verifies, whichever of its two ECDSA spellings (r, s) and (r, n - s)
+that library made. A voucher is its ``jti``, so the second spelling of a redeemed voucher is
+``already_redeemed``: signature malleability gains nothing. ``sign`` still makes the low-S one.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ ID_RULE: Final = (
 in a log and in the merchant's audit, and that has one spelling only."""
 DEFAULT_LEEWAY_SECONDS: Final = 60
 P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-"""n of the P-256 curve: an ECDSA signature (r, s) also verifies as (r, n - s)."""
+"""n of the P-256 curve: an ECDSA signature (r, s) also verifies as (r, n - s), and both are valid."""
 
 _INVISIBLE: Final = (
     (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
@@ -175,7 +179,7 @@ def sign_compact(key: SigningKey, payload: dict[str, Any]) -> str:
     signing_input = header + b"." + base64url_encode(_compact_json(payload))
     signature = _algorithm(key.alg).sign(signing_input, key.private_key)
     if key.alg == "ES256":
-        signature = low_s(signature)  # the verifier refuses the high-S twin
+        signature = low_s(signature)  # one spelling of our own; the verifier takes both
     return (signing_input + b"." + base64url_encode(signature)).decode("ascii")
 
 
@@ -281,11 +285,6 @@ def _claims_voucher(claims: dict[str, Any], kid: str) -> Voucher:
     return voucher
 
 
-def _is_high_s(alg: str, signature: bytes) -> bool:
-    """Whether an ES256 signature is the high-S twin that ``sign`` never makes."""
-    return alg == "ES256" and len(signature) == 64 and int.from_bytes(signature[32:], "big") > P256_ORDER // 2
-
-
 def verify(
     token: str | bytes,
     keys: KeySet,
@@ -321,8 +320,6 @@ def verify(
         return Verdict(Reason.UNKNOWN_KEY, detail=f"no key {kid!r} in the key set")
     if alg != key.alg:
         return Verdict(Reason.BAD_SIGNATURE, detail=f"token says {alg!r} but key {kid!r} is {key.alg}")
-    if _is_high_s(key.alg, jws.signature):
-        return Verdict(Reason.BAD_SIGNATURE, detail="high-S ECDSA signature: the malleated twin of a voucher")
     if not signature_matches(jws, key):
         return Verdict(Reason.BAD_SIGNATURE, detail="signature does not match")
     try:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
+from signatures import es256_twin
 
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.counter import Counter
@@ -22,10 +23,11 @@ from shopcardd_device.frames.files import FileSource
 from shopcardd_device.frames.keyboard import KeyboardSource
 from shopcardd_device.frames.synthetic import Look, ScriptedSource, render
 from shopcardd_device.scanner import Scan, Scanner
+from shopcardd_provision.keys import keygen
 from shopcardd_provision.qr import save_qr
-from shopcardd_voucher import Reason
+from shopcardd_voucher import Reason, SigningKey, issue
 
-from .conftest import Mint
+from .conftest import MERCHANT, Mint
 
 
 class Ticks:
@@ -116,6 +118,30 @@ def test_a_code_held_in_view_is_one_scan_and_a_later_showing_is_already_used(
         assert counter.ledger.rejected_counts() == {"already_redeemed": 1}
     # every sighting is reported, the repeats numbered, so the console can say it saw the code again
     assert [s.repeats for s in seen] == [0, *range(1, 10), 0]
+
+
+def test_the_other_es256_spelling_of_a_redeemed_voucher_is_already_redeemed(tmp_path: Path) -> None:
+    """Anyone holding an ES256 voucher can write its second valid signature, (r, n - s), without
+    a key. Both spellings verify (another issuer's library may make either), and the ledger
+    knows a voucher by its id: whichever spelling comes second is ``already_redeemed``."""
+    made = keygen("ES256", "k-es", tmp_path / "keys")
+    key = SigningKey.load("k-es", made.private_key_path)
+    path = tmp_path / "device.toml"
+    path.write_text(
+        f'device_id = "counter-1"\nmerchant_id = "{MERCHANT}"\ndata_dir = "{tmp_path / "data"}"\n'
+        f'keyset = "{tmp_path / "keys" / "jwks.json"}"\n'
+    )
+    ours, theirs = (issue(key, deal="d-espresso", merchant=MERCHANT, user=f"u{n}", ttl=3600) for n in (1, 2))
+    theirs = es256_twin(theirs)  # as a library that leaves s high would have signed it
+    with Counter.open(DeviceConfig.load(path)) as counter:
+        for first in (ours, theirs):
+            accepted = counter.scan(first)
+            assert accepted.reason is Reason.ACCEPTED and accepted.voucher is not None
+            second = counter.scan(es256_twin(first))
+            assert second.reason is Reason.ALREADY_REDEEMED
+            assert second.voucher is not None and second.voucher.voucher_id == accepted.voucher.voucher_id
+        assert counter.ledger.accepted_count() == 2
+        assert counter.ledger.rejected_counts() == {"already_redeemed": 2}
 
 
 def test_bad_frames_bad_codes_and_source_exceptions_never_stop_the_loop(
