@@ -9,8 +9,11 @@ Two kinds, told apart by ``type`` (also the RabbitMQ routing key):
   Only analytics reads it. Refusals are the bulk of a flash sale's traffic, so they are counted
   in memory and sent as tallies, not as one event each.
 
-Every worker parses a message with ``parse_event``: a body that is not JSON, or lacks a field,
-is ``BadEvent`` and is parked at once (retrying cannot mend it).
+Every worker parses a message with ``parse_event``: a body that is not JSON, lacks a field, or
+holds a value no handler can act on (a time past the year 3000, an id no voucher could carry, a
+count past 32 bits) is ``BadEvent`` and is parked at once (retrying cannot mend it). The checks
+are those of the voucher itself, so an event the claim gate wrote always passes, and a handler
+never meets a value that would make it fail for the whole batch.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from shopcardd_voucher import Voucher
+from shopcardd_voucher import (
+    ID_RULE,
+    MAX_TIMESTAMP,
+    MAX_VOUCHER_LIFETIME_SECONDS,
+    Voucher,
+    is_valid_id,
+)
 
 from .stores.base import VoucherRecord
 
@@ -102,11 +111,16 @@ class ClaimsRefused:
 
 Event = ClaimIssued | ClaimsRefused
 
-_TEXT_FIELDS: Final = {
-    CLAIM_ISSUED: ("voucher_id", "deal_id", "merchant_id", "user_id", "idempotency_key"),
+_ID_FIELDS: Final = {
+    CLAIM_ISSUED: ("voucher_id", "deal_id", "merchant_id", "user_id"),
     CLAIMS_REFUSED: ("event_id", "deal_id"),
 }
+"""Ids a voucher carries (or an id of the same form): checked as the verifier checks them."""
 _TIME_FIELDS: Final = {CLAIM_ISSUED: ("issued_at", "expires_at"), CLAIMS_REFUSED: ("minute",)}
+MAX_IDEMPOTENCY_KEY_LENGTH: Final = 128
+"""The API admits 1 to 128 visible ASCII characters in ``Idempotency-Key``."""
+MAX_REFUSAL_COUNT: Final = 2**31 - 1
+"""Refusals of one outcome in one tally: far beyond what a process refuses in a minute."""
 
 
 def event_payload(event: Event) -> dict[str, Any]:
@@ -129,32 +143,51 @@ def parse_event(body: bytes | str | dict[str, Any]) -> Event:
             raise BadEvent(f"the body is not JSON ({exc})") from None
     if not isinstance(payload, dict):
         raise BadEvent("the body is not a JSON object")
-    kind = payload.get("type", CLAIM_ISSUED)  # claim events written before types existed have none
-    if kind not in _TEXT_FIELDS:
-        raise BadEvent(f"unknown event type {str(kind)[:40]!r}")
-    for name in _TEXT_FIELDS[kind]:
-        value = payload.get(name)
-        if not isinstance(value, str) or not value:
-            raise BadEvent(f"{kind}: {name} is missing or not a non-empty string")
+    kind = event_type(payload)
+    if kind is None or kind not in _ID_FIELDS:
+        raise BadEvent(f"unknown event type {str(payload.get('type'))[:40]!r}")
+    for name in _ID_FIELDS[kind]:
+        if not is_valid_id(payload.get(name)):
+            raise BadEvent(f"{kind}: {name} is missing or not {ID_RULE}")
     for name in _TIME_FIELDS[kind]:
         value = payload.get(name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise BadEvent(f"{kind}: {name} is missing or not a whole number of seconds")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMESTAMP:
+            raise BadEvent(
+                f"{kind}: {name} is missing or not a whole number of seconds from 0 to {MAX_TIMESTAMP}"
+                " (the year 3000)"
+            )
     if kind == CLAIMS_REFUSED:
         counts = payload.get("counts")
         if (
             not isinstance(counts, dict)
             or not counts
             or not all(
-                outcome in REFUSAL_OUTCOMES and type(n) is int and n > 0 for outcome, n in counts.items()
+                outcome in REFUSAL_OUTCOMES and type(n) is int and 0 < n <= MAX_REFUSAL_COUNT
+                for outcome, n in counts.items()
             )
         ):
-            raise BadEvent(f"{kind}: counts must map {', '.join(REFUSAL_OUTCOMES)} to positive numbers")
+            outcomes = ", ".join(REFUSAL_OUTCOMES)
+            raise BadEvent(f"{kind}: counts must map {outcomes} to numbers from 1 to {MAX_REFUSAL_COUNT}")
         return ClaimsRefused(payload["event_id"], payload["deal_id"], payload["minute"], dict(counts))
+    key = payload.get("idempotency_key")
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not key.isprintable():
+        limit = MAX_IDEMPOTENCY_KEY_LENGTH
+        raise BadEvent(f"{kind}: idempotency_key is missing or not 1 to {limit} printable characters")
+    if not 0 < payload["expires_at"] - payload["issued_at"] <= MAX_VOUCHER_LIFETIME_SECONDS:
+        limit = MAX_VOUCHER_LIFETIME_SECONDS
+        raise BadEvent(f"{kind}: expires_at must come 1 to {limit} seconds (366 days) after issued_at")
     contacts = {name: payload.get(name) for name in ("email", "phone")}
     for name, value in contacts.items():
         if value is not None and (not isinstance(value, str) or not value):
             raise BadEvent(f"{kind}: {name} must be a non-empty string when given")
     return ClaimIssued(
-        **{name: payload[name] for name in (*_TEXT_FIELDS[kind], *_TIME_FIELDS[kind])}, **contacts
+        **{name: payload[name] for name in (*_ID_FIELDS[kind], "idempotency_key", *_TIME_FIELDS[kind])},
+        **contacts,
     )
+
+
+def event_type(payload: dict[str, Any]) -> str | None:
+    """The ``type`` of an event's payload, the routing key it travels under; None when it is not
+    a string. Claim events written before types existed have none: they are ``claim.issued``."""
+    kind = payload.get("type", CLAIM_ISSUED)
+    return kind if isinstance(kind, str) else None

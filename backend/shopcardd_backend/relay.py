@@ -6,6 +6,11 @@ acknowledge leaves its lease behind; once the lease runs out another relay (or t
 restarted) takes the events over and publishes them again. So an event may reach RabbitMQ
 twice, never zero times, and the workers' handlers are idempotent. Several relays share the
 outbox: each event is leased to one of them at a time.
+
+An event of a type no queue is bound to (``BINDINGS``) could never be published: the broker
+hands it back, and retrying cannot mend that. The relay parks it instead, as the in-process
+pipeline does: an error log line ``event parked`` holding the whole event and the reason, and
+the event leaves the outbox. The rest of its batch is published as usual.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
+from .events import event_type
 from .gates.base import ClaimGate, OutboxEvent
 from .loops import run_until_stopped
-from .queue.base import Publisher
+from .queue.base import BINDINGS, Publisher
 
 log = logging.getLogger("shopcardd_backend.relay")
+ROUTED_TYPES: Final = frozenset(kind for kinds in BINDINGS.values() for kind in kinds)
+"""The event types some queue takes: the only ones the relay publishes."""
 
 
 def consumer_name() -> str:
@@ -33,6 +42,7 @@ def consumer_name() -> str:
 @dataclass(slots=True)
 class RelayStats:
     published: int = 0
+    parked: int = 0
     batches: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -61,15 +71,22 @@ class Relay:
         """A leased batch whose publish or acknowledgement failed: tried again first."""
 
     def relay_once(self) -> int:
-        """Lease, publish and acknowledge one batch; the number of events relayed."""
+        """Lease, publish and acknowledge one batch; the number of events that left the outbox
+        (published, or parked because no queue takes their type)."""
         events = self._in_hand or self.gate.lease_outbox(self.consumer, self.batch_size, self.lease_seconds)
         if not events:
             return 0
         self._in_hand = events
-        self.publisher.publish(events)
+        routed = [event for event in events if event_type(event.payload) in ROUTED_TYPES]
+        self.publisher.publish(routed)
+        for event in events:
+            if event_type(event.payload) not in ROUTED_TYPES:
+                reason = f"no queue takes events of type {str(event.payload.get('type'))[:40]!r}"
+                log.error("event parked", extra={"job": "relay", "reason": reason, "event": event.payload})
         self.gate.ack_outbox([event.event_id for event in events])
         self._in_hand = []
-        self.stats.published += len(events)
+        self.stats.published += len(routed)
+        self.stats.parked += len(events) - len(routed)
         self.stats.batches += 1
         return len(events)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from ..events import BadEvent, Event, parse_event
 from ..gates.base import ClaimGate, OutboxEvent
-from ..workers.base import EventHandler, Verdict
+from ..workers.base import EventHandler, Verdict, handle_batch
 from .base import DELIVERY_LIMIT
 
 log = logging.getLogger("shopcardd_backend.queue")
@@ -54,15 +54,16 @@ class InProcessPipeline:
             except BadEvent as exc:
                 self._park(item, "all", str(exc))
                 finished.append(item.event_id)
-        retry: set[str] = set()
+        retry: dict[str, str] = {}
+        """Events a handler asked to retry, with its reason (said when the event is parked)."""
         for handler in self.handlers:
             mine = [(outbox_id, e) for outbox_id, e in events.items() if e.type in handler.event_types]
             for start in range(0, len(mine), handler.batch_size):
                 chunk = mine[start : start + handler.batch_size]
-                results = handler.handle([e for _, e in chunk])
+                results = handle_batch(handler, [e for _, e in chunk])
                 for (outbox_id, _), result in zip(chunk, results, strict=True):
                     if result.verdict is Verdict.RETRY:
-                        retry.add(outbox_id)
+                        retry[outbox_id] = result.reason
                     elif result.verdict is Verdict.PARK:
                         self._park(_leased(leased, outbox_id), handler.name, result.reason)
         for outbox_id in events:
@@ -72,7 +73,8 @@ class InProcessPipeline:
                 continue
             self._tries[outbox_id] = tries = self._tries.get(outbox_id, 0) + 1
             if tries >= self.delivery_limit:
-                self._park(_leased(leased, outbox_id), "retries", f"still failing after {tries} tries")
+                reason = f"still failing after {tries} tries: {retry[outbox_id]}"
+                self._park(_leased(leased, outbox_id), "retries", reason)
                 finished.append(outbox_id)
                 self._tries.pop(outbox_id, None)
         self.gate.ack_outbox(finished)

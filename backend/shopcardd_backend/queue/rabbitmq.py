@@ -28,7 +28,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from ..events import BadEvent, Event, parse_event
 from ..gates.base import OutboxEvent
 from ..storage import Closing, TransientError
-from ..workers.base import EventHandler, Result, Verdict
+from ..workers.base import EventHandler, Result, Verdict, handle_batch
 from .base import (
     BINDINGS,
     DELIVERY_LIMIT,
@@ -400,7 +400,7 @@ def _handle_until_done(handler: EventHandler, events: list[Event], stop: threadi
     attempt = 0
     while True:
         try:
-            results = handler.handle(events)
+            return handle_batch(handler, events)
         except TransientError as exc:
             if attempt == 0:
                 log.warning(
@@ -412,9 +412,6 @@ def _handle_until_done(handler: EventHandler, events: list[Event], stop: threadi
                 # Stopping: give the batch back (unacknowledged messages return to the queue).
                 return [Result(Verdict.RETRY, f"stopped while the dependency was down: {exc}")] * len(events)
             continue
-        if len(results) != len(events):
-            raise RuntimeError(f"{handler.name} answered {len(results)} results for {len(events)} events")
-        return results
 
 
 def _settle(

@@ -3,6 +3,7 @@ is lost when a relay dies, several relays share the outbox. Each test has its ow
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 
@@ -113,3 +114,23 @@ def test_a_broker_that_cannot_be_reached_is_a_transient_error_and_keeps_the_batc
         assert relay.relay_once() == 5, "the batch in hand is published first"
         relay.publisher.close()
     assert [m["voucher_id"] for m in drain(amqp_vhost, "shopcardd.persist")] == issued
+
+
+def test_an_event_of_a_type_no_queue_takes_is_parked_and_the_rest_relayed(
+    gate: ClaimGate, amqp_vhost: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker is fine: retrying cannot route such an event, so it is parked (its whole
+    payload in the log line), never retried forever as if a dependency did not answer."""
+    open_deal(gate)
+    issued = claim_many(gate, 2)
+    gate.add_event("d1", {"type": "claim.voided", "event_id": "e-voided", "deal_id": "d1"})
+    issued += claim_many(gate, 1, start=2)
+    with caplog.at_level(logging.INFO, "shopcardd_backend"), RabbitPublisher(amqp_vhost) as publisher:
+        relay = Relay(gate, publisher)
+        assert relay.relay_once() == 4, "every event left the outbox"
+    assert gate.read_outbox() == []
+    assert (relay.stats.published, relay.stats.parked) == (3, 1)
+    assert [m["voucher_id"] for m in drain(amqp_vhost, "shopcardd.persist")] == issued
+    [parked] = [r for r in caplog.records if r.getMessage() == "event parked"]
+    assert "claim.voided" in parked.reason and parked.event["event_id"] == "e-voided"  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if "does not answer" in r.getMessage()]
