@@ -31,8 +31,10 @@ milliseconds on a LAN; ``shopcardd-bench lan``) may both accept it; sync reports
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import math
 import queue
 import secrets
 import socket
@@ -71,6 +73,12 @@ SEND_GAP_SECONDS: Final = 0.02
 """Sends of new redemptions are at least this far apart: a redemption after a quiet spell goes at
 once; a burst (the bench's back-to-back frames) goes in batches, so the scan loop does not pay a
 thread switch per redemption."""
+CHALLENGES_KEPT: Final = 4
+"""A hello echoing any of this node's last few challenges (one new per hello) proves where its
+sender is now: a peer's echo lags by up to a hello of its own."""
+FORGET_SECONDS: Final = 60.0
+"""A learned address silent this long (and three hellos) is let go: the peer may have moved (a new
+DHCP lease); until it is learned again, datagrams naming it cost a signature check each."""
 PEERS_REFRESH_SECONDS: Final = 5.0
 """How often the node reads the ledger's peers again (a sync in another process replaces them)."""
 ASK_AGAIN_SECONDS: Final = 1.0
@@ -124,7 +132,7 @@ class Lan(Closing):
 
     _ledger: Ledger
     """The worker thread's own connection (set when it starts; only that thread uses it)."""
-    _epoch: str
+    _sender: gossip.Sender
     _last_sent: int
     """The last number of this device's redemptions sent to the peers."""
 
@@ -146,12 +154,19 @@ class Lan(Closing):
         self._sock: socket.socket | None = None
         self._throttle = _Throttle(monotonic)
         self._checks = _Budget(MAX_CHECKS_PER_SECOND, monotonic)
-        self._boot, self._count = secrets.token_hex(8), 0
         self._peers: dict[str, ed25519.Ed25519PublicKey] = {}
-        self._heard: dict[str, tuple[str, int]] = {}
-        """device -> (boot, count) of its last hello or ask: older ones are replays."""
+        self._heard: dict[str, tuple[int, int]] = {}
+        """device -> (start, count) of its last message, as the ledger keeps it: older ones are replays."""
         self._learned: dict[str, Address] = {}
-        """device -> the address its last genuine hello came from."""
+        """device -> its address, from a hello that echoed a challenge of this node; datagrams naming
+        the device from anywhere else are dropped unchecked, and answers go only here."""
+        self._learned_heard: dict[str, float] = {}
+        """device -> when (monotonic) a message last came from its learned address."""
+        self._challenges: collections.deque[str] = collections.deque(maxlen=CHALLENGES_KEPT)
+        self._their_challenges: dict[str, str] = {}
+        """device -> the last challenge heard from it, echoed in each hello."""
+        self._greeted: dict[str, float] = {}
+        """device -> when (monotonic) it was last sent a hello of its own (at most one per hello)."""
         self._asked: dict[str, tuple[int, float]] = {}
         self._their_last: dict[str, int] = {}
         """device -> the last number its hello said its ledger gave (catch-up goes on until there)."""
@@ -171,8 +186,12 @@ class Lan(Closing):
         threads. A port in use is an ``OSError``; a ledger that cannot be opened a ``LedgerError``."""
         lan = self.config.lan
         with Ledger(self.config.ledger_path, check=False) as ledger:  # before any scan after start
-            self._epoch = ledger.lan_epoch()
+            epoch = ledger.lan_epoch()
+            now = max(self._clock(), ledger.time_floor or 0.0, ledger.last_sync or 0.0)
+            start = ledger.lan_start(now)  # fsynced: no message of this start repeats an earlier one's
             self._last_sent = ledger.last_seq  # earlier ones: peers ask for them (catch-up)
+        self._sender = gossip.Sender(self.key, merchant=self.config.merchant_id, epoch=epoch, start=start)
+        self._challenges.append(secrets.token_hex(8))
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.bind(("0.0.0.0", lan.port))  # no SO_REUSEADDR: a second node on one port is refused
@@ -252,6 +271,7 @@ class Lan(Closing):
         with Ledger(self.config.ledger_path, check=False) as ledger:
             ledger.lan_connection()
             self._ledger = ledger
+            self._heard = ledger.lan_heard()
             self._guarded(self._load_peers)  # before the first datagram is judged
             next_tick = next_hello = next_stats = next_prune = last_send = 0.0
             next_peers = self._monotonic() + PEERS_REFRESH_SECONDS
@@ -306,7 +326,24 @@ class Lan(Closing):
                 self._throttle.log("lan_peer_key_refused", "bad_key", device=device_id, error=str(exc))
         self._peers = keys
         for device_id in set(self._learned) - set(keys):  # revoked at a sync: no longer told anything
-            del self._learned[device_id]
+            self._forget(device_id)
+
+    def _learn(self, device_id: str, address: Address) -> None:
+        self._learned[device_id] = address
+        self._learned_heard[device_id] = self._monotonic()
+        event(log, "lan_peer_learned", device=device_id, address=f"{address[0]}:{address[1]}")
+
+    def _forget(self, device_id: str) -> None:
+        self._learned.pop(device_id, None)
+        self._learned_heard.pop(device_id, None)
+
+    def _forget_silent(self) -> None:
+        """Let go of learned addresses nothing came from for a while (the peer may have moved)."""
+        silence = max(FORGET_SECONDS, 3 * self.config.lan.hello_seconds)
+        now = self._monotonic()
+        for device_id, heard in list(self._learned_heard.items()):
+            if now - heard > silence:
+                self._forget(device_id)
 
     def _send(self, datagram: bytes, address: Address) -> bool:
         assert self._sock is not None
@@ -338,35 +375,38 @@ class Lan(Closing):
         self._last_sent = through
 
     def _records(self, rows: list[LanRecord], after: int, through: int) -> bytes:
-        return gossip.records(
-            self.key,
-            merchant=self.config.merchant_id,
-            epoch=self._epoch,
-            rows=rows,
-            after=after,
-            through=through,
-        )
-
-    def _next_count(self) -> int:
-        self._count += 1
-        return self._count
+        return gossip.records(self._sender, rows=rows, after=after, through=through)
 
     def _hello(self) -> bytes:
+        wants = set(self._their_challenges) - set(self._learned)
         return gossip.hello(
-            self.key,
-            merchant=self.config.merchant_id,
-            epoch=self._epoch,
+            self._sender,
             last_seq=self._ledger.last_seq,
-            boot=self._boot,
-            count=self._next_count(),
+            challenge=self._challenges[-1],
+            echoes=self._their_challenges,
+            wants=wants,
         )
 
     def _hello_all(self) -> None:
+        """A hello with a new challenge to the group, the pinned addresses and the learned ones (so
+        a peer not reached by multicast keeps hearing this node, and keeps its address learned)."""
+        self._forget_silent()
+        self._challenges.append(secrets.token_hex(8))
         datagram = self._hello()
         if self.config.lan.discovery:
             self._send(datagram, (self.config.lan.group, self.config.lan.port))
-        for address in self.config.lan.peers:
+        for address in dict.fromkeys([*self.config.lan.peers, *self._learned.values()]):
             self._send(datagram, address)
+
+    def _greet(self, device_id: str, address: Address) -> None:
+        """A hello to one peer, at most one per ``hello_seconds``: so it can echo this node's
+        challenge (and learn its address) without waiting for the next round. The only datagram
+        ever sent to an address not learned: one hello, whatever arrives from there."""
+        now = self._monotonic()
+        if now - self._greeted.get(device_id, -math.inf) < self.config.lan.hello_seconds:
+            return
+        self._greeted[device_id] = now
+        self._send(self._hello(), address)
 
     def _flush_stats(self) -> None:
         if self._sent:
@@ -382,10 +422,14 @@ class Lan(Closing):
     def _handle(self, data: bytes, address: Address) -> None:
         try:
             message = gossip.read(
-                data, merchant=self.config.merchant_id, peers=self._peers, may_verify=self._checks.take
+                data,
+                merchant=self.config.merchant_id,
+                peers=self._peers,
+                may_come_from=lambda device_id: self._learned.get(device_id, address) == address,
+                may_verify=self._checks.take,
             )
-            if message.kind in (gossip.HELLO, gossip.ASK):
-                self._check_fresh(message)
+            if not self._is_new(message):
+                return  # the same datagram twice (multicast and unicast): nothing to say
         except gossip.Dropped as exc:
             if exc.device_id == self.config.device_id:
                 return  # our own hello, looped back
@@ -393,46 +437,61 @@ class Lan(Closing):
                 "lan_dropped", exc.reason, address=address[0], device=exc.device_id, error=exc.detail[:200]
             )
             return
-        heard_at = self._clock()
-        where = f"{address[0]}:{address[1]}"
+        device_id = message.device_id
+        if self._learned.get(device_id) == address:
+            self._learned_heard[device_id] = self._monotonic()
+        inserted, watermark = self._ledger.note_peer(
+            device_id,
+            epoch=message.epoch,
+            address=f"{address[0]}:{address[1]}",
+            heard_at=self._clock(),
+            counter=message.counter,
+            records=message.records,
+            span=(message.after, message.through) if message.kind == gossip.RECORDS else None,
+        )
         if message.kind == gossip.HELLO:
-            known = message.device_id in self._learned
-            self._learned[message.device_id] = address
-            _, watermark = self._ledger.note_peer(
-                message.device_id, epoch=message.epoch, address=where, heard_at=heard_at
-            )
-            if not known:  # a peer just (re)appeared: tell it at once how far this ledger goes
-                self._send(self._hello(), address)
-            self._their_last[message.device_id] = message.last_seq
-            if message.last_seq > watermark:
-                self._ask(message.device_id, watermark, address)
+            self._hear_hello(message, address, watermark)
         elif message.kind == gossip.ASK:
-            if message.to == self.config.device_id:
-                self._answer(message.device_id, message.after, address)
+            learned = self._learned.get(device_id)
+            if message.to == self.config.device_id and learned is not None:
+                self._answer(device_id, message.after, learned)
         else:
-            inserted, watermark = self._ledger.note_peer(
-                message.device_id,
-                epoch=message.epoch,
-                address=where,
-                heard_at=heard_at,
-                records=message.records,
-                span=(message.after, message.through),
-            )
             if inserted:
-                event(log, "lan_records", device=message.device_id, records=inserted, watermark=watermark)
+                event(log, "lan_records", device=device_id, records=inserted, watermark=watermark)
                 if self.on_record is not None:
-                    self.on_record(message.device_id, inserted)
-            behind = max(message.through, self._their_last.get(message.device_id, 0)) > watermark
-            learned = self._learned.get(message.device_id)
+                    self.on_record(device_id, inserted)
+            behind = max(message.through, self._their_last.get(device_id, 0)) > watermark
+            learned = self._learned.get(device_id)
             if behind and learned is not None:  # a page was lost, or there are more: ask on
-                self._ask(message.device_id, watermark, learned)
+                self._ask(device_id, watermark, learned)
 
-    def _check_fresh(self, message: gossip.Message) -> None:
-        """A hello or ask must be newer than the last of the same process of that device."""
+    def _hear_hello(self, message: gossip.Message, address: Address, watermark: int) -> None:
+        """Learn the sender's address if its hello echoes a recent challenge of this node (a replayed
+        hello cannot); greet it if it waits for this node's echo, or is not learned yet; catch up."""
+        device_id, me = message.device_id, self.config.device_id
+        self._their_challenges[device_id] = message.challenge
+        self._their_last[device_id] = message.last_seq
+        learned = self._learned.get(device_id)
+        echoed = message.echoes.get(me) in self._challenges  # else it just started, or missed ours
+        if learned is None and echoed:
+            self._learn(device_id, address)
+            learned = address
+        if learned is None or me in message.wants or not echoed:
+            self._greet(device_id, learned or address)
+        if learned is not None and message.last_seq > watermark:
+            self._ask(device_id, watermark, learned)
+
+    def _is_new(self, message: gossip.Message) -> bool:
+        """Whether ``message`` is newer than the last heard from its device (this process or an earlier
+        one, of either counter: the ledger keeps the last); the same one again is ``False``, an older
+        one ``Dropped`` as a replay."""
         last = self._heard.get(message.device_id)
-        if last is not None and last[0] == message.boot and message.count <= last[1]:
-            raise gossip.Dropped("replayed", "not newer than the last one heard", message.device_id)
-        self._heard[message.device_id] = (message.boot, message.count)
+        if last is not None and message.counter <= last:
+            if message.counter == last:
+                return False
+            raise gossip.Dropped("replayed", "not newer than the last message heard", message.device_id)
+        self._heard[message.device_id] = message.counter
+        return True
 
     def _ask(self, device_id: str, after: int, address: Address) -> None:
         """Ask ``device_id`` for its records after ``after``; the same question again only after
@@ -442,19 +501,10 @@ class Lan(Closing):
         if asked is not None and asked[0] == after and now - asked[1] < ASK_AGAIN_SECONDS:
             return
         self._asked[device_id] = (after, now)
-        datagram = gossip.ask(
-            self.key,
-            merchant=self.config.merchant_id,
-            epoch=self._epoch,
-            to=device_id,
-            after=after,
-            boot=self._boot,
-            count=self._next_count(),
-        )
-        self._send(datagram, address)
+        self._send(gossip.ask(self._sender, to=device_id, after=after), address)
 
     def _answer(self, device_id: str, after: int, address: Address) -> None:
-        """What this device has numbered after ``after``, in pages, to the asker."""
+        """What this device has numbered after ``after``, in pages, to the asker's learned address."""
         rows, through = self._ledger.own_records(after, max_rows=MAX_ROWS_PER_ANSWER)
         for page, start, until in gossip.pages(rows, after, through):
             if self._send(self._records(page, start, until), address):

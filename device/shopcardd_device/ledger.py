@@ -41,7 +41,7 @@ from .closing import Closing
 from .errors import LedgerDamaged, LedgerError, LedgerFull
 from .inputs import fingerprint, safe_code
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 REJECTION_RETENTION_SECONDS: Final = 30 * 86_400
 DEFAULT_MAX_REJECTIONS: Final = 10_000
 """Rejection rows kept (about 2 MB); older ones go first, their counts by reason stay."""
@@ -146,7 +146,12 @@ CREATE TABLE lan_peers (
     sent       INTEGER NOT NULL DEFAULT 0                      -- records of this device sent to it
 ) WITHOUT ROWID;
 """
-MIGRATIONS: Final = (SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
+SCHEMA_V5: Final = """
+ALTER TABLE lan_peers ADD COLUMN heard_start INTEGER NOT NULL DEFAULT 0;  -- its last message's start number
+ALTER TABLE lan_peers ADD COLUMN heard_count INTEGER NOT NULL DEFAULT 0;  -- and its count in that start
+"""
+"""The last message heard from each peer (``Lan``: an older one is a replay, whenever it was made)."""
+MIGRATIONS: Final = (SCHEMA, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)
 """The schema step by step: ``MIGRATIONS[n]`` takes a ledger from version n to n + 1."""
 _NEXT_SEQ: Final = """
 INSERT INTO state (name, value) VALUES ('redemption_seq', '1') ON CONFLICT (name)
@@ -858,6 +863,22 @@ class Ledger(Closing):
             )
         return str(self._state("lan_epoch"))
 
+    def lan_start(self, now: float) -> int:
+        """This start's number on the LAN, above every earlier one of this ledger (so above what a
+        recorded message of an earlier process carries) and not below ``now``, the seconds of the
+        trusted time: a ledger made anew under the same device id starts above the old one's
+        numbers, which its peers still hold. Committed (fsynced) before the first message is sent."""
+        with self._write() as db:
+            row = db.execute("SELECT value FROM state WHERE name = 'lan_start'").fetchone()
+            start = max(0 if row is None else int(row[0]), int(now) - 1) + 1
+            self._set(db, "lan_start", str(start))
+        return start
+
+    def lan_heard(self) -> dict[str, tuple[int, int]]:
+        """Each peer's last message heard: (its start number, its count in that start)."""
+        rows = self._db.execute("SELECT device_id, heard_start, heard_count FROM lan_peers")
+        return {str(device): (int(start), int(count)) for device, start, count in rows}
+
     def own_records(self, after: int, *, max_rows: int) -> tuple[list[LanRecord], int]:
         """This device's redemptions numbered after ``after`` (at most ``max_rows``, in order) and the
         number they run through: the last row's when cut short, else the last number given, so a
@@ -882,13 +903,15 @@ class Ledger(Closing):
         epoch: str,
         address: str,
         heard_at: float,
+        counter: tuple[int, int],
         records: Sequence[LanRecord] = (),
         span: tuple[int, int] | None = None,
     ) -> tuple[int, int]:
-        """A verified message of peer ``device_id``: when and where it was heard, and its ``records``
-        (kept once: a replay changes nothing). ``span`` (after, through) says the records are all the
-        peer has numbered in that range: when this ledger already holds the peer's records up to
-        ``after``, its watermark moves on to ``through``. Returns (records new here, watermark)."""
+        """A verified message of peer ``device_id``: when and where it was heard, its ``counter``
+        (start number, count: the last heard, kept across restarts of either counter), and its
+        ``records`` (kept once: a replay changes nothing). ``span`` (after, through) says the records
+        are all the peer has numbered in that range: when this ledger already holds the peer's records
+        up to ``after``, its watermark moves on to ``through``. Returns (records new here, watermark)."""
         with self._write() as db:
             row = db.execute(
                 "SELECT epoch, watermark FROM lan_peers WHERE device_id = ?", (device_id,)
@@ -912,11 +935,13 @@ class Ledger(Closing):
             if span is not None and span[0] <= watermark:
                 watermark = max(watermark, span[1])
             db.execute(
-                "INSERT INTO lan_peers (device_id, epoch, watermark, address, last_heard, received)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET epoch = excluded.epoch,"
-                " watermark = excluded.watermark, address = excluded.address,"
-                " last_heard = excluded.last_heard, received = received + excluded.received",
-                (device_id, epoch, watermark, address, heard_at, inserted),
+                "INSERT INTO lan_peers (device_id, epoch, watermark, address, last_heard, received,"
+                " heard_start, heard_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id)"
+                " DO UPDATE SET epoch = excluded.epoch, watermark = excluded.watermark,"
+                " address = excluded.address, last_heard = excluded.last_heard,"
+                " received = received + excluded.received, heard_start = excluded.heard_start,"
+                " heard_count = excluded.heard_count",
+                (device_id, epoch, watermark, address, heard_at, inserted, *counter),
             )
         return inserted, watermark
 

@@ -7,6 +7,7 @@ three-host version (network namespaces, a link cut and healed) is ``test_lan_net
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -154,20 +155,55 @@ def test_status_shows_peers_seen_last_heard_records_received_and_sent(
 # -- nothing trusted that is not signed ---------------------------------------------------------
 
 
-class Attacker:
-    """A host on the shop's LAN sending datagrams of its choosing to till-b."""
+def next_start(shop: Shop, device: str) -> int:
+    """The start number ``device``'s next process would take (its ledger's, as ``Lan.start`` does)."""
+    with Ledger(shop.configs[device].ledger_path) as ledger:
+        return ledger.lan_start(time.time())
 
-    def __init__(self, shop: Shop, target: Lan) -> None:
+
+def heard(shop: Shop, device: str) -> dict[str, tuple[int, int]]:
+    """(start, count) of the last message ``device``'s ledger holds of each peer."""
+    with Ledger(shop.configs[device].ledger_path) as ledger:
+        return ledger.lan_heard()
+
+
+class Attacker:
+    """A host on the shop's LAN sending datagrams of its choosing to till-b, from a port of its
+    own, or from ``port`` (a counter's address while that counter is off, as a spoofer would)."""
+
+    def __init__(self, shop: Shop, target: Lan, *, port: int = 0) -> None:
         self.shop, self.address = shop, ("127.0.0.1", target.address[1])
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", port))
         self.barriers = 0
+        self._senders: dict[tuple[int, str], gossip.Sender] = {}
 
     def send(self, datagram: bytes) -> None:
         self.sock.sendto(datagram, self.address)
 
+    def sender(self, key: SigningKey, merchant: str = MERCHANT) -> gossip.Sender:
+        """Messages as by a new process of ``key``'s device (a forger's key: whatever it likes)."""
+        genuine = key is self.shop.keys.get(key.kid)
+        found = self._senders.get((id(key), merchant))
+        if found is None:
+            start = next_start(self.shop, key.kid) if genuine else 1
+            found = gossip.Sender(key, merchant=merchant, epoch="e1", start=start)
+            self._senders[(id(key), merchant)] = found
+        return found
+
     def records(self, key: SigningKey, voucher_id: str, *, merchant: str = MERCHANT, seq: int = 1) -> bytes:
         row = LanRecord(voucher_id, "d-espresso", time.time(), int(time.time()) + 3600, seq)
-        return gossip.records(key, merchant=merchant, epoch="e1", rows=[row], after=seq - 1, through=seq)
+        return gossip.records(self.sender(key, merchant), rows=[row], after=seq - 1, through=seq)
+
+    def received(self) -> list[bytes]:
+        """What arrived here so far (nothing waited for)."""
+        self.sock.setblocking(False)
+        arrived = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                arrived.append(self.sock.recv(gossip.MAX_DATAGRAM))
+        self.sock.setblocking(True)
+        return arrived
 
     def barrier(self) -> None:
         """A genuine record of a fresh voucher from till-a, sent last: once till-b holds it, it has
@@ -264,13 +300,113 @@ def test_a_replayed_record_changes_nothing(shop: Shop, attacker: Attacker, mint:
     assert [p.received for p in after] == [p.received + 1 for p in before]  # the barrier only
 
 
-def test_a_replayed_hello_is_refused(
-    shop: Shop, attacker: Attacker, lan_log: list[logging.LogRecord]
+def records_in(datagrams: list[bytes], shop: Shop) -> int:
+    """How many of ``datagrams`` are till-b's records (its answers), as till-a would read them."""
+    peers = {"till-b": parse_public_jwk(public_jwk(shop.keys["till-b"]))}
+    kinds = []
+    for datagram in datagrams:
+        with contextlib.suppress(gossip.Dropped):
+            kinds.append(gossip.read(datagram, merchant=MERCHANT, peers=peers).kind)
+    return kinds.count(gossip.RECORDS)
+
+
+def learned_by_till_b(shop: Shop, till_b: Lan, mint: Mint) -> None:
+    """Run till-a until till-b has learned its address: till-b's redemption made while till-a was off
+    reaches till-a only by the catch-up, which till-b answers only to a learned address."""
+    token = mint()
+    redeem(shop, "till-b", token, till_b)
+    with shop.node("till-a"):
+        wait_for(
+            "till-a caught up with till-b", lambda: shop.verdict("till-a", token) is Reason.ALREADY_REDEEMED
+        )
+
+
+def recorded(shop: Shop, *, count: int = 1) -> gossip.Sender:
+    """Messages as till-a's last process made them (its start as till-b holds it; counts after the
+    last till-b heard, so the one thing that makes them old is that till-a has restarted since)."""
+    start, last = heard(shop, "till-b")["till-a"]
+    with Ledger(shop.configs["till-a"].ledger_path) as ledger:
+        epoch = ledger.lan_epoch()
+    sender = gossip.Sender(shop.keys["till-a"], merchant=MERCHANT, epoch=epoch, start=start)
+    sender.count = last + count
+    return sender
+
+
+def test_a_replayed_ask_from_an_earlier_process_gets_no_answer(
+    shop: Shop, till_b: Lan, mint: Mint, lan_log: list[logging.LogRecord]
 ) -> None:
-    hello = gossip.hello(shop.keys["till-a"], merchant=MERCHANT, epoch="e1", last_seq=0, boot="b1", count=1)
-    attacker.send(hello)
-    attacker.send(hello)
-    attacker.barrier()
+    learned_by_till_b(shop, till_b, mint)  # till-a's first process
+    ask = gossip.ask(recorded(shop), to="till-b", after=0)  # all till-b's records: a page
+    first_start = heard(shop, "till-b")["till-a"][0]
+    learned_by_till_b(shop, till_b, mint)  # till-a restarted; now it is off again
+    assert heard(shop, "till-b")["till-a"][0] > first_start
+    elsewhere = Attacker(shop, till_b)
+    at_till_a = Attacker(shop, till_b, port=shop.ports["till-a"])  # spoofing till-a's own address
+    for _ in range(40):
+        elsewhere.send(ask)
+        at_till_a.send(ask)
+    at_till_a.barrier()  # till-b has dealt with every ask (and would have answered by now)
+    assert elsewhere.received() == []
+    assert records_in(at_till_a.received(), shop) == 0
+    assert dropped(lan_log, "wrong_address") == dropped(lan_log, "replayed") == 1
+    for attacker in (elsewhere, at_till_a):
+        attacker.sock.close()
+
+
+def test_a_replayed_old_hello_does_not_move_the_learned_address(shop: Shop, till_b: Lan, mint: Mint) -> None:
+    learned_by_till_b(shop, till_b, mint)  # till-a's first process
+    hello = gossip.hello(recorded(shop), last_seq=0, challenge="c", echoes={}, wants=["till-b"])
+    token = mint()
+    with shop.node("till-a"):
+        wait_for("till-b heard till-a's new process", lambda: heard(shop, "till-b")["till-a"] > (0, 0))
+        elsewhere = Attacker(shop, till_b)
+        for _ in range(10):
+            elsewhere.send(hello)
+        redeem(shop, "till-b", token, till_b)
+        wait_for(
+            "till-a recorded the redemption", lambda: shop.verdict("till-a", token) is Reason.ALREADY_REDEEMED
+        )
+    assert elsewhere.received() == []  # the record went to till-a only; not even a hello here
+    elsewhere.sock.close()
+
+
+def test_a_flood_naming_a_peer_from_another_address_does_not_delay_its_records(
+    shop: Shop, till_b: Lan, mint: Mint
+) -> None:
+    learned_by_till_b(shop, till_b, mint)
+    till_a = Attacker(shop, till_b, port=shop.ports["till-a"])  # till-a's next process, by hand: no catch-up
+    flood = Attacker(shop, till_b)
+    forger = SigningKey.generate("till-a")  # till-a's id, any key: each would cost a signature check
+    with Ledger(shop.configs["till-b"].ledger_path) as ledger:
+        for number in range(1, 11):
+            for _ in range(110):  # more than the checks the budget allows at once
+                flood.send(flood.records(forger, "v-lie"))
+            voucher_id = f"v-genuine-{number}"
+            till_a.send(till_a.records(shop.keys["till-a"], voucher_id, seq=number))  # once, never again
+            wait_for(
+                f"till-b holds {voucher_id}", lambda v=voucher_id: ledger.redeemed_by_peer(v) is not None
+            )
+    for attacker in (till_a, flood):
+        attacker.sock.close()
+
+
+def test_the_lan_counter_rises_across_restarts_and_a_restarted_counter_still_refuses_a_replay(
+    shop: Shop, mint: Mint, lan_log: list[logging.LogRecord]
+) -> None:
+    with Ledger(shop.configs["till-a"].ledger_path) as ledger:
+        first = ledger.lan_start(time.time())
+        assert ledger.lan_start(time.time() - 86_400) == first + 1  # a clock set back: still above
+    with shop.node("till-b") as till_b:
+        learned_by_till_b(shop, till_b, mint)
+        start, _ = heard(shop, "till-b")["till-a"]
+        assert start > first + 1
+        hello = gossip.hello(recorded(shop), last_seq=0, challenge="c", echoes={})
+        learned_by_till_b(shop, till_b, mint)  # till-a restarted
+    with shop.node("till-b") as till_b:  # till-b restarted too: it has learned no address yet
+        attacker = Attacker(shop, till_b)
+        attacker.send(hello)
+        attacker.barrier()
+        attacker.sock.close()
     assert dropped(lan_log, "replayed") == 1
 
 
@@ -318,7 +454,8 @@ def test_an_altered_record_another_algorithm_or_junk_is_refused_saying_why() -> 
     key = SigningKey.generate("till-a")
     peers = {"till-a": parse_public_jwk(public_jwk(key))}
     row = LanRecord("v-1", "d-1", 1_767_000_000.5, 1_767_003_600, 1)
-    genuine = gossip.records(key, merchant=MERCHANT, epoch="e1", rows=[row], after=0, through=1)
+    sender = gossip.Sender(key, merchant=MERCHANT, epoch="e1", start=1)
+    genuine = gossip.records(sender, rows=[row], after=0, through=1)
     assert gossip.read(genuine, merchant=MERCHANT, peers=peers).records == (row,)
     header, body, signature = genuine.split(b".")
     altered = base64url_encode(base64url_decode(body).replace(b"v-1", b"v-2"))
