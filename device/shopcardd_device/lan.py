@@ -6,20 +6,29 @@ So ``shopcardd-device run`` keeps a small UDP node beside its scan loop (``Lan``
 - Discovery without configuration: a signed hello to a multicast group (``[lan] group``, port
   ``[lan] port``, TTL 1: the shop's own network) every ``hello_seconds``; pinned ``[lan] peers``
   addresses get it by unicast, for networks where multicast does not reach.
+- Learning a peer's address: a peer's hello echoes this node's recent challenge (``gossip``); the
+  address it came from is then the peer's, until nothing comes from there for ``FORGET_SECONDS``.
+  A replayed hello echoes a stale challenge, so it cannot move an address. Once learned, a
+  datagram naming that peer from any other address is dropped before its signature is checked.
 - Gossip: right after a redemption is committed and signalled, the scan loop calls ``announce``
   (it only wakes the node), and the node sends the new redemptions, signed with the device key
-  (``gossip``), to every peer it has heard, by unicast.
+  (``gossip``), to every learned and pinned address, by unicast.
 - Catch-up: each peer's hello says how far its ledger has numbered its redemptions; a counter
   whose watermark for that peer is behind asks for the rest, and the pages that come back move
-  the watermark on. A counter that was off or cut off learns what it missed within a hello or
-  two of coming back, from each peer directly, and a lost datagram is asked for again.
+  the watermark on. An ask is answered only to the asker's learned address, never to where the
+  datagram came from, so a recorded ask cannot aim pages at a victim. A counter that was off or
+  cut off learns what it missed within a hello or two of coming back, from each peer directly,
+  and a lost datagram is asked for again.
 
 Nothing is trusted that is not signed by a counter the last sync named as the merchant's
-(``Ledger.peers``); anything else is dropped and logged, one line per reason per
-``LOG_EVERY_SECONDS`` at most, counting the lines left out. A junk flood cannot slow the scan
-much (``shopcardd-bench lan`` measures it): the receiving thread reads at most
-``MAX_DATAGRAMS_PER_SECOND`` (the kernel drops the rest) into a bounded queue (full: dropped), a
-datagram of an unknown device costs no signature check, at most ``MAX_CHECKS_PER_SECOND``
+(``Ledger.peers``) and newer than the last message heard from that counter (a start number the
+ledger raises at each start, then a count: ``Ledger.lan_start``, ``Ledger.lan_heard``), so a
+message recorded from an earlier process is a replay across restarts of either counter. Anything
+else is dropped and logged, one line per reason per ``LOG_EVERY_SECONDS`` at most, counting the
+lines left out. A junk flood cannot slow the scan much (``shopcardd-bench lan`` measures it): the
+receiving thread reads at most ``MAX_DATAGRAMS_PER_SECOND`` (the kernel drops the rest) into a
+bounded queue (full: dropped), a datagram of an unknown device, or naming a learned peer from
+another address, costs no signature check, at most ``MAX_CHECKS_PER_SECOND``
 signatures are checked, and the work (checking, ledger writes, sending) runs on a thread of its
 own with its own ledger connection, whose commits are not fsynced (``Ledger.lan_connection``).
 New redemptions are sent at once after a quiet spell and in batches during a burst
