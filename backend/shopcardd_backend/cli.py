@@ -423,12 +423,11 @@ def cmd_relay(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .queue.rabbitmq import consume
     from .runtime import Runtime
-    from .workers import build_handler
 
     settings = _queue_settings("workers consume")
     stop = _stop_on_signals()
     with Runtime(settings) as runtime:
-        handler = build_handler(args.name, runtime)
+        handler = runtime.handler(args.name)
         try:
             consume(str(settings.amqp_url), handler, stop, prefetch=args.prefetch)
         finally:

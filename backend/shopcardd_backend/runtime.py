@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .signing import PublishedKeys, VoucherSigner
     from .stores.base import DocumentStore
     from .trust import TrustKey
+    from .workers.base import EventHandler
 
 
 class Runtime(Closing):
@@ -155,6 +156,25 @@ class Runtime(Closing):
         self._stack.callback(publisher.close)
         return publisher
 
+    def handler(self, job: str) -> EventHandler:
+        """A new handler of ``job`` (one of ``workers.JOBS``) on this runtime's store and settings;
+        the caller closes it."""
+        if job == "persist":
+            from .workers.persist import PersistHandler
+
+            return PersistHandler(self.store)
+        if job == "notify":
+            from .workers.notify import NotifyHandler
+
+            return NotifyHandler.from_settings(self.store, self.settings)
+        if job == "analytics":
+            from .workers.analytics import AnalyticsHandler
+
+            return AnalyticsHandler(self.store)
+        from .workers import JOBS
+
+        raise ValueError(f"no worker {job!r}: choose one of {', '.join(JOBS)}")
+
     def queue_backlog(self) -> int:
         """Claim events relayed to RabbitMQ and not yet taken by the persist worker (0 without
         ``SHOPCARDD_AMQP_URL``: then the outbox is the whole backlog). ``QueueUnavailable``
@@ -181,9 +201,9 @@ class Runtime(Closing):
         if not self.settings.amqp_url:
             from .queue.inprocess import InProcessPipeline
             from .relay import consumer_name
-            from .workers import JOBS, build_handler
+            from .workers import JOBS
 
-            pipeline = InProcessPipeline(gate, [build_handler(job, self) for job in JOBS], consumer_name())
+            pipeline = InProcessPipeline(gate, [self.handler(job) for job in JOBS], consumer_name())
             self._stack.callback(pipeline.close)
         background = Background()
         self._stack.callback(background.close)
