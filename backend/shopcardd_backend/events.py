@@ -128,10 +128,6 @@ def event_payload(event: Event) -> dict[str, Any]:
     return {name: value for name, value in asdict(event).items() if value is not None}
 
 
-def event_body(event: Event) -> bytes:
-    return json.dumps(event_payload(event), separators=(",", ":")).encode()
-
-
 def parse_event(body: bytes | str | dict[str, Any]) -> Event:
     """The event in a message body (or an already decoded payload); ``BadEvent`` says why not."""
     if isinstance(body, dict):
