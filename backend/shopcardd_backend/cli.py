@@ -421,7 +421,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .queue.rabbitmq import consume
+    from .queue.rabbitmq_consumer import consume
     from .runtime import Runtime
 
     settings = _queue_settings("workers consume")

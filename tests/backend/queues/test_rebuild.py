@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from shopcardd_backend.queue.rabbitmq import RabbitPublisher, consume, queue_depth
+from shopcardd_backend.queue.rabbitmq import RabbitPublisher, queue_depth
+from shopcardd_backend.queue.rabbitmq_consumer import consume
 from shopcardd_backend.relay import Relay
 from shopcardd_backend.runtime import Runtime
 from shopcardd_backend.settings import Settings

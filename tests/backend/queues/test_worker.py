@@ -12,7 +12,8 @@ import pytest
 
 from shopcardd_backend.events import CLAIM_ISSUED, Event
 from shopcardd_backend.queue.base import DELIVERY_LIMIT
-from shopcardd_backend.queue.rabbitmq import consume, queue_depth
+from shopcardd_backend.queue.rabbitmq import queue_depth
+from shopcardd_backend.queue.rabbitmq_consumer import consume
 from shopcardd_backend.storage import TransientError
 from shopcardd_backend.workers.base import DONE, Result, Verdict
 from waiting import until
