@@ -24,7 +24,7 @@ from shopcardd_voucher import new_voucher_id
 
 from .deals import lost_deal
 from .events import ClaimsRefused, event_payload
-from .gates.base import ClaimAttempt, ClaimDecision, ClaimGate, Outcome, RateCount
+from .gates.base import ClaimAttempt, ClaimDecision, ClaimGate, Outbox, Outcome, RateCount
 from .identity import User
 from .metrics import Metrics
 from .ratelimits import ClaimRateLimits, RateLimited, Standing
@@ -72,7 +72,7 @@ class RefusalTally:
         with self._lock:
             self._counts[deal_id, int(now) // 60 * 60, str(outcome)] += 1
 
-    def flush(self, gate: ClaimGate) -> int:
+    def flush(self, outbox: Outbox) -> int:
         """Write the counts as events; what cannot be written is kept for the next flush."""
         with self._lock:
             counts, self._counts = self._counts, Counter()
@@ -83,7 +83,7 @@ class RefusalTally:
         for (deal_id, minute), tally in by_minute.items():
             event = ClaimsRefused(uuid.uuid4().hex, deal_id, minute, tally)
             try:
-                gate.add_event(deal_id, event_payload(event))
+                outbox.add_event(deal_id, event_payload(event))
                 written += 1
             except ConnectionError:
                 with self._lock:
@@ -96,6 +96,7 @@ class ClaimService:
     def __init__(
         self,
         gate: ClaimGate,
+        outbox: Outbox,
         store: DocumentStore,
         signer: VoucherSigner,
         metrics: Metrics,
@@ -103,6 +104,8 @@ class ClaimService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.gate = gate
+        self.outbox = outbox
+        """Where the refusal tally is written (``refusals.flush``)."""
         self.store = store
         self.signer = signer
         self.metrics = metrics

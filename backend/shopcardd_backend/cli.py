@@ -416,7 +416,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
     settings = _queue_settings("the relay publishes to")
     stop = _stop_on_signals()
     with Runtime(settings) as runtime:
-        Relay(runtime.gate, runtime.publisher, batch_size=args.batch, lease_seconds=args.lease).run(stop)
+        Relay(runtime.outbox, runtime.publisher, batch_size=args.batch, lease_seconds=args.lease).run(stop)
     return 0
 
 

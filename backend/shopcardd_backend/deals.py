@@ -24,7 +24,7 @@ from typing import Any
 from shopcardd_voucher import Voucher
 
 from .events import ClaimIssued, parse_event
-from .gates.base import ClaimGate, DealTerms, GateUnavailable
+from .gates.base import ClaimGate, DealTerms, GateUnavailable, Outbox
 from .stores.base import (
     DealPage,
     DealRecord,
@@ -117,10 +117,12 @@ class DealService:
     def __init__(
         self,
         gate: ClaimGate,
+        outbox: Outbox,
         store: DocumentStore,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.gate = gate
+        self.outbox = outbox
         self.store = store
         self.now = now
 
@@ -179,7 +181,7 @@ class DealService:
             v.voucher_id: (v.idempotency_key, voucher_of(v)) for v in self.store.vouchers_of_deal(deal_id)
         }
         from_outbox = 0
-        for item in self.gate.read_outbox(limit=None, deal_id=deal_id):
+        for item in self.outbox.read_outbox(limit=None, deal_id=deal_id):
             event = parse_event(item.payload)
             if isinstance(event, ClaimIssued) and event.voucher_id not in claimed:
                 claimed[event.voucher_id] = (event.idempotency_key, event.voucher())

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final, Literal
 
-from .gates.base import ClaimGate, RateCount
+from .gates.base import RateCount, RateCounter
 
 Limited = Literal["user", "address"]
 LIMITED_BY_INITIAL: Final[dict[str, Limited]] = {"u": "user", "a": "address"}
@@ -50,13 +50,13 @@ class ClaimRateLimits:
 
     def __init__(
         self,
-        gate: ClaimGate,
+        counter: RateCounter,
         per_user: int,
         per_address: int,
         window: int = 60,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.gate = gate
+        self.counter = counter
         self.limits: dict[Limited, int] = {"user": per_user, "address": per_address}
         self.window = window
         self.clock = clock
@@ -100,7 +100,7 @@ class ClaimRateLimits:
         if not isinstance(standing, RateCount):
             return standing
         names, start, seconds = standing.names, standing.window_start, standing.window_seconds
-        return self.verdict(standing, await self.gate.count_async(names, start, seconds))
+        return self.verdict(standing, await self.counter.count_async(names, start, seconds))
 
     def _remember(self, name: str, end: int, now: int) -> None:
         if len(self._over_until) >= FORGET_AFTER:

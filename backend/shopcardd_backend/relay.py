@@ -1,6 +1,6 @@
 """The relay: events from the claim gate's outbox to RabbitMQ, none lost, none left behind.
 
-A relay leases a batch of events (``ClaimGate.lease_outbox``), publishes them with publisher
+A relay leases a batch of events (``Outbox.lease_outbox``), publishes them with publisher
 confirms, and only then acknowledges them in the outbox. A relay killed between publish and
 acknowledge leaves its lease behind; once the lease runs out another relay (or the same one,
 restarted) takes the events over and publishes them again. So an event may reach RabbitMQ
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .events import event_type
-from .gates.base import ClaimGate, OutboxEvent
+from .gates.base import Outbox, OutboxEvent
 from .loops import run_until_stopped
 from .queue.base import BINDINGS, Publisher
 
@@ -48,11 +48,11 @@ class RelayStats:
 
 
 class Relay:
-    """Moves events from ``gate``'s outbox to ``publisher``, batch by batch."""
+    """Moves events from ``outbox`` to ``publisher``, batch by batch."""
 
     def __init__(
         self,
-        gate: ClaimGate,
+        outbox: Outbox,
         publisher: Publisher,
         *,
         consumer: str | None = None,
@@ -60,7 +60,7 @@ class Relay:
         lease_seconds: float = 30.0,
         idle_wait: float = 0.05,
     ) -> None:
-        self.gate = gate
+        self.outbox = outbox
         self.publisher = publisher
         self.consumer = consumer or consumer_name()
         self.batch_size = batch_size
@@ -73,7 +73,7 @@ class Relay:
     def relay_once(self) -> int:
         """Lease, publish and acknowledge one batch; the number of events that left the outbox
         (published, or parked because no queue takes their type)."""
-        events = self._in_hand or self.gate.lease_outbox(self.consumer, self.batch_size, self.lease_seconds)
+        events = self._in_hand or self.outbox.lease_outbox(self.consumer, self.batch_size, self.lease_seconds)
         if not events:
             return 0
         self._in_hand = events
@@ -83,7 +83,7 @@ class Relay:
             if event_type(event.payload) not in ROUTED_TYPES:
                 reason = f"no queue takes events of type {str(event.payload.get('type'))[:40]!r}"
                 log.error("event parked", extra={"job": "relay", "reason": reason, "event": event.payload})
-        self.gate.ack_outbox([event.event_id for event in events])
+        self.outbox.ack_outbox([event.event_id for event in events])
         self._in_hand = []
         self.stats.published += len(routed)
         self.stats.parked += len(events) - len(routed)

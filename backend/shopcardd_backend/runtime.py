@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .claims import ClaimService
     from .deals import DealService
     from .devices import DeviceService
-    from .gates.base import ClaimGate
+    from .gates.base import ClaimGate, ClaimPorts, Outbox, RateCounter
     from .identity import UserTokenVerifier
     from .queue.base import Publisher
     from .ratelimits import ClaimRateLimits
@@ -62,13 +62,14 @@ class Runtime(Closing):
         return store
 
     @cached_property
-    def gate(self) -> ClaimGate:
-        """Redis when ``SHOPCARDD_REDIS_URL`` is set, else SQLite in the data folder."""
+    def ports(self) -> ClaimPorts:
+        """The claim gate's adapter, with its outbox and rate counters in the same store: Redis
+        when ``SHOPCARDD_REDIS_URL`` is set, else SQLite in the data folder."""
         if self.settings.redis_url:
             from .gates.redis import RedisClaimGate
 
             settings = self.settings
-            gate: ClaimGate = RedisClaimGate(
+            gate: ClaimPorts = RedisClaimGate(
                 settings.redis_url,
                 prefix=settings.redis_prefix,
                 cluster=settings.redis_cluster,
@@ -80,6 +81,18 @@ class Runtime(Closing):
             gate = SqliteClaimGate(self.settings.make_data_dir() / "gate.sqlite3")
         self._stack.callback(gate.close)
         return gate
+
+    @property
+    def gate(self) -> ClaimGate:
+        return self.ports
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.ports
+
+    @property
+    def rate_counter(self) -> RateCounter:
+        return self.ports
 
     @cached_property
     def signer(self) -> VoucherSigner:
@@ -111,7 +124,7 @@ class Runtime(Closing):
     def claims(self) -> ClaimService:
         from .claims import ClaimService
 
-        return ClaimService(self.gate, self.store, self.signer, self.metrics, self.rate_limits)
+        return ClaimService(self.gate, self.outbox, self.store, self.signer, self.metrics, self.rate_limits)
 
     @cached_property
     def rate_limits(self) -> ClaimRateLimits:
@@ -120,7 +133,7 @@ class Runtime(Closing):
 
         settings = self.settings
         return ClaimRateLimits(
-            self.gate,
+            self.rate_counter,
             settings.claim_rate_per_user,
             settings.claim_rate_per_address,
             settings.claim_rate_window_seconds,
@@ -130,7 +143,7 @@ class Runtime(Closing):
     def deals(self) -> DealService:
         from .deals import DealService
 
-        return DealService(self.gate, self.store)
+        return DealService(self.gate, self.outbox, self.store)
 
     @cached_property
     def published_keys(self) -> PublishedKeys:
@@ -193,44 +206,35 @@ class Runtime(Closing):
 
         from .loops import Background
 
-        claims, gate = self.claims, self.gate
+        claims, outbox = self.claims, self.outbox
         # Closed in the reverse order: the loops stop, then the handlers close, then the last
         # refusal counts are written.
-        self._stack.callback(claims.refusals.flush, gate)
+        self._stack.callback(claims.refusals.flush, outbox)
         pipeline = None
         if not self.settings.amqp_url:
             from .queue.inprocess import InProcessPipeline
             from .relay import consumer_name
             from .workers import JOBS
 
-            pipeline = InProcessPipeline(gate, [self.handler(job) for job in JOBS], consumer_name())
+            pipeline = InProcessPipeline(outbox, [self.handler(job) for job in JOBS], consumer_name())
             self._stack.callback(pipeline.close)
         background = Background()
         self._stack.callback(background.close)
-        background.start(partial(claims.refusals.flush, gate), what="refusal tally", idle_wait=1.0)
+        background.start(partial(claims.refusals.flush, outbox), what="refusal tally", idle_wait=1.0)
         if pipeline is not None:
             background.start(pipeline.run_once, what="in-process queue", idle_wait=0.1)
 
     def open_api_parts(self) -> None:
         """Open what every request may need, so a bad setting or a dead store fails at start-up."""
-        for part in (
-            "store",
-            "gate",
-            "signer",
-            "users",
-            "claims",
-            "rate_limits",
-            "deals",
-            "devices",
-            "trust",
-        ):
+        parts = ("store", "ports", "signer", "users", "claims", "rate_limits", "deals", "devices", "trust")
+        for part in parts:
             getattr(self, part)
 
     async def aclose(self) -> None:
         """Close what the API's event loop opened (the gate's asyncio client), in that loop;
         then ``close()`` closes the rest."""
-        if "gate" in self.__dict__:
-            await self.gate.aclose()
+        if "ports" in self.__dict__:
+            await self.ports.aclose()
 
     def close(self) -> None:
         self._stack.close()

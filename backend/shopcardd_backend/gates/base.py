@@ -6,6 +6,12 @@ claim event recorded in the same step as the decision. Adapters: ``redis.py`` (o
 script, every key of a deal under the hash tag ``{deal_id}``, the outbox a stream in the
 same slot) and ``sqlite.py`` (one transaction). Both pass ``tests/backend/test_gate_contract.py``.
 
+Three ports, each one job: ``ClaimGate`` (load deals, decide claims, close sales), ``Outbox``
+(the events waiting for the relay) and ``RateCounter`` (the claim rate limits' counters). One
+adapter implements all three over one store (``ClaimPorts``), so that a claim and its outbox
+event stay one atomic step; each user of them (the claim and deal services, the relay, the rate
+limits) takes the one port it needs.
+
 The gate decides; it does not sign. The voucher's claims (id, issue and expiry time) are
 fixed inside the atomic step and stored with the idempotency key, so a replay gets the same
 voucher back and the API signs it again (EdDSA signatures are deterministic: the same token).
@@ -159,6 +165,8 @@ def count_apart(attempt: ClaimAttempt, hits: Sequence[int]) -> ClaimAttempt:
 
 
 class ClaimGate(Protocol):
+    """The claim port: deals loaded, claims decided (each with its outbox event), sales closed."""
+
     def load_deal(self, terms: DealTerms, claimed: Iterable[tuple[str, Voucher]] = ()) -> None:
         """Make the gate ready for ``terms``; ``claimed`` is (idempotency key, voucher) already
         issued, for rebuilding stock and per-user counts from the durable store. Loading a deal
@@ -172,30 +180,39 @@ class ClaimGate(Protocol):
         user and idempotency key on this deal: the stored voucher, even when the deal has since
         sold out or closed); SALE_NOT_OPEN; SOLD_OUT; LIMIT_REACHED; else ISSUED. The voucher
         of an ISSUED claim is ``attempt.voucher_id``, issued at ``attempt.now``, expiring
-        ``voucher_ttl_seconds`` later. After a ``GateUnavailable`` the claim may or may not
+        ``voucher_ttl_seconds`` later, and its ``claim.issued`` event is in the adapter's
+        ``Outbox`` in the same step. After a ``GateUnavailable`` the claim may or may not
         have been applied (never half): retrying with the same key answers either way. With
         ``attempt.replay_only``: REPLAYED, else RATE_LIMITED (an unknown deal too). With
-        ``attempt.rate_count``: its counters are counted first, as ``count_async`` counts them,
-        and over a limit the attempt is decided as ``replay_only``; ``hits`` are their values.
-        Redis counts them in the claim's own script; a gate that cannot, in a step before it
-        (``count_apart``)."""
+        ``attempt.rate_count``: its counters are counted first, as ``RateCounter.count_async``
+        counts them, and over a limit the attempt is decided as ``replay_only``; ``hits`` are
+        their values. Redis counts them in the claim's own script; a gate that cannot, in a step
+        before it (``count_apart``)."""
 
     async def claim_async(self, attempt: ClaimAttempt) -> ClaimDecision:
         """``claim`` for the API's event loop: the same step, the same answers and errors.
         Redis awaits its own asyncio client (no thread hop on the hot path); SQLite, whose
         driver blocks, runs its transaction in a worker thread."""
 
-    async def count_async(self, names: Sequence[str], window_start: int, window_seconds: int) -> list[int]:
-        """Add one to each named counter of the fixed window that starts at ``window_start``
-        (epoch seconds) and return their new values: the claim rate limits' hits, kept where
-        every API process sees them. A counter is forgotten some time after its window ends.
-        Redis: one key per counter (its own slot), the calls joining the claims' pipeline."""
-
     def stock_left(self, deal_id: str) -> int | None:
         """Vouchers left, or None when the gate does not know the deal."""
 
     def cancel(self, deal_id: str) -> None:
         """Close the sale: every later claim is SALE_NOT_OPEN."""
+
+    def check(self) -> None:
+        """Prove the gate works end to end (runs the claim step's code), for ``/readyz``.
+        Raises ``GateUnavailable`` when it does not."""
+
+    async def aclose(self) -> None:
+        """Close what ``claim_async`` opened (inside the event loop that used it)."""
+
+    def close(self) -> None: ...
+
+
+class Outbox(Protocol):
+    """The events waiting to leave the backend: written by the claim step (and ``add_event``),
+    taken by the relays, forgotten once published."""
 
     def read_outbox(
         self, after: str | None = None, limit: int | None = 100, deal_id: str | None = None
@@ -217,11 +234,23 @@ class ClaimGate(Protocol):
     def add_event(self, deal_id: str, payload: dict[str, Any]) -> None:
         """Append an event that no claim step writes (a tally of refusals) to the deal's outbox."""
 
-    def check(self) -> None:
-        """Prove the gate works end to end (runs the claim step's code), for ``/readyz``.
-        Raises ``GateUnavailable`` when it does not."""
+    def close(self) -> None: ...
+
+
+class RateCounter(Protocol):
+    """Fixed-window counters every API process sees: the claim rate limits' hits."""
+
+    async def count_async(self, names: Sequence[str], window_start: int, window_seconds: int) -> list[int]:
+        """Add one to each named counter of the fixed window that starts at ``window_start``
+        (epoch seconds) and return their new values. A counter is forgotten some time after its
+        window ends. Redis: one key per counter (its own slot), the calls joining the claims'
+        pipeline."""
 
     async def aclose(self) -> None:
-        """Close what ``claim_async`` opened (inside the event loop that used it)."""
+        """Close what ``count_async`` opened (inside the event loop that used it)."""
 
-    def close(self) -> None: ...
+
+class ClaimPorts(ClaimGate, Outbox, RateCounter, Protocol):
+    """The three ports as one adapter gives them over one store (``RedisClaimGate``,
+    ``SqliteClaimGate``): the claim and its outbox event stay one atomic step. Only the
+    composition root holds this; every other part takes the one port it uses."""

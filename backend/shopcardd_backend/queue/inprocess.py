@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 
 from ..events import BadEvent, Event, parse_event
-from ..gates.base import ClaimGate, OutboxEvent
+from ..gates.base import Outbox, OutboxEvent
 from ..workers.base import EventHandler, Verdict, handle_batch
 from .base import DELIVERY_LIMIT
 
@@ -25,7 +25,7 @@ log = logging.getLogger("shopcardd_backend.queue")
 class InProcessPipeline:
     def __init__(
         self,
-        gate: ClaimGate,
+        outbox: Outbox,
         handlers: Sequence[EventHandler],
         consumer: str,
         *,
@@ -33,7 +33,7 @@ class InProcessPipeline:
         lease_seconds: float = 5.0,
         delivery_limit: int = DELIVERY_LIMIT,
     ) -> None:
-        self.gate = gate
+        self.outbox = outbox
         self.handlers = list(handlers)
         self.consumer = consumer
         self.batch_size = batch_size
@@ -43,7 +43,7 @@ class InProcessPipeline:
 
     def run_once(self) -> int:
         """Handle one leased batch; the number of events that left the outbox."""
-        leased = self.gate.lease_outbox(self.consumer, self.batch_size, self.lease_seconds)
+        leased = self.outbox.lease_outbox(self.consumer, self.batch_size, self.lease_seconds)
         if not leased:
             return 0
         finished: list[str] = []
@@ -77,7 +77,7 @@ class InProcessPipeline:
                 self._park(_leased(leased, outbox_id), "retries", reason)
                 finished.append(outbox_id)
                 self._tries.pop(outbox_id, None)
-        self.gate.ack_outbox(finished)
+        self.outbox.ack_outbox(finished)
         return len(finished)
 
     def _park(self, item: OutboxEvent, job: str, reason: str) -> None:

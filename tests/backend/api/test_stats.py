@@ -22,11 +22,11 @@ def count_claims(api: Api) -> None:
     """The refusal tallies written and every outbox event through the analytics worker, twice
     (as a worker that died before its acks would see them again)."""
     runtime: Runtime = api.client.app.state.runtime  # type: ignore[attr-defined]
-    runtime.claims.refusals.flush(runtime.gate)
+    runtime.claims.refusals.flush(runtime.outbox)
     events = runtime.gate.read_outbox(limit=None)
     handler = AnalyticsHandler(runtime.store)
     handler.handle([parse_event(item.payload) for item in events])
-    pipeline = InProcessPipeline(runtime.gate, [handler], "stats-test")
+    pipeline = InProcessPipeline(runtime.outbox, [handler], "stats-test")
     while pipeline.run_once():
         pass
 

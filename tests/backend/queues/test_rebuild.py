@@ -46,7 +46,7 @@ def test_rebuild_counts_store_and_outbox_and_waits_for_the_persist_queue(
         for user in ("alice", "bob", "carol"):
             runtime.claims.claim(deal.deal_id, user, "k")
         with RabbitPublisher(amqp_vhost) as publisher:
-            assert Relay(runtime.gate, publisher, batch_size=2).relay_once() == 2  # one stays behind
+            assert Relay(runtime.outbox, publisher, batch_size=2).relay_once() == 2  # one stays behind
         with redis.Redis.from_url(redis_url) as client:  # the gate loses the deal, not its outbox
             client.delete(*runtime.gate.deal_keys(deal.deal_id)[:-1])  # type: ignore[attr-defined]
 
