@@ -124,7 +124,8 @@ def _event(event_id: int, payload: str) -> OutboxEvent:
 
 
 class SqliteClaimGate(Closing):
-    """``ClaimGate`` on one SQLite file; threads and processes may share the file."""
+    """``ClaimGate``, ``Outbox`` and ``RateCounter`` on one SQLite file (the outbox a table written
+    in the claim's own transaction); threads and processes may share the file."""
 
     def __init__(self, path: Path | str, busy_timeout: float = 5.0) -> None:
         self._db = SqliteFile(path, SCHEMA, GateUnavailable, busy_timeout)
