@@ -1,8 +1,10 @@
-"""The claim use case: the gate decides in one atomic step, the voucher is signed, the answer built.
+"""The claim use case: who claims, against the rate limits, the gate's one atomic step, the answer.
 
 Nothing here decides stock or limits: the gate does, with the outbox event in the same
-step. This module turns a decision into an answer (a signed voucher, or a refusal with its
-reason).
+step. This module keeps the order of the checks around it (the rate limits before the token's
+signature, the claim step and the voucher's signature) and turns a decision into a
+``ClaimResult`` (a signed voucher, or the outcome that refused it); the routes only map
+outcomes to HTTP.
 
 A deal the store holds but the gate lost answers 503 (``deals.lost_deal``).
 """
@@ -18,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Final
 
 from shopcardd_voucher import new_voucher_id
@@ -25,21 +28,13 @@ from shopcardd_voucher import new_voucher_id
 from .deals import lost_deal
 from .events import ClaimsRefused, event_payload
 from .gates.base import ClaimAttempt, ClaimDecision, ClaimGate, Outbox, Outcome, RateCount
-from .identity import User
+from .identity import API_KEY_PREFIX, Unauthorized, User, UserTokenVerifier
 from .metrics import Metrics
-from .ratelimits import ClaimRateLimits, RateLimited, Standing
+from .ratelimits import ClaimRateLimits, OverLimit, Standing
 from .signing import VoucherSigner
 from .stores.base import DocumentStore
 
 log = logging.getLogger("shopcardd_backend.claims")
-
-
-class ClaimRefused(Exception):
-    """The gate said no; ``outcome`` is why (sold out, limit reached, sale not open, unknown deal)."""
-
-    def __init__(self, outcome: Outcome, deal_id: str) -> None:
-        super().__init__(f"{outcome} for deal {deal_id}")
-        self.outcome = outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +47,37 @@ class IssuedVoucher:
     replayed: bool
     """True when the same user and idempotency key claimed before: the same voucher again."""
 
+
+class ClaimOutcome(StrEnum):
+    """What a claim request got: the gate's outcomes, and UNAUTHORIZED for a token refused
+    before the gate was asked."""
+
+    ISSUED = Outcome.ISSUED.value
+    REPLAYED = Outcome.REPLAYED.value
+    SOLD_OUT = Outcome.SOLD_OUT.value
+    LIMIT_REACHED = Outcome.LIMIT_REACHED.value
+    SALE_NOT_OPEN = Outcome.SALE_NOT_OPEN.value
+    UNKNOWN_DEAL = Outcome.UNKNOWN_DEAL.value
+    RATE_LIMITED = Outcome.RATE_LIMITED.value
+    """Over a claim rate limit (``ClaimResult.over`` says which) and no replay."""
+    UNAUTHORIZED = "unauthorized"
+    """No valid user token (``ClaimResult.reason`` says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    outcome: ClaimOutcome
+    voucher: IssuedVoucher | None = None
+    """Set for ISSUED and REPLAYED."""
+    over: OverLimit | None = None
+    """Set for RATE_LIMITED."""
+    reason: str = ""
+    """Why UNAUTHORIZED."""
+
+
+_OUTCOME_OF: Final = {outcome: ClaimOutcome(outcome.value) for outcome in Outcome}
+_REFUSED: Final = {outcome: ClaimResult(_OUTCOME_OF[outcome]) for outcome in Outcome}
+"""The result of each refusal of the gate, made once (a flash sale is mostly refusals)."""
 
 REFUSALS_COUNTED: Final = frozenset({Outcome.SOLD_OUT, Outcome.LIMIT_REACHED, Outcome.SALE_NOT_OPEN})
 
@@ -101,6 +127,7 @@ class ClaimService:
         signer: VoucherSigner,
         metrics: Metrics,
         rate_limits: ClaimRateLimits,
+        users: UserTokenVerifier,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.gate = gate
@@ -111,50 +138,65 @@ class ClaimService:
         self.metrics = metrics
         self.clock = clock
         self.rate_limits = rate_limits
-        """Reads the counts of a claim's ``RateCount`` (``claim_async``'s ``standing``)."""
+        self.users = users
         self.refusals = RefusalTally()
 
-    def claim(self, deal_id: str, user: User | str, idempotency_key: str) -> IssuedVoucher:
-        """Claim one voucher of ``deal_id`` for ``user``; ``ClaimRefused`` when the gate says no."""
-        started = time.perf_counter()
-        try:
-            decision = self.gate.claim(self._attempt(deal_id, user, idempotency_key))
-            if decision.outcome is Outcome.UNKNOWN_DEAL:
-                self._refuse_lost_deal(deal_id)
-        except ConnectionError:
-            self.metrics.claim_done("unavailable", time.perf_counter() - started)
-            raise
-        return self._answer(decision, deal_id, started)
+    async def claim(self, deal_id: str, token: str, idempotency_key: str, address: str | None) -> ClaimResult:
+        """One claim request of the API: the user's bearer ``token``, from client ``address``.
 
-    async def claim_async(
-        self, deal_id: str, user: User | str, idempotency_key: str, standing: Standing = None
-    ) -> IssuedVoucher:
-        """``claim`` in the event loop, for the API: the gate's step awaited, no thread hop
-        (only a deal the gate does not know asks the store, in a thread). ``standing``: the
-        claim against the rate limits (``ClaimRateLimits.standing``). Over one already, or once
-        the gate has counted its ``RateCount`` over one, only a claim already issued is
-        answered; anything else raises the ``RateLimited``."""
+        A token this process has verified before is known at once: its address and user are
+        counted with the claim, in the gate's one step. Any other token is counted by address
+        first, in a step of its own, so that a flood over its limit is refused before its
+        signature is checked; then it is verified, and its user is counted with the claim. Over
+        a limit, only a claim already issued is answered (a lost answer's retry still gets its
+        voucher); anything else is RATE_LIMITED. The gate's step is awaited, no thread hop
+        (only a deal the gate does not know asks the store, in a thread)."""
+        limits = self.rate_limits
+        user = self.users.cached_user(token)
+        if user is not None:
+            standing = limits.standing(address, user.user_id)
+        else:
+            over = await limits.check(address)
+            if over is not None:
+                self.metrics.claim_done("rate_limited", None)
+                return ClaimResult(ClaimOutcome.RATE_LIMITED, over=over)
+            if token.startswith(API_KEY_PREFIX):
+                return ClaimResult(ClaimOutcome.UNAUTHORIZED, reason=API_KEY_AS_TOKEN)
+            try:
+                user = self.users.user(token)
+            except Unauthorized as exc:
+                return ClaimResult(ClaimOutcome.UNAUTHORIZED, reason=str(exc))
+            standing = limits.standing(user_id=user.user_id)
         started = time.perf_counter()
         try:
-            attempt = self._attempt(deal_id, user, idempotency_key, standing)
-            decision = await self.gate.claim_async(attempt)
+            decision = await self.gate.claim_async(self._attempt(deal_id, user, idempotency_key, standing))
             if decision.outcome is Outcome.UNKNOWN_DEAL:
                 await asyncio.to_thread(self._refuse_lost_deal, deal_id)
         except ConnectionError:
             self.metrics.claim_done("unavailable", time.perf_counter() - started)
             raise
-        over = standing if isinstance(standing, RateLimited) else None
-        if isinstance(standing, RateCount):
-            over = self.rate_limits.verdict(standing, decision.hits)
-        if decision.outcome is Outcome.RATE_LIMITED and over is not None:
-            self.metrics.claim_done(decision.outcome, time.perf_counter() - started)
-            raise over
-        return self._answer(decision, deal_id, started)
+        return self._answer(decision, deal_id, standing, started)
 
-    def _attempt(
-        self, deal_id: str, user: User | str, idempotency_key: str, standing: Standing = None
-    ) -> ClaimAttempt:
+    def claim_as(
+        self, deal_id: str, user: User | str, idempotency_key: str, address: str | None = None
+    ) -> ClaimResult:
+        """``claim`` for a caller that already knows the user (a bench, a test) and blocks: the
+        same rate limits, the same gate step (its blocking twin) and the same answers."""
         user = user if isinstance(user, User) else User(user)
+        standing = self.rate_limits.standing(address, user.user_id)
+        started = time.perf_counter()
+        try:
+            decision = self.gate.claim(self._attempt(deal_id, user, idempotency_key, standing))
+            if decision.outcome is Outcome.UNKNOWN_DEAL:
+                self._refuse_lost_deal(deal_id)
+        except ConnectionError:
+            self.metrics.claim_done("unavailable", time.perf_counter() - started)
+            raise
+        return self._answer(decision, deal_id, standing, started)
+
+    def _attempt(self, deal_id: str, user: User, idempotency_key: str, standing: Standing) -> ClaimAttempt:
+        """The gate's attempt: ``replay_only`` when over a limit already, else counting the
+        claim's rate counters in its step."""
         return ClaimAttempt(
             deal_id,
             user.user_id,
@@ -163,7 +205,7 @@ class ClaimService:
             int(self.clock()),
             user.email,
             user.phone,
-            replay_only=isinstance(standing, RateLimited),
+            replay_only=isinstance(standing, OverLimit),
             rate_count=standing if isinstance(standing, RateCount) else None,
         )
 
@@ -172,21 +214,39 @@ class ClaimService:
         if self.store.get_deal(deal_id) is not None:
             raise lost_deal(deal_id)
 
-    def _answer(self, decision: ClaimDecision, deal_id: str, started: float) -> IssuedVoucher:
-        """The signed voucher of an issued or replayed claim; ``ClaimRefused`` (counted) otherwise."""
-        if decision.voucher is None or decision.outcome not in (Outcome.ISSUED, Outcome.REPLAYED):
-            self.metrics.claim_done(decision.outcome, time.perf_counter() - started)
-            if decision.outcome in REFUSALS_COUNTED:
-                self.refusals.add(deal_id, self.clock(), decision.outcome)
-            raise ClaimRefused(decision.outcome, deal_id)
+    def _answer(
+        self, decision: ClaimDecision, deal_id: str, standing: Standing, started: float
+    ) -> ClaimResult:
+        """The signed voucher of an issued or replayed claim, else the refusal (counted)."""
+        outcome = decision.outcome
         voucher = decision.voucher
+        if voucher is None or outcome not in (Outcome.ISSUED, Outcome.REPLAYED):
+            self.metrics.claim_done(outcome, time.perf_counter() - started)
+            if outcome is Outcome.RATE_LIMITED:
+                over = standing if isinstance(standing, OverLimit) else None
+                if isinstance(standing, RateCount):
+                    over = self.rate_limits.verdict(standing, decision.hits)
+                return ClaimResult(ClaimOutcome.RATE_LIMITED, over=over)
+            if outcome in REFUSALS_COUNTED:
+                self.refusals.add(deal_id, self.clock(), outcome)
+            return _REFUSED[outcome]
+        if outcome is Outcome.REPLAYED and isinstance(standing, RateCount):
+            self.rate_limits.verdict(standing, decision.hits)  # counted over a limit: remembered
         issued = IssuedVoucher(
             voucher_id=voucher.voucher_id,
             token=self.signer.sign(voucher),
             deal_id=voucher.deal,
             merchant_id=voucher.merchant,
             expires_at=datetime.fromtimestamp(voucher.expires_at, UTC),
-            replayed=decision.outcome is Outcome.REPLAYED,
+            replayed=outcome is Outcome.REPLAYED,
         )
-        self.metrics.claim_done(decision.outcome, time.perf_counter() - started)
-        return issued
+        self.metrics.claim_done(outcome, time.perf_counter() - started)
+        return ClaimResult(
+            ClaimOutcome.ISSUED if outcome is Outcome.ISSUED else ClaimOutcome.REPLAYED, issued
+        )
+
+
+API_KEY_AS_TOKEN: Final = (
+    "that is a merchant's API key: merchant routes take it as X-API-Key: KEY; "
+    "a claim takes the user's token from the identity provider"
+)

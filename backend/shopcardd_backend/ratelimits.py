@@ -13,13 +13,15 @@ them (``ClaimAttempt.rate_count``; on Redis in the claim script, saving the clai
 then ``verdict`` reads the counts. A request whose token is not verified yet has its address
 counted first, in a step of its own (``check``), so that a flood is refused before its
 signature is checked. Over a limit, only a replay of a claim already issued is answered
-(``ClaimAttempt.replay_only``), else 429 (``api/deps.py``). A limit of 0 is off.
+(``ClaimAttempt.replay_only``), else ``rate_limited`` (``claims.ClaimService`` keeps this order).
+A limit of 0 is off.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from .gates.base import RateCount, RateCounter
@@ -31,18 +33,18 @@ FORGET_AFTER: Final = 100_000
 """Over this many remembered refusals, the ones of past windows are dropped."""
 
 
-class RateLimited(Exception):
+@dataclass(frozen=True, slots=True)
+class OverLimit:
     """Over a claim rate limit: ``which`` one, and ``retry_after`` seconds until its window ends."""
 
-    def __init__(self, which: Limited, retry_after: int) -> None:
-        super().__init__(f"over the claim rate limit per {which}; retry after {retry_after} s")
-        self.which = which
-        self.retry_after = retry_after
+    which: Limited
+    retry_after: int
 
 
-Standing = RateLimited | RateCount | None
+Standing = OverLimit | RateCount | None
 """A claim request against the limits (``ClaimRateLimits.standing``): over one already, the
-counters to count with its claim, or under no limit."""
+counters to count with its claim, or under no limit. The claim service reads it
+(``claims.ClaimService``); nothing outside it does."""
 
 
 class ClaimRateLimits:
@@ -77,12 +79,12 @@ class ClaimRateLimits:
                 continue
             name = f"{which[0]}:{who}"
             if self._over_until.get(name, 0) > now:
-                return RateLimited(which, start + self.window - now)
+                return OverLimit(which, start + self.window - now)
             names.append(name)
             limits.append(self.limits[which])
         return RateCount(tuple(names), tuple(limits), start, self.window) if names else None
 
-    def verdict(self, counted: RateCount, hits: Sequence[int]) -> RateLimited | None:
+    def verdict(self, counted: RateCount, hits: Sequence[int]) -> OverLimit | None:
         """The refusal when a counter's new value ``hits`` is over its limit (remembered until
         its window ends), else None."""
         end = counted.window_start + counted.window_seconds
@@ -90,10 +92,10 @@ class ClaimRateLimits:
         for name, limit, count in zip(counted.names, counted.limits, hits, strict=True):
             if count > limit:
                 self._remember(name, end, now)
-                return RateLimited(LIMITED_BY_INITIAL[name[0]], max(end - now, 1))
+                return OverLimit(LIMITED_BY_INITIAL[name[0]], max(end - now, 1))
         return None
 
-    async def check(self, address: str | None = None, user_id: str | None = None) -> RateLimited | None:
+    async def check(self, address: str | None = None, user_id: str | None = None) -> OverLimit | None:
         """Count one claim request now, in a step of its own (``count_async``); the refusal when
         it is over a limit, else None."""
         standing = self.standing(address, user_id)

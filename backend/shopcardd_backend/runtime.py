@@ -124,7 +124,9 @@ class Runtime(Closing):
     def claims(self) -> ClaimService:
         from .claims import ClaimService
 
-        return ClaimService(self.gate, self.outbox, self.store, self.signer, self.metrics, self.rate_limits)
+        return ClaimService(
+            self.gate, self.outbox, self.store, self.signer, self.metrics, self.rate_limits, self.users
+        )
 
     @cached_property
     def rate_limits(self) -> ClaimRateLimits:

@@ -233,7 +233,9 @@ def _claim_all(
     """``count`` claims by distinct users, each noted in ``answers`` as it is answered."""
 
     def one(n: int) -> None:
-        answers.add(runtime.claims.claim(deal_id, f"user{start + n}", "k").voucher_id)
+        result = runtime.claims.claim_as(deal_id, f"user{start + n}", "k")
+        assert result.voucher is not None, f"claim {n}: {result.outcome}"
+        answers.add(result.voucher.voucher_id)
         bar.update(1)
 
     with ThreadPoolExecutor(threads) as pool:

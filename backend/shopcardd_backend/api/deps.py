@@ -8,7 +8,6 @@ block, and a blocking call in an ``async def`` would stall every request of the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
@@ -18,8 +17,7 @@ from ..claims import ClaimService
 from ..deals import DealService
 from ..devices import DeviceService
 from ..gates.base import ClaimGate
-from ..identity import API_KEY_PREFIX, Unauthorized, User, hash_api_key
-from ..ratelimits import RateLimited, Standing
+from ..identity import API_KEY_PREFIX, hash_api_key
 from ..runtime import Runtime
 from ..settings import Settings
 from ..signing import VoucherSigner
@@ -69,69 +67,22 @@ ClaimServiceDep = Annotated[ClaimService, Depends(get_claim_service)]
 DealServiceDep = Annotated[DealService, Depends(get_deal_service)]
 
 
-@dataclass(frozen=True, slots=True)
-class Claimant:
-    """Who claims, counted against the claim rate limits."""
-
-    user: User
-    standing: Standing = None
-    """Against the limits: over one (only a claim already issued is answered, else 429), or
-    the counters its claim counts in the gate's step (``ratelimits.py``)."""
-
-
-def rate_limited(over: RateLimited) -> Problem:
-    """The 429 of a claim over a rate limit."""
-    detail = f"too many claims from this {over.which}; retry in {over.retry_after} s"
-    return Problem("rate_limited", detail, headers={"Retry-After": str(over.retry_after)})
-
-
-async def claimant_of(runtime: Runtime, token: str, address: str | None) -> Claimant:
-    """The user of a claim's token, and where the claim stands against the rate limits.
-
-    A token this process has verified before is known at once: its address and user are counted
-    with the claim, in the gate's one step. Any other token is counted by address first, in a
-    step of its own, so that a flood over its limit is refused before its signature is checked;
-    then it is verified, and its user is counted with the claim."""
-    limits = runtime.rate_limits
-    user = runtime.users.cached_user(token)
-    if user is not None:
-        return Claimant(user, limits.standing(address, user.user_id))
-    over = await limits.check(address)
-    if over is not None:
-        runtime.metrics.claim_done("rate_limited", None)
-        raise rate_limited(over)
-    user = user_of_token(runtime, token)
-    return Claimant(user, limits.standing(user_id=user.user_id))
-
-
-async def current_claimant(
-    request: Request,
-    runtime: RuntimeDep,
+async def user_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Claimant:
-    """The claim route's ``claimant_of`` (the user of the bearer token, counted by the request's
-    client address); 401 ``unauthorized`` without a token."""
+) -> str:
+    """The claim's bearer token, checked by the claim service (after the rate limit by address);
+    401 ``unauthorized`` without one."""
     if credentials is None:
         raise Problem(
-            "unauthorized", "send the user's token: Authorization: Bearer TOKEN", headers=_challenge()
+            "unauthorized", "send the user's token: Authorization: Bearer TOKEN", headers=challenge()
         )
-    address = request.app.state.client_addresses(request.scope)
-    return await claimant_of(runtime, credentials.credentials, address)
+    return credentials.credentials
 
 
-def user_of_token(runtime: Runtime, token: str) -> User:
-    """The user of a bearer token (``claimant_of`` calls it for the claim's two routes); 401 otherwise."""
-    if token.startswith(API_KEY_PREFIX):
-        raise Problem(
-            "unauthorized",
-            "that is a merchant's API key: merchant routes take it as X-API-Key: KEY; "
-            "a claim takes the user's token from the identity provider",
-            headers=_challenge(),
-        )
-    try:
-        return runtime.users.user(token)
-    except Unauthorized as exc:
-        raise Problem("unauthorized", str(exc), headers=_challenge()) from None
+async def client_address(request: Request) -> str | None:
+    """The request's client address, as the claim rate limits count it (``api/addresses.py``)."""
+    address: str | None = request.app.state.client_addresses(request.scope)
+    return address
 
 
 def current_merchant(
@@ -148,7 +99,7 @@ def current_merchant(
     return merchant
 
 
-def _challenge() -> dict[str, str]:
+def challenge() -> dict[str, str]:
     return {"WWW-Authenticate": "Bearer"}
 
 
@@ -176,7 +127,7 @@ def current_device(
     token's ``jti`` is used up. 401 ``unauthorized`` otherwise (``DeviceUnauthorized``)."""
     if credentials is None:
         raise Problem(
-            "unauthorized", "send the device's token: Authorization: Bearer TOKEN", headers=_challenge()
+            "unauthorized", "send the device's token: Authorization: Bearer TOKEN", headers=challenge()
         )
     audience = settings.device_audience or str(request.base_url).rstrip("/")
     return devices.authenticate(credentials.credentials, audience)
@@ -187,7 +138,8 @@ DeviceId = Annotated[str, Path(description="The device's id")]
 
 # --- end of the device block ---
 
-CurrentClaimant = Annotated[Claimant, Depends(current_claimant)]
+UserToken = Annotated[str, Depends(user_token)]
+ClientAddress = Annotated[str | None, Depends(client_address)]
 CurrentMerchant = Annotated[str, Depends(current_merchant)]
 DealId = Annotated[str, Path(description="The deal's id")]
 IdempotencyKey = Annotated[

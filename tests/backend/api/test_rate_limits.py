@@ -239,3 +239,35 @@ def test_the_claim_documents_429_with_retry_after(tmp_path: Path) -> None:
     responses = schema["paths"]["/v1/deals/{deal_id}/claims"]["post"]["responses"]
     assert "rate_limited" in responses["429"]["description"]
     assert responses["429"]["headers"]["Retry-After"]["schema"] == {"type": "integer"}
+
+
+def test_a_blocking_claim_counts_against_the_rate_limits_too(tmp_path: Path) -> None:
+    """``ClaimService.claim_as`` (a bench's or a script's claims) takes the API's path: over the
+    per-user limit it is refused ``rate_limited`` with the window's rest, yet a retry of a claim
+    already issued still gets its voucher."""
+    from shopcardd_backend.claims import ClaimOutcome
+    from shopcardd_backend.runtime import Runtime
+
+    settings = build_settings(tmp_path, claim_rate_per_user=2, claim_rate_per_address=0)
+    with Runtime(settings) as runtime:
+        deal = runtime.deals.create(
+            "m1",
+            title="tea",
+            stock=10,
+            per_user_limit=5,
+            voucher_ttl_seconds=600,
+            starts_at=None,
+            ends_at=None,
+        ).deal
+        claims = runtime.claims
+        first = claims.claim_as(deal.deal_id, "alice", "k1")
+        assert first.outcome is ClaimOutcome.ISSUED and first.voucher is not None
+        assert claims.claim_as(deal.deal_id, "alice", "k2").outcome is ClaimOutcome.ISSUED
+        over = claims.claim_as(deal.deal_id, "alice", "k3")
+        assert over.outcome is ClaimOutcome.RATE_LIMITED and over.voucher is None
+        assert over.over is not None and over.over.which == "user" and over.over.retry_after >= 1
+        replay = claims.claim_as(deal.deal_id, "alice", "k1")
+        assert replay.outcome is ClaimOutcome.REPLAYED and replay.voucher is not None
+        assert replay.voucher.voucher_id == first.voucher.voucher_id
+        assert claims.claim_as(deal.deal_id, "bob", "k1").outcome is ClaimOutcome.ISSUED
+        assert runtime.gate.stock_left(deal.deal_id) == 7

@@ -44,7 +44,7 @@ def test_rebuild_counts_store_and_outbox_and_waits_for_the_persist_queue(
             ends_at=None,
         ).deal
         for user in ("alice", "bob", "carol"):
-            runtime.claims.claim(deal.deal_id, user, "k")
+            assert runtime.claims.claim_as(deal.deal_id, user, "k").voucher is not None
         with RabbitPublisher(amqp_vhost) as publisher:
             assert Relay(runtime.outbox, publisher, batch_size=2).relay_once() == 2  # one stays behind
         with redis.Redis.from_url(redis_url) as client:  # the gate loses the deal, not its outbox

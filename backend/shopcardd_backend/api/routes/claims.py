@@ -1,8 +1,8 @@
 """Claims: a user asks for one voucher of a deal; the answer is the signed voucher or why not.
 
-Two adapters over one use case (``ClaimService.claim_async``), one count against the claim
-rate limits (``deps.claimant_of``, before the token's signature, the claim step and the
-voucher's signature) and one mapping of refusals (``claim_voucher``). ``ClaimFastPath``
+Two adapters over one use case (``ClaimService.claim``: the rate limits, the token, the claim
+step and the voucher's signature, in that order) and one mapping of its outcomes to HTTP
+(``claim_voucher``). ``ClaimFastPath``
 answers the claims a client sends as the API documents them (an empty body, ``Authorization:
 Bearer TOKEN``, a well-formed ``Idempotency-Key``) as a plain ASGI app ahead of FastAPI's
 router: FastAPI's routing, dependency solving and response model cost about as much CPU as the
@@ -21,47 +21,49 @@ from typing import Annotated, Final
 from fastapi import APIRouter, Body, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ...claims import ClaimRefused, ClaimService, IssuedVoucher
-from ...gates.base import Outcome
-from ...ratelimits import RateLimited
+from ...claims import ClaimOutcome, ClaimService, IssuedVoucher
+from ...ratelimits import OverLimit
 from ...storage import TransientError
-from ..deps import (
-    Claimant,
-    ClaimServiceDep,
-    CurrentClaimant,
-    DealId,
-    IdempotencyKey,
-    claimant_of,
-    rate_limited,
-)
+from ..deps import ClaimServiceDep, ClientAddress, DealId, IdempotencyKey, UserToken, challenge
 from ..errors import Problem, answer, unavailable_answer
 from ..models import ClaimCreate, VoucherPublic
 
 router = APIRouter(prefix="/v1/deals", tags=["claims"])
 
-_REFUSALS: dict[Outcome, tuple[str, str]] = {
-    Outcome.SOLD_OUT: ("sold_out", "deal {deal} has no vouchers left"),
-    Outcome.LIMIT_REACHED: ("limit_reached", "you already hold as many vouchers of deal {deal} as it allows"),
-    Outcome.SALE_NOT_OPEN: (
+_REFUSALS: dict[ClaimOutcome, tuple[str, str]] = {
+    ClaimOutcome.SOLD_OUT: ("sold_out", "deal {deal} has no vouchers left"),
+    ClaimOutcome.LIMIT_REACHED: (
+        "limit_reached",
+        "you already hold as many vouchers of deal {deal} as it allows",
+    ),
+    ClaimOutcome.SALE_NOT_OPEN: (
         "sale_not_open",
         "the sale of deal {deal} is not open (not started, ended or cancelled)",
     ),
-    Outcome.UNKNOWN_DEAL: ("not_found", "no deal {deal!r}"),
+    ClaimOutcome.UNKNOWN_DEAL: ("not_found", "no deal {deal!r}"),
 }
 
 
+def rate_limited(over: OverLimit) -> Problem:
+    """The 429 of a claim over a rate limit."""
+    detail = f"too many claims from this {over.which}; retry in {over.retry_after} s"
+    return Problem("rate_limited", detail, headers={"Retry-After": str(over.retry_after)})
+
+
 async def claim_voucher(
-    service: ClaimService, deal_id: str, claimant: Claimant, idempotency_key: str
+    service: ClaimService, deal_id: str, token: str, idempotency_key: str, address: str | None
 ) -> IssuedVoucher:
-    """The claim, its refusals raised as the problem each one answers. Over a rate limit only a
-    claim already issued is answered: a lost answer's retry still gets its voucher."""
-    try:
-        return await service.claim_async(deal_id, claimant.user, idempotency_key, claimant.standing)
-    except RateLimited as over:
-        raise rate_limited(over) from None
-    except ClaimRefused as refused:
-        code, detail = _REFUSALS[refused.outcome]
-        raise Problem(code, detail.format(deal=deal_id[:100])) from None
+    """The claim's voucher, or the problem its outcome answers, raised."""
+    result = await service.claim(deal_id, token, idempotency_key, address)
+    if result.voucher is not None:
+        return result.voucher
+    outcome = result.outcome
+    if outcome is ClaimOutcome.RATE_LIMITED and result.over is not None:
+        raise rate_limited(result.over)
+    if outcome is ClaimOutcome.UNAUTHORIZED:
+        raise Problem("unauthorized", result.reason, headers=challenge())
+    code, detail = _REFUSALS[outcome]
+    raise Problem(code, detail.format(deal=deal_id[:100]))
 
 
 @router.post(
@@ -85,7 +87,8 @@ async def claim_voucher(
 )
 async def create_claim(
     deal_id: DealId,
-    claimant: CurrentClaimant,
+    token: UserToken,
+    address: ClientAddress,
     idempotency_key: IdempotencyKey,
     service: ClaimServiceDep,
     response: Response,
@@ -93,7 +96,7 @@ async def create_claim(
 ) -> VoucherPublic:
     """Claim one voucher: 201 with a new voucher, 200 with the same voucher for a retry."""
     del body  # a claim has no fields; the body is validated to be empty or {} (null is refused)
-    issued = await claim_voucher(service, deal_id, claimant, idempotency_key)
+    issued = await claim_voucher(service, deal_id, token, idempotency_key, address)
     if issued.replayed:
         response.status_code = 200
     return VoucherPublic.model_validate(issued, from_attributes=True)
@@ -122,8 +125,8 @@ class ClaimFastPath:
         state = scope["app"].state
         runtime = state.runtime
         try:
-            claimant = await claimant_of(runtime, token, state.client_addresses(scope))
-            issued = await claim_voucher(runtime.claims, deal_id, claimant, idempotency_key)
+            address = state.client_addresses(scope)
+            issued = await claim_voucher(runtime.claims, deal_id, token, idempotency_key, address)
         except Problem as problem:
             await answer(problem)(scope, receive, send)
             return
