@@ -350,31 +350,20 @@ def cmd_trust_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_deal_rebuild(args: argparse.Namespace) -> int:
-    from .deals import DealNotFound
+    from .deals import DealNotFound, RebuildRefused
     from .runtime import Runtime
 
     deal_id = args.deal_id
     with Runtime(_settings()) as runtime:
-        deals = runtime.deals
         try:
-            held = deals.gate.stock_left(deal_id) if deals.store.get_deal(deal_id) else None
-            if held is not None:
-                print(f"deal {deal_id} is still in the claim gate with {held} vouchers left; left alone")
-                return 0
-            if not args.force:
-                claimed, from_outbox = deals.claimed_vouchers(deal_id)
-                waiting = runtime.queue_backlog()
-                if waiting:
-                    raise CommandError(
-                        f"deal {deal_id} is missing from the claim gate; the store and the outbox hold "
-                        f"{len(claimed)} of its vouchers ({from_outbox} still in the outbox), but "
-                        f"{waiting} claim events wait in the persist queue and may be of this deal: "
-                        "not rebuilt; rerun once the persist worker has drained the queue, or with "
-                        "--force"
-                    )
-            report = deals.rebuild(deal_id)
+            report = runtime.deals.rebuild(deal_id, force=args.force)
         except DealNotFound:
             raise CommandError(f"no deal {deal_id!r} in the document store") from None
+        except RebuildRefused as exc:
+            raise CommandError(str(exc)) from None
+    if not report.rebuilt:
+        print(f"deal {deal_id} is still in the claim gate with {report.stock_left} vouchers left; left alone")
+        return 0
     print(
         f"deal {deal_id} is in the claim gate with {report.stock_left} vouchers left "
         f"({report.in_store} vouchers in the store, {report.in_outbox_only} more still in the outbox)"

@@ -45,6 +45,10 @@ class DealNotFound(LookupError):
     """No deal of that id in the store."""
 
 
+class RebuildRefused(Exception):
+    """A rebuild that could sell vouchers again, refused; ``str(exc)`` says why and what to do."""
+
+
 class NotYourDeal(PermissionError):
     """The deal belongs to another merchant."""
 
@@ -120,11 +124,15 @@ class DealService:
         outbox: Outbox,
         store: DocumentStore,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        queue_backlog: Callable[[], int] = lambda: 0,
     ) -> None:
         self.gate = gate
         self.outbox = outbox
         self.store = store
         self.now = now
+        self.queue_backlog = queue_backlog
+        """Claim events relayed but not yet persisted (``Runtime.queue_backlog``): ``rebuild``
+        refuses while there are any, since they may be the lost deal's."""
 
     def create(self, merchant_id: str, **terms: Any) -> DealView:
         """Start a sale; ``terms`` are the fields of ``DealRecord`` a merchant chooses."""
@@ -188,17 +196,28 @@ class DealService:
                 from_outbox += 1
         return claimed, from_outbox
 
-    def rebuild(self, deal_id: str) -> RebuildReport:
+    def rebuild(self, deal_id: str, force: bool = False) -> RebuildReport:
         """Load a deal the gate lost back into it, with every voucher issued on it.
 
         An operator's act (``shopcardd-backend deal rebuild``): stock left = stock - vouchers,
         per-user counts and replays from them, cancelled if the store says so. A deal the gate
-        still holds is left alone: its counters are the truth."""
+        still holds is left alone: its counters are the truth. ``RebuildRefused`` while claim
+        events wait in the queue for the persist worker (they may be this deal's vouchers, and
+        a rebuild without them would sell them again), unless ``force``."""
         deal = self._stored(deal_id)
         held = self.gate.stock_left(deal_id)
         if held is not None:
             return RebuildReport(deal_id, held, rebuilt=False)
         claimed, from_outbox = self.claimed_vouchers(deal_id)
+        waiting = 0 if force else self.queue_backlog()
+        if waiting:
+            raise RebuildRefused(
+                f"deal {deal_id} is missing from the claim gate; the store and the outbox hold "
+                f"{len(claimed)} of its vouchers ({from_outbox} still in the outbox), but "
+                f"{waiting} claim events wait in the persist queue and may be of this deal: "
+                "not rebuilt; rerun once the persist worker has drained the queue, or with "
+                "--force"
+            )
         self.gate.load_deal(terms_of(deal), claimed=list(claimed.values()))
         if deal.status is not DealStatus.CANCELLED:
             # A cancel that ran while we loaded found no deal in the gate to close (it answered

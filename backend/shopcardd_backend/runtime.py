@@ -145,7 +145,7 @@ class Runtime(Closing):
     def deals(self) -> DealService:
         from .deals import DealService
 
-        return DealService(self.gate, self.outbox, self.store)
+        return DealService(self.gate, self.outbox, self.store, queue_backlog=self.queue_backlog)
 
     @cached_property
     def published_keys(self) -> PublishedKeys:
