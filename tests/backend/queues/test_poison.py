@@ -19,7 +19,8 @@ from shopcardd_backend.events import ClaimIssued, Event, event_payload
 from shopcardd_backend.gates.base import ClaimGate
 from shopcardd_backend.queue.base import DELIVERY_LIMIT
 from shopcardd_backend.queue.inprocess import InProcessPipeline
-from shopcardd_backend.queue.rabbitmq import RabbitPublisher, consume, queue_depth
+from shopcardd_backend.queue.rabbitmq import RabbitPublisher, queue_depth
+from shopcardd_backend.queue.rabbitmq_consumer import consume
 from shopcardd_backend.relay import Relay
 from shopcardd_backend.stores.base import DocumentStore
 from shopcardd_backend.workers.analytics import AnalyticsHandler
