@@ -3,6 +3,7 @@ on is refused with its reason (and parked at once), and every event the claim ga
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -11,7 +12,6 @@ from shopcardd_backend.events import (
     BadEvent,
     ClaimIssued,
     ClaimsRefused,
-    event_body,
     event_payload,
     parse_event,
 )
@@ -23,7 +23,8 @@ TALLY = event_payload(ClaimsRefused("e1", "d1", NOW // 60 * 60, {"sold_out": 7})
 
 def test_what_the_claim_gate_writes_reads_back_the_same() -> None:
     for event in (CLAIM, TALLY):
-        assert event_payload(parse_event(event_body(parse_event(event)))) == event
+        body = json.dumps(event_payload(parse_event(event))).encode()  # as a message carries it
+        assert event_payload(parse_event(body)) == event
 
 
 @pytest.mark.parametrize(
