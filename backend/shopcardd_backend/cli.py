@@ -55,8 +55,9 @@ Run the claim API. The environment chooses the profile:
 Whatever the profile, the voucher signing keys live in SHOPCARDD_DATA_DIR/keys (one is made
 on first start). --workers runs that many processes of the same profile. Other variables:
 SHOPCARDD_USER_JWKS or SHOPCARDD_USER_SECRET (the identity provider), SHOPCARDD_ENVIRONMENT,
-SHOPCARDD_DEVICE_AUDIENCE (the backend URL counters sign their sync tokens for; set it behind a
-proxy), SHOPCARDD_LOG_LEVEL, ... (see docs/backend-api.md); an unknown SHOPCARDD_* name is refused.
+SHOPCARDD_DEVICE_AUDIENCE (the backend URL counters sign their sync tokens for; required in
+production, and behind a proxy), SHOPCARDD_LOG_LEVEL, ... (see docs/backend-api.md); an
+unknown SHOPCARDD_* name is refused.
 """
 
 

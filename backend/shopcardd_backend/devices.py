@@ -16,8 +16,12 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any, Final
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from shopcardd_voucher import MAX_LEEWAY_SECONDS, MAX_VOUCHER_LIFETIME_SECONDS
 from shopcardd_voucher.device_auth import (
     DEVICE_ID,
     DEVICE_ID_RULE,
@@ -28,6 +32,8 @@ from shopcardd_voucher.device_auth import (
     read_device_token,
 )
 
+from .events import CLAIM_ISSUED
+from .gates.base import ClaimGate
 from .stores.base import (
     DeviceRecord,
     DeviceStatus,
@@ -41,6 +47,10 @@ from .stores.base import (
 log = logging.getLogger("shopcardd_backend.devices")
 MAX_REDEMPTIONS_PER_SYNC: Final = 500
 MAX_REVOCATIONS_PER_SYNC: Final = 1000
+REDEEMED_AT_SKEW: Final = timedelta(minutes=5)
+"""How far past the backend's clock a counter's ``redeemed_at`` may lie: a counter trusts its clock
+only while it is synchronised, so more is a broken clock, not a redemption."""
+OUTBOX_PAGE: Final = 1000
 
 
 class DeviceNotFound(LookupError):
@@ -53,6 +63,10 @@ class NotYourDevice(PermissionError):
 
 class DeviceIdTaken(ValueError):
     """A device of that id is enrolled already (revoked ones keep their id)."""
+
+
+class DeviceKeyTaken(ValueError):
+    """The public key sent is another device's already (revoked ones keep theirs): one key, one device."""
 
 
 class DeviceKeyRefused(ValueError):
@@ -89,12 +103,14 @@ class Redemption:
 @dataclass(frozen=True, slots=True)
 class RedemptionResult:
     """``ok``: this device's redemption is the first the backend recorded for the voucher.
-    ``conflict``: another device's was, named with its time."""
+    ``conflict``: another device's was, named with its time. ``refused``: not stored, its
+    ``redeemed_at`` cannot be a time the voucher was redeemed (``reason`` says why)."""
 
     voucher_id: str
     status: str
     first_device_id: str | None = None
     first_redeemed_at: datetime | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +142,34 @@ class VoucherRevocation:
     revoked_at: datetime
 
 
+def implausible_time(redemption: Redemption, now: datetime) -> str | None:
+    """Why ``redeemed_at`` cannot be when the voucher was redeemed, or None when it can: after the
+    backend's clock (with ``REDEEMED_AT_SKEW``), after the voucher expired (with the most leeway a
+    counter may have), or before the earliest moment a voucher of that expiry could be issued."""
+    at = redemption.redeemed_at
+    if at > now + REDEEMED_AT_SKEW:
+        return f"redeemed_at is after the backend's time ({_text(now)}) by more than {REDEEMED_AT_SKEW}"
+    expires_at = redemption.expires_at
+    if expires_at is None:
+        return None
+    if at > expires_at + timedelta(seconds=MAX_LEEWAY_SECONDS):
+        return f"redeemed_at is more than {MAX_LEEWAY_SECONDS} s after the voucher's expires_at"
+    if at < expires_at - timedelta(seconds=MAX_VOUCHER_LIFETIME_SECONDS + MAX_LEEWAY_SECONDS):
+        return "redeemed_at is before a voucher of that expires_at could be issued"
+    return None
+
+
+def _text(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@cache
+def _decoy_key() -> ed25519.Ed25519PublicKey:
+    """A key no device holds: a token naming an unknown device is checked against it, so it is
+    refused with the words (and the work) of a forged one and the 401 does not tell which ids exist."""
+    return ed25519.Ed25519PrivateKey.generate().public_key()
+
+
 def parse_watermark(watermark: str | None) -> int:
     """The ``seq`` a watermark stands for (0: from the start)."""
     if watermark is None:
@@ -142,8 +186,11 @@ class DeviceService:
         keys: Callable[[], dict[str, Any]],
         keyset_valid_seconds: int,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        gate: ClaimGate | None = None,
     ) -> None:
         self.store = store
+        self.gate = gate
+        """Where a voucher issued moments ago is known before the store has it (its outbox)."""
         self.keys = keys
         """The voucher key set (JWKS) to send: every key that may still have live vouchers."""
         self.keyset_valid = timedelta(seconds=keyset_valid_seconds)
@@ -171,7 +218,11 @@ class DeviceService:
         try:
             self.store.add_device(device)
         except DuplicateError:
-            raise DeviceIdTaken(f"device {device_id!r} is enrolled already; choose another id") from None
+            if self.store.get_device(device_id) is not None:
+                raise DeviceIdTaken(f"device {device_id!r} is enrolled already; choose another id") from None
+            raise DeviceKeyTaken(
+                "public_key is another device's already: make a new key pair for each device"
+            ) from None
         log.info("device enrolled", extra={"device_id": device_id, "merchant_id": merchant_id})
         return self.store.get_device(device_id) or device
 
@@ -189,11 +240,10 @@ class DeviceService:
         is used up. ``DeviceUnauthorized`` otherwise (nothing is used up then)."""
         try:
             device = self.store.get_device(device_of_token(token))
-            if device is None:
-                raise DeviceUnauthorized("the device token's kid is not an enrolled device")
-            claims = read_device_token(
-                token, parse_public_jwk(device.public_key), audience, now=self.now().timestamp()
-            )
+            key = _decoy_key() if device is None else parse_public_jwk(device.public_key)
+            claims = read_device_token(token, key, audience, now=self.now().timestamp())
+            if device is None:  # never: nobody holds the decoy's private half
+                raise DeviceTokenError("the device token's signature does not verify with the enrolled key")
         except DeviceTokenError as exc:
             raise DeviceUnauthorized(str(exc)) from None
         if device.status is not DeviceStatus.ACTIVE:
@@ -209,6 +259,7 @@ class DeviceService:
         """Store the device's redemptions and tell it what it needs to verify offline."""
         after = parse_watermark(watermark)
         now = self.now()
+        refused = {r.voucher_id: why for r in redemptions if (why := implausible_time(r, now))}
         records = [
             RedemptionRecord(
                 voucher_id=r.voucher_id,
@@ -221,9 +272,24 @@ class DeviceService:
                 expires_at=r.expires_at,
             )
             for r in redemptions
+            if r.voucher_id not in refused
         ]
         firsts = self.store.save_redemptions(records)
-        results = [self._result(device.device_id, firsts[r.voucher_id]) for r in records]
+        results = [
+            RedemptionResult(r.voucher_id, "refused", reason=refused[r.voucher_id])
+            if r.voucher_id in refused
+            else self._result(device.device_id, firsts[r.voucher_id])
+            for r in redemptions
+        ]
+        if refused:
+            log.warning(
+                "redemptions refused: implausible redeemed_at",
+                extra={
+                    "device_id": device.device_id,
+                    "merchant_id": device.merchant_id,
+                    "count": len(refused),
+                },
+            )
         conflicts = sum(result.status == "conflict" for result in results)
         if conflicts:
             log.warning(
@@ -257,7 +323,9 @@ class DeviceService:
 
         The store knows a voucher once the persist worker has written it; a voucher issued a
         moment ago may not be there yet, so the merchant may name its deal instead (which must
-        be the merchant's). A known voucher's deal must match the one named."""
+        be the merchant's), and the claim gate's outbox of that deal is searched for it. A
+        voucher neither holds was not issued here (a typo): ``VoucherNotFound``, nothing revoked.
+        A known voucher's deal must match the one named."""
         voucher = self.store.get_voucher(voucher_id)
         if voucher is not None:
             if voucher.merchant_id != merchant_id:
@@ -276,9 +344,32 @@ class DeviceService:
                 raise VoucherNotFound(f"no deal {deal_id[:64]!r}")
             if deal.merchant_id != merchant_id:
                 raise NotYourVoucher(f"deal {deal_id!r} belongs to another merchant")
+            if not self._in_outbox(deal_id, voucher_id):
+                raise VoucherNotFound(
+                    f"no voucher {voucher_id[:64]!r} of deal {deal_id!r} was issued here (check the id; "
+                    "one issued in the last seconds may still be on its way to the store: retry shortly)"
+                )
         record = self.store.add_revocation(merchant_id, RevocationKind.VOUCHER, voucher_id, self.now())
         log.info("voucher revoked", extra={"voucher_id": voucher_id, "merchant_id": merchant_id})
         return VoucherRevocation(voucher_id, deal_id, merchant_id, record.revoked_at)
+
+    def _in_outbox(self, deal_id: str, voucher_id: str) -> bool:
+        """Whether the gate's outbox of the deal holds the claim event of the voucher (not yet
+        relayed to the store)."""
+        if self.gate is None:
+            return False
+        after = None
+        while events := self.gate.read_outbox(after, OUTBOX_PAGE, deal_id=deal_id):
+            if any(
+                e.payload.get("type", CLAIM_ISSUED) == CLAIM_ISSUED
+                and e.payload.get("voucher_id") == voucher_id
+                for e in events
+            ):
+                return True
+            if len(events) < OUTBOX_PAGE:
+                return False
+            after = events[-1].event_id
+        return False
 
     def _own_device(self, merchant_id: str, device_id: str) -> DeviceRecord:
         device = self.store.get_device(device_id)

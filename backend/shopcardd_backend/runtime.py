@@ -158,7 +158,9 @@ class Runtime(Closing):
     def devices(self) -> DeviceService:
         from .devices import DeviceService
 
-        return DeviceService(self.store, self.published_keys.jwks, self.settings.keyset_valid_seconds)
+        return DeviceService(
+            self.store, self.published_keys.jwks, self.settings.keyset_valid_seconds, gate=self.gate
+        )
 
     @cached_property
     def publisher(self) -> Publisher:

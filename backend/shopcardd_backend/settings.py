@@ -197,8 +197,8 @@ class Settings(BaseSettings):
 
     device_audience: str | None = None
     """The ``aud`` a device's sync token must carry: the backend URL the counters are configured
-    with (``backend_url``, no trailing ``/``). Unset: the URL the request reached this API at
-    (set it behind a proxy, and in production)."""
+    with (``backend_url``, no trailing ``/``). Required in production; unset in development, the
+    URL the request reached this API at, which follows the client's ``Host`` header."""
     keyset_valid_seconds: int = Field(default=7 * 86_400, gt=0)
     """How long a key set sent at sync counts as fresh on the device (its ``valid_until``)."""
 
@@ -374,6 +374,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "production needs SHOPCARDD_USER_AUDIENCE: the aud of this API's user tokens (its client id "
                 "at the identity provider), so tokens issued to other applications are refused"
+            )
+        if not self.device_audience:
+            raise ValueError(
+                "production needs SHOPCARDD_DEVICE_AUDIENCE: the backend URL the counters sync with "
+                "(their backend_url), so a device token's audience does not follow the Host header"
             )
         return self
 

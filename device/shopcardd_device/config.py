@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from shopcardd_voucher import DEFAULT_LEEWAY_SECONDS
+from shopcardd_voucher import DEFAULT_LEEWAY_SECONDS, MAX_LEEWAY_SECONDS
 from shopcardd_voucher.answers import plain_http_refusal
 
 from .errors import ConfigError
@@ -159,7 +159,7 @@ class DeviceConfig:
             device_key=top.path("device_key") if "device_key" in data else None,
             trust_key=top.path("trust_key") if "trust_key" in data else None,
             ca_file=top.path("ca_file") if "ca_file" in data else None,
-            leeway_seconds=top.number("leeway_seconds", DEFAULT_LEEWAY_SECONDS, int, 0, 3600),
+            leeway_seconds=top.number("leeway_seconds", DEFAULT_LEEWAY_SECONDS, int, 0, MAX_LEEWAY_SECONDS),
             log_level=top.choice("log_level", "info", ("debug", "info", "warning", "error"), any_case=True),
             timezone=_timezone(top),
             max_rejections=top.number("max_rejections", DEFAULT_MAX_REJECTIONS, int, 0, 1_000_000),

@@ -309,8 +309,8 @@ def read_answer(
             )
             for r in results
         ]
-        if any(v.status not in ("ok", "conflict") for v in verdicts):
-            raise ValueError("a result's status is neither ok nor conflict")
+        if any(v.status not in ("ok", "conflict", "refused") for v in verdicts):
+            raise ValueError("a result's status is not ok, conflict or refused")
         keys = KeySet.from_jwks({"keys": answer["keys"]["keys"]})
         if not len(keys):
             raise ValueError("its key set is empty")

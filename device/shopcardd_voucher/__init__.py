@@ -19,7 +19,7 @@ from .keys import (
     SigningKey,
     VerificationKey,
 )
-from .limits import MAX_TIMESTAMP, MAX_VOUCHER_LIFETIME_SECONDS
+from .limits import MAX_LEEWAY_SECONDS, MAX_TIMESTAMP, MAX_VOUCHER_LIFETIME_SECONDS
 from .reasons import Reason
 from .voucher import (
     DEFAULT_LEEWAY_SECONDS,
@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_ALGORITHM",
     "DEFAULT_LEEWAY_SECONDS",
     "ID_RULE",
+    "MAX_LEEWAY_SECONDS",
     "MAX_TIMESTAMP",
     "MAX_TOKEN_LENGTH",
     "MAX_VOUCHER_LIFETIME_SECONDS",

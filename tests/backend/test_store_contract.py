@@ -3,6 +3,7 @@ server of SHOPCARDD_MONGODB_URI)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from jwt.utils import base64url_encode
 
 from shopcardd_backend.stores.base import (
     ClaimTally,
@@ -241,11 +243,12 @@ def test_in_mongodb_a_voucher_id_is_its_document_id(make_store: MakeStore, mongo
 
 # --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---
 
-JWK = {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
-
-
-def device(device_id: str = "c1", merchant_id: str = "m1") -> DeviceRecord:
-    return DeviceRecord(device_id, merchant_id, JWK, DeviceStatus.ACTIVE, T0)
+def device(device_id: str = "c1", merchant_id: str = "m1", key_of: str | None = None) -> DeviceRecord:
+    """A device whose public key is its own (derived from ``key_of``, by default its id)."""
+    x = base64url_encode(hashlib.sha256((key_of or device_id).encode()).digest()).decode()
+    return DeviceRecord(
+        device_id, merchant_id, {"kty": "OKP", "crv": "Ed25519", "x": x}, DeviceStatus.ACTIVE, T0
+    )
 
 
 def redemption(voucher_id: str, device_id: str = "c1", received: int = 0, **changes: Any) -> RedemptionRecord:
@@ -272,6 +275,15 @@ def test_a_device_reads_back_and_its_id_is_taken_for_good(store: DocumentStore) 
     assert store.set_device_status("nope", DeviceStatus.REVOKED, T0) is None
     with pytest.raises(DuplicateError):
         store.add_device(device("c1"))
+
+
+def test_a_device_key_is_one_device_s_for_good(store: DocumentStore) -> None:
+    store.add_device(device("c1"))
+    store.set_device_status("c1", DeviceStatus.REVOKED, T0)
+    for merchant in ("m1", "m2"):
+        with pytest.raises(DuplicateError):
+            store.add_device(device("c2", merchant, key_of="c1"))
+    assert store.get_device("c2") is None
 
 
 def test_a_device_token_id_is_used_once_until_it_is_forgotten(store: DocumentStore) -> None:

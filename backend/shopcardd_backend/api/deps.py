@@ -8,10 +8,15 @@ block, and a blocking call in an ``async def`` would stall every request of the 
 
 from __future__ import annotations
 
-from typing import Annotated
+import email.message
+import json
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 
 from ..claims import ClaimService
 from ..deals import DealService
@@ -23,6 +28,7 @@ from ..settings import Settings
 from ..signing import VoucherSigner
 from ..stores.base import DeviceRecord, DocumentStore
 from .errors import Problem
+from .models import SyncRequest
 
 _bearer = HTTPBearer(auto_error=False, description="The user's token from the identity provider")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The merchant's API key")
@@ -135,6 +141,56 @@ def current_device(
 
 CurrentDevice = Annotated[DeviceRecord, Depends(current_device)]
 DeviceId = Annotated[str, Path(description="The device's id")]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+async def read_body(request: Request, model: type[M]) -> M:
+    """The request's JSON body as ``model``, read and parsed only when called: a dependency placed
+    after the one that authenticates, so an unauthenticated client cannot make this process parse
+    a large body. Errors are FastAPI's own (the same 422 problem documents as a body parameter)."""
+    raw = await request.body()
+    document: Any = raw if raw else None
+    if raw and _is_json(request.headers.get("content-type")):
+        try:
+            document = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            error = {
+                "type": "json_invalid",
+                "loc": ("body", exc.pos),
+                "msg": "JSON decode error",
+                "input": {},
+            }
+            raise RequestValidationError([{**error, "ctx": {"error": exc.msg}}], body=exc.doc) from None
+        except (UnicodeDecodeError, RecursionError):
+            raise HTTPException(400, "There was an error parsing the body") from None
+    if document is None:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors, body=document) from None
+
+
+async def sync_request(request: Request) -> SyncRequest:
+    return await read_body(request, SyncRequest)
+
+
+SyncBody = Annotated[SyncRequest, Depends(sync_request)]
+"""The sync's body; list it after ``CurrentDevice``, which must refuse a stranger before it is read."""
 
 # --- end of the device block ---
 

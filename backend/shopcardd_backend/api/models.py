@@ -286,11 +286,13 @@ class SyncRequest(BaseModel):
 
 class RedemptionResultPublic(BaseModel):
     voucher_id: str
-    status: Literal["ok", "conflict"]
+    status: Literal["ok", "conflict", "refused"]
     first_device_id: str | None
     """With ``conflict``: the device whose redemption of the voucher the backend recorded first."""
     first_redeemed_at: Instant | None
     """With ``conflict``: when that device redeemed it."""
+    reason: str | None = Field(default=None, exclude_if=lambda reason: reason is None)
+    """Only with ``refused``: why the redemption was not stored (its ``redeemed_at`` is implausible)."""
 
 
 class KeySetDown(BaseModel):

@@ -10,7 +10,8 @@ Collections (each record's id is its ``_id``, the other fields keep their names)
 - ``claim_tallies``: ``_id`` the event's id (one record per event: a redelivery inserts
   nothing); index ``(deal_id, minute)``: a deal's statistics are one aggregation over it.
 - ``notices``: ``_id`` ``"<voucher id>/<channel>"``: a notice taken for sending.
-- ``devices``: ``_id`` device id; index ``(merchant_id, _id)`` for a merchant's peers.
+- ``devices``: ``_id`` device id; index ``(merchant_id, _id)`` for a merchant's peers; unique
+  index ``public_key.x``: one key, one device.
 - ``redemptions``: unique index ``(merchant_id, voucher_id, device_id)``: one per voucher and
   device, so a re-uploaded batch changes nothing.
 - ``revocations``: unique indexes ``(merchant_id, seq)`` (the sync watermark, without gaps) and
@@ -276,6 +277,7 @@ class MongoDocumentStore(Closing):
     def _ensure_device_indexes(self) -> None:
         with self._mapped_errors():
             self._devices.create_index([("merchant_id", ASCENDING), ("_id", ASCENDING)], name="by_merchant")
+            self._devices.create_index("public_key.x", unique=True, name="one_device_per_key")
             self._redemptions.create_index(
                 [("merchant_id", ASCENDING), ("voucher_id", ASCENDING), ("device_id", ASCENDING)],
                 unique=True,

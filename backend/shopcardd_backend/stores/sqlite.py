@@ -102,6 +102,7 @@ CREATE TABLE IF NOT EXISTS devices (
     revoked_at TEXT
 );
 CREATE INDEX IF NOT EXISTS devices_by_merchant ON devices (merchant_id, device_id);
+CREATE UNIQUE INDEX IF NOT EXISTS one_device_per_key ON devices (json_extract(public_key, '$.x'));
 CREATE TABLE IF NOT EXISTS redemptions (
     voucher_id TEXT NOT NULL,
     device_id TEXT NOT NULL,

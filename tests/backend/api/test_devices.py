@@ -8,16 +8,22 @@ counter does.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import jwt
+import pytest
 from fastapi.testclient import TestClient
 from jwt.utils import base64url_encode
 
 from shopcardd_backend.app import create_app
-from shopcardd_backend.stores.base import VoucherRecord
+from shopcardd_backend.deals import DealService
+from shopcardd_backend.devices import DeviceService, VoucherNotFound
+from shopcardd_backend.gates.base import ClaimAttempt, ClaimGate, Outcome
+from shopcardd_backend.settings import Settings, SettingsError
+from shopcardd_backend.stores.base import DocumentStore, VoucherRecord
 from shopcardd_provision.keys import keygen
-from shopcardd_voucher import KeySet, Reason, SigningKey, verify
+from shopcardd_voucher import KeySet, Reason, SigningKey, new_voucher_id, verify
 from shopcardd_voucher.device_auth import make_device_token, public_jwk
 
 from .conftest import AUDIENCE, Api, Counter, assert_problem, enrol, redemption
@@ -200,24 +206,27 @@ def test_revocations_reach_the_next_sync_once(api: Api) -> None:
     start = counter.sync([]).json()["revocations"]
     assert start == {"vouchers": [], "deals": [], "watermark": None, "more": False}
 
-    revoked = api.client.post("/v1/vouchers/vX/revoke", json={"deal_id": deal}, headers=counter.headers)
+    voucher = api.claim(deal, api.user_token("alice"), "k1").json()["voucher_id"]
+    revoked = api.client.post(
+        f"/v1/vouchers/{voucher}/revoke", json={"deal_id": deal}, headers=counter.headers
+    )
     assert revoked.status_code == 200, revoked.text
     assert revoked.json() | {"revoked_at": None} == {
-        "voucher_id": "vX",
+        "voucher_id": voucher,
         "deal_id": deal,
         "merchant_id": "m1",
         "status": "revoked",
         "revoked_at": None,
     }
     assert api.client.post(f"/v1/deals/{other_deal}/cancel", headers=counter.headers).status_code == 200
-    again = api.client.post("/v1/vouchers/vX/revoke", json={"deal_id": deal}, headers=counter.headers)
+    again = api.client.post(f"/v1/vouchers/{voucher}/revoke", json={"deal_id": deal}, headers=counter.headers)
     assert again.json() == revoked.json(), "revoking twice is harmless"
 
     down = counter.sync([], watermark=start["watermark"]).json()["revocations"]
-    assert down == {"vouchers": ["vX"], "deals": [other_deal], "watermark": "2", "more": False}
+    assert down == {"vouchers": [voucher], "deals": [other_deal], "watermark": "2", "more": False}
     after = counter.sync([], watermark=down["watermark"]).json()["revocations"]
     assert after == {"vouchers": [], "deals": [], "watermark": "2", "more": False}
-    assert counter.sync([], watermark=None).json()["revocations"]["vouchers"] == ["vX"], "null starts over"
+    assert counter.sync([], watermark=None).json()["revocations"]["vouchers"] == [voucher], "null starts over"
     for bogus in ("7", "abc", "-1"):
         assert_problem(counter.sync([], watermark=bogus), 422, "invalid_request")
 
@@ -340,3 +349,132 @@ def test_a_key_rotation_publishes_the_new_key_at_once_and_keeps_the_old(api: Api
     assert keys.kids == [old_kid, "k2"]
     for token in (old, still, new):
         assert verify(token, keys, merchant="m1").reason is Reason.ACCEPTED
+
+
+def test_production_refuses_to_start_without_a_device_audience(environ: pytest.MonkeyPatch) -> None:
+    """Unset, a device token's audience would be whatever ``Host`` the client sent."""
+    environ.setenv("SHOPCARDD_ENVIRONMENT", "production")
+    environ.setenv("SHOPCARDD_USER_SECRET", "s" * 40)
+    environ.setenv("SHOPCARDD_USER_AUDIENCE", "shopcardd-api")
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env()
+    assert str(refused.value).startswith("production needs SHOPCARDD_DEVICE_AUDIENCE")
+    assert "\n" not in str(refused.value)
+    environ.setenv("SHOPCARDD_DEVICE_AUDIENCE", "https://api.shopcardd.example")
+    assert Settings.from_env().device_audience == "https://api.shopcardd.example"
+
+
+def test_the_401_does_not_tell_an_enrolled_device_id_from_an_unknown_one(api: Api) -> None:
+    counter = enrol(api, api.merchant_key("m1"), "till-1")
+    problems = [
+        assert_problem(
+            counter.sync([], token=make_device_token(SigningKey.generate(device_id), AUDIENCE)),
+            401,
+            "unauthorized",
+        )
+        for device_id in ("till-1", "till-9")  # enrolled (a forged token), never enrolled
+    ]
+    assert problems[0] == problems[1]
+    assert "not an enrolled device" not in problems[0]["detail"]
+
+
+def test_the_sync_token_is_checked_before_the_body_is_parsed(api: Api) -> None:
+    """A stranger's 256 KiB body is answered 401, never parsed (not even the 422 of bad JSON)."""
+    counter = enrol(api, api.merchant_key("m1"), "c1")
+    junk = b'{"redemptions": [' + b"[" * (255 * 1024) + b"]}"
+    json_type = {"Content-Type": "application/json"}
+    forged = make_device_token(SigningKey.generate("c1"), AUDIENCE)
+    for headers in ({}, {"Authorization": f"Bearer {forged}"}):
+        answer = api.client.post("/v1/devices/sync", content=junk, headers={**json_type, **headers})
+        assert_problem(answer, 401, "unauthorized")
+    known = api.client.post("/v1/devices/sync", content=junk, headers={**json_type, **counter.bearer()})
+    assert_problem(known, 422, "invalid_request")
+    wrong_type = api.client.post("/v1/devices/sync", content=b"{}", headers=counter.bearer())
+    assert "Content-Type: application/json" in assert_problem(wrong_type, 422, "invalid_request")["detail"]
+    empty = api.client.post("/v1/devices/sync", headers={**json_type, **counter.bearer()})
+    assert "required" in assert_problem(empty, 422, "invalid_request")["detail"]
+    schema = api.client.get("/openapi.json").json()["paths"]["/v1/devices/sync"]["post"]["requestBody"]
+    assert "redemptions" in schema["content"]["application/json"]["schema"]["properties"]
+
+
+def test_one_public_key_is_enrolled_for_one_device_only(api: Api) -> None:
+    key, other = api.merchant_key("m1"), api.merchant_key("m2")
+    first = enrol(api, key, "till-1")
+    api.client.post("/v1/devices/till-1/revoke", headers={"X-API-Key": key})
+    for merchant_key in (key, other):  # revoked or not, this merchant's or another's
+        body = {"device_id": "till-2", "public_key": public_jwk(first.key)}
+        answer = api.client.post("/v1/devices", json=body, headers={"X-API-Key": merchant_key})
+        assert "another device's" in assert_problem(answer, 409, "conflict")["detail"]
+    assert api.client.post("/v1/devices/till-2/revoke", headers={"X-API-Key": key}).status_code == 404
+    enrol(api, key, "till-2")  # with a key of its own
+
+
+def test_an_implausible_redeemed_at_is_refused_alone_and_the_batch_stays_idempotent(api: Api) -> None:
+    counter = enrol(api, api.merchant_key("m1"), "c1")
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def upload(voucher_id: str, redeemed_at: datetime, expires_in: timedelta) -> dict[str, str]:
+        return {
+            "voucher_id": voucher_id,
+            "deal_id": "d1",
+            "redeemed_at": redeemed_at.isoformat(),
+            "expires_at": (redeemed_at + expires_in).isoformat(),
+        }
+
+    batch = [
+        upload("good", now - timedelta(minutes=5), timedelta(hours=1)),
+        {**upload("year-9999", now, timedelta(hours=1)), "redeemed_at": "9999-12-31T00:00:00Z"},
+        upload("tomorrow", now + timedelta(days=1), timedelta(hours=1)),
+        upload("after-expiry", now - timedelta(days=3), -timedelta(days=1)),
+        upload("before-issue", now - timedelta(days=400), timedelta(days=380)),
+        upload("late-but-in-leeway", now - timedelta(minutes=10), -timedelta(minutes=30)),
+    ]
+    first = counter.sync(batch)
+    assert first.status_code == 200, first.text
+    statuses = {r["voucher_id"]: (r["status"], "reason" in r) for r in first.json()["results"]}
+    assert statuses == {
+        "good": ("ok", False),
+        "year-9999": ("refused", True),
+        "tomorrow": ("refused", True),
+        "after-expiry": ("refused", True),
+        "before-issue": ("refused", True),
+        "late-but-in-leeway": ("ok", False),
+    }
+    assert stored(api) == 2
+    assert counter.sync(batch).json()["results"] == first.json()["results"], "the same batch: the same answer"
+    assert stored(api) == 2
+
+
+def test_revoking_a_voucher_this_backend_never_issued_is_404(api: Api) -> None:
+    key = api.merchant_key("m1")
+    deal = api.create_deal(key)["deal_id"]
+    issued = api.claim(deal, api.user_token("alice"), "k1").json()["voucher_id"]
+    typo = api.client.post(
+        f"/v1/vouchers/{issued[:-1]}x/revoke", json={"deal_id": deal}, headers={"X-API-Key": key}
+    )
+    assert "was issued here" in assert_problem(typo, 404, "not_found")["detail"]
+    real = api.client.post(
+        f"/v1/vouchers/{issued}/revoke", json={"deal_id": deal}, headers={"X-API-Key": key}
+    )
+    assert real.status_code == 200, real.text
+    counter = enrol(api, key, "c1")
+    assert counter.sync([]).json()["revocations"]["vouchers"] == [issued]
+
+
+def test_a_voucher_still_in_the_outbox_is_revoked_by_its_deal(
+    make_gate: Callable[..., ClaimGate], make_store: Callable[..., DocumentStore]
+) -> None:
+    """Before the persist worker stores it, a voucher is known by the claim event in the gate's outbox."""
+    gate, store = make_gate("sqlite"), make_store("sqlite")
+    deal = DealService(gate, store).create(
+        "m1", title="t", stock=3, per_user_limit=1, voucher_ttl_seconds=60, starts_at=None, ends_at=None
+    )
+    voucher_id = new_voucher_id()
+    attempt = ClaimAttempt(deal.deal.deal_id, "u1", "k1", voucher_id, int(time.time()))
+    assert gate.claim(attempt).outcome is Outcome.ISSUED
+    devices = DeviceService(store, lambda: {"keys": []}, 60, gate=gate)
+    assert store.get_voucher(voucher_id) is None
+    assert devices.revoke_voucher("m1", voucher_id, deal.deal.deal_id).voucher_id == voucher_id
+    with pytest.raises(VoucherNotFound):
+        devices.revoke_voucher("m1", new_voucher_id(), deal.deal.deal_id)
+    assert [r.target_id for r in store.revocations_after("m1", 0, 10)] == [voucher_id]

@@ -119,7 +119,13 @@ def test_production_settings_refuse_placeholders(tmp_path: Path) -> None:
         build_settings(tmp_path, environment="production")
     with pytest.raises(ValidationError, match="placeholder"):
         build_settings(tmp_path, environment="production", user_secret="changethis")
-    production = build_settings(tmp_path, environment="production", user_secret=SECRET, user_audience="api")
+    production = build_settings(
+        tmp_path,
+        environment="production",
+        user_secret=SECRET,
+        user_audience="api",
+        device_audience="https://api.example",
+    )
     assert production.environment == "production"
 
 
@@ -174,6 +180,7 @@ def test_production_refuses_to_start_without_a_user_audience(
     assert str(refused.value).startswith("production needs SHOPCARDD_USER_AUDIENCE")
     assert "\n" not in str(refused.value)
     monkeypatch.setenv("SHOPCARDD_USER_AUDIENCE", AUDIENCE)
+    monkeypatch.setenv("SHOPCARDD_DEVICE_AUDIENCE", "https://api.shopcardd.example")
     assert Settings.from_env().user_audience == AUDIENCE
 
 

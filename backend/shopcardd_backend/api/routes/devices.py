@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from fastapi import APIRouter
+from pydantic import BaseModel
 
 from ...devices import Redemption
-from ..deps import CurrentDevice, CurrentMerchant, DeviceId, DeviceServiceDep, RuntimeDep
+from ..deps import CurrentDevice, CurrentMerchant, DeviceId, DeviceServiceDep, RuntimeDep, SyncBody
 from ..models import (
     DeviceCreate,
     DevicePublic,
@@ -34,12 +35,41 @@ def enrol_device(body: DeviceCreate, merchant: CurrentMerchant, devices: DeviceS
     return DevicePublic.model_validate(device, from_attributes=True)
 
 
-@router.post("/sync", responses={401: {}, 413: {}, 422: {}, 503: {}})
+def _schema_inline(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its ``$defs`` written in place, for ``openapi_extra`` (which
+    adds nothing to the document's components)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return inline(schema)
+
+
+@router.post(
+    SYNC_PATH.removeprefix("/v1/devices"),
+    responses={401: {}, 413: {}, 422: {}, 503: {}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _schema_inline(SyncRequest)}},
+        }
+    },
+)
 def sync_device(
-    body: SyncRequest, device: CurrentDevice, devices: DeviceServiceDep, runtime: RuntimeDep
+    device: CurrentDevice, body: SyncBody, devices: DeviceServiceDep, runtime: RuntimeDep
 ) -> SyncResponse:
     """One sync: the counter's redemptions up (idempotent), key set, revocations, peers and time
-    down, all of it signed by the backend's trust key with the request's nonce."""
+    down, all of it signed by the backend's trust key with the request's nonce. The body is read
+    only once the device token is accepted (``SyncBody``)."""
     uploads = [Redemption(**upload.model_dump()) for upload in body.redemptions]
     answer = devices.sync(device, uploads, body.revocations_after)
     response = SyncResponse(
