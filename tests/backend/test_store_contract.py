@@ -243,6 +243,7 @@ def test_in_mongodb_a_voucher_id_is_its_document_id(make_store: MakeStore, mongo
 
 # --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---
 
+
 def device(device_id: str = "c1", merchant_id: str = "m1", key_of: str | None = None) -> DeviceRecord:
     """A device whose public key is its own (derived from ``key_of``, by default its id)."""
     x = base64url_encode(hashlib.sha256((key_of or device_id).encode()).digest()).decode()
