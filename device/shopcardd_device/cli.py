@@ -496,7 +496,8 @@ def status_report(counter: Counter) -> dict[str, Any]:
         "clock_synchronised": now.synchronised,
         "trusted_time": now.now,
         "degraded": health.is_degraded,
-        "ledger": safe_code(str(ledger.path)),
+        "ledger": safe_code(str(counter.config.ledger_path)),
+        "ledger_exists": counter.config.ledger_path.is_file(),
     }
 
 
@@ -531,8 +532,9 @@ def _lan_report(counter: Counter) -> dict[str, Any]:
 
 
 def show_status(args: argparse.Namespace, config: DeviceConfig) -> int:
-    # Only reads, so it works on a read-only ledger; a device that never scanned gets its ledger made.
-    with Counter.open(config, read_only=config.ledger_path.is_file()) as counter:
+    # Only reads, so it works on a read-only ledger; before the first scan or sync there is no
+    # ledger, and none is made: the counts are those of an empty one.
+    with Counter.open_dry_run(config) as counter:
         report = status_report(counter)
     if args.json:
         print(json.dumps(report, separators=(",", ":")), flush=True)  # one value per line
@@ -541,7 +543,8 @@ def show_status(args: argparse.Namespace, config: DeviceConfig) -> int:
     keys = ", ".join(
         f"{k['kid']} ({k['alg']}{'' if k['valid_now'] else ', past its window'})" for k in report["keys"]
     )
-    print(f"device {report['device_id']} at merchant {report['merchant']}  (ledger {report['ledger']})")
+    where = report["ledger"] if report["ledger_exists"] else f"none yet at {report['ledger']}"
+    print(f"device {report['device_id']} at merchant {report['merchant']}  (ledger {where})")
     print(f"  accepted   {report['accepted']}")
     print(f"  rejected   {rejected}")
     print(f"  unsynced   {report['unsynced']}")

@@ -116,10 +116,10 @@ class Counter(Closing):
         the server's time (``Ledger.apply_sync``).
         """
         if read_only:
-            ledger = Ledger(config.ledger_path, read_only=True)
+            ledger = Ledger(config.ledger_path, read_only=True, device_id=config.device_id)
             return cls(config, ledger, _keys_of(config, ledger), clock, synchronised)
         make_data_dir(config)
-        ledger = Ledger(config.ledger_path, max_rejections=config.max_rejections)
+        ledger = Ledger(config.ledger_path, max_rejections=config.max_rejections, device_id=config.device_id)
         try:
             now = clock()
             if ledger.keyset_version() == 0:

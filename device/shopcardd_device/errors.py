@@ -20,6 +20,11 @@ class LedgerDamaged(LedgerError):
     salvages what can be read (``shopcardd-device salvage``); restarting cannot fix it."""
 
 
+class LedgerOfAnotherDevice(ConfigError):
+    """The ledger records another device's id: two configurations point at one ``data_dir``, and
+    sharing a ledger would answer one counter's scans with another's redemptions."""
+
+
 class LedgerFull(LedgerError):
     """The disk holding the ledger is full: nothing can be recorded, so nothing is accepted, until
     space returns (a failure that passes by itself once the disk is cleared)."""

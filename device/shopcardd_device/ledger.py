@@ -23,6 +23,7 @@ a sync, never by the word of the device's own clock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,7 +39,7 @@ from typing import Any, Final
 from shopcardd_voucher import KeySet, Reason, Verdict, VerificationKey
 
 from .closing import Closing
-from .errors import LedgerDamaged, LedgerError, LedgerFull
+from .errors import LedgerDamaged, LedgerError, LedgerFull, LedgerOfAnotherDevice
 from .inputs import fingerprint, safe_code
 
 SCHEMA_VERSION: Final = 5
@@ -48,6 +49,9 @@ DEFAULT_MAX_REJECTIONS: Final = 10_000
 MAX_DETAIL_LENGTH: Final = 200
 """A verdict's detail may quote the token (a kid): stored cut to this."""
 BUSY_TIMEOUT_MS: Final = 10_000
+FILE_MODE: Final = 0o600
+"""The ledger's files (the database, its ``-wal`` and ``-shm``): the counter's user only, whatever
+the umask (SQLite gives the ``-wal`` and ``-shm`` files the database file's mode)."""
 NO_SPACE_BYTES: Final = 64 * 1024
 """Less free space than this, and an I/O error of the ledger is a full disk."""
 _IN_MEMORY: Final = ":memory:"
@@ -92,7 +96,7 @@ CREATE TABLE IF NOT EXISTS revocations (
     PRIMARY KEY (kind, value)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (
-    name  TEXT PRIMARY KEY,                -- time_floor, last_sync, keyset, keyset_loaded_at, sync_failure
+    name  TEXT PRIMARY KEY,  -- time_floor, last_sync, keyset, sync_failure, device_id, trust_key, ...
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 """
@@ -276,6 +280,8 @@ class Ledger(Closing):
 
     ``read_only`` (for ``status``) never writes, so it also reads a ledger on a read-only
     filesystem or in a folder this user may not write. ``max_rejections`` caps the rejection rows.
+    ``device_id``: the ledger is this device's; the first device to open it writably records its
+    id, and any other is refused (``LedgerOfAnotherDevice``).
     """
 
     def __init__(
@@ -285,6 +291,7 @@ class Ledger(Closing):
         check: bool = True,
         read_only: bool = False,
         max_rejections: int = DEFAULT_MAX_REJECTIONS,
+        device_id: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.max_rejections = max_rejections
@@ -296,6 +303,7 @@ class Ledger(Closing):
                 self._db = sqlite3.connect(_IN_MEMORY, isolation_level=None)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._restrict_files()
                 self._db = sqlite3.connect(self.path, isolation_level=None)
         except OSError as exc:
             raise LedgerError(f"cannot open ledger {self.path}: {exc.strerror or exc}") from exc
@@ -316,12 +324,51 @@ class Ledger(Closing):
                     raise LedgerError(f"ledger {self.path}: cannot switch to WAL (journal mode {mode})")
                 self._db.execute("PRAGMA synchronous = FULL")
                 self._migrate()
+            if device_id is not None:
+                self._bind(device_id, claim=not read_only)
         except sqlite3.Error as exc:
             self._db.close()
             raise self._error(exc) from exc
         except LedgerError:
             self._db.close()
             raise
+
+    def _restrict_files(self) -> None:
+        """Make the database file (if missing) and set it and its ``-wal`` and ``-shm`` to
+        ``FILE_MODE``: SQLite would make them 0644 less the umask, readable by every user. What
+        cannot be changed (a read-only filesystem) is left for SQLite's own error to name."""
+        with contextlib.suppress(OSError):  # there already, or SQLite will say why it cannot be made
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            try:
+                os.fchmod(fd, FILE_MODE)  # the umask may have taken bits away
+            finally:
+                os.close(fd)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                file = self.path.with_name(self.path.name + suffix)
+                if file.stat().st_mode & 0o777 != FILE_MODE:
+                    file.chmod(FILE_MODE)
+
+    def _bind(self, device_id: str, *, claim: bool) -> None:
+        """Refuse a ledger of another device; ``claim``: record ``device_id`` in one that has none
+        (new, or kept from before ledgers recorded it: then only if its redemptions are this
+        device's)."""
+        with self._write() if claim else contextlib.nullcontext(self._db) as db:
+            row = (
+                db.execute("SELECT value FROM state WHERE name = 'device_id'").fetchone()
+                or db.execute(
+                    "SELECT device_id FROM redemptions WHERE device_id != ? LIMIT 1", (device_id,)
+                ).fetchone()
+            )
+            owner = None if row is None else str(row[0])
+            if owner is None and claim:
+                self._set(db, "device_id", device_id)
+        if owner is not None and owner != device_id:
+            raise LedgerOfAnotherDevice(
+                f"ledger {self.path} is device {safe_code(owner)!r}'s, not {device_id!r}'s: give each "
+                "counter a data_dir of its own (two counters sharing a ledger would answer one's scans "
+                "with the other's redemptions)"
+            )
 
     def _switch_to_wal(self) -> str:
         """The journal mode after asking for WAL. The switch takes the file's exclusive lock, and

@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import time
 from contextlib import closing
@@ -21,6 +22,7 @@ import pytest
 
 from logschema import log_entry
 from shopcardd_device import cli
+from shopcardd_device.config import DeviceConfig
 from shopcardd_device.counter import Counter
 from shopcardd_provision.qr import save_qr
 from shopcardd_voucher import MAX_TOKEN_LENGTH
@@ -527,3 +529,52 @@ def test_an_unknown_time_zone_is_refused_at_start_up_in_one_line(write_config: W
     assert result.returncode == 2
     assert result.stderr.startswith("shopcardd-device status: timezone: unknown time zone 'Europe/Berln'")
     assert result.stderr.count("\n") == 1
+
+
+def test_a_ledger_is_one_device_s_and_another_device_is_refused_it(
+    write_config: WriteConfig, mint: Mint
+) -> None:
+    """Two bundles pointing at one data_dir: till-2 must not say "redeemed here" of till-1's scan."""
+    first = write_config()
+    second = first.with_name("device-2.toml")
+    second.write_text(first.read_text().replace('device_id = "counter-1"', 'device_id = "counter-2"'))
+    token = mint()
+    assert device_command("verify", "--config", first, token).returncode == 0
+    for command in (["verify", token], ["status"]):
+        refused = device_command(command[0], "--config", second, *command[1:])
+        assert refused.returncode == 2, (command, refused.stdout)
+        (line,) = refused.stderr.splitlines()
+        assert "is device 'counter-1''s, not 'counter-2''s" in line and "data_dir of its own" in line
+    assert device_command("verify", "--config", first, token).stdout.startswith("already_redeemed")
+
+
+def test_status_before_the_first_scan_makes_no_ledger(write_config: WriteConfig) -> None:
+    config = write_config()
+    shown = device_command("status", "--config", config)
+    assert shown.returncode == 0, shown.stderr
+    assert "(ledger none yet at " in shown.stdout.splitlines()[0]
+    report = strict_json(device_command("status", "--config", config, "--json").stdout)
+    assert (report["ledger_exists"], report["accepted"], report["unsynced"]) == (False, 0, 0)
+    assert not (config.parent / "data").exists(), "status only reads: no folder, no ledger"
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
+def test_the_ledger_files_are_the_counter_user_s_only_under_any_umask(
+    write_config: WriteConfig, mint: Mint, umask: int
+) -> None:
+    config = DeviceConfig.load(write_config())
+    old = os.umask(umask)
+    try:
+        with Counter.open(config) as counter:
+            counter.scan(mint())
+            files = [config.ledger_path.with_name(config.ledger_path.name + s) for s in ("", "-wal", "-shm")]
+            assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {
+                f.name: "0o600" for f in files
+            }
+    finally:
+        os.umask(old)
+    for file in files:
+        if file.exists():
+            file.chmod(0o644)  # a ledger made before this rule
+    Counter.open(config).close()
+    assert oct(stat.S_IMODE(config.ledger_path.stat().st_mode)) == "0o600"
