@@ -47,8 +47,11 @@ def enrol_counter(url: str, api_key: str, device_id: str, folder: Path, merchant
     return folder / CONFIG_FILE
 
 
-def fill_ledger(ledger_path: Path, count: int, *, merchant: str, deal: str, now: float) -> list[str]:
-    """Record ``count`` redemptions (valid for an hour from ``now``) in the ledger; their voucher ids.
+def fill_ledger(
+    ledger_path: Path, count: int, *, device_id: str, merchant: str, deal: str, now: float
+) -> list[str]:
+    """Record ``count`` redemptions (valid for an hour from ``now``) in device ``device_id``'s ledger
+    (a ledger is one device's); their voucher ids.
 
     Through the ledger's own ``record``, but without fsync (``synchronous = OFF`` on this one
     connection): a durable commit per row would take minutes, and recording is not what is timed.
@@ -56,14 +59,14 @@ def fill_ledger(ledger_path: Path, count: int, *, merchant: str, deal: str, now:
     from shopcardd_device.ledger import Ledger
 
     ids = [f"bench-{os.urandom(8).hex()}" for _ in range(count)]
-    with Ledger(ledger_path) as ledger:
+    with Ledger(ledger_path, device_id=device_id) as ledger:
         ledger._db.execute("PRAGMA synchronous = OFF")
         for number, voucher_id in enumerate(ids):
             voucher = Voucher(voucher_id, deal, f"u{number}", merchant, int(now), int(now) + 3600, None, "k")
             ledger.record(
                 Verdict(Reason.ACCEPTED, voucher),
                 raw="",
-                device_id="bench",
+                device_id=device_id,
                 scanned_at=now,
                 clock_at=now,
                 time_floor=None,
@@ -79,7 +82,14 @@ def _one_run(url: str, api_key: str, folder: Path, args: argparse.Namespace) -> 
 
     config = DeviceConfig.load(enrol_counter(url, api_key, folder.name, folder))
     with Counter.open(config) as counter:
-        fill_ledger(config.ledger_path, args.redemptions, merchant=MERCHANT, deal="d-bench", now=time.time())
+        fill_ledger(
+            config.ledger_path,
+            args.redemptions,
+            device_id=config.device_id,
+            merchant=MERCHANT,
+            deal="d-bench",
+            now=time.time(),
+        )
         config = dataclasses.replace(
             config, sync=dataclasses.replace(config.sync, batch_size=args.batch_size)
         )

@@ -159,9 +159,9 @@ def test_a_data_dir_that_cannot_be_made_is_named(write_config: WriteConfig, tmp_
     (tmp_path / "file").write_text("in the way")
     path = write_config()
     path.write_text(path.read_text().replace('data_dir = "data"', 'data_dir = "file/data"'))
-    result = device_command("status", "--config", path)
+    result = device_command("verify", "--config", path, "token")  # status makes no folder: it only reads
     assert result.returncode == 2 and result.stderr.startswith(
-        "shopcardd-device status: data_dir: cannot create"
+        "shopcardd-device verify: data_dir: cannot create"
     )
 
 

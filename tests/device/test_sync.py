@@ -184,7 +184,14 @@ def test_10000_redemptions_over_a_connection_that_keeps_dropping_are_stored_exac
     shop: Shop, served: Served
 ) -> None:
     config = shop.enrol("till-bulk")
-    fill_ledger(config.ledger_path, 10_000, merchant=shop.merchant, deal="d-bulk", now=time.time())
+    fill_ledger(
+        config.ledger_path,
+        10_000,
+        device_id=config.device_id,
+        merchant=shop.merchant,
+        deal="d-bulk",
+        now=time.time(),
+    )
     host, port = served.url.removeprefix("http://").split(":")
     with DroppingProxy((host, int(port)), every=4) as proxy, Counter.open(config) as counter:
         flaky = replace(config, backend_url=proxy.url)
