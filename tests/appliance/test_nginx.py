@@ -205,7 +205,14 @@ def test_a_counter_syncs_600_redemptions_in_its_largest_batches_through_the_ship
     toml = enrol_counter(stack.url, api_key, "till-1", tmp_path / "counter", merchant)  # through nginx
     toml.write_text(toml.read_text() + "\n[sync]\nbatch_size = 500\n")
     config = DeviceConfig.load(toml)
-    ids = fill_ledger(config.ledger_path, 600, merchant=merchant, deal="d-espresso", now=time.time())
+    ids = fill_ledger(
+        config.ledger_path,
+        600,
+        merchant=merchant,
+        deal="d-espresso",
+        now=time.time(),
+        device_id=config.device_id,
+    )
 
     done = subprocess.run(
         [str(BIN / "shopcardd-device"), "sync", "--config", str(toml)],

@@ -411,7 +411,14 @@ def test_a_proxy_that_takes_16_kib_halves_the_batch_until_it_passes_and_every_re
     """A proxy with a lower body limit than the backend's (the 16 KiB every other route takes)."""
     config = shop.enrol("till-proxied")
     assert config.source_file is not None and config.sync.batch_size == 200  # the default: about 34 KB
-    fill_ledger(config.ledger_path, 600, merchant=shop.merchant, deal="d-bulk", now=time.time())
+    fill_ledger(
+        config.ledger_path,
+        600,
+        merchant=shop.merchant,
+        deal="d-bulk",
+        now=time.time(),
+        device_id=config.device_id,
+    )
     with BodyLimitProxy(served.url, 16 * 1024) as proxy:
         config.source_file.write_text(config.source_file.read_text().replace(served.url, proxy.url))
         done = device_command("sync", "--config", config.source_file)
@@ -439,7 +446,14 @@ def test_a_sync_the_backend_keeps_refusing_exits_1_and_status_says_since_when_un
 ) -> None:
     config = shop.enrol("till-refused")
     assert config.source_file is not None
-    fill_ledger(config.ledger_path, 3, merchant=shop.merchant, deal="d-bulk", now=time.time())
+    fill_ledger(
+        config.ledger_path,
+        3,
+        merchant=shop.merchant,
+        deal="d-bulk",
+        now=time.time(),
+        device_id=config.device_id,
+    )
     toml = config.source_file.read_text()
 
     def status() -> dict[str, Any]:
