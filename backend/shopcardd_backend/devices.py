@@ -33,7 +33,7 @@ from shopcardd_voucher.device_auth import (
 )
 
 from .events import CLAIM_ISSUED
-from .gates.base import ClaimGate
+from .gates.base import Outbox
 from .stores.base import (
     DeviceRecord,
     DeviceStatus,
@@ -186,10 +186,10 @@ class DeviceService:
         keys: Callable[[], dict[str, Any]],
         keyset_valid_seconds: int,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        gate: ClaimGate | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.store = store
-        self.gate = gate
+        self.outbox = outbox
         """Where a voucher issued moments ago is known before the store has it (its outbox)."""
         self.keys = keys
         """The voucher key set (JWKS) to send: every key that may still have live vouchers."""
@@ -356,10 +356,10 @@ class DeviceService:
     def _in_outbox(self, deal_id: str, voucher_id: str) -> bool:
         """Whether the gate's outbox of the deal holds the claim event of the voucher (not yet
         relayed to the store)."""
-        if self.gate is None:
+        if self.outbox is None:
             return False
         after = None
-        while events := self.gate.read_outbox(after, OUTBOX_PAGE, deal_id=deal_id):
+        while events := self.outbox.read_outbox(after, OUTBOX_PAGE, deal_id=deal_id):
             if any(
                 e.payload.get("type", CLAIM_ISSUED) == CLAIM_ISSUED
                 and e.payload.get("voucher_id") == voucher_id

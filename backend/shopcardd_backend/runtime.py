@@ -159,7 +159,7 @@ class Runtime(Closing):
         from .devices import DeviceService
 
         return DeviceService(
-            self.store, self.published_keys.jwks, self.settings.keyset_valid_seconds, gate=self.gate
+            self.store, self.published_keys.jwks, self.settings.keyset_valid_seconds, outbox=self.outbox
         )
 
     @cached_property

@@ -466,13 +466,13 @@ def test_a_voucher_still_in_the_outbox_is_revoked_by_its_deal(
 ) -> None:
     """Before the persist worker stores it, a voucher is known by the claim event in the gate's outbox."""
     gate, store = make_gate("sqlite"), make_store("sqlite")
-    deal = DealService(gate, store).create(
+    deal = DealService(gate, gate, store).create(
         "m1", title="t", stock=3, per_user_limit=1, voucher_ttl_seconds=60, starts_at=None, ends_at=None
     )
     voucher_id = new_voucher_id()
     attempt = ClaimAttempt(deal.deal.deal_id, "u1", "k1", voucher_id, int(time.time()))
     assert gate.claim(attempt).outcome is Outcome.ISSUED
-    devices = DeviceService(store, lambda: {"keys": []}, 60, gate=gate)
+    devices = DeviceService(store, lambda: {"keys": []}, 60, outbox=gate)
     assert store.get_voucher(voucher_id) is None
     assert devices.revoke_voucher("m1", voucher_id, deal.deal.deal_id).voucher_id == voucher_id
     with pytest.raises(VoucherNotFound):
