@@ -1,5 +1,5 @@
 """``shopcardd-backend``: serve the claim API, relay its events, run the queue workers, register
-merchants, mint development user tokens, rebuild a deal the claim gate lost.
+merchants, mint development user tokens, rebuild a deal the claim gate lost, print a deal's figures.
 
 Every command reads the same ``SHOPCARDD_*`` environment, so ``merchant create`` and
 ``user-token`` act on the stores and keys that ``serve`` uses. Exit codes: 2 for a usage error
@@ -38,6 +38,7 @@ examples:
   shopcardd-backend merchant create --merchant m1      # the API key is the last line
   shopcardd-backend user-token alice bob               # one bearer token per line
   shopcardd-backend deal rebuild DEAL [--force]        # after the claim gate lost its data
+  shopcardd-backend stats DEAL                         # a deal's figures, as a table
   shopcardd-backend relay                              # outbox -> RabbitMQ (SHOPCARDD_AMQP_URL)
   shopcardd-backend worker persist                     # or notify, analytics
 environment: SHOPCARDD_DATA_DIR (default ./data), SHOPCARDD_REDIS_URL, SHOPCARDD_MONGODB_URI,
@@ -184,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild even though the persist queue holds messages or cannot be read (you checked "
         "that none are of this deal)",
     )
+
+    stats = sub.add_parser(
+        "stats",
+        help="print a deal's figures as a table",
+        description="A deal's figures for the terminal: its status and stock left, vouchers issued "
+        "and redeemed, and per minute (UTC) the claims issued and refused by reason with the stock "
+        "left after that minute. The per-minute counts are the analytics worker's: a claim shows "
+        "once its event has been through the queue.",
+    )
+    stats.add_argument("deal_id", type=deal_id, metavar="DEAL", help="the deal's id")
 
     relay = sub.add_parser(
         "relay",
@@ -372,6 +383,38 @@ def cmd_deal_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .deals import DealNotFound
+    from .runtime import Runtime
+    from .stats import deal_figures
+    from .stores.base import CLAIM_COUNTS
+
+    with Runtime(_settings()) as runtime:
+        deal = runtime.store.get_deal(args.deal_id)
+        if deal is None:
+            raise CommandError(f"no deal {args.deal_id!r} in the document store")
+        try:
+            figures = deal_figures(runtime.deals, deal.deal_id, deal.merchant_id)
+        except DealNotFound:
+            raise CommandError(f"no deal {args.deal_id!r} in the document store") from None
+    view = figures.view
+    print(f"deal {deal.deal_id} ({deal.merchant_id}): {deal.title}")
+    print(
+        f"status {view.phase}, stock {deal.stock}, left {view.stock_left}, "
+        f"vouchers issued {figures.vouchers.issued}, redeemed {figures.vouchers.redeemed}"
+    )
+    headers = ("minute (UTC)", *CLAIM_COUNTS, "stock_left")
+    rows = [
+        (minute.minute.strftime("%Y-%m-%d %H:%M"), *(getattr(minute, n) for n in CLAIM_COUNTS), left)
+        for minute, (_, left) in zip(figures.stats.minutes, figures.stock_curve, strict=True)
+    ]
+    rows.append(("total", *(figures.stats.totals[n] for n in CLAIM_COUNTS), view.stock_left))
+    widths = [max(len(str(row[i])) for row in (headers, *rows)) for i in range(len(headers))]
+    for row in (headers, *rows):
+        print("  ".join(str(cell).rjust(width) for cell, width in zip(row, widths, strict=True)))
+    return 0
+
+
 def _stop_on_signals() -> threading.Event:
     """An event set by SIGTERM or SIGINT: a long-running command finishes what it holds, then exits 0."""
     stop = threading.Event()
@@ -431,6 +474,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "user-token": cmd_user_token,
     "deal": cmd_deal_rebuild,
     "trust-key": cmd_trust_rotate,
+    "stats": cmd_stats,
     "relay": cmd_relay,
     "worker": cmd_worker,
 }

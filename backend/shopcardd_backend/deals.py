@@ -19,6 +19,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from shopcardd_voucher import Voucher
@@ -53,12 +54,39 @@ class NotYourDeal(PermissionError):
     """The deal belongs to another merchant."""
 
 
+class DealPhase(StrEnum):
+    """Where a sale stands, as a merchant and a customer see it (the store keeps only whether
+    it was cancelled; the rest follows from the clock and the stock left)."""
+
+    SCHEDULED = "scheduled"
+    ACTIVE = "active"
+    SOLD_OUT = "sold_out"
+    ENDED = "ended"
+    CANCELLED = "cancelled"
+
+
+def deal_phase(deal: DealRecord, stock_left: int | None, now: datetime) -> DealPhase:
+    """Cancelled first, then ended, then scheduled, then sold out (a deal the gate lost, stock
+    unknown, shows by its times alone)."""
+    if deal.status is DealStatus.CANCELLED:
+        return DealPhase.CANCELLED
+    if deal.ends_at is not None and now >= deal.ends_at:
+        return DealPhase.ENDED
+    if deal.starts_at is not None and now < deal.starts_at:
+        return DealPhase.SCHEDULED
+    if stock_left == 0:
+        return DealPhase.SOLD_OUT
+    return DealPhase.ACTIVE
+
+
 @dataclass(frozen=True, slots=True)
 class DealView:
-    """A deal as its readers see it: the stored record and the vouchers left in the gate."""
+    """A deal as its readers see it: the stored record, the vouchers left in the gate (None in a
+    list, for a deal the gate lost) and its phase when it was read."""
 
     deal: DealRecord
-    stock_left: int
+    stock_left: int | None
+    phase: DealPhase
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +183,7 @@ class DealService:
                 "deal created",
                 extra={"deal_id": deal.deal_id, "merchant_id": merchant_id, "stock": deal.stock},
             )
-            return DealView(deal, deal.stock)
+            return DealView(deal, deal.stock, deal_phase(deal, deal.stock, self.now()))
         raise GateUnavailable("could not find a free deal id; retry", retry_after=1)
 
     def get(self, deal_id: str) -> DealView:
@@ -165,6 +193,17 @@ class DealService:
     def list(self, merchant_id: str, limit: int, after: str | None = None) -> DealPage:
         """The merchant's deals, newest first; ``after`` is the previous page's cursor."""
         return self.store.deals_of_merchant(merchant_id, limit, after)
+
+    def list_views(
+        self, merchant_id: str, limit: int, after: str | None = None
+    ) -> tuple[list[DealView], str | None]:
+        """A page of the merchant's deals with their stock left and phase, and the next cursor."""
+        page, now = self.store.deals_of_merchant(merchant_id, limit, after), self.now()
+        views = []
+        for deal in page.deals:
+            left = self.gate.stock_left(deal.deal_id)
+            views.append(DealView(deal, left, deal_phase(deal, left, now)))
+        return views, page.next_cursor
 
     def cancel(self, deal_id: str, merchant_id: str) -> DealView:
         """Close the sale (every later claim is ``sale_not_open``) and revoke its vouchers (every
@@ -244,4 +283,4 @@ class DealService:
         left = self.gate.stock_left(deal.deal_id)
         if left is None:
             raise lost_deal(deal.deal_id)
-        return DealView(deal, left)
+        return DealView(deal, left, deal_phase(deal, left, self.now()))

@@ -275,6 +275,7 @@ class DeviceService:
             if r.voucher_id not in refused
         ]
         firsts = self.store.save_redemptions(records)
+        self.store.record_sync(device.device_id, now)  # the merchant's console shows it
         results = [
             RedemptionResult(r.voucher_id, "refused", reason=refused[r.voucher_id])
             if r.voucher_id in refused

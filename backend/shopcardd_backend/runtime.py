@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .devices import DeviceService
     from .gates.base import ClaimGate, ClaimPorts, Outbox, RateCounter
     from .identity import UserTokenVerifier
+    from .merchants import MerchantService
     from .queue.base import Publisher
     from .ratelimits import ClaimRateLimits
     from .signing import PublishedKeys, VoucherSigner
@@ -163,6 +164,12 @@ class Runtime(Closing):
         )
 
     @cached_property
+    def merchants(self) -> MerchantService:
+        from .merchants import MerchantService
+
+        return MerchantService(self.store, self.settings.keyset_valid_seconds)
+
+    @cached_property
     def publisher(self) -> Publisher:
         """RabbitMQ (``SHOPCARDD_AMQP_URL``), the topology declared; the relay's way out."""
         from .queue.rabbitmq import RabbitPublisher
@@ -231,7 +238,7 @@ class Runtime(Closing):
     def open_api_parts(self) -> None:
         """Open what every request may need, so a bad setting or a dead store fails at start-up."""
         parts = ("store", "ports", "signer", "users", "claims", "rate_limits", "deals", "devices", "trust")
-        for part in parts:
+        for part in (*parts, "merchants"):
             getattr(self, part)
 
     async def aclose(self) -> None:

@@ -1,15 +1,17 @@
 """A deal's statistics for its merchant: claims issued and refused, by minute and in total.
 
-The use case behind ``GET /v1/deals/{deal_id}/stats``; the counts are the analytics worker's
+The use case behind ``GET /v1/deals/{deal_id}/stats``, the console's live page and
+``shopcardd-backend stats``; the counts are the analytics worker's
 (``workers/analytics.py``), so a claim shows here once its event has been through the queue.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
-from .deals import DealNotFound, NotYourDeal
-from .stores.base import CLAIM_COUNTS, DocumentStore, MinuteCounts
+from .deals import DealNotFound, DealService, DealView, NotYourDeal
+from .stores.base import CLAIM_COUNTS, DocumentStore, MinuteCounts, VoucherCounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +33,26 @@ def deal_stats(store: DocumentStore, deal_id: str, merchant_id: str) -> DealStat
     minutes = store.claims_by_minute(deal_id)
     totals = {name: sum(getattr(minute, name) for minute in minutes) for name in CLAIM_COUNTS}
     return DealStats(deal_id, minutes, totals)
+
+
+@dataclass(frozen=True, slots=True)
+class DealFigures:
+    """A deal at a glance, for the console's live page and ``shopcardd-backend stats``: read
+    from aggregates (the gate's stock, the tallies, counts), never claim by claim."""
+
+    view: DealView
+    stats: DealStats
+    vouchers: VoucherCounts
+    stock_curve: list[tuple[datetime, int]]
+    """Stock left at the end of each minute with claims, from the issued counts."""
+
+
+def deal_figures(deals: DealService, deal_id: str, merchant_id: str) -> DealFigures:
+    """The figures of the merchant's deal; ``DealNotFound``, ``NotYourDeal``, 503 for a lost deal."""
+    stats = deal_stats(deals.store, deal_id, merchant_id)
+    view = deals.get(deal_id)
+    left, curve = view.deal.stock, []
+    for minute in stats.minutes:
+        left -= minute.issued
+        curve.append((minute.minute, max(left, 0)))
+    return DealFigures(view, stats, deals.store.voucher_counts(deal_id), curve)

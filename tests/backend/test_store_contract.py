@@ -15,8 +15,10 @@ from jwt.utils import base64url_encode
 
 from shopcardd_backend.stores.base import (
     ClaimTally,
+    ConsoleSession,
     DealRecord,
     DealStatus,
+    DeviceActivity,
     DeviceRecord,
     DeviceStatus,
     DocumentStore,
@@ -27,7 +29,9 @@ from shopcardd_backend.stores.base import (
     RevocationKind,
     RevocationRecord,
     StoreUnavailable,
+    VoucherCounts,
     VoucherRecord,
+    utc_ms,
 )
 
 MakeStore = Callable[..., Any]
@@ -357,3 +361,67 @@ def test_a_stored_voucher_is_found_by_its_id(store: DocumentStore) -> None:
     store.save_voucher(voucher("v1"))
     assert store.get_voucher("v1") == voucher("v1")
     assert store.get_voucher("v2") is None
+
+
+# --- What the merchant reads, API key rotation, console sessions ---
+
+
+def test_a_deals_vouchers_page_by_id_and_count_with_redemptions(store: DocumentStore) -> None:
+    store.save_vouchers(
+        [voucher(f"v{n}") for n in (3, 1, 2)] + [voucher("w1", deal_id="d2", idempotency_key="k")]
+    )
+    assert [v.voucher_id for v in store.vouchers_page("d1", 2)] == ["v1", "v2"]
+    assert [v.voucher_id for v in store.vouchers_page("d1", 2, after="v2")] == ["v3"]
+    store.save_redemptions(
+        [redemption("v1", "c1"), redemption("v1", "c2", received=1), redemption("v2", "c1")]
+    )
+    assert store.voucher_counts("d1") == VoucherCounts(issued=3, redeemed=2)
+    assert store.voucher_counts("d2") == VoucherCounts(issued=1, redeemed=0)
+
+
+def test_a_vouchers_redemptions_come_in_the_order_recorded(store: DocumentStore) -> None:
+    store.save_redemptions([redemption("v1", "c2", received=5), redemption("v1", "c1", received=9)])
+    assert [r.device_id for r in store.redemptions_of_voucher("v1")] == ["c2", "c1"]
+    assert store.redemptions_of_voucher("v9") == []
+
+
+def test_a_revocation_is_found_by_its_target(store: DocumentStore) -> None:
+    store.add_revocation("m1", RevocationKind.VOUCHER, "v1", T0)
+    found = store.revocation_of("m1", RevocationKind.VOUCHER, "v1")
+    assert found is not None and found.revoked_at == T0
+    assert store.revocation_of("m1", RevocationKind.DEAL, "v1") is None
+    assert store.revocation_of("m2", RevocationKind.VOUCHER, "v1") is None
+
+
+def test_device_activity_is_its_last_sync_and_redemptions(store: DocumentStore) -> None:
+    for device_id in ("c1", "c2", "c3"):
+        store.add_device(device(device_id))
+    store.record_sync("c1", T0 + timedelta(minutes=5))
+    store.record_sync("c1", T0)  # a late answer never moves the last sync back
+    store.save_redemptions([redemption("v1", "c1"), redemption("v2", "c2")])
+    assert store.device_activity("m1") == {
+        "c1": DeviceActivity("c1", T0 + timedelta(minutes=5), 1),
+        "c2": DeviceActivity("c2", None, 1),
+    }
+    assert store.device_activity("m2") == {}
+
+
+def test_a_rotated_key_works_until_its_grace_period_ends(store: DocumentStore) -> None:
+    store.add_merchant(merchant("m1", "old"))
+    assert store.rotate_api_key("m1", "new", old_valid_until=T0 + timedelta(hours=1))
+    assert store.merchant_for_key_hash("new") == "m1"
+    assert store.merchant_for_key_hash("old", now=T0) == "m1"
+    assert store.merchant_for_key_hash("old", now=T0 + timedelta(hours=1)) is None
+    assert not store.rotate_api_key("m9", "other", T0)
+
+
+def test_a_console_session_lasts_until_it_expires_or_ends(store: DocumentStore) -> None:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    store.add_console_session(ConsoleSession("s1", "m1", later))
+    assert store.console_session("s1", later - timedelta(seconds=1)) == ConsoleSession(
+        "s1", "m1", utc_ms(later)
+    )
+    assert store.console_session("s1", later) is None
+    store.end_console_session("s1")
+    assert store.console_session("s1", later - timedelta(hours=1)) is None
+    store.end_console_session("s1")  # harmless again

@@ -23,6 +23,7 @@ from ..deals import DealService
 from ..devices import DeviceService
 from ..gates.base import ClaimGate
 from ..identity import API_KEY_PREFIX, hash_api_key
+from ..merchants import MerchantService
 from ..runtime import Runtime
 from ..settings import Settings
 from ..signing import VoucherSigner
@@ -66,7 +67,12 @@ async def get_deal_service(runtime: RuntimeDep) -> DealService:
     return runtime.deals
 
 
+async def get_merchant_service(runtime: RuntimeDep) -> MerchantService:
+    return runtime.merchants
+
+
 GateDep = Annotated[ClaimGate, Depends(get_gate)]
+MerchantServiceDep = Annotated[MerchantService, Depends(get_merchant_service)]
 StoreDep = Annotated[DocumentStore, Depends(get_store)]
 SignerDep = Annotated[VoucherSigner, Depends(get_signer)]
 ClaimServiceDep = Annotated[ClaimService, Depends(get_claim_service)]

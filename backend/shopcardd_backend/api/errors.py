@@ -30,6 +30,7 @@ from ..devices import (
     NotYourVoucher,
     VoucherNotFound,
 )
+from ..merchants import MerchantNotFound
 from ..storage import TransientError
 from ..stores.base import BadCursor
 
@@ -198,6 +199,7 @@ _DOMAIN_ERRORS: Final[dict[type[Exception], str]] = {
     VoucherNotFound: "not_found",
     NotYourVoucher: "forbidden",
     BadWatermark: "invalid_request",
+    MerchantNotFound: "not_found",
 }
 """Errors of the use cases (``deals.py``, the stores) and the problem code each one answers."""
 

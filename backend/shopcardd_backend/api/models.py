@@ -25,10 +25,11 @@ from pydantic import (
 
 from shopcardd_voucher import MAX_VOUCHER_LIFETIME_SECONDS
 
-from ..deals import DealView
+from ..deals import DealPhase, DealView
 from ..devices import MAX_REDEMPTIONS_PER_SYNC
+from ..merchants import MAX_KEY_GRACE_SECONDS, Counter, VoucherStory
 from ..stats import DealStats
-from ..stores.base import DealRecord, DealStatus, DeviceStatus
+from ..stores.base import DeviceStatus, VoucherRecord
 
 EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -113,30 +114,29 @@ class DealPublic(BaseModel):
     title: str
     stock: int
     stock_left: int | None
-    """Vouchers left to claim; ``null`` in a list of deals (read one deal for its stock)."""
+    """Vouchers left to claim (``null`` in a list for a deal the claim gate lost)."""
     per_user_limit: int
     voucher_ttl_seconds: int
     starts_at: datetime | None
     ends_at: datetime | None
-    status: DealStatus
+    status: DealPhase
+    """``scheduled`` (before ``starts_at``), ``active``, ``sold_out`` (no stock left), ``ended``
+    (from ``ends_at`` on) or ``cancelled``, as of the answer."""
 
     @classmethod
     def of(cls, view: DealView) -> DealPublic:
-        return cls.stored(view.deal, view.stock_left)
-
-    @classmethod
-    def stored(cls, deal: DealRecord, stock_left: int | None = None) -> DealPublic:
+        deal = view.deal
         return cls(
             deal_id=deal.deal_id,
             merchant_id=deal.merchant_id,
             title=deal.title,
             stock=deal.stock,
-            stock_left=stock_left,
+            stock_left=view.stock_left,
             per_user_limit=deal.per_user_limit,
             voucher_ttl_seconds=deal.voucher_ttl_seconds,
             starts_at=deal.starts_at,
             ends_at=deal.ends_at,
-            status=deal.status,
+            status=view.phase,
         )
 
 
@@ -364,3 +364,102 @@ class VoucherRevoked(BaseModel):
     merchant_id: str
     status: Literal["revoked"] = "revoked"
     revoked_at: Instant
+
+
+# --- What the merchant reads, API key rotation ---
+
+
+class CounterPublic(BaseModel):
+    """An enrolled counter with what it did."""
+
+    device_id: str
+    status: DeviceStatus
+    enrolled_at: Instant
+    revoked_at: Instant | None
+    last_sync_at: Instant | None
+    """Its last sync (``null``: never synced)."""
+    keys_fresh: bool
+    """It synced within the key set's validity (``SHOPCARDD_KEYSET_VALID_SECONDS``)."""
+    redemptions: int
+    """Redemptions it reported."""
+    peers: int
+    """Other active counters of the merchant it exchanges redemptions with on the shop's LAN."""
+
+    @classmethod
+    def of(cls, counter: Counter) -> CounterPublic:
+        device = counter.device
+        return cls(
+            device_id=device.device_id,
+            status=device.status,
+            enrolled_at=device.enrolled_at,
+            revoked_at=device.revoked_at,
+            last_sync_at=counter.last_sync_at,
+            keys_fresh=counter.keys_fresh,
+            redemptions=counter.redemptions,
+            peers=counter.peers,
+        )
+
+
+class CounterList(BaseModel):
+    devices: list[CounterPublic]
+
+
+class VoucherIssued(BaseModel):
+    """An issued voucher as the store holds it (the token itself is not kept)."""
+
+    voucher_id: str
+    deal_id: str
+    user_id: str
+    issued_at: Instant
+    expires_at: Instant
+
+    @classmethod
+    def of(cls, voucher: VoucherRecord) -> VoucherIssued:
+        return cls.model_validate(voucher, from_attributes=True)
+
+
+class VoucherList(BaseModel):
+    vouchers: list[VoucherIssued]
+    """By voucher id."""
+    next_cursor: str | None
+    """Pass as ``?cursor=`` for the next page; ``null`` on the last page."""
+
+
+class VoucherDetail(VoucherIssued):
+    merchant_id: str
+    redemptions: list[ConflictingRedemption]
+    """Where and when it was redeemed, the first the backend recorded first (two or more: a conflict)."""
+    revoked_at: Instant | None
+    """When it (or its whole deal) was revoked; ``null``: it was not."""
+
+    @classmethod
+    def of_story(cls, story: VoucherStory) -> VoucherDetail:
+        voucher = story.voucher
+        return cls(
+            voucher_id=voucher.voucher_id,
+            deal_id=voucher.deal_id,
+            user_id=voucher.user_id,
+            issued_at=voucher.issued_at,
+            expires_at=voucher.expires_at,
+            merchant_id=voucher.merchant_id,
+            redemptions=[
+                ConflictingRedemption.model_validate(r, from_attributes=True) for r in story.redemptions
+            ],
+            revoked_at=story.revoked_at,
+        )
+
+
+class KeyRotate(BaseModel):
+    """How long the old API key keeps working, so every client can move to the new one."""
+
+    model_config = STRICT_REQUEST
+
+    grace_seconds: int = Field(default=3600, ge=0, le=MAX_KEY_GRACE_SECONDS)
+    """0: the old key stops at once (it leaked). At most 30 days."""
+
+
+class KeyRotated(BaseModel):
+    merchant_id: str
+    api_key: str
+    """The new key: shown this once (only its hash is stored)."""
+    old_key_valid_until: Instant

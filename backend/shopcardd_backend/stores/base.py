@@ -251,12 +251,78 @@ class DeviceRecords(Protocol):
 # --- end of the device sync block ---
 
 
-class DocumentStore(DeviceRecords, Protocol):
+# --- What the merchant reads (the API's lists and the console) and merchant sign-in ---
+
+
+@dataclass(frozen=True, slots=True)
+class VoucherCounts:
+    """A deal's vouchers: issued (stored by the persist worker) and redeemed at any counter."""
+
+    issued: int
+    redeemed: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceActivity:
+    """What a counter did: its last sync (None: never synced) and the redemptions it reported."""
+
+    device_id: str
+    last_sync_at: datetime | None
+    redemptions: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A signed-in console session; the store keeps a hash of its cookie, never the cookie."""
+
+    session_hash: str
+    merchant_id: str
+    expires_at: datetime
+
+
+class MerchantViews(Protocol):
+    """Reads for the merchant (lists, a voucher's story, counters' activity), API key rotation
+    and console sessions."""
+
+    def vouchers_page(self, deal_id: str, limit: int, after: str | None = None) -> list[VoucherRecord]:
+        """The deal's vouchers by voucher id, after the voucher id ``after``, ``limit`` at most."""
+
+    def voucher_counts(self, deal_id: str) -> VoucherCounts: ...
+
+    def redemptions_of_voucher(self, voucher_id: str) -> list[RedemptionRecord]:
+        """Every counter's redemption of a voucher, in the order recorded (``first_redemption`` first)."""
+
+    def revocation_of(
+        self, merchant_id: str, kind: RevocationKind, target_id: str
+    ) -> RevocationRecord | None:
+        """The merchant's revocation of that voucher or deal, or None."""
+
+    def record_sync(self, device_id: str, at: datetime) -> None:
+        """Remember that the device synced at ``at`` (a later sync replaces an earlier one)."""
+
+    def device_activity(self, merchant_id: str) -> dict[str, DeviceActivity]:
+        """The activity of each of the merchant's devices that synced or reported a redemption."""
+
+    def rotate_api_key(self, merchant_id: str, new_key_hash: str, old_valid_until: datetime) -> bool:
+        """Make ``new_key_hash`` the merchant's key; the old one still signs in until
+        ``old_valid_until``. False when there is no such merchant."""
+
+    def add_console_session(self, session: ConsoleSession) -> None: ...
+
+    def console_session(self, session_hash: str, now: datetime) -> ConsoleSession | None:
+        """The session with that hash unless it has expired (as of ``now``)."""
+
+    def end_console_session(self, session_hash: str) -> None:
+        """Sign a session out; harmless when it is gone already."""
+
+
+class DocumentStore(DeviceRecords, MerchantViews, Protocol):
     def add_merchant(self, merchant: MerchantRecord) -> None:
         """Register a merchant; DuplicateError when the id is taken."""
 
-    def merchant_for_key_hash(self, api_key_hash: str) -> str | None:
-        """The merchant id whose API key has this hash, or None."""
+    def merchant_for_key_hash(self, api_key_hash: str, now: datetime | None = None) -> str | None:
+        """The merchant id whose API key has this hash (or whose rotated-out key it is, until its
+        grace period ends, as of ``now``: default the present), or None."""
 
     def add_deal(self, deal: DealRecord) -> None:
         """Store a new deal; DuplicateError when the id is taken."""

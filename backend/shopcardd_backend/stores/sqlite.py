@@ -23,9 +23,11 @@ from ..storage import Closing, SqliteFile
 from .base import (
     CLAIM_COUNTS,
     ClaimTally,
+    ConsoleSession,
     DealPage,
     DealRecord,
     DealStatus,
+    DeviceActivity,
     DeviceRecord,
     DeviceStatus,
     DuplicateError,
@@ -36,6 +38,7 @@ from .base import (
     RevocationKind,
     RevocationRecord,
     StoreUnavailable,
+    VoucherCounts,
     VoucherRecord,
     deal_page,
     first_redemption,
@@ -130,6 +133,24 @@ CREATE TABLE IF NOT EXISTS used_device_tokens (
 );
 CREATE INDEX IF NOT EXISTS used_device_tokens_by_time ON used_device_tokens (keep_until);
 """
+MERCHANT_VIEW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS device_syncs (
+    device_id TEXT PRIMARY KEY,
+    last_sync_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS redemptions_by_deal ON redemptions (deal_id, voucher_id);
+CREATE TABLE IF NOT EXISTS retired_api_keys (
+    api_key_hash TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    valid_until TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS console_sessions (
+    session_hash TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_sessions_by_time ON console_sessions (expires_at);
+"""
 
 
 JSON_COLUMNS = frozenset({"public_key"})
@@ -168,7 +189,9 @@ class SqliteDocumentStore(Closing):
     """``DocumentStore`` on one SQLite file."""
 
     def __init__(self, path: Path | str, busy_timeout: float = 5.0) -> None:
-        self._db = SqliteFile(path, SCHEMA + DEVICE_SCHEMA, StoreUnavailable, busy_timeout)
+        self._db = SqliteFile(
+            path, SCHEMA + DEVICE_SCHEMA + MERCHANT_VIEW_SCHEMA, StoreUnavailable, busy_timeout
+        )
 
     def _add(self, table: str, record: Any) -> None:
         row = _row(record)
@@ -193,10 +216,12 @@ class SqliteDocumentStore(Closing):
     def add_merchant(self, merchant: MerchantRecord) -> None:
         self._add("merchants", merchant)
 
-    def merchant_for_key_hash(self, api_key_hash: str) -> str | None:
+    def merchant_for_key_hash(self, api_key_hash: str, now: datetime | None = None) -> str | None:
         with self._db.reading() as conn:
             row = conn.execute(
-                "SELECT merchant_id FROM merchants WHERE api_key_hash = ?", (api_key_hash,)
+                "SELECT merchant_id FROM merchants WHERE api_key_hash = ? UNION ALL "
+                "SELECT merchant_id FROM retired_api_keys WHERE api_key_hash = ? AND valid_until > ?",
+                (api_key_hash, api_key_hash, _stamp(now or datetime.now(UTC))),
             ).fetchone()
         return None if row is None else row[0]
 
@@ -399,6 +424,106 @@ class SqliteDocumentStore(Closing):
         return self._one(VoucherRecord, "SELECT * FROM vouchers WHERE voucher_id = ?", voucher_id)
 
     # --- end of the device sync block ---
+
+    # --- What the merchant reads, API key rotation, console sessions ---
+
+    def vouchers_page(self, deal_id: str, limit: int, after: str | None = None) -> list[VoucherRecord]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT * FROM vouchers WHERE deal_id = ? AND voucher_id > ? ORDER BY voucher_id LIMIT ?",
+                (deal_id, after or "", limit),
+            ).fetchall()
+        return [_record(VoucherRecord, row) for row in rows]
+
+    def voucher_counts(self, deal_id: str) -> VoucherCounts:
+        with self._db.reading() as conn:
+            (issued,) = conn.execute("SELECT COUNT(*) FROM vouchers WHERE deal_id = ?", (deal_id,)).fetchone()
+            (redeemed,) = conn.execute(
+                "SELECT COUNT(DISTINCT voucher_id) FROM redemptions WHERE deal_id = ?", (deal_id,)
+            ).fetchone()
+        return VoucherCounts(int(issued), int(redeemed))
+
+    def redemptions_of_voucher(self, voucher_id: str) -> list[RedemptionRecord]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT * FROM redemptions WHERE voucher_id = ? ORDER BY received_at, device_id",
+                (voucher_id,),
+            ).fetchall()
+        return [_record(RedemptionRecord, row) for row in rows]
+
+    def revocation_of(
+        self, merchant_id: str, kind: RevocationKind, target_id: str
+    ) -> RevocationRecord | None:
+        return self._one(
+            RevocationRecord,
+            "SELECT * FROM revocations WHERE merchant_id = ? AND kind = ? AND target_id = ?",
+            merchant_id,
+            str(kind),
+            target_id,
+        )
+
+    def record_sync(self, device_id: str, at: datetime) -> None:
+        with self._db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO device_syncs (device_id, last_sync_at) VALUES (?, ?) ON CONFLICT (device_id) "
+                "DO UPDATE SET last_sync_at = MAX(last_sync_at, excluded.last_sync_at)",
+                (device_id, _stamp(at)),
+            )
+
+    def device_activity(self, merchant_id: str) -> dict[str, DeviceActivity]:
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT d.device_id, s.last_sync_at, "
+                "  (SELECT COUNT(*) FROM redemptions r WHERE r.merchant_id = d.merchant_id "
+                "   AND r.device_id = d.device_id) "
+                "FROM devices d LEFT JOIN device_syncs s ON s.device_id = d.device_id "
+                "WHERE d.merchant_id = ?",
+                (merchant_id,),
+            ).fetchall()
+        return {
+            device_id: DeviceActivity(
+                device_id, utc_ms(datetime.fromisoformat(synced)) if synced else None, count
+            )
+            for device_id, synced, count in rows
+            if synced or count
+        }
+
+    def rotate_api_key(self, merchant_id: str, new_key_hash: str, old_valid_until: datetime) -> bool:
+        try:
+            with self._db.transaction() as tx:
+                row = tx.execute(
+                    "SELECT api_key_hash FROM merchants WHERE merchant_id = ?", (merchant_id,)
+                ).fetchone()
+                if row is None:
+                    return False
+                tx.execute(
+                    "INSERT OR REPLACE INTO retired_api_keys (api_key_hash, merchant_id, valid_until) "
+                    "VALUES (?, ?, ?)",
+                    (row[0], merchant_id, _stamp(old_valid_until)),
+                )
+                tx.execute(
+                    "UPDATE merchants SET api_key_hash = ? WHERE merchant_id = ?", (new_key_hash, merchant_id)
+                )
+        except sqlite3.IntegrityError as exc:
+            raise DuplicateError(f"merchants: {exc}") from exc
+        return True
+
+    def add_console_session(self, session: ConsoleSession) -> None:
+        with self._db.transaction() as tx:
+            tx.execute("DELETE FROM console_sessions WHERE expires_at < ?", (_stamp(datetime.now(UTC)),))
+        self._add("console_sessions", session)
+
+    def console_session(self, session_hash: str, now: datetime) -> ConsoleSession | None:
+        return self._one(
+            ConsoleSession,
+            "SELECT * FROM console_sessions WHERE session_hash = ? AND expires_at > ?",
+            session_hash,
+            _stamp(now),
+        )
+
+    def end_console_session(self, session_hash: str) -> None:
+        with self._db.transaction() as tx:
+            tx.execute("DELETE FROM console_sessions WHERE session_hash = ?", (session_hash,))
 
     def check(self) -> None:
         with self._db.reading() as conn:

@@ -17,6 +17,7 @@ from logschema import log_entry
 from shopcardd_backend.app import create_app
 from shopcardd_bench.claims import running_backend
 from shopcardd_voucher import KeySet, Reason, verify
+from waiting import until
 
 from .conftest import Api, assert_problem, backend, build_settings
 
@@ -308,3 +309,34 @@ def test_no_deal_id_reads_as_an_option_on_the_command_line() -> None:
     from shopcardd_backend.deals import new_deal_id
 
     assert not any(new_deal_id().startswith("-") for _ in range(5000))
+
+
+def test_stats_prints_a_deals_figures_as_a_table(env: dict[str, str], tmp_path: Path) -> None:
+    settings = build_settings(tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        key = api.merchant_key("m1")
+        deal = api.create_deal(key, stock=5, per_user_limit=1)["deal_id"]
+        token = api.user_token("alice")
+        assert api.claim(deal, token, "k1").status_code == 201
+        assert api.claim(deal, token, "k2").status_code == 409  # limit_reached
+
+        def counted() -> bool:
+            totals = client.get(f"/v1/deals/{deal}/stats", headers={"X-API-Key": key}).json()["totals"]
+            return (totals["issued"], totals["limit_reached"]) == (1, 1)
+
+        until(counted, "the claim and the refusal are tallied")
+    lines = backend(env, "stats", deal).stdout.splitlines()
+    assert lines[1] == "status active, stock 5, left 4, vouchers issued 1, redeemed 0"
+    assert lines[2].split() == [
+        "minute",
+        "(UTC)",
+        "issued",
+        "sold_out",
+        "limit_reached",
+        "sale_not_open",
+        "stock_left",
+    ]
+    assert lines[3].split()[-1] == "4"  # the claim and refusal share a minute, or it is one of two
+    assert lines[-1].split() == ["total", "1", "0", "1", "0", "4"]
+    assert "no deal 'nope'" in backend(env, "stats", "nope", expect=1).stderr

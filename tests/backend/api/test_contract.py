@@ -376,7 +376,7 @@ def test_a_merchant_lists_its_own_deals_newest_first_page_by_page(api: Api) -> N
         page = api.client.get("/v1/deals", params=params, headers={"X-API-Key": key})
         assert page.status_code == 200, page.text
         body = page.json()
-        assert all(d["merchant_id"] == "m1" and d["stock_left"] is None for d in body["deals"])
+        assert all(d["merchant_id"] == "m1" and d["stock_left"] == d["stock"] == 5 for d in body["deals"])
         seen += [d["deal_id"] for d in body["deals"]]
         pages += 1
         cursor = body["next_cursor"]

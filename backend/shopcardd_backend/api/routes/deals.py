@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from ..deps import CurrentMerchant, DealId, DealServiceDep
-from ..models import DealCreate, DealList, DealPublic
+from ..deps import CurrentMerchant, DealId, DealServiceDep, MerchantServiceDep
+from ..models import DealCreate, DealList, DealPublic, VoucherIssued, VoucherList
 
 router = APIRouter(prefix="/v1/deals", tags=["deals"])
 
@@ -28,11 +28,10 @@ def list_deals(
         str | None, Query(max_length=200, description="The previous page's next_cursor")
     ] = None,
 ) -> DealList:
-    """The merchant's deals, newest first; follow ``next_cursor`` for older ones.
-
-    Each deal is shown as stored; ``GET /v1/deals/{deal_id}`` adds the stock left."""
-    page = deals.list(merchant, limit, cursor)
-    return DealList(deals=[DealPublic.stored(deal) for deal in page.deals], next_cursor=page.next_cursor)
+    """The merchant's deals, newest first, each with its stock left and status; follow
+    ``next_cursor`` for older ones."""
+    views, next_cursor = deals.list_views(merchant, limit, cursor)
+    return DealList(deals=[DealPublic.of(view) for view in views], next_cursor=next_cursor)
 
 
 @router.get("/{deal_id}", responses={404: {}, 503: {}})
@@ -48,3 +47,17 @@ def cancel_deal(deal_id: DealId, merchant: CurrentMerchant, deals: DealServiceDe
     On a deal the gate lost, the cancellation is recorded in the store (``deal rebuild`` loads
     the deal cancelled) and the answer is 503, as for any other use of that deal."""
     return DealPublic.of(deals.cancel(deal_id, merchant))
+
+
+@router.get("/{deal_id}/vouchers", responses={401: {}, 403: {}, 404: {}, 422: {}, 503: {}})
+def list_vouchers(
+    deal_id: DealId,
+    merchant: CurrentMerchant,
+    merchants: MerchantServiceDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Vouchers per page")] = 100,
+    cursor: Annotated[str | None, Query(max_length=64, description="The previous page's next_cursor")] = None,
+) -> VoucherList:
+    """The vouchers issued on the merchant's deal, by voucher id. A voucher shows once the persist
+    worker has stored its claim: shortly after it was issued, not in the same instant."""
+    vouchers, next_cursor = merchants.vouchers_of_deal(merchant, deal_id, limit, cursor)
+    return VoucherList(vouchers=[VoucherIssued.of(v) for v in vouchers], next_cursor=next_cursor)

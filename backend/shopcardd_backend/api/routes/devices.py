@@ -9,8 +9,18 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from ...devices import Redemption
-from ..deps import CurrentDevice, CurrentMerchant, DeviceId, DeviceServiceDep, RuntimeDep, SyncBody
+from ..deps import (
+    CurrentDevice,
+    CurrentMerchant,
+    DeviceId,
+    DeviceServiceDep,
+    MerchantServiceDep,
+    RuntimeDep,
+    SyncBody,
+)
 from ..models import (
+    CounterList,
+    CounterPublic,
     DeviceCreate,
     DevicePublic,
     KeySetDown,
@@ -33,6 +43,13 @@ def enrol_device(body: DeviceCreate, merchant: CurrentMerchant, devices: DeviceS
     """Enrol a counter of the key's merchant with the public half of its Ed25519 key."""
     device = devices.enrol(merchant, body.device_id, body.public_key, body.merchant_id)
     return DevicePublic.model_validate(device, from_attributes=True)
+
+
+@router.get("", responses={401: {}, 503: {}})
+def list_devices(merchant: CurrentMerchant, merchants: MerchantServiceDep) -> CounterList:
+    """The merchant's counters, revoked ones too, by id: last sync, key set fresh or stale,
+    redemptions reported, LAN peers."""
+    return CounterList(devices=[CounterPublic.of(counter) for counter in merchants.counters(merchant)])
 
 
 def _schema_inline(model: type[BaseModel]) -> dict[str, Any]:
