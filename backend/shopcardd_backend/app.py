@@ -24,6 +24,7 @@ from .api.models import ProblemDocument
 from .api.routes import claims, deals, devices, health, keys, merchants, stats, vouchers
 from .api.routes.claims import ClaimFastPath
 from .api.routes.devices import SYNC_MAX_BODY_BYTES, SYNC_PATH
+from .console.routes import install_console
 from .logging import configure_logging
 from .metrics import Metrics
 from .runtime import Runtime
@@ -86,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
     routers = (deals.router, stats.router, claims.router, devices.router, vouchers.router, merchants.router)
     for router in (*routers, keys.router, health.router):
         app.include_router(router)
+    install_console(app)  # the merchant's console at /console (console/)
     return app
 
 

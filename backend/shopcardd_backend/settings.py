@@ -215,6 +215,13 @@ class Settings(BaseSettings):
     (the default: the nginx site on this machine); empty: nobody's. Every other peer is the
     client itself, whatever it sends."""
 
+    console_session_seconds: int = Field(default=8 * 3600, ge=1, le=30 * 86_400)
+    """How long a sign-in to the merchant's console lasts (``/console``); sign-out ends it sooner."""
+    console_sign_in_attempts: int = Field(default=10, ge=1)
+    """Wrong API keys one client address may try at the console's sign-in per window
+    (``console_sign_in_window_seconds``) before it must wait for the window's end."""
+    console_sign_in_window_seconds: int = Field(default=300, ge=1, le=86_400)
+
     max_body_bytes: int = Field(default=16 * 1024, gt=0)
     body_timeout_seconds: float = Field(default=10.0, gt=0)
     """Time a client has to send a request's whole body; a slower one gets 408 and is closed."""
