@@ -41,15 +41,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-# pyzbar loads the system's libzbar (Debian: libzbar0), and shopcardd-bench claims drives the API
-# with wrk: pip can install neither. Install them where we can, else say in one line what to run
-# (their tests skip until then; under CI=true they fail).
+# pyzbar loads the system's libzbar (Debian: libzbar0), shopcardd-bench claims drives the API
+# with wrk, and the console's tests drive Debian's headless Chromium: pip can install none of them.
+# Install them where we can, else say in one line what to run (their tests skip until then; under
+# CI=true they fail).
 system-libs:
 	@$(PYTHON) -c 'import ctypes.util, sys; sys.exit(ctypes.util.find_library("zbar") is None)' || \
 	{ $(call apt_install,libzbar0,the system library of the pyzbar QR decoder); }
 	@command -v curl >/dev/null && command -v jq >/dev/null || \
 	{ $(call apt_install,curl jq,the API guide's walkthrough that tests/test_docs.py runs); }
 	@command -v wrk >/dev/null || { $(call apt_install,wrk,the load generator of shopcardd-bench claims); }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ $(call apt_install,chromium chromium-driver,the headless browser of the console tests); }
 
 # tests/appliance provisions an arm64 Debian root (debootstrap; qemu-user-static runs its binaries
 # through binfmt_misc), checks the units with systemd-analyze and runs nginx: install them where

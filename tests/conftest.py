@@ -53,6 +53,19 @@ def libzbar() -> None:
         service_missing("libzbar0 is not installed (pyzbar needs it): run sudo apt-get install libzbar0")
 
 
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """Debian's Chromium and its WebDriver (``make test`` installs them): the browser the console's
+    tests drive. Never one downloaded at run time."""
+    missing = [path for path in CHROMIUM if not Path(path).exists()]
+    if missing:
+        service_missing(f"{', '.join(missing)} missing: run sudo apt-get install chromium chromium-driver")
+    return CHROMIUM
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """The machine's Redis (127.0.0.1:6379), checked with a PING."""

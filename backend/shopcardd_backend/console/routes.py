@@ -176,7 +176,9 @@ async def _form_refused(request: Request, exc: Exception) -> Response:
 # --- Sign-in and sign-out ---
 
 
-def _sign_in_form(request: Request, error: str | None = None, status_code: int = 200) -> HTMLResponse:
+def _sign_in_form(
+    request: Request, error: str | None = None, status_code: int = 200, next_page: str | None = None
+) -> HTMLResponse:
     secret = request.cookies.get(SIGN_IN_COOKIE) or secrets.token_urlsafe(32)
     answer = _bare(
         request,
@@ -184,7 +186,7 @@ def _sign_in_form(request: Request, error: str | None = None, status_code: int =
         status_code,
         sign_in_csrf=csrf_token(secret),
         error=error,
-        next=_safe_next(request.query_params.get("next")),
+        next=_safe_next(next_page or request.query_params.get("next")),
     )
     _cookie(answer, request, SIGN_IN_COOKIE, secret, 3600)
     return answer
@@ -225,12 +227,14 @@ async def sign_in(
             "That API key is not a merchant's key. Paste the whole key (it starts with sck_), "
             "as shopcardd-backend merchant create printed it.",
             401,
+            next_page,
         )
     except RateLimited as over:
         return _sign_in_form(
             request,
             f"Too many wrong keys from your address: try again in {over.retry_after} seconds.",
             429,
+            next_page,
         )
     answer = _see(_safe_next(next_page))
     _cookie(
