@@ -338,13 +338,16 @@ def _figures(request: Request, session: SignedIn, deal_id: str) -> dict[str, Any
         raise NotFoundPage(f"No deal {deal_id!r} of yours.") from exc
     except TransientError as exc:
         raise NotFoundPage(f"Deal {deal_id!r} cannot be read now: {exc}") from exc
+    minutes = figures.stats.minutes
+    # The curve starts a minute before the first claim, with the whole stock and no claim: the
+    # truth, and one minute alone would stretch the chart's time axis over years.
+    start = [int(minutes[0].minute.timestamp()) - 60] if minutes else []
     chart = {
-        "minutes": [int(minute.minute.timestamp()) for minute in figures.stats.minutes],
-        "issued": [minute.issued for minute in figures.stats.minutes],
-        "refused": [
-            minute.sold_out + minute.limit_reached + minute.sale_not_open for minute in figures.stats.minutes
-        ],
-        "stock_left": [left for _, left in figures.stock_curve],
+        "minutes": start + [int(minute.minute.timestamp()) for minute in minutes],
+        "issued": [0][: len(start)] + [minute.issued for minute in minutes],
+        "refused": [0][: len(start)]
+        + [minute.sold_out + minute.limit_reached + minute.sale_not_open for minute in minutes],
+        "stock_left": [figures.view.deal.stock][: len(start)] + [left for _, left in figures.stock_curve],
     }
     return {"figures": figures, "chart": json.dumps(chart), "recent": figures.stats.minutes[-10:][::-1]}
 

@@ -130,5 +130,10 @@ def check_page(driver: Any, name: str) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(420, min(max(height, 600), 1400))
-        driver.save_screenshot(str(Path(folder) / f"{name}.png"))
+        shot = Path(folder) / f"{name}.png"
+        driver.save_screenshot(str(shot))
+        from PIL import Image  # a 64-colour palette keeps the docs' pictures small
+
+        with Image.open(shot) as image:
+            image.convert("RGB").quantize(64).save(shot, optimize=True)
         driver.set_window_size(420, 900)

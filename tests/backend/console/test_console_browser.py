@@ -27,7 +27,14 @@ def sign_in(driver: Any, served: Served, key: str | None = None) -> None:
     field = driver.find_element(By.ID, "api_key")
     field.clear()
     field.send_keys(key if key is not None else served.api_key)
-    driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    follow(driver, driver.find_element(By.CSS_SELECTOR, "form button[type=submit]"))
+
+
+def follow(driver: Any, element: Any) -> None:
+    """Click a link or a form's button and wait for the next page (never read the old one)."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, 10).until(ec.staleness_of(old))
 
 
 def text_of(driver: Any, element_id: str) -> str:
@@ -57,17 +64,17 @@ def test_a_new_deal_shows_claims_made_by_a_script_live(browser: Any, served: Ser
     form = {"f-title": "Live cake", "f-stock": "x", "f-per_user_limit": "1", "f-voucher_ttl_seconds": "600"}
     for field, value in form.items():
         browser.find_element(By.ID, field).send_keys(value)
-    browser.find_element(By.CSS_SELECTOR, "form[action='/console/deals'] button").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/console/deals'] button"))
     assert "Vouchers to sell: must be a whole number" in text_of(browser, "e-stock")  # beside its field
     check_page(browser, "deals-create-errors")
     stock = browser.find_element(By.ID, "f-stock")
     stock.clear()
     stock.send_keys("5")
-    browser.find_element(By.CSS_SELECTOR, "form[action='/console/deals'] button").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/console/deals'] button"))
     assert browser.find_element(By.TAG_NAME, "h1").text.startswith("Live cake")
     deal_id = browser.current_url.rsplit("/", 1)[1]
     assert text_of(browser, "stock-left") == "5 of 5"
-    check_page(browser, "deal-live")
+    check_page(browser, "deal-live-new")
 
     for user in ("ann", "bob", "cid"):  # the script: three customers claim
         token = served.user_token(user)
@@ -91,14 +98,15 @@ def test_a_new_deal_shows_claims_made_by_a_script_live(browser: Any, served: Ser
     wait_for_text(browser, "issued", "3", LIVE_SECONDS)
     wait_for_text(browser, "limit-reached", "1", LIVE_SECONDS)
     assert browser.find_element(By.ID, "chart").find_elements(By.TAG_NAME, "canvas")  # uPlot drew it
+    check_page(browser, "deal-live")
 
     browser.get(f"{served.url}/console/deals")
     row = browser.find_element(By.XPATH, f"//tr[.//span[@class='id' and text()='{deal_id}']]")
     assert [cell.text for cell in row.find_elements(By.TAG_NAME, "td")][:4] == ["Active", "2 of 5", "3", "0"]
     check_page(browser, "deals")
-    row.find_element(By.PARTIAL_LINK_TEXT, "Cancel").click()
+    follow(browser, row.find_element(By.PARTIAL_LINK_TEXT, "Cancel"))
     check_page(browser, "deal-cancel-confirm")
-    browser.find_element(By.CSS_SELECTOR, "button.danger").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "button.danger"))
     row = browser.find_element(By.XPATH, f"//tr[.//span[@class='id' and text()='{deal_id}']]")
     assert row.find_element(By.CSS_SELECTOR, "span.status").text == "Cancelled"
 
@@ -131,9 +139,9 @@ def test_a_revoked_counter_is_marked_revoked(browser: Any, served: Served) -> No
     assert "fresh" in row.text and "never" not in row.text  # it synced: its key set is fresh
     assert "shopcardd-provision enroll --merchant cafe" in browser.find_element(By.TAG_NAME, "pre").text
     check_page(browser, "counters")
-    row.find_element(By.PARTIAL_LINK_TEXT, "Revoke").click()
+    follow(browser, row.find_element(By.PARTIAL_LINK_TEXT, "Revoke"))
     check_page(browser, "counter-revoke-confirm")
-    browser.find_element(By.CSS_SELECTOR, "button.danger").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "button.danger"))
     row = browser.find_element(By.ID, f"counter-{device_id}")
     assert row.find_element(By.CLASS_NAME, "device-status").text == "Revoked"
     devices = {d["device_id"]: d["status"] for d in served.api("GET", "/v1/devices").json()["devices"]}
@@ -162,13 +170,13 @@ def test_a_redeemed_voucher_shows_where_and_when(browser: Any, served: Served) -
     browser.get(f"{served.url}/console/vouchers")
     check_page(browser, "vouchers")
     browser.find_element(By.ID, "voucher_id").send_keys(voucher)
-    browser.find_element(By.CSS_SELECTOR, "form[role=search] button").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "form[role=search] button"))
     assert text_of(browser, "voucher-customer") == "dora"
     assert text_of(browser, "voucher-redeemed").startswith(f"at {key.kid} on 2026-12-01 10:00:00")
     assert text_of(browser, "voucher-revoked") == "no"
     check_page(browser, "voucher")
-    browser.find_element(By.PARTIAL_LINK_TEXT, "Revoke this voucher").click()
-    browser.find_element(By.CSS_SELECTOR, "button.danger").click()
+    follow(browser, browser.find_element(By.PARTIAL_LINK_TEXT, "Revoke this voucher"))
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "button.danger"))
     assert text_of(browser, "voucher-revoked").startswith("yes, on ")
 
     browser.get(f"{served.url}/console/conflicts")
@@ -183,7 +191,7 @@ def test_a_form_without_its_csrf_token_is_refused(browser: Any, served: Served) 
     browser.execute_script(
         "document.querySelector(\"form[action='/console/keys'] input[name=csrf]\").remove()"
     )
-    browser.find_element(By.CSS_SELECTOR, "form[action='/console/keys'] button").click()
+    follow(browser, browser.find_element(By.CSS_SELECTOR, "form[action='/console/keys'] button"))
     assert browser.find_element(By.TAG_NAME, "h1").text == "That form was refused"
     assert served.api("GET", "/v1/deals").status_code == 200  # the key was not replaced
 
@@ -203,5 +211,7 @@ def test_a_session_past_its_expiry_is_sent_back_to_sign_in(browser: Any, short_s
 
     WebDriverWait(browser, 30, poll_frequency=0.5).until(at_sign_in)
     browser.find_element(By.ID, "api_key").send_keys(short_sessions.api_key)
-    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()  # and on to the page asked for
+    follow(
+        browser, browser.find_element(By.CSS_SELECTOR, "form button[type=submit]")
+    )  # and on to the page asked for
     assert browser.current_url.endswith("/console/counters")
