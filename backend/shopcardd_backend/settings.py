@@ -39,6 +39,7 @@ MIN_SECRET_BYTES = 32
 OTHER_VARIABLES = frozenset(
     {
         "SHOPCARDD_DEVICE_CONFIG",  # the counter device's configuration file (shopcardd-device)
+        "SHOPCARDD_API_KEY",  # the merchant's API key, for shopcardd-provision enroll
         "SHOPCARDD_TEST_REDIS_URL",  # the Redis of the test suite and the claims benchmark
         "SHOPCARDD_TEST_AMQP_URL",  # the RabbitMQ of the test suite
     }

@@ -19,7 +19,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
 )
 
@@ -87,6 +89,21 @@ class DealCreate(BaseModel):
     voucher_ttl_seconds: int = Field(gt=0, le=MAX_VOUCHER_LIFETIME_SECONDS)  # what counters accept
     starts_at: UtcDatetime | None = None
     ends_at: UtcDatetime | None = None
+
+    @field_validator("voucher_ttl_seconds", mode="wrap")
+    @classmethod
+    def _ttl_in_days(cls, value: object, handler: ValidatorFunctionWrapHandler) -> int:
+        """The bound in days, the unit a merchant thinks in, rather than 31622400 seconds."""
+        try:
+            return int(handler(value))
+        except ValidationError as exc:
+            if any(error["type"] == "less_than_equal" for error in exc.errors()):
+                days = MAX_VOUCHER_LIFETIME_SECONDS // 86_400
+                raise ValueError(
+                    f"must be at most {days} days ({MAX_VOUCHER_LIFETIME_SECONDS} seconds): "
+                    "the counters refuse a voucher that lives longer"
+                ) from None
+            raise
 
     @field_validator("ends_at")
     @classmethod

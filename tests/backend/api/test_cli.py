@@ -340,3 +340,11 @@ def test_stats_prints_a_deals_figures_as_a_table(env: dict[str, str], tmp_path: 
     assert lines[3].split()[-1] == "4"  # the claim and refusal share a minute, or it is one of two
     assert lines[-1].split() == ["total", "1", "0", "1", "0", "4"]
     assert "no deal 'nope'" in backend(env, "stats", "nope", expect=1).stderr
+
+
+def test_the_enrolment_key_variable_is_no_unknown_setting(env: dict[str, str]) -> None:
+    """The enrolment docs say ``export SHOPCARDD_API_KEY=...``; the backend's commands still run."""
+    proc = backend({**env, "SHOPCARDD_API_KEY": "sck_example"}, "user-token", "alice")
+    assert proc.stdout.count(".") == 2  # one token
+    typo = backend({**env, "SHOPCARDD_API_KEYS": "x"}, "user-token", "alice", expect=2)
+    assert "unknown variable SHOPCARDD_API_KEYS (did you mean SHOPCARDD_API_KEY?)" in typo.stderr

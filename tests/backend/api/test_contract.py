@@ -409,3 +409,13 @@ def test_a_merchant_key_sent_as_a_bearer_token_is_named_as_such(api: Api) -> Non
     assert "use the X-API-Key header" in assert_problem(as_merchant, 401, "unauthorized")["detail"]
     as_user = api.client.post(f"/v1/deals/{deal}/claims", headers={**bearer, "Idempotency-Key": "k"})
     assert "merchant's API key" in assert_problem(as_user, 401, "unauthorized")["detail"]
+
+
+def test_a_too_long_voucher_lifetime_is_told_in_days(api: Api) -> None:
+    refused = api.client.post(
+        "/v1/deals",
+        json={"title": "Forever", "stock": 1, "per_user_limit": 1, "voucher_ttl_seconds": 10**9},
+        headers={"X-API-Key": api.merchant_key("m1")},
+    )
+    problem = assert_problem(refused, 422, "invalid_request")
+    assert "voucher_ttl_seconds: must be at most 366 days (31622400 seconds)" in problem["detail"]
