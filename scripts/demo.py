@@ -126,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (told_all and ended):
         return 1
     print(f"\nDemo finished in {time.monotonic() - started:.1f} s; everything it made is in {demo.out}")
+    data = shlex.quote(str(demo.out / "backend-data"))
+    print(
+        "\nThe merchant's console, on the demo's backend: serve it with\n"
+        f"  SHOPCARDD_DATA_DIR={data} .venv/bin/shopcardd-backend serve --port 8000\n"
+        "open http://127.0.0.1:8000/console and sign in with the API key of\n"
+        f"  SHOPCARDD_DATA_DIR={data} .venv/bin/shopcardd-backend merchant create --merchant my-shop\n"
+        "(its last line), or with cafe-42's key printed in chapter 3. docs/console.md shows each page."
+    )
     return 0
 
 

@@ -58,6 +58,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     while_running, after = told.split("ok: backend stopped cleanly")
     assert "== 4." in while_running
     assert "/docs" not in while_running and "shopcardd-backend serve --port 8000" in after
+    closing = told.split("Demo finished")[1]  # how to open the console, on the demo's own data
+    assert "open http://127.0.0.1:8000/console" in closing
+    assert str(tmp_path / "demo" / "backend-data") in closing
 
 
 def test_ctrl_c_stops_the_demo_in_one_line_without_a_traceback(tmp_path: Path) -> None:
