@@ -41,6 +41,8 @@ _BACKEND: Final = (
     "pika",
     "prometheus_client",
     "requests",
+    "jinja2",
+    "python_multipart",
 )
 _PROVISION: Final = ("segno", "requests")
 
