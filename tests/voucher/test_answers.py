@@ -11,7 +11,7 @@ from shopcardd_voucher.answers import transport_reason
 NESTED = (
     "HTTPConnectionPool(host='10.0.0.7', port=8000): Max retries exceeded with url: /v1/sync (Caused by "
     "NameResolutionError(\"HTTPConnection(host='backend.shop', port=80): Failed to resolve 'backend.shop' "
-    '([Errno -2] Name or service not known)"))'
+    "([Errno -2] Name or service not known)\"))"
 )
 
 

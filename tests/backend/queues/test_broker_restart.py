@@ -68,3 +68,4 @@ def test_a_broker_restarted_under_load_loses_no_event(
     published = [message["voucher_id"] for message in drain(spare_rabbitmq.url, "shopcardd.persist")]
     assert len(issued) > OUTAGES * CLAIMS_PER_STEP
     assert set(published) == set(issued), f"lost: {sorted(set(issued) - set(published))[:10]}"
+
