@@ -26,11 +26,10 @@ from ..api.models import DealCreate
 from ..deals import DealNotFound, DealService, NotYourDeal
 from ..devices import DeviceNotFound, DeviceService, NotYourDevice, NotYourVoucher, VoucherNotFound
 from ..merchants import MAX_KEY_GRACE_SECONDS, MerchantService
-from ..ratelimits import RateLimited
 from ..runtime import Runtime
 from ..stats import deal_figures
 from ..storage import TransientError
-from .sessions import ConsoleSessions, SignedIn, WrongKey, csrf_matches, csrf_token
+from .sessions import ConsoleSessions, SignedIn, TooManyWrongKeys, WrongKey, csrf_matches, csrf_token
 
 HERE: Final = Path(__file__).parent
 SESSION_COOKIE: Final = "shopcardd_console"
@@ -87,7 +86,7 @@ def _sessions(request: Request) -> ConsoleSessions:
         settings = runtime.settings
         sessions = ConsoleSessions(
             runtime.store,
-            runtime.gate,
+            runtime.rate_counter,
             settings.console_session_seconds,
             settings.console_sign_in_attempts,
             settings.console_sign_in_window_seconds,
@@ -229,7 +228,7 @@ async def sign_in(
             401,
             next_page,
         )
-    except RateLimited as over:
+    except TooManyWrongKeys as over:
         return _sign_in_form(
             request,
             f"Too many wrong keys from your address: try again in {over.retry_after} seconds.",

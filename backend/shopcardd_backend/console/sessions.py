@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from ..gates.base import ClaimGate
+from ..gates.base import RateCounter
 from ..identity import hash_api_key
-from ..ratelimits import ClaimRateLimits, RateLimited
+from ..ratelimits import ClaimRateLimits, OverLimit
 from ..stores.base import ConsoleSession, DocumentStore
 
 
@@ -48,11 +48,19 @@ class WrongKey(Exception):
     """The API key is not a merchant's key (the attempt was counted)."""
 
 
+class TooManyWrongKeys(Exception):
+    """This address tried too many wrong keys: no key is checked for ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many wrong keys: try again in {retry_after} seconds")
+        self.retry_after = retry_after
+
+
 class ConsoleSessions:
     def __init__(
         self,
         store: DocumentStore,
-        gate: ClaimGate,
+        rate_counter: RateCounter,
         lifetime_seconds: int,
         attempts: int,
         window_seconds: int,
@@ -62,21 +70,21 @@ class ConsoleSessions:
         self.lifetime = timedelta(seconds=lifetime_seconds)
         self.now = now
         # Counted in the claim gate's store like the claim limits, under a name of their own.
-        self.wrong_keys = ClaimRateLimits(gate, 0, attempts, window_seconds)
+        self.wrong_keys = ClaimRateLimits(rate_counter, 0, attempts, window_seconds)
 
     async def sign_in(self, api_key: str, address: str | None) -> SignedIn:
-        """A new session for the key's merchant; ``WrongKey``, or ``RateLimited`` when this
+        """A new session for the key's merchant; ``WrongKey``, or ``TooManyWrongKeys`` when this
         address tried too many wrong keys (then the key is not even checked)."""
         who = f"console-sign-in:{address}"
         over = self.wrong_keys.standing(who)
-        if isinstance(over, RateLimited):
-            raise over
+        if isinstance(over, OverLimit):
+            raise TooManyWrongKeys(over.retry_after)
         key_hash = hash_api_key(api_key.strip())
         merchant = await asyncio.to_thread(self.store.merchant_for_key_hash, key_hash) if api_key else None
         if merchant is None:
             over = await self.wrong_keys.check(who)
             if over is not None:
-                raise over
+                raise TooManyWrongKeys(over.retry_after)
             raise WrongKey("that API key is not a merchant's key")
         token = secrets.token_urlsafe(32)
         session = ConsoleSession(_hash(token), merchant, self.now() + self.lifetime)
