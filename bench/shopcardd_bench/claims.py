@@ -3,21 +3,29 @@
 Starts the API as shopcardd-backend serve runs it (the same code: --workers processes, plus
 a bare endpoint, shopcardd_bench/claims_server.py) on a redis-server of its own on a free
 port (or --redis-url, or with --redis-cluster N a Redis Cluster of its own, N primaries on
-free loopback ports), registers a merchant and mints
---users user tokens with the backend's own commands. A warm-up sends every token to the API
-a few times without an Idempotency-Key (each answered 422 once the token is checked), so that
-every process has the tokens in its cache, as it has for users who claimed before. Then, run
-by run, it creates a deal with stock for every claim and drives wrk (--connections open, one
-claim in flight on each, a fresh Idempotency-Key per claim, the users' tokens in turn) for
---duration seconds at the real claim route, then as long at the bare endpoint: a naive async
-FastAPI route doing the same work. Around each wrk run it reads the CPU
-time of the API processes and of redis-server (every node of a cluster) from /proc, and prints claims/s,
-p50/p95/p99 latency, API and Redis CPU microseconds per issued claim, the outcome counts, and
-the same-run ratio of the real route's API CPU per claim to the bare endpoint's (medians of
---runs, after one warm-up run). Afterwards a sell-out: --sellout-stock vouchers, one per
-user, claimed by all users for 5 s; it checks that exactly the stock was issued, and for every
-deal of the bench that the gate's stock, the outbox and the answers agree (nothing oversold,
-nobody over the limit). A PNG (--plot) shows throughput and probe latency over the run.
+free loopback ports), with RabbitMQ named (a virtual host of the bench's own in --amqp-url's
+RabbitMQ, made with rabbitmqctl), so that the API only claims and writes the outbox, as in
+production, where the relays run apart. It registers a merchant and mints --users user tokens
+with the backend's own commands. A warm-up sends every one of those tokens to the API a few
+times without an Idempotency-Key (each answered 422 once the token is checked), so that every
+process has them in its cache, as it has for users who claimed before.
+
+In a flash sale most customers claim once: their token is new to every API process, which
+checks its signature. So, run by run, it creates a deal with stock for every claim and drives
+wrk (--connections open, one claim in flight on each, a fresh Idempotency-Key per claim) for
+--duration seconds three times: at the claim route with cold traffic (--cold-share of the
+claims bring a token minted for this run alone, a new user's; the others a cached token), at
+the claim route with warm traffic (cached tokens only), and at the bare endpoint: a naive
+async FastAPI route doing the same work (it checks every token, so cached or not is the same
+to it). Around each wrk run it reads the CPU time of the API processes and of redis-server
+(every node of a cluster) from /proc, and prints claims/s, p50/p95/p99 latency, API and Redis
+CPU microseconds per issued claim, the outcome counts, and the same-run ratios of the claim
+route's API CPU per claim, cold and warm, to the bare endpoint's (medians of --runs, after
+one warm-up run), with the load average of the machine. Afterwards a sell-out: --sellout-stock
+vouchers, one per user, claimed by all users for 5 s; it checks that exactly the stock was
+issued, and for every deal of the bench that the gate's stock, the outbox and the answers
+agree (nothing oversold, nobody over the limit). A PNG (--plot) shows throughput and probe
+latency over the run.
 
 wrk must be installed (Debian/Ubuntu: apt-get install wrk; .ci/run installs it).
 """
@@ -44,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from shopcardd_voucher.commandline import whole_number
+
+from .pipeline import DEFAULT_AMQP_URL, rabbitmq_vhost
 
 WRK_MISSING = "wrk is not installed: apt-get install wrk (Debian, Ubuntu), brew install wrk (macOS)"
 BARE_PATH = "/bench/bare/deals/{deal}/claims"
@@ -75,7 +85,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="times each token is sent before measuring, so every process caches it (default 3 x workers)",
     )
     parser.add_argument(
+        "--cold-share",
+        type=share,
+        default=0.9,
+        help="share of the claims of a cold run (0 to 1) that bring a token no API process has "
+        "seen, the rest a cached one (default 0.9: most customers claim once)",
+    )
+    parser.add_argument(
         "--sellout-stock", type=whole_number(1), default=2000, help="stock of the sell-out (default 2000)"
+    )
+    parser.add_argument(
+        "--amqp-url",
+        default=DEFAULT_AMQP_URL,
+        help="the RabbitMQ the API names (a vhost of the bench's own is made in it); the API then "
+        "only writes the outbox and relays nothing",
     )
     redis = parser.add_mutually_exclusive_group()
     redis.add_argument("--redis-url", default=None, help="an existing Redis (default: start one)")
@@ -99,6 +122,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def share(text: str) -> float:
+    """A share from 0 to 1, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share from 0 to 1")
+    return value
+
+
 @dataclass
 class WrkResult:
     statuses: Counter[int]
@@ -106,6 +140,14 @@ class WrkResult:
     latency_us: dict[int, int]
     seconds: float
     socket_errors: int
+    cold_sent: int = 0
+    """Claims that brought a token new to every API process."""
+    cold_short: int = 0
+    """Claims that were to bring a new token when the run's supply had run out."""
+
+    @property
+    def sent(self) -> int:
+        return sum(self.statuses.values())
 
 
 @dataclass
@@ -117,6 +159,8 @@ class Measured:
     redis_cpu: float
     started: float
     issued: int
+    load: float = field(default_factory=lambda: os.getloadavg()[0])
+    """The machine's load average (1 minute) when the run ended."""
     """Claims the gate issued on the deal (wrk does not count the answers in flight when it stops)."""
 
     @property
@@ -278,13 +322,24 @@ def _redis_cpu(url: str) -> float:
 
 
 def _wrk(
-    url: str, path: str, tokens: Path, args: argparse.Namespace, mode: str, duration: int, offset: int = 0
+    url: str,
+    path: str,
+    tokens: Path,
+    args: argparse.Namespace,
+    mode: str,
+    duration: int,
+    offset: int = 0,
+    cold: tuple[Path, float] | None = None,
 ) -> WrkResult:
+    """One wrk run; ``cold``: a file of tokens new to every process and the share of the claims
+    that bring one."""
     script = files("shopcardd_bench").joinpath("claims.lua")
     with as_file(script) as script_path:
         argv = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{duration}s"]
         argv += ["--timeout", "10s", "-s", str(script_path), url + path, "--"]
         argv += [str(tokens), path, uuid.uuid4().hex[:8], str(args.threads), mode, str(offset)]
+        if cold is not None:
+            argv += [str(cold[0]), repr(cold[1])]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -301,6 +356,10 @@ def _wrk(
             result.seconds = int(values[0]) / 1e6
         elif name == "socket_errors":
             result.socket_errors = int(values[0])
+        elif name == "cold_sent":
+            result.cold_sent = int(values[0])
+        elif name == "cold_short":
+            result.cold_short = int(values[0])
     return result
 
 
@@ -347,6 +406,15 @@ def _create_deal(url: str, api_key: str, stock: int, limit: int) -> str:
     return str(response.json()["deal_id"])
 
 
+KINDS: dict[str, str] = {
+    "cold": "claim route, cold",
+    "warm": "claim route, warm",
+    "bare": "bare FastAPI endpoint",
+}
+"""The three measures of a run: the claim route with new tokens (--cold-share of its claims),
+with cached tokens only, and the bare endpoint."""
+
+
 @dataclass
 class Session:
     """What one bench run needs: the server, its processes, its Redis, the tokens."""
@@ -360,25 +428,44 @@ class Session:
     args: argparse.Namespace
     probe: Probe
     gate: Any
+    env: dict[str, str]
+    folder: Path
     answers: dict[str, Counter[int]] = field(default_factory=dict)
     bare_deals: set[str] = field(default_factory=set)
+    claims_per_second: float = 3_000.0
+    """The highest claim rate seen so far: how many new tokens a cold run needs."""
+    minted: int = 0
 
-    def measure(self, endpoint: str) -> Measured:
+    def new_tokens(self) -> Path:
+        """A file of tokens for users no API process has seen, enough for a cold run at
+        1.5 times the highest rate seen so far."""
+        count = int(self.claims_per_second * self.args.duration * self.args.cold_share * 1.5)
+        count += self.args.connections
+        users = [f"n{self.minted + i}" for i in range(count)]
+        self.minted += count
+        path = self.folder / "cold-tokens.txt"
+        path.write_text(backend_command(self.env, "user-token", *users))
+        return path
+
+    def measure(self, kind: str) -> Measured:
+        cold = (self.new_tokens(), self.args.cold_share) if kind == "cold" else None
         deal = _create_deal(self.url, self.api_key, BIG_STOCK, BIG_LIMIT)
-        path = (BARE_PATH if endpoint == "bare" else CLAIM_PATH).format(deal=deal)
-        if endpoint == "claim":
+        path = (BARE_PATH if kind == "bare" else CLAIM_PATH).format(deal=deal)
+        if kind == "cold":
             self.probe.start(deal)
         api0, redis0, started = _tree_cpu(self.api_pids), self.redis_cpu(), time.time()
         try:
-            result = _wrk(self.url, path, self.tokens, self.args, "claim", self.args.duration)
+            result = _wrk(self.url, path, self.tokens, self.args, "claim", self.args.duration, cold=cold)
         finally:
             self.probe.stop()
         api1, redis1 = _tree_cpu(self.api_pids), self.redis_cpu()
         self.answers[deal] = result.statuses
-        if endpoint == "bare":
+        if kind == "bare":
             self.bare_deals.add(deal)
+        else:
+            self.claims_per_second = max(self.claims_per_second, result.sent / result.seconds)
         issued = BIG_STOCK - self.gate.stock_left(deal) - self.probe.issued[deal]
-        return Measured(endpoint, deal, result, api1 - api0, redis1 - redis0, started, issued)
+        return Measured(kind, deal, result, api1 - api0, redis1 - redis0, started, issued)
 
 
 def _check_deals(session: Session, limits: dict[str, int], stocks: dict[str, int]) -> list[str]:
@@ -411,37 +498,47 @@ def _check_deals(session: Session, limits: dict[str, int], stocks: dict[str, int
     return problems
 
 
-def _print_table(rows: dict[str, list[Measured]], ratios: list[float], args: argparse.Namespace) -> None:
+def _print_table(
+    rows: dict[str, list[Measured]], ratios: dict[str, list[float]], args: argparse.Namespace
+) -> None:
     where = "the Redis profile"
     if args.redis_cluster:
         where = f"a Redis Cluster of {args.redis_cluster} primaries"
+    loads = [m.load for measured in rows.values() for m in measured]
     print(
         f"claims on {where}: {args.workers} API processes ({args.server}), "
-        f"wrk {args.threads} threads x {args.connections} connections, {args.users} users, "
-        f"{args.duration} s per run; median of {args.runs} runs (after 1 warm-up)"
+        f"wrk {args.threads} threads x {args.connections} connections, {args.users} users cached, "
+        f"cold runs {args.cold_share:.0%} new tokens, {args.duration} s per run; median of "
+        f"{args.runs} runs (after 1 warm-up); load average {min(loads):.1f} to {max(loads):.1f}"
     )
     head = f"{'endpoint':<26} {'claims/s':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}"
     print(f"{head} {'API us/claim':>13} {'Redis us/claim':>15} {'claims/s/core':>14}")
-    for endpoint, measured in rows.items():
-        name = "claim route" if endpoint == "claim" else "bare FastAPI endpoint"
+    for kind, measured in rows.items():
         rate = statistics.median(m.claims_per_second for m in measured)
         api_us = statistics.median(m.api_us for m in measured)
         p = {q: statistics.median(m.wrk.latency_us[q] for m in measured) / 1e3 for q in (50, 95, 99)}
         print(
-            f"{name:<26} {rate:>9,.0f} {p[50]:>7.1f} {p[95]:>7.1f} {p[99]:>7.1f} {api_us:>13.0f} "
+            f"{KINDS[kind]:<26} {rate:>9,.0f} {p[50]:>7.1f} {p[95]:>7.1f} {p[99]:>7.1f} {api_us:>13.0f} "
             f"{statistics.median(m.redis_us for m in measured):>15.0f} {1e6 / api_us:>14,.0f}"
         )
-    print(
-        f"same-run ratio of API CPU per claim, claim route / bare endpoint: {statistics.median(ratios):.2f} "
-        f"(runs: {', '.join(f'{r:.2f}' for r in ratios)})"
-    )
-    for endpoint, measured in rows.items():
+    for kind, values in ratios.items():
+        print(
+            f"same-run ratio of API CPU per claim, claim route {kind} / bare endpoint: "
+            f"{statistics.median(values):.2f} (runs: {', '.join(f'{r:.2f}' for r in values)})"
+        )
+    for kind, measured in rows.items():
         outcomes: Counter[int] = Counter()
         for m in measured:
             outcomes.update(m.wrk.statuses)
         errors = sum(m.wrk.socket_errors for m in measured)
         counts = ", ".join(f"{status}: {n:,}" for status, n in sorted(outcomes.items()))
-        print(f"answers ({endpoint}, measured runs): {counts}; socket errors {errors}")
+        extra = ""
+        if kind == "cold":
+            sent = sum(m.wrk.cold_sent for m in measured)
+            short = sum(m.wrk.cold_short for m in measured)
+            extra = f"; {sent / max(sum(m.wrk.sent for m in measured), 1):.0%} with a new token"
+            extra += f" ({short:,} short of new tokens)" if short else ""
+        print(f"answers ({KINDS[kind]}, measured runs): {counts}; socket errors {errors}{extra}")
 
 
 def _plot(path: Path, measured: list[Measured], probe: Probe) -> None:
@@ -454,11 +551,11 @@ def _plot(path: Path, measured: list[Measured], probe: Probe) -> None:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     for m in measured:
         seconds = sorted(m.wrk.per_second.items())[1:-1]  # the first and last are partial
-        style = "tab:blue" if m.endpoint == "claim" else "tab:gray"
+        style = {"cold": "tab:blue", "warm": "tab:green"}.get(m.endpoint, "tab:gray")
         top.plot([s - start for s, _ in seconds], [n for _, n in seconds], color=style, marker=".")
-    top.set_ylabel("answers/s (blue: claim route, grey: bare)")
+    top.set_ylabel("answers/s (claim route: blue cold, green warm; grey: bare)")
     bottom.plot([t - start for t, _ in probe.points], [ms for _, ms in probe.points], ".", color="tab:red")
-    bottom.set_ylabel("probe claim latency, ms")
+    bottom.set_ylabel("probe claim latency (cold runs), ms")
     bottom.set_xlabel("seconds since the first measured run")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -481,7 +578,7 @@ def run(args: argparse.Namespace) -> int:
             "SHOPCARDD_REDIS_CLUSTER": "true" if args.redis_cluster else "false",
             # As in production, relays run apart: the API only writes the outbox (the API never
             # connects to RabbitMQ; without this it would relay the events itself, in-process).
-            "SHOPCARDD_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2F",
+            "SHOPCARDD_AMQP_URL": stack.enter_context(rabbitmq_vhost(args.amqp_url)),
             # wrk is one address sending thousands of claims a second: the rate limits stay on,
             # so their cost is in the figures, but high enough never to refuse.
             "SHOPCARDD_CLAIM_RATE_PER_USER": str(10**9),
@@ -503,7 +600,7 @@ def run(args: argparse.Namespace) -> int:
         gate = RedisClaimGate(redis_url, prefix=args.redis_prefix, cluster=cluster, socket_timeout=30)
         stack.enter_context(gate)
         pids = _tree(backend.process.pid)
-        session = Session(backend.url, pids, redis_cpu, api_key, tokens, args, probe, gate)
+        session = Session(backend.url, pids, redis_cpu, api_key, tokens, args, probe, gate, env, folder)
         passes = 3 * args.workers if args.warm_passes is None else args.warm_passes
         print(f"warm-up: every token {passes} times ...", file=sys.stderr)
         sent = 0
@@ -511,20 +608,22 @@ def run(args: argparse.Namespace) -> int:
             offset = sent - sent % args.threads
             warm = _wrk(backend.url, CLAIM_PATH.format(deal="warm"), tokens, args, "warm", 5, offset)
             sent += sum(warm.statuses.values())
-        rows: dict[str, list[Measured]] = {"claim": [], "bare": []}
-        ratios: list[float] = []
+        rows: dict[str, list[Measured]] = {kind: [] for kind in KINDS}
+        ratios: dict[str, list[float]] = {"cold": [], "warm": []}
         for number in range(args.runs + 1):
-            order = ["claim", "bare"] if number % 2 else ["bare", "claim"]  # alternate: fair to drift
-            pair = {endpoint: session.measure(endpoint) for endpoint in order}
+            order = list(KINDS)[number % 3 :] + list(KINDS)[: number % 3]  # rotate: fair to drift
+            run_of = {kind: session.measure(kind) for kind in order}
             figures = ", ".join(
-                f"{e} {m.claims_per_second:,.0f}/s {m.api_us:.0f} us" for e, m in pair.items()
+                f"{kind} {m.claims_per_second:,.0f}/s {m.api_us:.0f} us" for kind, m in run_of.items()
             )
-            print(f"run {number}{' (warm-up)' if number == 0 else ''}: {figures}", file=sys.stderr)
+            load = f"load average {os.getloadavg()[0]:.1f}"
+            print(f"run {number}{' (warm-up)' if number == 0 else ''}: {figures}; {load}", file=sys.stderr)
             if number == 0:
                 continue
-            for endpoint, measured in pair.items():
-                rows[endpoint].append(measured)
-            ratios.append(pair["claim"].api_us / pair["bare"].api_us)
+            for kind, measured in run_of.items():
+                rows[kind].append(measured)
+            for kind, values in ratios.items():
+                values.append(run_of[kind].api_us / run_of["bare"].api_us)
         limits = dict.fromkeys(session.answers, BIG_LIMIT)
         stocks = dict.fromkeys(session.answers, BIG_STOCK)
         sellout = _create_deal(backend.url, api_key, args.sellout_stock, 1)
@@ -536,7 +635,8 @@ def run(args: argparse.Namespace) -> int:
         issued = stocks[sellout] - (session.gate.stock_left(sellout) or 0)
         # The claim route's 5xx fail the bench; the bare endpoint's are its own (a naive endpoint
         # answers 500 when the cluster client gives up), shown in its answers line.
-        fives = sum(n for m in rows["claim"] for s, n in m.wrk.statuses.items() if s >= 500)
+        claimed = rows["cold"] + rows["warm"]
+        fives = sum(n for m in claimed for s, n in m.wrk.statuses.items() if s >= 500)
         fives += sum(n for s, n in result.statuses.items() if s >= 500)
         if issued != args.sellout_stock:
             problems.append(f"sell-out: {issued} issued for a stock of {args.sellout_stock}")
@@ -547,7 +647,7 @@ def run(args: argparse.Namespace) -> int:
         )
         verdict = "; ".join(problems) or "nothing oversold, nobody over the limit"
         print(f"checks: the {len(session.answers)} deals of the bench, 5xx answers {fives}; {verdict}")
-        measured = rows["claim"] + rows["bare"]
+        measured = [m for kind in KINDS for m in rows[kind]]
         _plot(args.plot, measured, session.probe)
         print(f"plot: {args.plot}")
     return 1 if problems or fives else 0

@@ -93,7 +93,7 @@ class Stage:
 
 
 @contextmanager
-def _vhost(amqp_url: str) -> Iterator[str]:
+def rabbitmq_vhost(amqp_url: str) -> Iterator[str]:
     """A RabbitMQ virtual host of the bench's own, when rabbitmqctl can make one."""
     ctl = shutil.which("rabbitmqctl")
     if ctl is None:
@@ -258,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
 
     with ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="shopcardd-pipeline-")))
-        amqp_url = stack.enter_context(_vhost(args.amqp_url))
+        amqp_url = stack.enter_context(rabbitmq_vhost(args.amqp_url))
         mongodb_uri = stack.enter_context(_mongodb(args.mongodb_uri, folder))
         run_id = uuid.uuid4().hex[:8]
         env = {
