@@ -281,9 +281,12 @@ def serve_api(host: str, port: int, workers: int, factory: str = APP_FACTORY) ->
     # uvicorn's own X-Forwarded-For/-Proto rewrite trusts the same proxies as the rate limits
     # (api/addresses.py): not its FORWARDED_ALLOW_IPS, so one setting says whom to believe.
     trusted = [str(network) for network in settings.trusted_proxy_networks]
+    from .api.server import OneWriteHttpToolsProtocol
+
     uvicorn.run(
         factory,
         factory=True,
+        http=OneWriteHttpToolsProtocol,  # a response in one send(), not two (api/server.py)
         workers=workers,
         host=host,
         port=port,

@@ -211,7 +211,12 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error", extra={"path": request.url.path})
+    return unexpected_answer(request.url.path)
+
+
+def unexpected_answer(path: str) -> Response:
+    """500 for an exception nothing foresaw, logged with its traceback (call it in ``except``)."""
+    log.exception("unexpected error", extra={"path": path})
     return problem_response(500, "internal_error", "an unexpected error; it has been logged")
 
 

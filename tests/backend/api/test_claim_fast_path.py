@@ -118,3 +118,24 @@ def test_requests_the_fast_path_cannot_answer_exactly_go_to_fastapi(
     assert answer.status_code in (201, 401, 422), answer.text
     if answer.status_code != 401:  # the route's dependency ran: FastAPI answered
         assert routed == [sent["Idempotency-Key"]]
+
+
+def test_an_unforeseen_error_is_the_same_logged_500_both_ways(
+    api: Api, routed: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fast path answers ahead of the app's error middleware, so it answers an error nobody
+    foresaw itself: the same problem document, logged with its traceback."""
+    deal = api.create_deal(api.merchant_key("m1"))["deal_id"]
+    token = api.user_token("alice")
+    service = api.client.app.state.runtime.claims  # type: ignore[attr-defined]
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service, "claim", broken)
+    fast, through_fastapi = both_ways(api, deal, token, "k1")
+    assert routed == ["k1"]
+    assert fast.status_code == 500 and fast.json()["code"] == "internal_error"
+    same_answer(fast, through_fastapi)
+    logged = [r for r in caplog.records if r.getMessage() == "unexpected error"]
+    assert len(logged) == 2 and all(r.exc_info and "a bug" in str(r.exc_info[1]) for r in logged)

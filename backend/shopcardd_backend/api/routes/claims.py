@@ -4,9 +4,12 @@ Two adapters over one use case (``ClaimService.claim``: the rate limits, the tok
 step and the voucher's signature, in that order) and one mapping of its outcomes to HTTP
 (``claim_voucher``). ``ClaimFastPath``
 answers the claims a client sends as the API documents them (an empty body, ``Authorization:
-Bearer TOKEN``, a well-formed ``Idempotency-Key``) as a plain ASGI app ahead of FastAPI's
-router: FastAPI's routing, dependency solving and response model cost about as much CPU as the
-claim itself, and a flash sale is nearly all claims.
+Bearer TOKEN``, a well-formed ``Idempotency-Key``) as plain ASGI, in front of the whole FastAPI
+app (``app.ClaimAPI``): FastAPI's routing, dependency solving and response model cost about as
+much CPU as the claim itself, its middleware stack (error handling, telemetry, body limits,
+entered and left on every request) a fifth more, and a flash sale is nearly all claims. Such a
+claim has no body, so the body limits have nothing to bound; an unforeseen error is answered
+and logged as the app's own handler does (``unexpected_answer``).
 Every other claim request (a body, a missing or malformed header) goes on to the FastAPI route
 ``create_claim``, which validates it and answers as before; it also puts the claim in the
 OpenAPI document. Both answer with the same bytes (``tests/backend/api/test_claim_fast_path.py``).
@@ -19,13 +22,14 @@ import re
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Body, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import State
+from starlette.types import Receive, Scope, Send
 
 from ...claims import ClaimOutcome, ClaimService, IssuedVoucher
 from ...ratelimits import OverLimit
 from ...storage import TransientError
 from ..deps import ClaimServiceDep, ClientAddress, DealId, IdempotencyKey, UserToken, challenge
-from ..errors import Problem, answer, unavailable_answer
+from ..errors import Problem, answer, unavailable_answer, unexpected_answer
 from ..models import ClaimCreate, VoucherPublic
 
 router = APIRouter(prefix="/v1/deals", tags=["claims"])
@@ -110,29 +114,32 @@ JSON_HEADERS: Final = (b"content-type", b"application/json")
 
 
 class ClaimFastPath:
-    """``POST /v1/deals/{deal_id}/claims`` as a raw ASGI app, for the requests it can answer
-    exactly as the FastAPI route would; every other request goes on to ``app``."""
+    """``POST /v1/deals/{deal_id}/claims`` as raw ASGI, for the requests it can answer exactly as
+    the FastAPI route would (``answered``); the app answers every other request."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, state: State) -> None:
+        self.state = state
+        """The app's state: its ``runtime`` (set by the lifespan) and ``client_addresses``."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def answered(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer the request when it is a claim this path takes; False, untouched, when not."""
         request = self._claim_of(scope)
         if request is None:
-            await self.app(scope, receive, send)
-            return
+            return False
         deal_id, token, idempotency_key = request
-        state = scope["app"].state
-        runtime = state.runtime
+        state = self.state
         try:
             address = state.client_addresses(scope)
-            issued = await claim_voucher(runtime.claims, deal_id, token, idempotency_key, address)
+            issued = await claim_voucher(state.runtime.claims, deal_id, token, idempotency_key, address)
         except Problem as problem:
             await answer(problem)(scope, receive, send)
-            return
+            return True
         except TransientError as exc:
             await unavailable_answer(exc, scope["path"])(scope, receive, send)
-            return
+            return True
+        except Exception:
+            await unexpected_answer(scope["path"])(scope, receive, send)
+            raise  # as the app's own error middleware does: the server logs it and goes on
         body = json.dumps(
             {
                 "voucher_id": issued.voucher_id,
@@ -148,6 +155,7 @@ class ClaimFastPath:
         status = 200 if issued.replayed else 201
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        return True
 
     @staticmethod
     def _claim_of(scope: Scope) -> tuple[str, str, str] | None:
