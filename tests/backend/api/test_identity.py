@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from shopcardd_backend.app import create_app
-from shopcardd_backend.identity import Unauthorized, UserTokenVerifier
+from shopcardd_backend.identity import Unauthorized, User, UserTokenVerifier, _PublicKey
 from shopcardd_backend.settings import Settings, SettingsError
 from shopcardd_voucher import ID_RULE, SigningKey
 
@@ -237,3 +237,87 @@ def test_user_token_mints_the_nfc_form_with_the_configured_audience(env: dict[st
     (token,) = backend(env, "user-token", "jose\u0301").stdout.split()
     claims = jwt.decode(token, options={"verify_signature": False})
     assert (claims["sub"], claims["aud"]) == ("jos\u00e9", AUDIENCE)
+
+
+def _verifiers(audience: str | None) -> tuple[UserTokenVerifier, UserTokenVerifier, SigningKey]:
+    """A verifier of an EdDSA key of the identity provider, and one that decodes every token
+    with PyJWT alone (the reference: the refusals as they were)."""
+    key = SigningKey.generate("idp-1", "EdDSA")
+    public = {"idp-1": _PublicKey("EdDSA", key.private_key.public_key())}
+    ours, reference = (
+        UserTokenVerifier(ISSUER, public_keys=public, audience=audience, cache_size=0) for _ in range(2)
+    )
+    reference._usual_claims = lambda token: None  # type: ignore[method-assign]
+    return ours, reference, key
+
+
+def _told(verifier: UserTokenVerifier, token: str) -> str:
+    try:
+        user = verifier.user(token)
+    except Unauthorized as exc:
+        return f"refused: {exc}"
+    return f"accepted: {user}"
+
+
+def test_a_usual_token_is_checked_without_pyjwt_s_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most claims of a flash sale bring a token no process has seen: it is parsed once and its
+    signature checked with the key's own algorithm, not decoded by ``jwt.decode``."""
+    verifier, _, key = _verifiers(AUDIENCE)
+    claims = {**_claims(), "aud": AUDIENCE, "email": "a@example.com", "jti": "t1"}
+    token = jwt.encode(claims, key.private_key, algorithm="EdDSA", headers={"kid": "idp-1"})
+
+    def decode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("jwt.decode was called")
+
+    monkeypatch.setattr(jwt, "decode", decode)
+    assert verifier.user(token) == User("alice", "a@example.com")
+
+
+@pytest.mark.parametrize("audience", [AUDIENCE, None])
+def test_every_token_is_answered_as_pyjwt_s_decode_answered_it(audience: str | None) -> None:
+    """The quick check takes only tokens ``jwt.decode`` accepts, and refuses a bad signature
+    with the same reason; every other token goes to ``jwt.decode`` and keeps its reason."""
+    ours, reference, key = _verifiers(audience)
+    other = SigningKey.generate("idp-1", "EdDSA")
+    now = int(time.time())
+    base = {**_claims(), "aud": AUDIENCE}
+
+    def signed(claims: dict[str, object], signer: SigningKey = key, **header: object) -> str:
+        headers = {"kid": "idp-1", **header}
+        return jwt.encode(claims, signer.private_key, algorithm="EdDSA", headers=headers)
+
+    good = signed(base)
+    head, payload, signature = good.split(".")
+    tokens = [
+        good,
+        signed(base, other),  # another key, same kid: bad signature
+        f"{head}.{payload}.{signature[:-4]}AAAA",
+        f"{head}.{payload}=.{signature}",  # padded payload: not canonical
+        f"{head}.{payload[:-1]}.{signature}",  # cut payload
+        signed({**base, "exp": now - 300}),
+        signed({**base, "exp": now - 10}),  # within the leeway
+        signed({**base, "exp": str(now + 600)}),
+        signed({**base, "exp": True}),
+        signed({**base, "iat": now + 600}),
+        signed({**base, "iat": "yesterday"}),
+        signed({**base, "iat": None}),
+        signed({**base, "nbf": now + 600}),
+        signed({**base, "nbf": now - 600}),
+        signed({**base, "iss": "https://evil.example"}),
+        signed({**base, "aud": "photo-app"}),
+        signed({**base, "aud": ["photo-app", AUDIENCE]}),
+        signed({k: v for k, v in base.items() if k != "aud"}),
+        signed({**base, "sub": 42}),
+        signed({**base, "sub": "bad\u200bname"}),
+        signed({**base, "jti": 7}),
+        signed({**base, "exp": None}),
+        signed(base, typ="JWT"),
+        signed(base, cty="JWT"),
+        signed(base, kid="idp-2"),
+        jwt.encode(base, key.private_key, algorithm="EdDSA"),  # no kid
+        jwt.encode(base, "s" * 40, algorithm="HS256", headers={"kid": "idp-1"}),
+        "not-a-jwt",
+        f"{head}.{payload}",
+    ]
+    for token in tokens:
+        assert _told(ours, token) == _told(reference, token), token
