@@ -271,10 +271,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_api(args.host, args.port, args.workers)
 
 
-def serve_api(host: str, port: int, workers: int, factory: str = APP_FACTORY) -> int:
+def serve_api(host: str, port: int, workers: int, factory: str = APP_FACTORY, one_write: bool = True) -> int:
     """Run ``factory`` (an import string of an app factory) under uvicorn in ``workers`` processes,
     after the checks of ``serve``. ``shopcardd-bench claims`` serves its own factory (the app plus
-    a bare endpoint to compare with) through here, so it measures the server ``serve`` runs."""
+    a bare endpoint to compare with) through here, so it measures the server ``serve`` runs;
+    ``one_write=False`` is uvicorn's own HTTP protocol, the bare endpoint's naive server."""
     import uvicorn
 
     settings = prepare_serving(host, port, workers)
@@ -286,7 +287,7 @@ def serve_api(host: str, port: int, workers: int, factory: str = APP_FACTORY) ->
     uvicorn.run(
         factory,
         factory=True,
-        http=OneWriteHttpToolsProtocol,  # a response in one send(), not two (api/server.py)
+        http=OneWriteHttpToolsProtocol if one_write else "auto",  # one send(), not two: api/server.py
         workers=workers,
         host=host,
         port=port,

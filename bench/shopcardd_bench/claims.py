@@ -1,7 +1,8 @@
 """Claims per second and API CPU per claim of the claim API on the Redis profile, driven by wrk.
 
-Starts the API as shopcardd-backend serve runs it (the same code: --workers processes, plus
-a bare endpoint, shopcardd_bench/claims_server.py) on a redis-server of its own on a free
+Starts the API as shopcardd-backend serve runs it (the same code: --workers processes), and
+beside it as many processes of plain uvicorn serving the same app with a bare endpoint
+(shopcardd_bench/claims_server.py), on a redis-server of its own on a free
 port (or --redis-url, or with --redis-cluster N a Redis Cluster of its own, N primaries on
 free loopback ports), with RabbitMQ named (a virtual host of the bench's own in --amqp-url's
 RabbitMQ, made with rabbitmqctl), so that the API only claims and writes the outbox, as in
@@ -421,6 +422,9 @@ class Session:
 
     url: str
     api_pids: list[int]
+    bare_url: str
+    bare_pids: list[int]
+    """The bare endpoint's server: plain uvicorn, processes of its own."""
     redis_cpu: Callable[[], float]
     """CPU seconds of the Redis the claims use, so far (every node of a cluster)."""
     api_key: str
@@ -451,14 +455,15 @@ class Session:
         cold = (self.new_tokens(), self.args.cold_share) if kind == "cold" else None
         deal = _create_deal(self.url, self.api_key, BIG_STOCK, BIG_LIMIT)
         path = (BARE_PATH if kind == "bare" else CLAIM_PATH).format(deal=deal)
+        url, pids = (self.bare_url, self.bare_pids) if kind == "bare" else (self.url, self.api_pids)
         if kind == "cold":
             self.probe.start(deal)
-        api0, redis0, started = _tree_cpu(self.api_pids), self.redis_cpu(), time.time()
+        api0, redis0, started = _tree_cpu(pids), self.redis_cpu(), time.time()
         try:
-            result = _wrk(self.url, path, self.tokens, self.args, "claim", self.args.duration, cold=cold)
+            result = _wrk(url, path, self.tokens, self.args, "claim", self.args.duration, cold=cold)
         finally:
             self.probe.stop()
-        api1, redis1 = _tree_cpu(self.api_pids), self.redis_cpu()
+        api1, redis1 = _tree_cpu(pids), self.redis_cpu()
         self.answers[deal] = result.statuses
         if kind == "bare":
             self.bare_deals.add(deal)
@@ -593,6 +598,11 @@ def run(args: argparse.Namespace) -> int:
         first_token = tokens.read_text().split("\n", 1)[0]
         server = [sys.executable, "-m", "shopcardd_bench.claims_server", "--server", args.server]
         backend = stack.enter_context(running_backend(env, folder / "serve.log", args.workers, server))
+        # Each server's own metrics folder: serve empties the one it is given at start.
+        (folder / "bare-metrics").mkdir()
+        bare_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(folder / "bare-metrics")}
+        plain = [*server[:-1], "plain-uvicorn"]
+        bare = stack.enter_context(running_backend(bare_env, folder / "bare.log", args.workers, plain))
         from shopcardd_backend.gates.redis import RedisClaimGate
 
         probe = Probe(backend.url, first_token)
@@ -600,7 +610,20 @@ def run(args: argparse.Namespace) -> int:
         gate = RedisClaimGate(redis_url, prefix=args.redis_prefix, cluster=cluster, socket_timeout=30)
         stack.enter_context(gate)
         pids = _tree(backend.process.pid)
-        session = Session(backend.url, pids, redis_cpu, api_key, tokens, args, probe, gate, env, folder)
+        session = Session(
+            backend.url,
+            pids,
+            bare.url,
+            _tree(bare.process.pid),
+            redis_cpu,
+            api_key,
+            tokens,
+            args,
+            probe,
+            gate,
+            env,
+            folder,
+        )
         passes = 3 * args.workers if args.warm_passes is None else args.warm_passes
         print(f"warm-up: every token {passes} times ...", file=sys.stderr)
         sent = 0

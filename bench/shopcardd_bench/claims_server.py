@@ -7,9 +7,11 @@ naive async FastAPI endpoint doing the same work", written the way the framework
 documentation teaches, over plain library calls: a bearer dependency and a header parameter,
 the user's token decoded and checked by PyJWT on every request, redis.asyncio with its defaults
 (its cluster client on a Redis Cluster) evaluating the gate's own ``claim.lua``, the voucher
-signed by ``jwt.encode``, a pydantic response model, FastAPI's routing. The bench reports the
-API CPU of a real claim as a ratio to this one in the same run, so a busy machine moves both
-alike. Mounted here only, never in the served API.
+signed by ``jwt.encode``, a pydantic response model, FastAPI's routing, and served as such an
+app is deployed: ``--server plain-uvicorn``, uvicorn as it comes, in processes of its own (the
+API's ``serve`` tunes uvicorn's HTTP protocol, api/server.py). The bench reports the API CPU of
+a real claim as a ratio to this one in the same run, so a busy machine moves both alike.
+Mounted here only, never in the served API.
 """
 
 from __future__ import annotations
@@ -114,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--server", choices=("uvicorn", "granian"), default="uvicorn")
+    parser.add_argument("--server", choices=("uvicorn", "plain-uvicorn", "granian"), default="uvicorn")
     args = parser.parse_args(argv)
     try:
         if args.server == "granian":
             return serve_with_granian(args.host, args.port, args.workers)
-        return serve_api(args.host, args.port, args.workers, "shopcardd_bench.claims_server:create_bench_app")
+        factory = "shopcardd_bench.claims_server:create_bench_app"
+        return serve_api(args.host, args.port, args.workers, factory, one_write=args.server == "uvicorn")
     except CommandError as exc:
         print(f"claims_server: {exc}", file=sys.stderr)
         return 1
