@@ -1,5 +1,5 @@
 -- wrk script of `shopcardd-bench claims`: claims from many users, a fresh Idempotency-Key each.
--- wrk -s claims.lua URL -- TOKENS_FILE PATH RUN THREADS MODE OFFSET [COLD_FILE COLD_SHARE]
+-- wrk -s claims.lua URL -- TOKENS_FILE PATH RUN THREADS MODE OFFSET [COLD_FILE COLD_SHARE [RATE]]
 --   TOKENS_FILE  one user bearer token per line (every API process has them cached, after the
 --                bench's warm-up); PATH the claim path to POST to
 --   RUN          a tag that makes this run's Idempotency-Keys unique
@@ -10,7 +10,21 @@
 --   COLD_FILE    tokens no API process has seen, each sent once (threads take turns in it)
 --   COLD_SHARE   the share of the claims (0 to 1) that bring a token of COLD_FILE; when the
 --                file runs out, a claim takes a cached token instead and counts as "cold_short"
+--   RATE         claims per second of each thread, sent on a schedule (0 or none: as fast as
+--                the connections go); a claim late on its schedule is sent at once
 -- done() prints the outcome counts and the requests per second of wall clock, one per line.
+
+local ffi = require("ffi")
+ffi.cdef [[
+  typedef struct { long tv_sec; long tv_usec; } shopcardd_timeval;
+  int gettimeofday(shopcardd_timeval *tv, void *tz);
+]]
+local clock = ffi.new("shopcardd_timeval")
+
+local function now_ms()
+  ffi.C.gettimeofday(clock, nil)
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_usec) / 1000
+end
 
 local threads = {}
 local next_id = 0
@@ -23,6 +37,7 @@ end
 
 local tokens, cold, path, run, step, mode = {}, {}, nil, nil, 1, "claim"
 local n, share, owed, cold_n = 0, 0, 0, 0
+local interval, due = 0, nil
 statuses, seconds, cold_sent, cold_short = {}, {}, 0, 0
 
 function init(args)
@@ -37,6 +52,8 @@ function init(args)
     end
     share = tonumber(args[8])
   end
+  local rate = tonumber(args[9] or "0")
+  if rate > 0 then interval = 1000 / rate end
   cold_n = id - step
 end
 
@@ -57,6 +74,13 @@ function request()
   local headers = { ["Authorization"] = "Bearer " .. token }
   if mode == "claim" then headers["Idempotency-Key"] = run .. "-" .. n end
   return wrk.format("POST", path, headers)
+end
+
+function delay()
+  if interval == 0 then return 0 end
+  local now = now_ms()
+  due = math.max(due or now, now - 1000) + interval  -- at most a second of catching up
+  return math.max(due - interval - now, 0)
 end
 
 function response(status, headers, body)

@@ -96,6 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sellout-stock", type=whole_number(1), default=2000, help="stock of the sell-out (default 2000)"
     )
     parser.add_argument(
+        "--nginx",
+        action="store_true",
+        help="then send cold claims through nginx with the repository's site "
+        "(systemd/nginx/shopcardd-api.conf) at 80 %% of the cold claim rate, on a schedule, and "
+        "print the latency (nginx must be installed)",
+    )
+    parser.add_argument(
         "--amqp-url",
         default=DEFAULT_AMQP_URL,
         help="the RabbitMQ the API names (a vhost of the bench's own is made in it); the API then "
@@ -331,16 +338,17 @@ def _wrk(
     duration: int,
     offset: int = 0,
     cold: tuple[Path, float] | None = None,
+    rate: float = 0,
 ) -> WrkResult:
     """One wrk run; ``cold``: a file of tokens new to every process and the share of the claims
-    that bring one."""
+    that bring one; ``rate``: claims per second on a schedule (0: as fast as they go)."""
     script = files("shopcardd_bench").joinpath("claims.lua")
     with as_file(script) as script_path:
         argv = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{duration}s"]
         argv += ["--timeout", "10s", "-s", str(script_path), url + path, "--"]
         argv += [str(tokens), path, uuid.uuid4().hex[:8], str(args.threads), mode, str(offset)]
         if cold is not None:
-            argv += [str(cold[0]), repr(cold[1])]
+            argv += [str(cold[0]), repr(cold[1]), repr(rate / args.threads)]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -451,23 +459,27 @@ class Session:
         path.write_text(backend_command(self.env, "user-token", *users))
         return path
 
-    def measure(self, kind: str) -> Measured:
+    def measure(self, kind: str, through: str | None = None, rate: float = 0) -> Measured:
+        """One wrk run of ``kind`` on a deal of its own; ``through``: another URL in front of
+        the API (nginx), and ``rate``, claims/s on a schedule there."""
         cold = (self.new_tokens(), self.args.cold_share) if kind == "cold" else None
         deal = _create_deal(self.url, self.api_key, BIG_STOCK, BIG_LIMIT)
         path = (BARE_PATH if kind == "bare" else CLAIM_PATH).format(deal=deal)
         url, pids = (self.bare_url, self.bare_pids) if kind == "bare" else (self.url, self.api_pids)
+        url = through or url
         if kind == "cold":
             self.probe.start(deal)
         api0, redis0, started = _tree_cpu(pids), self.redis_cpu(), time.time()
         try:
-            result = _wrk(url, path, self.tokens, self.args, "claim", self.args.duration, cold=cold)
+            duration = self.args.duration
+            result = _wrk(url, path, self.tokens, self.args, "claim", duration, cold=cold, rate=rate)
         finally:
             self.probe.stop()
         api1, redis1 = _tree_cpu(pids), self.redis_cpu()
         self.answers[deal] = result.statuses
         if kind == "bare":
             self.bare_deals.add(deal)
-        else:
+        elif through is None:
             self.claims_per_second = max(self.claims_per_second, result.sent / result.seconds)
         issued = BIG_STOCK - self.gate.stock_left(deal) - self.probe.issued[deal]
         return Measured(kind, deal, result, api1 - api0, redis1 - redis0, started, issued)
@@ -544,6 +556,37 @@ def _print_table(
             extra = f"; {sent / max(sum(m.wrk.sent for m in measured), 1):.0%} with a new token"
             extra += f" ({short:,} short of new tokens)" if short else ""
         print(f"answers ({KINDS[kind]}, measured runs): {counts}; socket errors {errors}{extra}")
+
+
+def _through_nginx(session: Session, api_port: int, folder: Path, cold_rate: float) -> list[Measured]:
+    """Cold claims through nginx with the repository's site (both upstream servers pointing at
+    the API's port) at 80 % of the cold claim rate measured direct, on a schedule: the latency
+    a customer sees at that load, run by run and the median."""
+    from .nginx import running_nginx
+
+    rate = 0.8 * cold_rate
+    runs: list[Measured] = []
+    port = _free_port()
+    with running_nginx(folder / "nginx", [api_port, api_port], port):
+        through = f"http://127.0.0.1:{port}"
+        for number in range(session.args.runs):
+            m = session.measure("cold", through=through, rate=rate)
+            runs.append(m)
+            p99 = m.wrk.latency_us[99] / 1e3
+            figures = f"{m.claims_per_second:,.0f}/s p99 {p99:.1f} ms; load average {m.load:.1f}"
+            print(f"nginx run {number + 1}: {figures}", file=sys.stderr)
+    p = {q: statistics.median(m.wrk.latency_us[q] for m in runs) / 1e3 for q in (50, 95, 99)}
+    done = statistics.median(m.claims_per_second for m in runs)
+    outcomes: Counter[int] = Counter()
+    for m in runs:
+        outcomes.update(m.wrk.statuses)
+    print(
+        f"through nginx (the repository's site), cold, at 80 % of {cold_rate:,.0f} claims/s: asked "
+        f"{rate:,.0f}/s, got {done:,.0f}/s; p50 {p[50]:.1f} ms, p95 {p[95]:.1f} ms, p99 {p[99]:.1f} ms "
+        f"(median of {len(runs)} runs: p99 {', '.join(f'{m.wrk.latency_us[99] / 1e3:.1f}' for m in runs)}); "
+        + ", ".join(f"{status}: {n:,}" for status, n in sorted(outcomes.items()))
+    )
+    return runs
 
 
 def _plot(path: Path, measured: list[Measured], probe: Probe) -> None:
@@ -647,18 +690,22 @@ def run(args: argparse.Namespace) -> int:
                 rows[kind].append(measured)
             for kind, values in ratios.items():
                 values.append(run_of[kind].api_us / run_of["bare"].api_us)
+        _print_table(rows, ratios, args)
+        through_nginx: list[Measured] = []
+        if args.nginx:
+            cold_rate = statistics.median(m.claims_per_second for m in rows["cold"])
+            through_nginx = _through_nginx(session, int(backend.url.rsplit(":", 1)[1]), folder, cold_rate)
         limits = dict.fromkeys(session.answers, BIG_LIMIT)
         stocks = dict.fromkeys(session.answers, BIG_STOCK)
         sellout = _create_deal(backend.url, api_key, args.sellout_stock, 1)
         result = _wrk(backend.url, CLAIM_PATH.format(deal=sellout), tokens, args, "claim", 5)
         session.answers[sellout] = result.statuses
         limits[sellout], stocks[sellout] = 1, args.sellout_stock
-        _print_table(rows, ratios, args)
         problems = _check_deals(session, limits, stocks)
         issued = stocks[sellout] - (session.gate.stock_left(sellout) or 0)
         # The claim route's 5xx fail the bench; the bare endpoint's are its own (a naive endpoint
         # answers 500 when the cluster client gives up), shown in its answers line.
-        claimed = rows["cold"] + rows["warm"]
+        claimed = rows["cold"] + rows["warm"] + through_nginx
         fives = sum(n for m in claimed for s, n in m.wrk.statuses.items() if s >= 500)
         fives += sum(n for s, n in result.statuses.items() if s >= 500)
         if issued != args.sellout_stock:

@@ -22,15 +22,15 @@ import httpx
 import pytest
 
 from servers import free_port
+from shopcardd_bench.nginx import nginx_conf, site_with_ports
 from shopcardd_bench.sync import enrol_counter, fill_ledger
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.ledger import Ledger
 
-from .conftest import BIN, UNITS, require_tool
+from .conftest import BIN, require_tool
 
 pytestmark = pytest.mark.slow
 
-SITE = UNITS / "nginx" / "shopcardd-api.conf"
 USERS, CLAIMS_PER_USER, IN_FLIGHT = 40, 5, 8
 KILL_AFTER = 60  # answers before one API process dies
 
@@ -53,40 +53,6 @@ class Stack:
     url: str
     apis: list[subprocess.Popen[bytes]]
     env: dict[str, str]
-
-
-def site_for_test(api_ports: list[int], port: int) -> str:
-    """The shipped site with this test's ports; every rewrite must find its line, so a changed site
-    cannot slip past the test."""
-    site = SITE.read_text()
-    for old, new in [
-        ("127.0.0.1:8001", f"127.0.0.1:{api_ports[0]}"),
-        ("127.0.0.1:8002", f"127.0.0.1:{api_ports[1]}"),
-        ("listen 80;", f"listen 127.0.0.1:{port};"),
-        ("listen [::]:80;", ""),
-    ]:
-        assert old in site, f"{SITE} no longer has {old!r}"
-        site = site.replace(old, new)
-    return site
-
-
-def nginx_conf(folder: Path) -> str:
-    """A main configuration of the test's own (its files in ``folder``) that includes the site."""
-    temp = "".join(
-        f"    {name}_temp_path {folder}/{name};\n" for name in ["proxy", "fastcgi", "uwsgi", "scgi"]
-    )
-    return f"""{"user root root;" if os.geteuid() == 0 else ""}
-daemon off;
-worker_processes 1;
-pid {folder}/nginx.pid;
-error_log {folder}/error.log;
-events {{ worker_connections 512; }}
-http {{
-    access_log {folder}/access.log;
-    client_body_temp_path {folder}/body;
-{temp}    include {folder}/site.conf;
-}}
-"""
 
 
 @pytest.fixture
@@ -112,7 +78,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 ]
                 procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
             wait_until_up(f"http://127.0.0.1:{api_port}/healthz", procs[-1], log)
-        (tmp_path / "site.conf").write_text(site_for_test(api_ports, port))
+        (tmp_path / "site.conf").write_text(site_with_ports(api_ports, port))
         (tmp_path / "nginx.conf").write_text(nginx_conf(tmp_path))
         checked = subprocess.run(
             [nginx, "-t", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True
