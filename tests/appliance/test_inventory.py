@@ -66,7 +66,9 @@ def test_bundles_beside_the_inventory_are_found_without_a_parse_warning(tmp_path
 
 
 def test_a_missing_bundle_stops_the_run_before_any_counter_is_contacted(tmp_path: Path) -> None:
-    inventory = lay_out_fleet(tmp_path, with_bundles=["cafe-till-1"], counters=["cafe-till-1", "cafe-till-2"])
+    inventory = lay_out_fleet(
+        tmp_path, with_bundles=["cafe-till-1"], counters=["cafe-till-1", "cafe-till-2"]
+    )
     done = run("ansible-playbook", "-i", str(inventory), "counters.yml")
     output = done.stdout + done.stderr
     assert done.returncode != 0
