@@ -58,12 +58,13 @@ class Unauthorized(Exception):
 
 
 EXPIRED: Final = "the bearer token has expired"
+BAD_SIGNATURE: Final = "the bearer token's signature does not verify"
 # PyJWT's own messages name its internals (codecs, padding, segments); a client gets these.
 # More specific errors first: InvalidSignatureError is a DecodeError.
 _TOKEN_FAULTS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
     (jwt.ExpiredSignatureError, EXPIRED),
     (jwt.ImmatureSignatureError, "the bearer token is not valid yet (its iat or nbf is in the future)"),
-    (jwt.InvalidSignatureError, "the bearer token's signature does not verify"),  # BAD_SIGNATURE
+    (jwt.InvalidSignatureError, BAD_SIGNATURE),
     (jwt.InvalidAlgorithmError, "the bearer token's alg is not the algorithm of its key"),
     (jwt.InvalidIssuerError, "the bearer token is not from this API's identity provider (iss)"),
     (jwt.InvalidAudienceError, "the bearer token was issued for another application (aud)"),
@@ -106,7 +107,6 @@ class _PublicKey:
     key: Any
 
 
-BAD_SIGNATURE: Final = "the bearer token's signature does not verify"
 _USUAL_HEADER: Final = frozenset({"alg", "kid", "typ"})
 
 
