@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 from shopcardd_voucher.commandline import whole_number
 
 if TYPE_CHECKING:
-    from shopcardd_device.counter import Counter
     from shopcardd_device.decoders.base import Decoder, Gray
+    from shopcardd_device.runtime import Runtime
 
 SIZES = {"640x480": (640, 480), "1280x720": (1280, 720)}
 
@@ -84,12 +84,13 @@ def _frames(mint: Any, size: tuple[int, int], count: int, seed: int) -> list[Gra
     return [render(mint(), Look(size=size, blur=1.2, noise=6.0, seed=seed + i)) for i in range(count)]
 
 
-def _one_run(counter: Counter, decoder: Decoder, frames: list[Gray], e2e_frames: list[Gray]) -> Stages:
+def _one_run(device: Runtime, decoder: Decoder, frames: list[Gray], e2e_frames: list[Gray]) -> Stages:
     import numpy as np
 
     from shopcardd_device.frames.synthetic import ScriptedSource
-    from shopcardd_device.scanner import Scan, Scanner
+    from shopcardd_device.scanner import Scan
 
+    counter = device.counter
     stages = Stages([], [], [], [], 0.0)
     clock = time.perf_counter
     for frame in frames:
@@ -112,7 +113,7 @@ def _one_run(counter: Counter, decoder: Decoder, frames: list[Gray], e2e_frames:
         decoder.decode(empty)
         stages.empty.append(clock() - start)
     accepted: list[Scan] = []
-    scanner = Scanner(ScriptedSource(e2e_frames), decoder, counter, on_scan=accepted.append)
+    scanner = device.scanner(ScriptedSource(e2e_frames), decoder, on_scan=accepted.append)
     start = clock()
     scanner.run()  # the loop as the counter runs it, minus the camera
     judged = [s for s in accepted if not s.repeated]  # a repeat is not a redemption
@@ -126,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from shopcardd_device.config import DeviceConfig
-    from shopcardd_device.counter import Counter
     from shopcardd_device.decoders import open_decoder
+    from shopcardd_device.runtime import open_counter
     from shopcardd_voucher import KeySet, SigningKey, issue
 
     logging.getLogger("shopcardd_device").setLevel(logging.ERROR)  # no log line per scan in the figures
@@ -168,11 +169,11 @@ def run(args: argparse.Namespace) -> int:
                 )
                 results: list[Stages] = []
                 read = 0
-                with Counter.open(config) as counter:
+                with open_counter(config) as device:
                     for run_no in range(args.runs):
                         frames = _frames(mint, SIZES[size_name], args.frames, seed=run_no * 1000)
                         e2e = _frames(mint, SIZES[size_name], args.frames, seed=run_no * 1000 + 500)
-                        stages = _one_run(counter, decoder, frames, e2e)
+                        stages = _one_run(device, decoder, frames, e2e)
                         read += len(stages.decode)
                         if stages.decode:
                             results.append(stages)

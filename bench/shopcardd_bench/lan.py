@@ -3,9 +3,10 @@
 Two counters of one shop on loopback (pinned addresses, so no multicast is needed), each with its
 own ledger, device key and the other as its peer, as a sync would have left them; no backend.
 
-- Gossip delay: a voucher is redeemed at counter A (``Counter.scan``: judged and committed), A's
-  node is told (``Lan.announce``, as the scan loop does after the green light), and the clock
-  stops when counter B has committed the record to its ledger. Both nodes run in this process.
+- Gossip delay: a voucher is redeemed at counter A through the scan loop's own ``scan`` (judged,
+  committed, and A's node told, by the rule the counter's runtime applies after every scan), and
+  the clock runs from there until counter B has committed the record to its ledger. Both
+  counters run in this process.
   p50/p99 over ``--vouchers`` vouchers, one at a time and 40 ms apart, as redemptions at a till
   are (a burst of back-to-back redemptions is sent in batches 20 ms apart: ``SEND_GAP_SECONDS``).
 - Scan loop: the milliseconds per frame of the scan loop (decode, verify, commit; every frame
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import socket
 import statistics
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,8 +41,8 @@ from shopcardd_voucher.commandline import whole_number
 from shopcardd_voucher.device_auth import public_jwk
 
 if TYPE_CHECKING:
-    from shopcardd_device.counter import Counter
     from shopcardd_device.decoders.base import Gray
+    from shopcardd_device.scanner import Scanner
 
 MERCHANT = "m-bench-shop"
 
@@ -131,57 +133,53 @@ def _percentile(values: list[float], share: float) -> float:
 def _gossip_delay(configs: Mapping[str, Path], mint: Iterator[str], vouchers: int) -> list[float]:
     """Seconds from A's commit to B's, per voucher."""
     from shopcardd_device.config import DeviceConfig
-    from shopcardd_device.counter import Counter
-    from shopcardd_device.lan import SEND_GAP_SECONDS, Lan
+    from shopcardd_device.frames.synthetic import ScriptedSource
+    from shopcardd_device.lan import SEND_GAP_SECONDS
+    from shopcardd_device.runtime import open_counter
+    from shopcardd_device.scanner import Scan
 
     config_a, config_b = (DeviceConfig.load(configs[name]) for name in ("till-a", "till-b"))
     recorded = threading.Event()
     moments: list[float] = []
+    committed: list[float] = []
 
     def on_record(device: str, count: int) -> None:
         moments.append(time.perf_counter())
         recorded.set()
 
-    key_a = SigningKey.load("till-a", config_a.device_key)  # type: ignore[arg-type]
-    key_b = SigningKey.load("till-b", config_b.device_key)  # type: ignore[arg-type]
+    def on_scan(scan: Scan) -> None:  # called once A committed the scan and told its node
+        committed.append(time.perf_counter())
+        if not scan.verdict.is_accepted:
+            raise RuntimeError("the bench's voucher was not accepted at till-a")
+
     delays = []
     with (
-        Counter.open(config_a) as counter,
-        Lan(config_b, key_b, on_record=on_record).start(),
-        Lan(config_a, key_a).start() as lan_a,
+        open_counter(config_b, on_lan_record=on_record) as till_b,
+        open_counter(config_a) as till_a,
     ):
+        if till_b.lan is None or till_a.lan is None:  # B listens before A sends
+            raise RuntimeError("the shop LAN did not start at both tills (see the lan_off log line)")
+        scanner = till_a.scanner(ScriptedSource([]), None, on_scan=on_scan)
         for number in range(vouchers + 1):  # the first one warms both up, and is not counted
-            token = next(mint)
             recorded.clear()
             time.sleep(2 * SEND_GAP_SECONDS)  # redemptions seconds apart, as at a till: none batched
-            if not counter.scan(token).is_accepted:
-                raise RuntimeError("the bench's voucher was not accepted at till-a")
-            committed = time.perf_counter()
-            lan_a.announce()
+            scanner.scan(next(mint), origin="bench")
             if not recorded.wait(10):
                 raise RuntimeError("till-b did not record till-a's redemption within 10 s")
             if number:
-                delays.append(moments[-1] - committed)
+                delays.append(moments[-1] - committed[-1])
     return delays
 
 
-def _frame_times(counter: Counter, frames: list[Gray], announce: Callable[[], None] | None) -> list[float]:
-    """Seconds of ``Scanner.process`` per frame, ``announce`` called after each accepted scan."""
-    from shopcardd_device.decoders import open_decoder
+def _frame_times(scanner: Scanner, frames: list[Gray]) -> list[float]:
+    """Seconds of ``Scanner.process`` per frame (the LAN told after each redemption, when on)."""
     from shopcardd_device.frames.base import Frame
-    from shopcardd_device.scanner import Scan, Scanner
-
-    def after(scan: Scan) -> None:
-        if announce is not None and scan.verdict.is_accepted:
-            announce()
 
     times = []
-    with open_decoder("zxing") as decoder:
-        scanner = Scanner(None, decoder, counter, on_scan=after)  # type: ignore[arg-type]
-        for image in frames:
-            start = time.perf_counter()
-            scanner.process(Frame(image=image, origin="bench"))
-            times.append(time.perf_counter() - start)
+    for image in frames:
+        start = time.perf_counter()
+        scanner.process(Frame(image=image, origin="bench"))
+        times.append(time.perf_counter() - start)
     return times
 
 
@@ -227,13 +225,14 @@ def _scan_loop(
     """Per-frame seconds at till-a: gossip off, on, and on under a flood, the runs interleaved;
     till-b (and the flooder) are processes of their own, on a CPU of their own."""
     from shopcardd_device.config import DeviceConfig
-    from shopcardd_device.counter import Counter
-    from shopcardd_device.lan import Lan
+    from shopcardd_device.decoders import open_decoder
+    from shopcardd_device.frames.synthetic import ScriptedSource
+    from shopcardd_device.runtime import open_counter
 
     from .device import _frames
 
     config_a = DeviceConfig.load(configs["till-a"])
-    key_a = SigningKey.load("till-a", config_a.device_key)  # type: ignore[arg-type]
+    gossip_off = dataclasses.replace(config_a, lan=dataclasses.replace(config_a.lan, enabled=False))
     command = [
         str(Path(sys.executable).parent / "shopcardd-device"),
         "run",
@@ -254,19 +253,17 @@ def _scan_loop(
     )
     results: dict[str, list[list[float]]] = {mode: [] for mode in MODES}
     try:
-        with Counter.open(config_a) as counter:
-            warm_up = _frames(lambda: next(mint), (640, 480), frames, seed=99_999)
-            _frame_times(counter, warm_up, None)  # not counted: caches, the decoder's first frames
+        with open_decoder("zxing") as decoder:
+            with open_counter(gossip_off) as till_a:  # not counted: caches, the decoder's first frames
+                warm_up = _frames(lambda: next(mint), (640, 480), frames, seed=99_999)
+                _frame_times(till_a.scanner(ScriptedSource([]), decoder), warm_up)
             for turn in range(runs):  # each turn the modes in another order: a drift cancels out
                 for mode in MODES[turn % 3 :] + MODES[: turn % 3]:
                     images = _frames(lambda: next(mint), (640, 480), frames, seed=len(results[mode]) * 1000)
-                    node = Lan(config_a, key_a).start() if mode != "off" else contextlib.nullcontext()
-                    with (
-                        node as lan,
-                        _flood(configs, other) if mode == "flood" else contextlib.nullcontext(),
-                    ):
-                        announce = lan.announce if lan is not None else None
-                        results[mode].append(_frame_times(counter, images, announce))
+                    with open_counter(config_a if mode != "off" else gossip_off) as till_a:
+                        scanner = till_a.scanner(ScriptedSource([]), decoder)  # starts the node
+                        with _flood(configs, other) if mode == "flood" else contextlib.nullcontext():
+                            results[mode].append(_frame_times(scanner, images))
     finally:
         os.sched_setaffinity(0, set(cpus))
         if till_b.stdin is not None:

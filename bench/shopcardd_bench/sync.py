@@ -77,11 +77,11 @@ def fill_ledger(
 def _one_run(url: str, api_key: str, folder: Path, args: argparse.Namespace) -> tuple[float, int]:
     """Seconds to sync ``--redemptions`` redemptions from a new counter, and the requests sent."""
     from shopcardd_device.config import DeviceConfig
-    from shopcardd_device.counter import Counter
-    from shopcardd_device.sync import sync
+    from shopcardd_device.runtime import open_counter
 
     config = DeviceConfig.load(enrol_counter(url, api_key, folder.name, folder))
-    with Counter.open(config) as counter:
+    config = dataclasses.replace(config, sync=dataclasses.replace(config.sync, batch_size=args.batch_size))
+    with open_counter(config) as device:
         fill_ledger(
             config.ledger_path,
             args.redemptions,
@@ -90,13 +90,10 @@ def _one_run(url: str, api_key: str, folder: Path, args: argparse.Namespace) -> 
             deal="d-bench",
             now=time.time(),
         )
-        config = dataclasses.replace(
-            config, sync=dataclasses.replace(config.sync, batch_size=args.batch_size)
-        )
         started = time.perf_counter()
-        report = sync(config, counter.ledger)
+        report = device.sync()
         elapsed = time.perf_counter() - started
-        if report.uploaded != args.redemptions or counter.ledger.unsynced_count():
+        if report.uploaded != args.redemptions or device.counter.ledger.unsynced_count():
             raise RuntimeError(f"synced {report.uploaded} of {args.redemptions} redemptions")
     return elapsed, report.requests
 

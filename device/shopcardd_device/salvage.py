@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from shopcardd_voucher.commandline import counted
+
 from .errors import LedgerDamaged, LedgerError
+from .inputs import safe_code
 from .ledger import Ledger
 
 _SIDE_FILES: Final = ("-wal", "-shm")
@@ -77,6 +80,37 @@ def salvage(path: Path) -> Salvaged | None:
         os.replace(fresh, path)
         _sync_folder(path.parent)
     return Salvaged(kept_at, copied, lost)
+
+
+def salvage_hint(config: Path | None) -> str:
+    """How to recover from a damaged ledger, in words an operator can paste."""
+    option = f" --config {config}" if config else ""
+    return (
+        "The counter will not run on a damaged ledger. Stop it (systemctl stop shopcardd-verifier "
+        f"shopcardd-sync.timer), then run: shopcardd-device salvage{option}  (it keeps the damaged file "
+        "aside and copies every readable redemption into a fresh ledger; see docs/device.md, "
+        '"A damaged ledger")'
+    )
+
+
+def salvage_lines(done: Salvaged | None, path: Path) -> list[str]:
+    """What ``salvage`` prints: what was kept, copied and lost, and what to do next."""
+    if done is None:
+        return [
+            f"ledger {safe_code(str(path))} passes its integrity check: nothing to salvage, nothing changed"
+        ]
+    copied = ", ".join(f"{counted(n, 'row')} of {table}" for table, n in sorted(done.copied.items()) if n)
+    lines = [
+        f"kept the damaged ledger as {safe_code(str(done.kept_at))} (never deleted)",
+        f"copied into a fresh ledger at {safe_code(str(path))}: {copied or 'nothing (no row could be read)'}",
+    ]
+    if done.lost_redemptions:
+        lines.append(
+            f"{counted(len(done.lost_redemptions), 'redemption')} named by an index could not be read: "
+            f"revoked here, so they stay refused (as revoked): {' '.join(done.lost_redemptions)}"
+        )
+    lines.append("start the counter again (systemctl start shopcardd-verifier shopcardd-sync.timer)")
+    return lines
 
 
 def _restore_magic(path: Path) -> None:

@@ -37,8 +37,9 @@ from typing import Any, Final
 
 import requests
 
-from shopcardd_voucher import InvalidKeyError, KeySet, SigningKey, VerificationKey
+from shopcardd_voucher import InvalidKeyError, KeySet, SigningKey, VerificationKey, readable_time
 from shopcardd_voucher.answers import problem_detail, transport_reason
+from shopcardd_voucher.commandline import counted
 from shopcardd_voucher.device_auth import make_device_token
 from shopcardd_voucher.trust import ANSWER_TYPE, TrustError, follow_chain, read_document
 
@@ -486,3 +487,23 @@ def sync(
             ledger, client, batch_size=config.sync.batch_size, leeway=config.leeway_seconds, sleep=sleep
         )
         return syncer.run()
+
+
+def summary(report: SyncReport, config: DeviceConfig) -> str:
+    """The one line a sync that succeeded prints; times in the shop's time zone (``timezone``)."""
+
+    def readable(moment: float | None) -> str | None:
+        return None if moment is None else readable_time(moment, config.timezone)
+
+    conflicts = f" ({counted(report.conflicts, 'conflict')})" if report.conflicts else ""
+    halved = (
+        f" in batches halved to {report.batch_size} (larger ones were refused with HTTP 413)"
+        if report.batch_size < min(config.sync.batch_size, MAX_BATCH)
+        else ""
+    )
+    return (
+        f"synced with {config.backend_url}: {counted(report.uploaded, 'redemption')} up{conflicts}{halved}, "
+        f"{counted(report.revoked, 'revocation')} down, key set {' '.join(report.kids)} valid until "
+        f"{readable(report.keys_valid_until)}, {counted(report.peers, 'peer')}, "
+        f"server time {readable(report.server_time)}"
+    )

@@ -42,3 +42,8 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def counted(number: int, noun: str) -> str:
+    """``1 peer``, ``2 peers``: a count as a summary line says it."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

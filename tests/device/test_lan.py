@@ -23,8 +23,10 @@ from shopcardd_bench.lan import free_port, make_shop, pinned_on_loopback
 from shopcardd_device import gossip
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.counter import Counter
+from shopcardd_device.frames.synthetic import ScriptedSource
 from shopcardd_device.lan import Lan, open_lan
 from shopcardd_device.ledger import LanRecord, Ledger, SyncRecord
+from shopcardd_device.runtime import open_counter
 from shopcardd_voucher import KeySet, Reason, SigningKey
 from shopcardd_voucher.device_auth import parse_public_jwk, public_jwk
 
@@ -150,6 +152,24 @@ def test_status_shows_peers_seen_last_heard_records_received_and_sent(
     assert isinstance(lan["last_heard"], float) and lan["last_heard"] <= time.time()
     text = device_command("status", "--config", shop.paths["till-b"]).stdout
     assert "shop LAN   on" in text and "1 peer seen" in text and "records received 1" in text
+
+
+def test_the_counter_tells_the_lan_of_each_redemption_once_not_of_a_repeat_or_a_refusal(
+    shop: Shop, till_b: Lan, mint: Mint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule lives in the counter's runtime, which ``run`` and ``shopcardd-bench lan`` both use:
+    a code held in view (a repeat) and a refused voucher wake the node for nothing."""
+    token = mint()
+    with open_counter(shop.configs["till-a"]) as till_a:
+        assert till_a.lan is not None
+        woken: list[None] = []
+        monkeypatch.setattr(till_a.lan, "announce", lambda: woken.append(None))
+        scanner = till_a.scanner(ScriptedSource([]), None)
+        assert scanner.scan(token).verdict.is_accepted and len(woken) == 1
+        assert scanner.scan(token).repeated and len(woken) == 1  # held in view: nothing new recorded
+        assert not scanner.scan(mint(merchant="m-else")).verdict.is_accepted and len(woken) == 1
+        assert scanner.scan(mint()).verdict.is_accepted and len(woken) == 2
+    wait_for("till-b refuses the voucher", lambda: shop.verdict("till-b", token) is Reason.ALREADY_REDEEMED)
 
 
 # -- nothing trusted that is not signed ---------------------------------------------------------
