@@ -1,21 +1,23 @@
 """What ``shopcardd-device status`` shows: the counter's state read from its ledger, as one JSON
-object and as lines a person reads (times in the shop's time zone).
+object (times in RFC 3339, UTC, as the backend's API gives them, so a program can read them
+without guessing a unit) and as lines a person reads (times in the shop's time zone).
 
 A read model only: it changes nothing, so it also works on a read-only ledger.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
-from shopcardd_voucher import readable_time
+from shopcardd_voucher import readable_time, rfc3339_time
 from shopcardd_voucher.commandline import counted
 
 from .config import DeviceConfig
 from .counter import Counter
 from .inputs import safe_code
 from .ledger import SyncFailure
+from .policy import ClockState
 
 STATUS_CONFLICTS: Final = 100
 """The most conflicts ``status --json`` lists (the latest); ``conflict_count`` counts them all."""
@@ -23,8 +25,8 @@ STATUS_CONFLICT_LINES: Final = 10
 """The most conflicts ``status`` shows as text."""
 
 
-def _time(moment: float | None) -> float | None:
-    return moment
+def _time(moment: float | None) -> str | None:
+    return None if moment is None else rfc3339_time(moment)
 
 
 def status_report(counter: Counter) -> dict[str, Any]:
@@ -111,12 +113,30 @@ def _lan_report(counter: Counter) -> dict[str, Any]:
     }
 
 
+CLOCK_WORDS: Final = {
+    (ClockState.TRUSTED, True): "set by the network (synchronised)",
+    (ClockState.TRUSTED, False): "not set by the network; believed because it is not behind the last time "
+    "proven by a sync or a voucher",
+    (ClockState.BEHIND_FLOOR, True): "behind the last time proven by a sync or a voucher; using that time",
+    (ClockState.BEHIND_FLOOR, False): "not set by the network and behind the last time proven by a sync or "
+    "a voucher; using that time",
+    (ClockState.UNTRUSTED, True): "not believable and no time proven yet: time-bound vouchers are refused",
+    (ClockState.UNTRUSTED, False): "not set by the network and no time proven yet (no sync, no voucher): "
+    "time-bound vouchers are refused",
+}
+"""What the clock's state means for the merchant, by (state, whether the system synchronised it)."""
+
+
 def status_lines(report: dict[str, Any], config: DeviceConfig) -> list[str]:
     """``report`` as ``status`` prints it without ``--json``."""
 
-    def readable(moment: float | None) -> str | None:
+    def readable(moment: str | None) -> str | None:
         """A time as a person reads it, in the shop's time zone (``timezone``)."""
-        return None if moment is None else readable_time(moment, config.timezone)
+        return (
+            None
+            if moment is None
+            else readable_time(datetime.fromisoformat(moment).timestamp(), config.timezone)
+        )
 
     rejected = ", ".join(f"{reason} {count}" for reason, count in report["rejected"].items()) or "none"
     keys = ", ".join(
@@ -158,13 +178,12 @@ def status_lines(report: dict[str, Any], config: DeviceConfig) -> list[str]:
         for peer in lan["peers"]
         if peer["last_heard"] is not None or peer["sent"]
     ]
-    synchronised = "synchronised" if report["clock_synchronised"] else "not synchronised"
-    lines.append(
-        f"  time floor {readable(report['time_floor']) or 'none'}  (clock {report['clock']}, {synchronised})"
-    )
+    clock = CLOCK_WORDS[ClockState(report["clock"]), report["clock_synchronised"]]
+    lines.append(f"  clock      {clock}")
+    lines.append(f"  time floor {readable(report['time_floor']) or 'none'}  (the last time proven)")
     lines.append(f"  last sync  {readable(report['last_sync']) or 'never'}")
     if failing := report["sync_failing"]:
-        since = datetime.fromtimestamp(failing["since"], UTC).isoformat(timespec="seconds")
+        since = datetime.fromisoformat(failing["since"]).isoformat(timespec="seconds")
         lines.append(f"  WARNING: sync failing since {since}: {failing['reason']}")
     if report["degraded"]:
         lines.append(

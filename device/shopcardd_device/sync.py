@@ -37,7 +37,14 @@ from typing import Any, Final
 
 import requests
 
-from shopcardd_voucher import InvalidKeyError, KeySet, SigningKey, VerificationKey, readable_time
+from shopcardd_voucher import (
+    InvalidKeyError,
+    KeySet,
+    SigningKey,
+    VerificationKey,
+    readable_time,
+    rfc3339_time,
+)
 from shopcardd_voucher.answers import problem_detail, transport_reason
 from shopcardd_voucher.commandline import counted
 from shopcardd_voucher.device_auth import make_device_token
@@ -264,12 +271,6 @@ def _retry_after(response: requests.Response) -> float | None:
     return float(value) if value.isdigit() else None
 
 
-def _rfc3339(moment: float) -> str:
-    """``2026-12-01T13:05:09.123Z`` (the contract's form; ``time.strftime`` is the quick way)."""
-    millis = int(moment * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{millis:03d}Z"
-
-
 def _moment(text: Any) -> float:
     if not isinstance(text, str):
         raise ValueError(f"not an RFC 3339 time: {text!r}")
@@ -284,8 +285,8 @@ def _upload(redemption: Redemption) -> dict[str, Any]:
     upload: dict[str, Any] = {
         "voucher_id": redemption.voucher_id,
         "deal_id": redemption.deal,
-        "redeemed_at": _rfc3339(redemption.redeemed_at),
-        "expires_at": _rfc3339(redemption.expires_at),
+        "redeemed_at": rfc3339_time(redemption.redeemed_at),
+        "expires_at": rfc3339_time(redemption.expires_at),
     }
     if IDENTIFIER.fullmatch(redemption.user):
         upload["user_id"] = redemption.user
@@ -365,7 +366,7 @@ class Syncer:
                     logging.ERROR,
                     error=str(exc),
                     status=exc.status,
-                    since=_rfc3339(failure.since),
+                    since=rfc3339_time(failure.since),
                 )
             raise
         if self.ledger.sync_failure is not None:
@@ -458,7 +459,7 @@ class Syncer:
             conflicts=conflicts,
             revocations=len(record.revoked_vouchers) + len(record.revoked_deals),
             uploaded_through=record.uploaded_through,
-            server_time=_rfc3339(record.server_time),
+            server_time=rfc3339_time(record.server_time),
         )
 
 

@@ -32,6 +32,7 @@ from .voucher import (
     issue,
     new_voucher_id,
     readable_time,
+    rfc3339_time,
     sign,
     verify,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "issue",
     "new_voucher_id",
     "readable_time",
+    "rfc3339_time",
     "sign",
     "verify",
 ]

@@ -349,3 +349,10 @@ def readable_time(moment: float, tz: tzinfo | None = None) -> str:
     """``2026-12-02 14:03:05 CET``: a moment in ``tz`` (``None``: the system's local time zone)."""
     local = datetime.fromtimestamp(moment, tz).astimezone(tz)  # tz None: naive local, then made aware
     return local.strftime("%Y-%m-%d %H:%M:%S ") + (local.tzname() or local.strftime("%z"))
+
+
+def rfc3339_time(moment: float) -> str:
+    """``2026-12-01T13:05:09.123Z``: a moment as the API and the device's machine-read output
+    give it (UTC, milliseconds), for a program, where ``readable_time`` is for a person."""
+    millis = int(moment * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment)) + f".{millis:03d}Z"

@@ -16,6 +16,7 @@ import stat
 import subprocess
 import time
 from contextlib import closing
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -241,7 +242,10 @@ def test_status_reports_counts_keys_and_time(write_config: WriteConfig, mint: Mi
     assert status["keys"] == [
         {"kid": "k1", "alg": "EdDSA", "not_before": None, "expires": None, "valid_now": True}
     ]
-    assert status["time_floor"] > 1.7e9 and status["last_sync"] is None
+    floor = status["time_floor"]  # RFC 3339 in UTC, as the backend's API gives times
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", floor), floor
+    assert datetime.fromisoformat(floor).timestamp() > 1.7e9 and status["last_sync"] is None
+    assert datetime.fromisoformat(status["trusted_time"]) >= datetime.fromisoformat(floor)
     readable = device_command("status", "--config", config)
     assert "accepted   1" in readable.stdout and "wrong_merchant 1" in readable.stdout
 

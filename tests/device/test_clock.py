@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+
+import pytest
 
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.counter import Counter
 from shopcardd_device.policy import ClockState
+from shopcardd_device.status import status_lines, status_report
 from shopcardd_voucher import KeySet, Reason
 
 from .conftest import Keys, Mint, WriteConfig, device_command
@@ -167,6 +172,38 @@ def test_a_key_set_past_its_valid_until_is_stale_shows_amber_and_still_verifies(
         assert health.keyset_stale and health.is_degraded  # steady amber: sync the device
     assert config.source_file is not None
     status = json.loads(device_command("status", "--config", config.source_file, "--json").stdout)
-    assert status["keyset"] == {"issued_at": real - 8 * DAY, "valid_until": real - DAY, "stale": True}
+    keyset = status["keyset"]
+    assert keyset["stale"] is True
+    assert datetime.fromisoformat(keyset["issued_at"]).timestamp() == pytest.approx(real - 8 * DAY, abs=0.001)
+    assert datetime.fromisoformat(keyset["valid_until"]).timestamp() == pytest.approx(real - DAY, abs=0.001)
     assert status["degraded"] is True
     assert "STALE: sync the device" in device_command("status", "--config", config.source_file).stdout
+
+
+def test_status_says_in_words_what_the_clock_state_means_for_the_merchant(
+    config: DeviceConfig, mint: Mint
+) -> None:
+    """Not "clock trusted, not synchronised": whether the network set the clock, and what the
+    counter goes by instead."""
+
+    def clock_line(clock: Clock, synchronised: Callable[[], bool]) -> str:
+        with Counter.open(config, clock=clock, synchronised=synchronised) as counter:
+            lines = status_lines(status_report(counter), config)
+        [line] = [line for line in lines if line.startswith("  clock ")]
+        return line.split(None, 1)[1]
+
+    real = time.time()
+    clock = Clock(real)
+    assert clock_line(Clock(0.0), unsynchronised) == (
+        "not set by the network and no time proven yet (no sync, no voucher): time-bound vouchers are refused"
+    )
+    with Counter.open(config, clock=clock, synchronised=unsynchronised) as counter:
+        assert counter.scan(mint(now=real)).reason is Reason.ACCEPTED  # its iat is a time proven
+    assert clock_line(clock, ntp_synchronised) == "set by the network (synchronised)"
+    assert clock_line(clock, unsynchronised) == (
+        "not set by the network; believed because it is not behind the last time proven by a sync or "
+        "a voucher"
+    )
+    assert clock_line(Clock(real - 10 * DAY), unsynchronised) == (
+        "not set by the network and behind the last time proven by a sync or a voucher; using that time"
+    )

@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -149,7 +150,7 @@ def test_status_shows_peers_seen_last_heard_records_received_and_sent(
         wait_for("till-a counted the record sent", lambda: status("till-a")["sent"] == 1)
     lan = status("till-b")
     assert lan["enabled"] is True and lan["peers_seen"] == 1 and lan["received"] == 1
-    assert isinstance(lan["last_heard"], float) and lan["last_heard"] <= time.time()
+    assert datetime.fromisoformat(lan["last_heard"]).timestamp() <= time.time()  # RFC 3339, UTC
     text = device_command("status", "--config", shop.paths["till-b"]).stdout
     assert "shop LAN   on" in text and "1 peer seen" in text and "records received 1" in text
 

@@ -474,13 +474,13 @@ def test_a_sync_the_backend_keeps_refusing_exits_1_and_status_says_since_when_un
         assert failing["level"] == "error" and failing["status"] == 413
         first = status()["sync_failing"]
         assert first["reason"] == reason.removeprefix("shopcardd-device sync: ")
-        assert first["since"] == pytest.approx(time.time(), abs=60)
+        assert datetime.fromisoformat(first["since"]).timestamp() == pytest.approx(time.time(), abs=60)
 
         assert device_command("sync", "--config", config.source_file).returncode == 1  # the next tick
         assert status()["sync_failing"] == first  # failing since the first refusal, not the latest
         assert len(proxy.refused) == 4 and not proxy.passed  # 3, then 1, on each of the two runs
     text = device_command("status", "--config", config.source_file).stdout
-    since = datetime.fromtimestamp(first["since"], UTC).isoformat(timespec="seconds")
+    since = datetime.fromisoformat(first["since"]).isoformat(timespec="seconds")
     assert f"WARNING: sync failing since {since}: the backend refused the sync (HTTP 413)" in text
 
     config.source_file.write_text(toml)  # the proxy is out of the way: the next sync goes through
