@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from shopcardd_voucher.commandline import CommandParser
+from shopcardd_voucher.commandline import CommandParser, whole_number
 
 from .answers import answer_line, scan_line, shorten
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, DeviceConfig
@@ -40,6 +40,8 @@ EXIT_REJECTED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_NOT_RECORDED: Final = EXIT_USAGE
 """verify has three exit codes (0, 1, 2): a ledger it cannot write (a full disk) is the device's set-up."""
+TERMINAL_RETRIES: Final = 1
+"""``sync`` from a terminal: tries again once, after a short pause, then says why it failed."""
 NO_INPUT: Final = "no input to judge: stdin was empty (give tokens, image files, or - and one token a line)"
 
 EXAMPLES = f"""\
@@ -124,25 +126,32 @@ def build_parser() -> argparse.ArgumentParser:
         "received and sent.",
     )
     status.add_argument("--json", action="store_true", help="one JSON object on one line instead of text")
-    command(
+    sync = command(
         "sync",
         "sync once with the backend: redemptions up; keys, revocations, peers, time down",
-        "One sync with backend_url, then exit (a systemd timer runs it): redemptions not yet confirmed "
-        "go up in batches of [sync] batch_size (at most 500), each request with a new token signed by "
-        "device_key; the backend's verdict on each (ok, or conflict: another counter redeemed it first) "
-        "is kept in the ledger. The key set is replaced (a running scan loop takes it up without a "
-        "restart), revocations and the merchant's other counters stored, and the server's time sets the "
-        "time floor. All of that is believed only from an answer signed by the backend's trust key "
-        "(trust_key, pinned at enrolment, or a key it announced) that echoes this request's nonce; "
-        "any other answer changes nothing, exits 1 and is shown by status. A failure that may pass "
-        "(no network, a timeout, HTTP 5xx) is tried again with a "
-        "growing pause; what was confirmed stays, and the next run starts where the last confirmed batch "
-        "ended. A batch refused as too large (HTTP 413, from the backend or a proxy before it) is sent "
-        "again in halves, down to one redemption. A refusal (HTTP 4xx other than 401, or an answer the "
-        "trust key does not vouch for) is kept in the ledger until a sync succeeds: status shows 'sync "
-        "failing since ...'. Prints one summary line. Exit 0 synced, 1 the backend could not be reached "
-        "or refused (the reason in one line), 2 a usage or configuration error (no backend_url, "
-        "device_key or trust_key; a backend_url of plain http off loopback).",
+        "One sync with backend_url, then exit (a systemd timer runs it): redemptions not yet confirmed go up "
+        "in batches of [sync] batch_size (at most 500), each request with a new token signed by device_key; "
+        "the backend's verdict on each (ok, or conflict: another counter redeemed it first) is kept in the "
+        "ledger. The key set is replaced (a running scan loop takes it up without a restart), revocations and"
+        " the merchant's other counters stored, and the server's time sets the time floor. All of that is "
+        "believed only from an answer signed by the backend's trust key (trust_key, pinned at enrolment, or a"
+        " key it announced) that echoes this request's nonce; any other answer changes nothing, exits 1 and "
+        "is shown by status. A failure that may pass (no network, a timeout, HTTP 5xx) is tried again: run by"
+        " the timer (no terminal) 5 more times with a growing pause (1 to 16 s); run from a terminal once "
+        "more after about a second, with a line for each failed try. What was confirmed stays, and the next "
+        "run starts where the last confirmed batch ended. A batch refused as too large (HTTP 413, from the "
+        "backend or a proxy before it) is sent again in halves, down to one redemption. A refusal (HTTP 4xx "
+        "other than 401, or an answer the trust key does not vouch for) is kept in the ledger until a sync "
+        "succeeds: status shows 'sync failing since ...'. Prints one summary line. Exit 0 synced, 1 the "
+        "backend could not be reached or refused (the reason in one line), 2 a usage or configuration error "
+        "(no backend_url, device_key or trust_key; a backend_url of plain http off loopback).",
+    )
+    sync.add_argument(
+        "--retries",
+        type=whole_number(0, 20),
+        metavar="N",
+        help="tries again at most N times while a failure may pass (default 5 without a terminal, "
+        f"{TERMINAL_RETRIES} from one; 0: one try only)",
     )
     command(
         "salvage",
@@ -255,14 +264,21 @@ def show_status(args: argparse.Namespace, config: DeviceConfig) -> int:
 
 
 def run_sync(args: argparse.Namespace, config: DeviceConfig) -> int:
-    """One sync; the reason of a failure in one line (exit 1)."""
-    from .sync import SyncFailed, load_device_key, summary
+    """One sync; the reason of a failure in one line (exit 1). From a terminal it gives up after
+    one short pause and says so at each try; the timer's run keeps its patient tries."""
+    from .sync import TRIES, SyncFailed, load_device_key, summary
 
     setup_logging(config.log_level, config.device_id)
     load_device_key(config)  # a configuration error (exit 2) before anything is opened
+    at_a_terminal = sys.stdin.isatty() or sys.stdout.isatty()
+    retries = args.retries if args.retries is not None else TERMINAL_RETRIES if at_a_terminal else TRIES - 1
+
+    def say_retry(attempt: int, tries: int, reason: str, pause: float) -> None:
+        print(f"try {attempt} of {tries} failed: {reason}; trying again in {pause:.1f} s", file=sys.stderr)
+
     with open_counter(config) as device:
         try:
-            report = device.sync()
+            report = device.sync(tries=retries + 1, on_retry=say_retry if at_a_terminal else None)
         except SyncFailed as exc:
             print(f"shopcardd-device sync: {exc}", file=sys.stderr)
             return EXIT_REJECTED

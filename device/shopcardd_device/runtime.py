@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .frames.base import FrameSource
     from .lan import Lan
     from .scanner import Scan, Scanner, Signal
-    from .sync import SyncReport
+    from .sync import Retried, SyncReport
     from .watchdog import Watchdog
 
 SIGNAL_DRAIN_SECONDS: Final = 15.0
@@ -154,11 +154,12 @@ class Runtime(Closing):
         watchdog.stopping()
         self.panel.wait_for_idle(SIGNAL_DRAIN_SECONDS)  # let the last verdict be seen
 
-    def sync(self) -> SyncReport:
+    def sync(self, *, tries: int | None = None, on_retry: Retried | None = None) -> SyncReport:
         """One sync of this counter's ledger with the backend (``SyncFailed``: it failed)."""
-        from .sync import sync
+        from .sync import TRIES, sync
 
-        return sync(self.config, self.counter.ledger)
+        tries = TRIES if tries is None else tries
+        return sync(self.config, self.counter.ledger, tries=tries, on_retry=on_retry)
 
     def close(self) -> None:
         self._stack.close()

@@ -70,6 +70,8 @@ CLOCK_SKEW_SECONDS: Final = 30.0
 log = get_logger("sync")
 Clock = Callable[[], float]
 Sleep = Callable[[float], object]
+Retried = Callable[[int, int, str, float], object]
+"""Told of each try that failed and will be tried again: (try, tries, why, pause in seconds)."""
 
 
 class SyncFailed(DeviceError, RuntimeError):
@@ -347,8 +349,10 @@ class Syncer:
         leeway: float,
         sleep: Sleep = time.sleep,
         tries: int = TRIES,
+        on_retry: Retried | None = None,
     ) -> None:
         self.ledger, self.client, self.sleep, self.tries = ledger, client, sleep, tries
+        self.on_retry = on_retry
         self.batch_size = min(batch_size, MAX_BATCH)
         self.leeway = leeway
         self.report = SyncReport(batch_size=self.batch_size)
@@ -430,13 +434,16 @@ class Syncer:
                 return self.client.sync(body)
             except _Transient as exc:
                 if attempt == self.tries:
-                    raise SyncFailed(f"{exc} (gave up after {self.tries} tries)") from None
+                    tries = f"{self.tries} tries" if self.tries > 1 else "1 try"
+                    raise SyncFailed(f"{exc} (gave up after {tries})") from None
                 wait = exc.retry_after if exc.retry_after is not None else pause * random.uniform(1, 1.25)
                 wait = min(wait, MAX_PAUSE_SECONDS)
                 self.report.retries += 1
                 event(
                     log, "sync_retry", logging.WARNING, error=str(exc), attempt=attempt, pause=round(wait, 2)
                 )
+                if self.on_retry is not None:
+                    self.on_retry(attempt, self.tries, str(exc), wait)
                 self.sleep(wait)
                 pause = min(pause * 2, MAX_PAUSE_SECONDS)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -470,8 +477,11 @@ def sync(
     clock: Clock = time.time,
     sleep: Sleep = time.sleep,
     session: requests.Session | None = None,
+    tries: int = TRIES,
+    on_retry: Retried | None = None,
 ) -> SyncReport:
-    """One sync of ``ledger`` with ``config``'s backend (``SyncFailed``: exit 1)."""
+    """One sync of ``ledger`` with ``config``'s backend (``SyncFailed``: exit 1); each request is
+    tried up to ``tries`` times while its failure may pass."""
     key = load_device_key(config)
     trust = load_trust_key(config, ledger)
     assert config.backend_url is not None  # load_device_key refused a config without it
@@ -485,7 +495,13 @@ def sync(
         ca_file=None if config.ca_file is None else str(config.ca_file),
     ) as client:
         syncer = Syncer(
-            ledger, client, batch_size=config.sync.batch_size, leeway=config.leeway_seconds, sleep=sleep
+            ledger,
+            client,
+            batch_size=config.sync.batch_size,
+            leeway=config.leeway_seconds,
+            sleep=sleep,
+            tries=tries,
+            on_retry=on_retry,
         )
         return syncer.run()
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pty
+import re
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -43,7 +46,7 @@ from shopcardd_voucher import KeySet, Reason, SigningKey, issue
 from shopcardd_voucher.trust import ANSWER_TYPE, sign_document
 from shopcardd_voucher.voucher import parse_compact
 
-from .conftest import device_command, start_device
+from .conftest import BIN, device_command, start_device
 
 DAY = 86_400.0
 _numbers = itertools.count(1)
@@ -357,6 +360,33 @@ def test_sync_says_why_it_failed_in_one_line_and_exits_1_or_2(
     [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("shopcardd-device")]
     assert "cannot reach the backend at http://127.0.0.1:9 ([Errno 111] Connection refused)" in line
     assert "gave up after 6 tries" in line
+
+
+def test_sync_from_a_terminal_fails_fast_with_a_line_per_try_and_retries_chooses(shop: Shop) -> None:
+    """By hand with the backend down, the operator waits about a second, not the timer's 35 s of
+    pauses, and sees each try; ``--retries`` chooses the tries with or without a terminal."""
+    config = shop.enrol("till-1")
+    assert config.source_file is not None
+    toml = config.source_file.read_text().replace(shop.served.url, "http://127.0.0.1:9")  # nobody listens
+    config.source_file.write_text(toml)
+    command = [str(BIN / "shopcardd-device"), "sync", "--config", str(config.source_file)]
+    _, terminal = pty.openpty()
+    try:
+        by_hand = subprocess.run(command, stdin=terminal, capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(terminal)
+    assert by_hand.returncode == 1
+    lines = [line for line in by_hand.stderr.splitlines() if not line.startswith("{")]  # not the JSON log
+    refused = "cannot reach the backend at http://127.0.0.1:9 ([Errno 111] Connection refused)"
+    [retry, reason] = lines
+    assert re.fullmatch(rf"try 1 of 2 failed: {re.escape(refused)}; trying again in 1\.[0-2] s", retry)
+    assert reason == f"shopcardd-device sync: {refused} (gave up after 2 tries)"
+
+    once = device_command("sync", "--config", config.source_file, "--retries", "0")  # no terminal
+    assert once.returncode == 1
+    assert once.stderr.splitlines()[-1] == f"shopcardd-device sync: {refused} (gave up after 1 try)"
+    assert not device_log(once.stderr, "sync_retry")
+    assert device_command("sync", "--config", config.source_file, "--retries", "x").returncode == 2
 
 
 def test_with_the_shop_lan_a_race_within_the_gossip_delay_is_still_a_conflict_at_sync(shop: Shop) -> None:
