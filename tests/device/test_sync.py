@@ -177,7 +177,8 @@ def test_two_offline_counters_both_accept_a_voucher_and_each_ledger_holds_the_ba
     assert status["conflict_count"] == 1 and status["unsynced"] == 0
     assert status["conflicts"][0]["voucher_id"] == conflict["voucher_id"]
     assert status["conflicts"][0]["first_device_id"] == till_a.device_id
-    assert status["keyset"]["stale"] is False and status["keyset"]["valid_until"] > time.time()
+    valid_until = datetime.fromisoformat(status["keyset"]["valid_until"]).timestamp()  # RFC 3339
+    assert status["keyset"]["stale"] is False and valid_until > time.time()
     assert status["peers"] == [till_a.device_id]
     text = device_command("status", "--config", till_b.source_file).stdout
     assert "conflicts  1" in text and f"first at {till_a.device_id}" in text
