@@ -24,7 +24,7 @@ Nothing is trusted that is not signed by a counter the last sync named as the me
 (``Ledger.peers``) and newer than the last message heard from that counter (a start number the
 ledger raises at each start, then a count: ``Ledger.lan_start``, ``Ledger.lan_heard``), so a
 message recorded from an earlier process is a replay across restarts of either counter. Anything
-else is dropped and logged, one line per reason per ``LOG_EVERY_SECONDS`` at most, counting the
+else is dropped and logged, one line per reason per ``pacing.LOG_EVERY_SECONDS`` at most, counting the
 lines left out. A junk flood cannot slow the scan much (``shopcardd-bench lan`` measures it): the
 receiving thread reads at most ``MAX_DATAGRAMS_PER_SECOND`` (the kernel drops the rest) into a
 bounded queue (full: dropped), a datagram of an unknown device, or naming a learned peer from
@@ -63,17 +63,12 @@ from .closing import Closing
 from .config import DeviceConfig
 from .ledger import LanRecord, Ledger
 from .log import event, get_logger
+from .pacing import MAX_CHECKS_PER_SECOND, MAX_DATAGRAMS_PER_SECOND, Budget, Throttle
 
 Address = tuple[str, int]
 
 INBOX_SIZE: Final = 256
 """Datagrams waiting to be checked; more are dropped (a flood, never a peer's normal traffic)."""
-MAX_DATAGRAMS_PER_SECOND: Final = 500
-"""The receiving thread's pace: a flood beyond it is dropped by the kernel, at no cost here."""
-MAX_CHECKS_PER_SECOND: Final = 100
-"""Signatures checked at most (about 5 ms of CPU a second): datagrams that name a peer but are
-forged cost a check each, so beyond this they are dropped unchecked (``over_budget``). A shop's
-own traffic is a hello per peer every few seconds and a message per redemption or page."""
 TICK_SECONDS: Final = 0.25
 """Even unwoken, the worker looks for new redemptions this often: one committed by another
 process at the same ledger (``verify``) announces nothing here, and a wake can be lost to a full
@@ -94,44 +89,9 @@ ASK_AGAIN_SECONDS: Final = 1.0
 MAX_ROWS_PER_ANSWER: Final = 400
 STATS_EVERY_SECONDS: Final = 2.0
 PRUNE_EVERY_SECONDS: Final = 3_600.0
-LOG_EVERY_SECONDS: Final = 10.0
 _WAKE: Final = object()
 
 log = get_logger("lan")
-
-
-class _Budget:
-    """A token bucket: at most ``rate`` a second, bursts of up to ``rate``."""
-
-    def __init__(self, rate: float, monotonic: Callable[[], float]) -> None:
-        self.rate, self._monotonic = rate, monotonic
-        self._tokens, self._at = rate, monotonic()
-
-    def take(self) -> bool:
-        now = self._monotonic()
-        self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
-
-
-class _Throttle:
-    """At most one log line per reason per ``LOG_EVERY_SECONDS``; the lines left out are counted."""
-
-    def __init__(self, monotonic: Callable[[], float]) -> None:
-        self._monotonic = monotonic
-        self._last: dict[str, float] = {}
-        self._quiet: dict[str, int] = {}
-
-    def log(self, name: str, reason: str, **fields: object) -> None:
-        now = self._monotonic()
-        if now - self._last.get(reason, -LOG_EVERY_SECONDS) < LOG_EVERY_SECONDS:
-            self._quiet[reason] = self._quiet.get(reason, 0) + 1
-            return
-        self._last[reason] = now
-        event(log, name, logging.WARNING, reason=reason, suppressed=self._quiet.pop(reason, 0), **fields)
 
 
 class Lan(Closing):
@@ -161,8 +121,8 @@ class Lan(Closing):
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._sock: socket.socket | None = None
-        self._throttle = _Throttle(monotonic)
-        self._checks = _Budget(MAX_CHECKS_PER_SECOND, monotonic)
+        self._throttle = Throttle(log, monotonic)
+        self._checks = Budget(MAX_CHECKS_PER_SECOND, monotonic)
         self._peers: dict[str, ed25519.Ed25519PublicKey] = {}
         self._heard: dict[str, tuple[int, int]] = {}
         """device -> (start, count) of its last message, as the ledger keeps it: older ones are replays."""
@@ -254,7 +214,7 @@ class Lan(Closing):
     def _receive(self) -> None:
         sock = self._sock
         assert sock is not None
-        pace = _Budget(MAX_DATAGRAMS_PER_SECOND, self._monotonic)
+        pace = Budget(MAX_DATAGRAMS_PER_SECOND, self._monotonic)
         while not self._stop.is_set():
             if not pace.take():  # meanwhile the kernel drops what does not fit its buffer
                 time.sleep(1 / MAX_DATAGRAMS_PER_SECOND)

@@ -24,7 +24,6 @@ lock only for the short transaction that applies one answer.
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import random
 import re
@@ -52,9 +51,10 @@ from shopcardd_voucher.trust import ANSWER_TYPE, TrustError, follow_chain, read_
 
 from .closing import Closing
 from .config import DeviceConfig
-from .errors import ConfigError, DeviceError
+from .errors import DeviceError
 from .ledger import BackendVerdict, Ledger, Redemption, SyncRecord, TrustPin
 from .log import event, get_logger
+from .sync_keys import load_device_key, load_trust_key
 
 SYNC_PATH: Final = "/v1/devices/sync"
 MAX_BATCH: Final = 500
@@ -131,42 +131,6 @@ class SyncReport:
     keys_valid_until: float | None = None
     peers: int = 0
     server_time: float | None = None
-
-
-def load_trust_key(config: DeviceConfig, ledger: Ledger) -> VerificationKey:
-    """The trust key sync answers must be signed by: the bundle's pin (``trust_key``), or the key
-    the ledger moved the pin to by a chain of links from it. Problems are configuration errors."""
-    if config.trust_key is None:
-        raise ConfigError(
-            "trust_key: not set; sync believes only answers signed by the backend's trust key "
-            "(shopcardd-provision enroll pins it)"
-        )
-    try:
-        pinned = VerificationKey.from_jwk(json.loads(config.trust_key.read_text(encoding="utf-8")))
-    except OSError as exc:
-        raise ConfigError(f"trust_key: cannot read {config.trust_key}: {exc.strerror}") from None
-    except (ValueError, InvalidKeyError) as exc:
-        raise ConfigError(
-            f"trust_key: {config.trust_key} is not a public JWK with kid and alg: {exc}"
-        ) from None
-    return ledger.trust_key(pinned)
-
-
-def load_device_key(config: DeviceConfig) -> SigningKey:
-    """The device's Ed25519 key (``device_key``); any problem is a configuration error (exit 2)."""
-    if config.backend_url is None:
-        raise ConfigError("backend_url: not set; sync needs the backend's URL (shopcardd-provision enroll)")
-    if config.device_key is None:
-        raise ConfigError("device_key: not set; sync signs its requests with the device's key from enrolment")
-    try:
-        key = SigningKey.load(config.device_id, config.device_key)
-    except OSError as exc:
-        raise ConfigError(f"device_key: cannot read {config.device_key}: {exc.strerror}") from None
-    except InvalidKeyError as exc:
-        raise ConfigError(f"device_key: {config.device_key}: {exc}") from None
-    if key.alg != "EdDSA":
-        raise ConfigError(f"device_key: {config.device_key} is a {key.alg} key; a device key is Ed25519")
-    return key
 
 
 class BackendClient(Closing):
