@@ -158,7 +158,7 @@ def test_three_counters_share_redemptions_and_a_counter_cut_off_catches_up(
         voucher_keys=KeySet.load(keys.jwks),
         merchant=MERCHANT,
         lan={device: "hello_seconds = 0.5" for device in COUNTERS},  # discovery by multicast, nothing pinned
-        extra='backend_url = "http://10.77.0.99:9"  # no backend anywhere\n[camera]\nsource = "keyboard"\n'
+        extra='backend_url = "https://10.77.0.99:9"  # no backend anywhere\n[camera]\nsource = "keyboard"\n'
         "[gpio]\nsignal_seconds = 0.01\n",
     )
     tag = next(iter(shop_network.values())).split("-")[0]
