@@ -273,7 +273,7 @@ def test_a_scan_the_ledger_cannot_record_shows_the_fault_and_is_not_accepted(
     config: DeviceConfig, mint: Mint, mock_factory: MockFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another process holds the ledger past the busy timeout: no green, a fault, nothing lost."""
-    monkeypatch.setattr("shopcardd_device.ledger.BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr("shopcardd_device.ledger.base.BUSY_TIMEOUT_MS", 50)
     token = mint()
     with Counter.open(config) as counter, FeedbackPanel(17, 27, 22, signal_seconds=0.01) as panel:
         scanner = Scanner(ScriptedSource([]), None, counter, panel)
