@@ -190,9 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
         "stats",
         help="print a deal's figures as a table",
         description="A deal's figures for the terminal: its status and stock left, vouchers issued "
-        "and redeemed, and per minute (UTC) the claims issued and refused by reason with the stock "
-        "left after that minute. The per-minute counts are the analytics worker's: a claim shows "
-        "once its event has been through the queue.",
+        "and redeemed, the notices sent to its customers (and refused) per channel, and per minute "
+        "(UTC) the claims issued and refused by reason with the stock left after that minute. The "
+        "per-minute counts are the analytics worker's and the notices the notify worker's: a claim "
+        "shows once its event has been through the queue.",
     )
     stats.add_argument("deal_id", type=deal_id, metavar="DEAL", help="the deal's id")
 
@@ -407,6 +408,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"status {view.phase}, stock {deal.stock}, left {view.stock_left}, "
         f"vouchers issued {figures.vouchers.issued}, redeemed {figures.vouchers.redeemed}"
     )
+    sent = "; ".join(
+        f"{channel} sent {counts.sent}, refused {counts.refused}"
+        for channel, counts in figures.stats.notices.items()
+    )
+    print(f"notices {sent}")
     headers = ("minute (UTC)", *CLAIM_COUNTS, "stock_left")
     rows = [
         (minute.minute.strftime("%Y-%m-%d %H:%M"), *(getattr(minute, n) for n in CLAIM_COUNTS), left)

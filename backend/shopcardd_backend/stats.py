@@ -1,8 +1,10 @@
-"""A deal's statistics for its merchant: claims issued and refused, by minute and in total.
+"""A deal's statistics for its merchant: claims issued and refused, by minute and in total,
+and the notices its customers were sent (and those refused) per channel.
 
 The use case behind ``GET /v1/deals/{deal_id}/stats``, the console's live page and
-``shopcardd-backend stats``; the counts are the analytics worker's
-(``workers/analytics.py``), so a claim shows here once its event has been through the queue.
+``shopcardd-backend stats``; the claim counts are the analytics worker's
+(``workers/analytics.py``) and the notice counts the notify worker's (``workers/notify.py``),
+so a claim shows here once its event has been through the queue.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .deals import DealNotFound, DealService, DealView, NotYourDeal
-from .stores.base import CLAIM_COUNTS, DocumentStore, MinuteCounts, VoucherCounts
+from .stores.base import (
+    CLAIM_COUNTS,
+    NOTICE_CHANNELS,
+    DocumentStore,
+    MinuteCounts,
+    NoticeCounts,
+    VoucherCounts,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +30,8 @@ class DealStats:
     """Minutes with any claim, oldest first."""
     totals: dict[str, int]
     """The minutes summed, by count (``CLAIM_COUNTS``)."""
+    notices: dict[str, NoticeCounts]
+    """Notices sent and refused, per channel (every one of ``NOTICE_CHANNELS``, 0 when none)."""
 
 
 def deal_stats(store: DocumentStore, deal_id: str, merchant_id: str) -> DealStats:
@@ -32,7 +43,9 @@ def deal_stats(store: DocumentStore, deal_id: str, merchant_id: str) -> DealStat
         raise NotYourDeal(f"deal {deal_id!r} belongs to another merchant")
     minutes = store.claims_by_minute(deal_id)
     totals = {name: sum(getattr(minute, name) for minute in minutes) for name in CLAIM_COUNTS}
-    return DealStats(deal_id, minutes, totals)
+    counted = store.notices_of(deal_id)
+    notices = {channel: counted.get(channel, NoticeCounts()) for channel in (*NOTICE_CHANNELS, *counted)}
+    return DealStats(deal_id, minutes, totals, notices)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +50,15 @@ class Closing:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def add_missing_columns(tx: sqlite3.Connection, table: str, columns: Mapping[str, str]) -> None:
+    """Give a table made by an older version the columns it lacks (name: type), at opening:
+    SQLite has no ``ADD COLUMN IF NOT EXISTS``."""
+    present = {row[1] for row in tx.execute(f"PRAGMA table_info({table})")}
+    for column, kind in columns.items():
+        if column not in present:
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 class SqliteFile(Closing):

@@ -25,6 +25,8 @@ from shopcardd_backend.stores.base import (
     DuplicateError,
     MerchantRecord,
     MinuteCounts,
+    NoticeCounts,
+    NoticeOutcome,
     RedemptionRecord,
     RevocationKind,
     RevocationRecord,
@@ -169,18 +171,59 @@ def test_a_tally_recorded_again_counts_once(store: DocumentStore) -> None:
 
 
 def test_a_notice_is_taken_once_per_voucher_and_channel(store: DocumentStore) -> None:
-    assert store.claim_notice("v1", "email") is True
-    assert store.claim_notice("v1", "email") is False
-    assert store.claim_notice("v1", "sms") is True, "each channel is taken on its own"
-    assert store.claim_notice("v2", "email") is True
+    assert store.claim_notice("v1", "email", "d1") is True
+    assert store.claim_notice("v1", "email", "d1") is False
+    assert store.claim_notice("v1", "sms", "d1") is True, "each channel is taken on its own"
+    assert store.claim_notice("v2", "email", "d1") is True
 
 
 def test_a_released_notice_can_be_taken_again(store: DocumentStore) -> None:
     store.release_notice("v1", "email")  # never taken: harmless
-    assert store.claim_notice("v1", "email") is True
+    assert store.claim_notice("v1", "email", "d1") is True
     store.release_notice("v1", "email")
-    assert store.claim_notice("v1", "email") is True
-    assert store.claim_notice("v1", "email") is False
+    assert store.claim_notice("v1", "email", "d1") is True
+    assert store.claim_notice("v1", "email", "d1") is False
+
+
+def test_a_deals_notices_are_counted_sent_and_refused_per_channel(store: DocumentStore) -> None:
+    sent, refused = NoticeOutcome.SENT, NoticeOutcome.REFUSED
+    for voucher_id, channel, deal_id, outcome in [
+        ("v1", "email", "d1", sent),
+        ("v2", "email", "d1", sent),
+        ("v3", "email", "d1", refused),
+        ("v1", "sms", "d1", sent),
+        ("v4", "email", "d2", sent),  # another deal's
+    ]:
+        assert store.claim_notice(voucher_id, channel, deal_id)
+        store.record_notice(voucher_id, channel, outcome)
+    store.claim_notice("v5", "sms", "d1")  # still being sent: neither sent nor refused
+    store.claim_notice("v6", "email", "d1")
+    store.release_notice("v6", "email")  # given back after a failed try
+    store.record_notice("v7", "email", sent)  # never taken: nothing to count
+    store.record_notice("v1", "sms", sent)  # said twice: counted once
+    assert store.notices_of("d1") == {"email": NoticeCounts(sent=2, refused=1), "sms": NoticeCounts(sent=1)}
+    assert store.notices_of("d2") == {"email": NoticeCounts(sent=1)}
+    assert store.notices_of("d3") == {}
+
+
+def test_a_notices_table_of_an_older_version_gets_its_deal_and_outcome(tmp_path: Any) -> None:
+    import sqlite3
+
+    from shopcardd_backend.stores.sqlite import SqliteDocumentStore
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE notices (voucher_id TEXT NOT NULL, channel TEXT NOT NULL, "
+            "taken_at TEXT NOT NULL, PRIMARY KEY (voucher_id, channel))"
+        )
+        old.execute("INSERT INTO notices VALUES ('v0', 'email', '2026-11-25T12:00:00.000+00:00')")
+    old.close()
+    with SqliteDocumentStore(path) as store:
+        assert store.claim_notice("v0", "email", "d1") is False, "a notice sent before stays sent"
+        assert store.claim_notice("v1", "email", "d1") is True
+        store.record_notice("v1", "email", NoticeOutcome.SENT)
+        assert store.notices_of("d1") == {"email": NoticeCounts(sent=1)}
 
 
 def test_records_survive_reopening(make_store: MakeStore, store_kind: str, tmp_path: Any) -> None:
@@ -190,13 +233,15 @@ def test_records_survive_reopening(make_store: MakeStore, store_kind: str, tmp_p
         first.add_deal(deal())
         first.save_voucher(voucher())
         first.add_claim_tallies([tally("v1", issued=1)])
-        first.claim_notice("v1", "email")
+        first.claim_notice("v1", "email", "d1")
+        first.record_notice("v1", "email", NoticeOutcome.REFUSED)
     again = make_store(store_kind, **where)
     assert again.merchant_for_key_hash("hash-1") == "m1"
     assert again.get_deal("d1") == deal()
     assert again.vouchers_of_deal("d1") == [voucher()]
     assert again.claims_by_minute("d1") == [MinuteCounts(MINUTE, 1, 0, 0, 0)]
-    assert again.claim_notice("v1", "email") is False
+    assert again.claim_notice("v1", "email", "d1") is False
+    assert again.notices_of("d1") == {"email": NoticeCounts(refused=1)}
 
 
 def test_check_passes_on_an_open_store_and_fails_on_a_closed_one(

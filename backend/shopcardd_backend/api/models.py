@@ -179,11 +179,20 @@ class MinuteClaims(ClaimCounts):
     """The minute's start, in UTC."""
 
 
+class NoticesSent(BaseModel):
+    sent: int
+    """Notices the mail server or SMS provider took."""
+    refused: int
+    """Notices it refused for good (no such mailbox, a number it will not text)."""
+
+
 class DealStatsPublic(BaseModel):
     deal_id: str
     minutes: list[MinuteClaims]
     """Minutes with any claim, oldest first."""
     totals: ClaimCounts
+    notices: dict[str, NoticesSent]
+    """The customers' notices about their vouchers, per channel (``email``, ``sms``)."""
 
     @classmethod
     def of(cls, stats: DealStats) -> DealStatsPublic:
@@ -191,6 +200,10 @@ class DealStatsPublic(BaseModel):
             deal_id=stats.deal_id,
             minutes=[MinuteClaims.model_validate(minute, from_attributes=True) for minute in stats.minutes],
             totals=ClaimCounts(**stats.totals),
+            notices={
+                channel: NoticesSent.model_validate(counts, from_attributes=True)
+                for channel, counts in stats.notices.items()
+            },
         )
 
 

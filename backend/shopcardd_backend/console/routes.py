@@ -49,6 +49,8 @@ STATUS_WORDS: Final = {
     "ended": "Ended",
     "cancelled": "Cancelled",
 }
+CHANNEL_WORDS: Final = {"email": "Emails", "sms": "SMS"}
+"""A notice channel as the live page names its counts (``Emails sent``, ``SMS refused``)."""
 router = APIRouter(prefix=PATH, include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")
 
@@ -348,7 +350,12 @@ def _figures(request: Request, session: SignedIn, deal_id: str) -> dict[str, Any
         + [minute.sold_out + minute.limit_reached + minute.sale_not_open for minute in minutes],
         "stock_left": [figures.view.deal.stock][: len(start)] + [left for _, left in figures.stock_curve],
     }
-    return {"figures": figures, "chart": json.dumps(chart), "recent": figures.stats.minutes[-10:][::-1]}
+    return {
+        "figures": figures,
+        "chart": json.dumps(chart),
+        "recent": figures.stats.minutes[-10:][::-1],
+        "channel_words": CHANNEL_WORDS,
+    }
 
 
 @router.get("/deals/{deal_id}/cancel", response_class=HTMLResponse)

@@ -30,7 +30,7 @@ from typing import Any
 
 from shopcardd_voucher import Voucher
 
-from ..storage import Closing, SqliteFile
+from ..storage import Closing, SqliteFile, add_missing_columns
 from .base import (
     ClaimAttempt,
     ClaimDecision,
@@ -135,10 +135,7 @@ class SqliteClaimGate(Closing):
         self._swept_before = 0
         self._clock: Callable[[], float] = time.time
         with self._db.transaction() as tx:
-            present = {row[1] for row in tx.execute("PRAGMA table_info(outbox)")}
-            for column, kind in OUTBOX_COLUMNS_ADDED.items():
-                if column not in present:
-                    tx.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
+            add_missing_columns(tx, "outbox", OUTBOX_COLUMNS_ADDED)
             for statement in OUTBOX_INDEXES.split(";"):
                 if statement.strip():
                     tx.execute(statement)

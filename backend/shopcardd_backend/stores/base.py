@@ -107,6 +107,27 @@ class MinuteCounts:
     sale_not_open: int
 
 
+NOTICE_CHANNELS: Final = ("email", "sms")
+"""The channels a customer is told on about their voucher (the notify worker's)."""
+
+
+class NoticeOutcome(StrEnum):
+    """How a notice taken for sending ended; one still being sent has none yet."""
+
+    SENT = "sent"
+    """The mail server or SMS provider took it."""
+    REFUSED = "refused"
+    """The far end refused it for good (no such mailbox, a number it will not text): never retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeCounts:
+    """A deal's notices on one channel: sent, and refused for good."""
+
+    sent: int = 0
+    refused: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class DealPage:
     """One page of a merchant's deals, newest first; ``next_cursor`` fetches the next page."""
@@ -354,12 +375,21 @@ class DocumentStore(DeviceRecords, MerchantViews, Protocol):
     def claims_by_minute(self, deal_id: str) -> list[MinuteCounts]:
         """The deal's tallies summed per minute, oldest first (minutes without any left out)."""
 
-    def claim_notice(self, voucher_id: str, channel: str) -> bool:
+    def claim_notice(self, voucher_id: str, channel: str, deal_id: str) -> bool:
         """Take the right to send a voucher's notice on ``channel`` (``email``, ``sms``): True
-        for the first caller, False once taken (it was sent, or is being sent)."""
+        for the first caller, False once taken (it was sent, is being sent, or was refused).
+        The deal is kept with it, so that ``notices_of`` can count the deal's notices."""
 
     def release_notice(self, voucher_id: str, channel: str) -> None:
         """Give a taken notice back (its send failed and may be tried again); harmless when not taken."""
+
+    def record_notice(self, voucher_id: str, channel: str, outcome: NoticeOutcome) -> None:
+        """Say how a taken notice ended; harmless when it is not taken."""
+
+    def notices_of(self, deal_id: str) -> dict[str, NoticeCounts]:
+        """The deal's notices sent and refused, per channel that has any. Counted by the store
+        (one aggregation on an index by deal), never row by row: the console asks every 2 s
+        during a sale. A notice still being sent, or whose worker died mid-send, is in neither."""
 
     def check(self) -> None:
         """Prove the store answers (for ``/readyz``); StoreUnavailable when it does not."""

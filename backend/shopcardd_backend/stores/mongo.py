@@ -9,7 +9,9 @@ Collections (each record's id is its ``_id``, the other fields keep their names)
   per claim, whatever the relay redelivers.
 - ``claim_tallies``: ``_id`` the event's id (one record per event: a redelivery inserts
   nothing); index ``(deal_id, minute)``: a deal's statistics are one aggregation over it.
-- ``notices``: ``_id`` ``"<voucher id>/<channel>"``: a notice taken for sending.
+- ``notices``: ``_id`` ``"<voucher id>/<channel>"``: a notice taken for sending, with its
+  ``deal_id``, ``channel`` and ``outcome`` (``sent``, ``refused``; none while being sent);
+  index ``(deal_id, channel, outcome)``: a deal's notice counts are one aggregation over it.
 - ``devices``: ``_id`` device id; index ``(merchant_id, _id)`` for a merchant's peers; unique
   index ``public_key.x``: one key, one device.
 - ``redemptions``: unique index ``(merchant_id, voucher_id, device_id)``: one per voucher and
@@ -33,7 +35,8 @@ sharded cluster the ``(deal_id, user_id, idempotency_key)`` index becomes
 guarantee is the same). ``merchants`` and ``deals`` are small and stay unsharded on the primary
 shard. ``claim_tallies`` is sharded on ``{deal_id: "hashed"}``: a deal's statistics read one
 shard, and a redelivered event (same deal, same shard) still meets its ``_id`` there.
-``notices`` is sharded on ``{_id: "hashed"}``. Lookups by ``_id`` alone (a voucher by its ``jti``)
+``notices`` is sharded on ``{_id: "hashed"}`` (a deal's notice counts then ask every shard,
+each on its own index). Lookups by ``_id`` alone (a voucher by its ``jti``)
 are scatter-gather there; the device sync path always knows the merchant and includes it.
 """
 
@@ -70,6 +73,8 @@ from .base import (
     DuplicateError,
     MerchantRecord,
     MinuteCounts,
+    NoticeCounts,
+    NoticeOutcome,
     Record,
     RedemptionRecord,
     RevocationKind,
@@ -160,6 +165,9 @@ class MongoDocumentStore(Closing):
                 name="one_voucher_per_claim",
             )
             self._tallies.create_index([("deal_id", ASCENDING), ("minute", ASCENDING)], name="by_deal_minute")
+            self._notices.create_index(
+                [("deal_id", ASCENDING), ("channel", ASCENDING), ("outcome", ASCENDING)], name="by_deal"
+            )
         self._ensure_device_indexes()
         with self._mapped_errors():
             self._redemptions.create_index(
@@ -277,8 +285,14 @@ class MongoDocumentStore(Closing):
             found = list(self._tallies.aggregate(pipeline))
         return [MinuteCounts(utc_ms(g["_id"]), *(int(g[name]) for name in CLAIM_COUNTS)) for g in found]
 
-    def claim_notice(self, voucher_id: str, channel: str) -> bool:
-        notice = {"_id": f"{voucher_id}/{channel}", "taken_at": datetime.now(UTC)}
+    def claim_notice(self, voucher_id: str, channel: str, deal_id: str) -> bool:
+        notice = {
+            "_id": f"{voucher_id}/{channel}",
+            "taken_at": datetime.now(UTC),
+            "deal_id": deal_id,
+            "channel": channel,
+            "outcome": None,
+        }
         with self._mapped_errors():
             try:
                 self._notices.insert_one(notice)
@@ -289,6 +303,23 @@ class MongoDocumentStore(Closing):
     def release_notice(self, voucher_id: str, channel: str) -> None:
         with self._mapped_errors():
             self._notices.delete_one({"_id": f"{voucher_id}/{channel}"})
+
+    def record_notice(self, voucher_id: str, channel: str, outcome: NoticeOutcome) -> None:
+        with self._mapped_errors():
+            self._notices.update_one({"_id": f"{voucher_id}/{channel}"}, {"$set": {"outcome": str(outcome)}})
+
+    def notices_of(self, deal_id: str) -> dict[str, NoticeCounts]:
+        outcomes = [str(outcome) for outcome in NoticeOutcome]
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"deal_id": deal_id, "outcome": {"$in": outcomes}}},
+            {"$group": {"_id": {"channel": "$channel", "outcome": "$outcome"}, "count": {"$sum": 1}}},
+        ]
+        with self._mapped_errors():
+            found = list(self._notices.aggregate(pipeline))
+        counts: dict[str, dict[str, int]] = {}
+        for group in found:
+            counts.setdefault(group["_id"]["channel"], {})[group["_id"]["outcome"]] = int(group["count"])
+        return {channel: NoticeCounts(**counts[channel]) for channel in sorted(counts)}
 
     # --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---
 

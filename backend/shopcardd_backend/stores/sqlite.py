@@ -6,8 +6,9 @@ ISO 8601 text in UTC with milliseconds, which also sorts in time order. Tables m
 Mongo collections: ``merchants`` (``api_key_hash`` unique), ``deals`` (indexed by merchant),
 ``vouchers`` (indexed by deal; one voucher per deal, user and idempotency key),
 ``claim_tallies`` (one row per event, indexed by deal and minute), ``notices`` (one row per
-voucher and channel taken); for device sync ``devices``, ``redemptions`` (one per voucher and
-device), ``revocations`` (numbered per merchant) and ``used_device_tokens``.
+voucher and channel taken, with its deal and outcome, indexed by deal); for device sync
+``devices``, ``redemptions`` (one per voucher and device), ``revocations`` (numbered per
+merchant) and ``used_device_tokens``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..storage import Closing, SqliteFile
+from ..storage import Closing, SqliteFile, add_missing_columns
 from .base import (
     CLAIM_COUNTS,
     ClaimTally,
@@ -33,6 +34,8 @@ from .base import (
     DuplicateError,
     MerchantRecord,
     MinuteCounts,
+    NoticeCounts,
+    NoticeOutcome,
     Record,
     RedemptionRecord,
     RevocationKind,
@@ -92,8 +95,16 @@ CREATE TABLE IF NOT EXISTS notices (
     voucher_id TEXT NOT NULL,
     channel TEXT NOT NULL,
     taken_at TEXT NOT NULL,
+    deal_id TEXT,
+    outcome TEXT,
     PRIMARY KEY (voucher_id, channel)
 );
+"""
+NOTICE_COLUMNS_ADDED = {"deal_id": "TEXT", "outcome": "TEXT"}
+"""Columns a ``notices`` table made by an older version lacks; added at opening (its notices
+keep no deal, so they are counted in no deal's figures)."""
+NOTICE_INDEXES = """
+CREATE INDEX IF NOT EXISTS notices_by_deal ON notices (deal_id, channel, outcome);
 """
 DEVICE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -192,6 +203,9 @@ class SqliteDocumentStore(Closing):
         self._db = SqliteFile(
             path, SCHEMA + DEVICE_SCHEMA + MERCHANT_VIEW_SCHEMA, StoreUnavailable, busy_timeout
         )
+        with self._db.transaction() as tx:
+            add_missing_columns(tx, "notices", NOTICE_COLUMNS_ADDED)
+            tx.execute(NOTICE_INDEXES)
 
     def _add(self, table: str, record: Any) -> None:
         row = _row(record)
@@ -304,17 +318,33 @@ class SqliteDocumentStore(Closing):
             ).fetchall()
         return [MinuteCounts(datetime.fromisoformat(minute), *counts) for minute, *counts in rows]
 
-    def claim_notice(self, voucher_id: str, channel: str) -> bool:
+    def claim_notice(self, voucher_id: str, channel: str, deal_id: str) -> bool:
         with self._db.transaction() as tx:
             taken = tx.execute(
-                "INSERT OR IGNORE INTO notices (voucher_id, channel, taken_at) VALUES (?, ?, ?)",
-                (voucher_id, channel, datetime.now(UTC).isoformat(timespec="milliseconds")),
+                "INSERT OR IGNORE INTO notices (voucher_id, channel, taken_at, deal_id) VALUES (?, ?, ?, ?)",
+                (voucher_id, channel, _stamp(datetime.now(UTC)), deal_id),
             )
         return taken.rowcount == 1
 
     def release_notice(self, voucher_id: str, channel: str) -> None:
         with self._db.transaction() as tx:
             tx.execute("DELETE FROM notices WHERE voucher_id = ? AND channel = ?", (voucher_id, channel))
+
+    def record_notice(self, voucher_id: str, channel: str, outcome: NoticeOutcome) -> None:
+        with self._db.transaction() as tx:
+            tx.execute(
+                "UPDATE notices SET outcome = ? WHERE voucher_id = ? AND channel = ?",
+                (str(outcome), voucher_id, channel),
+            )
+
+    def notices_of(self, deal_id: str) -> dict[str, NoticeCounts]:
+        with self._db.reading() as conn:  # the index by (deal_id, channel, outcome) covers it
+            rows = conn.execute(
+                "SELECT channel, SUM(outcome = ?), SUM(outcome = ?) FROM notices "
+                "WHERE deal_id = ? AND outcome IS NOT NULL GROUP BY channel ORDER BY channel",
+                (str(NoticeOutcome.SENT), str(NoticeOutcome.REFUSED), deal_id),
+            ).fetchall()
+        return {channel: NoticeCounts(int(sent), int(refused)) for channel, sent, refused in rows}
 
     # --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---
 

@@ -5,7 +5,8 @@ carries a contact gets one message. At most one per voucher and channel, however
 event is delivered: the channel's notice is taken in the document store before sending
 (``claim_notice``) and given back only when the send failed transiently, so a retry may send
 it. A notice taken and never sent (the worker died mid-send) stays unsent: a customer is told
-at most once, never twice.
+at most once, never twice. The notice keeps its deal, and is marked ``sent`` once the far end
+took it or ``refused`` when it refused it for good: the deal's figures count both per channel.
 
 A transient failure is tried again here a few times with a short backoff, then the event is
 ``retry``; a final one (a refused address or number) is ``park`` with the reason. A channel
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 
 from ..events import CLAIM_ISSUED, ClaimIssued, Event
 from ..settings import Settings, env_name
-from ..stores.base import DocumentStore
+from ..stores.base import DocumentStore, NoticeOutcome
 from .base import DONE, Result, Verdict
 from .channels.base import Channel, ChannelDown, Message, SendDeferred, SendRefused
 
@@ -132,7 +133,7 @@ class NotifyHandler:
         """Send unless sent before: the notice is taken first, given back if the send may be
         retried. A channel found down goes into ``down``, with the result of its events."""
         message = MESSAGES[channel.name](claim, self._title(claim.deal_id))  # before taking the notice
-        if not self.store.claim_notice(claim.voucher_id, channel.name):
+        if not self.store.claim_notice(claim.voucher_id, channel.name, claim.deal_id):
             return DONE
         where = {"channel": channel.name, "voucher_id": claim.voucher_id, "deal_id": claim.deal_id}
         failure = SendDeferred("not tried")
@@ -140,6 +141,7 @@ class NotifyHandler:
             try:
                 channel.send(to, message)
             except SendRefused as exc:
+                self.store.record_notice(claim.voucher_id, channel.name, NoticeOutcome.REFUSED)
                 log.warning("notice refused; parked", extra={**where, "reason": str(exc)})
                 return Result(Verdict.PARK, f"{channel.name}: {exc}")
             except SendDeferred as exc:
@@ -147,6 +149,7 @@ class NotifyHandler:
                 if attempt + 1 < self.tries:
                     self.sleep(self.backoff(attempt))
             else:
+                self.store.record_notice(claim.voucher_id, channel.name, NoticeOutcome.SENT)
                 log.info("notice sent", extra=where)
                 return DONE
         self.store.release_notice(claim.voucher_id, channel.name)

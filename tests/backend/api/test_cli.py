@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from logschema import log_entry
 from shopcardd_backend.app import create_app
+from shopcardd_backend.stores.base import NoticeOutcome
 from shopcardd_bench.claims import running_backend
 from shopcardd_voucher import KeySet, Reason, verify
 from waiting import until
@@ -318,8 +319,12 @@ def test_stats_prints_a_deals_figures_as_a_table(env: dict[str, str], tmp_path: 
         key = api.merchant_key("m1")
         deal = api.create_deal(key, stock=5, per_user_limit=1)["deal_id"]
         token = api.user_token("alice")
-        assert api.claim(deal, token, "k1").status_code == 201
+        claimed = api.claim(deal, token, "k1")
+        assert claimed.status_code == 201
         assert api.claim(deal, token, "k2").status_code == 409  # limit_reached
+        store = client.app.state.runtime.store  # type: ignore[attr-defined]
+        store.claim_notice(claimed.json()["voucher_id"], "email", deal)  # as the notify worker does
+        store.record_notice(claimed.json()["voucher_id"], "email", NoticeOutcome.SENT)
 
         def counted() -> bool:
             totals = client.get(f"/v1/deals/{deal}/stats", headers={"X-API-Key": key}).json()["totals"]
@@ -328,7 +333,8 @@ def test_stats_prints_a_deals_figures_as_a_table(env: dict[str, str], tmp_path: 
         until(counted, "the claim and the refusal are tallied")
     lines = backend(env, "stats", deal).stdout.splitlines()
     assert lines[1] == "status active, stock 5, left 4, vouchers issued 1, redeemed 0"
-    assert lines[2].split() == [
+    assert lines[2] == "notices email sent 1, refused 0; sms sent 0, refused 0"
+    assert lines[3].split() == [
         "minute",
         "(UTC)",
         "issued",
@@ -337,7 +343,7 @@ def test_stats_prints_a_deals_figures_as_a_table(env: dict[str, str], tmp_path: 
         "sale_not_open",
         "stock_left",
     ]
-    assert lines[3].split()[-1] == "4"  # the claim and refusal share a minute, or it is one of two
+    assert lines[4].split()[-1] == "4"  # the claim and refusal share a minute, or it is one of two
     assert lines[-1].split() == ["total", "1", "0", "1", "0", "4"]
     assert "no deal 'nope'" in backend(env, "stats", "nope", expect=1).stderr
 

@@ -11,11 +11,13 @@ from typing import Any
 from shopcardd_backend.events import parse_event
 from shopcardd_backend.queue.inprocess import InProcessPipeline
 from shopcardd_backend.runtime import Runtime
+from shopcardd_backend.stores.base import NoticeOutcome
 from shopcardd_backend.workers.analytics import AnalyticsHandler
 
 from .conftest import Api, assert_problem
 
 ZERO = {"issued": 0, "sold_out": 0, "limit_reached": 0, "sale_not_open": 0}
+NO_NOTICES = {"email": {"sent": 0, "refused": 0}, "sms": {"sent": 0, "refused": 0}}
 
 
 def count_claims(api: Api) -> None:
@@ -64,7 +66,25 @@ def test_a_merchant_sees_its_deals_claims_by_minute(api: Api) -> None:
 def test_a_deal_without_claims_has_no_minutes(api: Api) -> None:
     key = api.merchant_key("m1")
     deal = api.create_deal(key)["deal_id"]
-    assert stats(api, deal, key) == {"deal_id": deal, "minutes": [], "totals": ZERO}
+    assert stats(api, deal, key) == {"deal_id": deal, "minutes": [], "totals": ZERO, "notices": NO_NOTICES}
+
+
+def test_a_merchant_sees_the_notices_its_customers_were_sent(api: Api) -> None:
+    key = api.merchant_key("m1")
+    deal, other = (api.create_deal(key)["deal_id"] for _ in range(2))
+    store = api.client.app.state.runtime.store  # type: ignore[attr-defined]
+    for voucher_id, channel, deal_id, outcome in [  # as the notify worker records them
+        ("v1", "email", deal, NoticeOutcome.SENT),
+        ("v2", "email", deal, NoticeOutcome.REFUSED),
+        ("v1", "sms", deal, NoticeOutcome.SENT),
+        ("v3", "email", other, NoticeOutcome.SENT),
+    ]:
+        store.claim_notice(voucher_id, channel, deal_id)
+        store.record_notice(voucher_id, channel, outcome)
+    assert stats(api, deal, key)["notices"] == {
+        "email": {"sent": 1, "refused": 1},
+        "sms": {"sent": 1, "refused": 0},
+    }
 
 
 def test_a_cancelled_sale_counts_its_refused_claims(api: Api) -> None:

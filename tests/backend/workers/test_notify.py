@@ -14,7 +14,7 @@ import pytest
 
 from shopcardd_backend.events import ClaimIssued
 from shopcardd_backend.settings import Settings
-from shopcardd_backend.stores.base import DealRecord, DealStatus, DocumentStore
+from shopcardd_backend.stores.base import DealRecord, DealStatus, DocumentStore, NoticeCounts
 from shopcardd_backend.workers.base import DONE, Verdict
 from shopcardd_backend.workers.notify import NotifyHandler
 
@@ -77,6 +77,7 @@ def test_a_customer_is_told_by_email_and_sms_which_voucher_they_got(
         assert said in sms["json"]["text"]
     assert len(sms["json"]["text"]) <= 160, "one SMS, not several"
     assert API_KEY not in body and "key-vA1" not in body + sms["json"]["text"]
+    assert store.notices_of("d1") == {"email": NoticeCounts(sent=1), "sms": NoticeCounts(sent=1)}
 
 
 def test_a_redelivered_batch_tells_nobody_twice(
@@ -88,6 +89,7 @@ def test_a_redelivered_batch_tells_nobody_twice(
     assert notify(store, tmp_path, mail_server, sms_provider).handle(batch[::-1]) == [DONE, DONE]
     assert len(mail_server.to("va1@example.com")) == len(mail_server.to("vb2@example.com")) == 1
     assert len(sms_provider.texts_to("+4915100000001")) == len(sms_provider.texts_to("+4915100000002")) == 1
+    assert store.notices_of("d1") == {"email": NoticeCounts(sent=2), "sms": NoticeCounts(sent=2)}
 
 
 def test_only_the_contacts_a_claim_has_are_used(
@@ -118,6 +120,7 @@ def test_an_address_the_mail_server_refuses_is_parked_and_never_tried_again(
     assert handler.handle([claim("vA1", phone=None)]) == [DONE]
     assert mail_server.tried.count("va1@example.com") == 1
     assert mail_server.to("va1@example.com") == []
+    assert sqlite_store.notices_of("d1") == {"email": NoticeCounts(sent=1, refused=1)}
 
 
 def test_a_mailbox_that_says_try_later_gets_its_email_on_a_later_delivery(
@@ -132,6 +135,7 @@ def test_a_mailbox_that_says_try_later_gets_its_email_on_a_later_delivery(
     assert handler.handle([claim("vA1", phone=None)]) == [DONE]
     assert handler.handle([claim("vA1", phone=None)]) == [DONE]
     assert len(mail_server.to("va1@example.com")) == 1
+    assert sqlite_store.notices_of("d1") == {"email": NoticeCounts(sent=1)}, "the failed tries count nowhere"
 
 
 def test_while_the_mail_server_is_down_emails_wait_and_sms_go_out(
@@ -159,6 +163,7 @@ def test_a_number_the_sms_provider_refuses_is_parked_and_never_tried_again(
     assert result.verdict is Verdict.PARK and "400" in result.reason and "sms" in result.reason
     assert handler.handle([claim("vA1")]) == [DONE]
     assert len(sms_provider.sent) == 1
+    assert sqlite_store.notices_of("d1") == {"sms": NoticeCounts(refused=1)}
 
 
 @pytest.mark.parametrize("status", [503, 429, 408])
