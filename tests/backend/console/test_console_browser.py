@@ -11,7 +11,10 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
+from workers.conftest import MailServer
 
+from shopcardd_backend.identity import dev_identity_key, mint_user_token
+from shopcardd_backend.settings import Settings
 from shopcardd_voucher import SigningKey
 from shopcardd_voucher.device_auth import make_device_token, public_jwk
 from waiting import until
@@ -215,3 +218,54 @@ def test_a_session_past_its_expiry_is_sent_back_to_sign_in(browser: Any, short_s
         browser, browser.find_element(By.CSS_SELECTOR, "form button[type=submit]")
     )  # and on to the page asked for
     assert browser.current_url.endswith("/console/counters")
+
+
+@pytest.fixture
+def mail_server() -> Iterator[MailServer]:
+    server = MailServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mailing(tmp_path: Path, mail_server: MailServer) -> Iterator[Served]:
+    """A served backend whose notify worker emails the customers through ``mail_server``."""
+    yield from serve(
+        tmp_path, SHOPCARDD_SMTP_URL=mail_server.url, SHOPCARDD_MAIL_FROM="ShopCardd <vouchers@cafe.example>"
+    )
+
+
+def customer_token(served: Served, user: str, email: str) -> str:
+    """A user token carrying an email address, as the identity provider gives one."""
+    data_dir = Path(served.env["SHOPCARDD_DATA_DIR"])
+    settings = Settings(_env_file=None, data_dir=data_dir, user_issuer="shopcardd-dev")  # type: ignore[call-arg]
+    return mint_user_token(dev_identity_key(settings), settings.user_issuer, user, 600, email=email)
+
+
+def test_the_notices_sent_to_a_deals_customers_show_live(
+    browser: Any, mailing: Served, mail_server: MailServer
+) -> None:
+    mail_server.replies["bob@example.com"] = "550 5.1.1 No such mailbox"
+    deal = mailing.api(
+        "POST",
+        "/v1/deals",
+        json={"title": "Told cake", "stock": 5, "per_user_limit": 1, "voucher_ttl_seconds": 600},
+    ).json()["deal_id"]
+    sign_in(browser, mailing)
+    browser.get(f"{mailing.url}/console/deals/{deal}")
+    assert text_of(browser, "notices-email-sent") == "0"
+    for user in ("ann", "bob", "cid"):
+        token = customer_token(mailing, user, f"{user}@example.com")
+        claimed = mailing.api(
+            "POST",
+            f"/v1/deals/{deal}/claims",
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "k1", "X-API-Key": ""},
+        )
+        assert claimed.status_code == 201, claimed.text
+    wait_for_text(browser, "notices-email-sent", "2", LIVE_SECONDS)
+    wait_for_text(browser, "notices-email-refused", "1", LIVE_SECONDS)
+    assert text_of(browser, "notices-sms-sent") == "0"  # no SMS provider configured
+    assert sorted(message["To"] for message in mail_server.inbox) == ["ann@example.com", "cid@example.com"]
+    stats = mailing.api("GET", f"/v1/deals/{deal}/stats").json()
+    assert stats["notices"]["email"] == {"sent": 2, "refused": 1}
