@@ -14,7 +14,7 @@ millisecond precision, the precision of a BSON date: every adapter answers alike
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -126,6 +126,14 @@ class NoticeCounts:
 
     sent: int = 0
     refused: int = 0
+
+
+def notice_counts(groups: Iterable[tuple[str, str, int]]) -> dict[str, NoticeCounts]:
+    """Per channel, from a store's (channel, outcome, count) groups of one deal's notices."""
+    counts: dict[str, dict[str, int]] = {}
+    for channel, outcome, count in groups:
+        counts.setdefault(channel, {})[NoticeOutcome(outcome).value] = int(count)
+    return {channel: NoticeCounts(**counts[channel]) for channel in sorted(counts)}
 
 
 @dataclass(frozen=True, slots=True)

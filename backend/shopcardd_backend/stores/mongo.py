@@ -85,6 +85,7 @@ from .base import (
     VoucherRecord,
     deal_page,
     first_redemption,
+    notice_counts,
     parse_deal_cursor,
     record_fields,
     record_from_fields,
@@ -316,10 +317,7 @@ class MongoDocumentStore(Closing):
         ]
         with self._mapped_errors():
             found = list(self._notices.aggregate(pipeline))
-        counts: dict[str, dict[str, int]] = {}
-        for group in found:
-            counts.setdefault(group["_id"]["channel"], {})[group["_id"]["outcome"]] = int(group["count"])
-        return {channel: NoticeCounts(**counts[channel]) for channel in sorted(counts)}
+        return notice_counts((g["_id"]["channel"], g["_id"]["outcome"], g["count"]) for g in found)
 
     # --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---
 

@@ -45,6 +45,7 @@ from .base import (
     VoucherRecord,
     deal_page,
     first_redemption,
+    notice_counts,
     parse_deal_cursor,
     record_fields,
     record_from_fields,
@@ -340,11 +341,11 @@ class SqliteDocumentStore(Closing):
     def notices_of(self, deal_id: str) -> dict[str, NoticeCounts]:
         with self._db.reading() as conn:  # the index by (deal_id, channel, outcome) covers it
             rows = conn.execute(
-                "SELECT channel, SUM(outcome = ?), SUM(outcome = ?) FROM notices "
-                "WHERE deal_id = ? AND outcome IS NOT NULL GROUP BY channel ORDER BY channel",
-                (str(NoticeOutcome.SENT), str(NoticeOutcome.REFUSED), deal_id),
+                "SELECT channel, outcome, COUNT(*) FROM notices "
+                "WHERE deal_id = ? AND outcome IS NOT NULL GROUP BY channel, outcome",
+                (deal_id,),
             ).fetchall()
-        return {channel: NoticeCounts(int(sent), int(refused)) for channel, sent, refused in rows}
+        return notice_counts(rows)
 
     # --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---
 
