@@ -129,7 +129,7 @@ def test_the_launcher_checks_every_library_of_each_extra() -> None:
     """The modules a command checks for are exactly those its extra installs (pyproject.toml)."""
     from packaging.requirements import Requirement
 
-    from shopcardd_voucher.launcher import PARTS
+    from shopcardd_commands.launcher import PARTS
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     modules_of: dict[str, set[str]] = {}

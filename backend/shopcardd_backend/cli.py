@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from shopcardd_voucher.commandline import CommandParser, whole_number
+from shopcardd_commands.commandline import CommandParser, whole_number
 
 from .workers import JOBS
 

@@ -1,4 +1,4 @@
-"""JSON log lines in the schema every ShopCardd process shares (``shopcardd_voucher.logs``,
+"""JSON log lines in the schema every ShopCardd process shares (``shopcardd_commands.logs``,
 docs/logging.md): ``time``, ``level``, ``logger``, ``message``, ``service`` and the ``extra``
 fields of the call, uvicorn's lines included."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from shopcardd_voucher.logs import json_handler
+from shopcardd_commands.logs import json_handler
 
 SERVICE = "shopcardd-backend"
 

@@ -52,7 +52,7 @@ from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
 
-from shopcardd_voucher.commandline import whole_number
+from shopcardd_commands.commandline import whole_number
 
 from .pipeline import DEFAULT_AMQP_URL, rabbitmq_vhost
 

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from shopcardd_voucher.commandline import CommandParser
+from shopcardd_commands.commandline import CommandParser
 
 BENCHMARKS = {
     "voucher": "sign and verify operations per second per algorithm, token length and QR version",

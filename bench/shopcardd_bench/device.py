@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shopcardd_voucher.commandline import whole_number
+from shopcardd_commands.commandline import whole_number
 
 if TYPE_CHECKING:
     from shopcardd_device.decoders.base import Decoder, Gray

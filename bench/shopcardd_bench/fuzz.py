@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shopcardd_commands.commandline import whole_number
 from shopcardd_voucher import SigningKey
-from shopcardd_voucher.commandline import whole_number
 
 TARGETS = ("counter", "voucher", "api")
 FUZZ_KEY_SEED = bytes(range(32))

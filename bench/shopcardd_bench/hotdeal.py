@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shopcardd_voucher.commandline import whole_number
+from shopcardd_commands.commandline import whole_number
 
 from .rediscluster import Cluster, running_cluster
 

@@ -36,8 +36,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shopcardd_commands.commandline import whole_number
 from shopcardd_voucher import KeySet, SigningKey, issue
-from shopcardd_voucher.commandline import whole_number
 from shopcardd_voucher.device_auth import public_jwk
 
 if TYPE_CHECKING:

@@ -41,7 +41,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from shopcardd_voucher.commandline import whole_number
+from shopcardd_commands.commandline import whole_number
 
 DEFAULT_REDIS_URL = os.environ.get("SHOPCARDD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DEFAULT_AMQP_URL = os.environ.get("SHOPCARDD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from shopcardd_commands.commandline import whole_number
 from shopcardd_voucher import Reason, Verdict, Voucher
-from shopcardd_voucher.commandline import whole_number
 
 MERCHANT = "bench-shop"
 

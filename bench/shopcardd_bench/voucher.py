@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from shopcardd_voucher.commandline import whole_number
+from shopcardd_commands.commandline import whole_number
 from shopcardd_voucher.voucher import MAX_ID_LENGTH
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from shopcardd_voucher.commandline import CommandParser, whole_number
+from shopcardd_commands.commandline import CommandParser, whole_number
 
 from .answers import answer_line, scan_line, shorten
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, DeviceConfig

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from shopcardd_commands.answers import plain_http_refusal
 from shopcardd_voucher import DEFAULT_LEEWAY_SECONDS, MAX_LEEWAY_SECONDS
-from shopcardd_voucher.answers import plain_http_refusal
 
 from .errors import ConfigError
 from .ledger import DEFAULT_MAX_REJECTIONS

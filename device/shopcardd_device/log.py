@@ -1,12 +1,12 @@
 """The device's log: JSON lines in the schema every ShopCardd process shares
-(``shopcardd_voucher.logs``, docs/logging.md), each carrying this device's id."""
+(``shopcardd_commands.logs``, docs/logging.md), each carrying this device's id."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any, TextIO
 
-from shopcardd_voucher.logs import json_handler
+from shopcardd_commands.logs import json_handler
 
 LOGGER_NAME = "shopcardd_device"
 SERVICE = "shopcardd-device"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from shopcardd_voucher.commandline import counted
+from shopcardd_commands.commandline import counted
 
 from .errors import LedgerDamaged, LedgerError
 from .inputs import safe_code

@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
+from shopcardd_commands.commandline import counted
 from shopcardd_voucher import readable_time, rfc3339_time
-from shopcardd_voucher.commandline import counted
 
 from .config import DeviceConfig
 from .counter import Counter

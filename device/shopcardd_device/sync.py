@@ -36,6 +36,8 @@ from typing import Any, Final
 
 import requests
 
+from shopcardd_commands.answers import problem_detail, transport_reason
+from shopcardd_commands.commandline import counted
 from shopcardd_voucher import (
     InvalidKeyError,
     KeySet,
@@ -44,8 +46,6 @@ from shopcardd_voucher import (
     readable_time,
     rfc3339_time,
 )
-from shopcardd_voucher.answers import problem_detail, transport_reason
-from shopcardd_voucher.commandline import counted
 from shopcardd_voucher.device_auth import make_device_token
 from shopcardd_voucher.trust import ANSWER_TYPE, TrustError, follow_chain, read_document
 

@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from shopcardd_commands.commandline import CommandParser
 from shopcardd_voucher import ALGORITHMS, DEFAULT_ALGORITHM, issue
-from shopcardd_voucher.commandline import CommandParser
 from shopcardd_voucher.device_auth import DEVICE_ID, DEVICE_ID_RULE
 
 from .enroll import BUNDLE, DEFAULT_DATA_DIR, EnrolFailed, backend_url, enroll

@@ -32,8 +32,8 @@ from typing import Any, Final
 
 import requests
 
+from shopcardd_commands.answers import plain_http_refusal, problem_detail, transport_reason
 from shopcardd_voucher import InvalidKeyError, KeySet, SigningKey, VerificationKey
-from shopcardd_voucher.answers import plain_http_refusal, problem_detail, transport_reason
 from shopcardd_voucher.device_auth import public_jwk
 
 from .keys import ProvisionError, write_atomically, write_private

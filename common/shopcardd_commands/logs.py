@@ -5,7 +5,6 @@ with this one formatter (the device and the backend both use it; docs/logging.md
 fields): ``time`` (ISO 8601, UTC, milliseconds), ``level``, ``logger``, ``message``,
 ``service``, then the fields the call gave as ``extra`` (``device_id``, ``merchant_id``,
 ``deal_id``, ``voucher_id``, ``error``, ...), and ``exception`` with the traceback.
-It lives here because this is the one package every part installs.
 """
 
 from __future__ import annotations

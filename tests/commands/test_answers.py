@@ -1,12 +1,12 @@
 """What the backend's two HTTP clients print when a request gets no answer: the reason, whole,
-without the quotes and brackets of urllib3's nesting (``shopcardd_voucher.answers``)."""
+without the quotes and brackets of urllib3's nesting (``shopcardd_commands.answers``)."""
 
 from __future__ import annotations
 
 import pytest
 import requests
 
-from shopcardd_voucher.answers import transport_reason
+from shopcardd_commands.answers import transport_reason
 
 NESTED = (
     "HTTPConnectionPool(host='10.0.0.7', port=8000): Max retries exceeded with url: /v1/sync (Caused by "

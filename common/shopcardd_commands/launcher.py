@@ -4,7 +4,7 @@ One distribution, ``shopcardd``, installs all four commands, but each part's lib
 with its extra (``pip install 'shopcardd[device]'`` on a counter). Without this check a
 command of a part that is not installed ends in a ``ModuleNotFoundError`` traceback, or worse,
 deep inside a scan loop; with it, the command says in one line which extra to install (exit 2).
-It lives here because this is the one package every part installs.
+It lives in the base distribution because every install has all four commands.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Command-line plumbing that every ``shopcardd-*`` command shares.
 
-It lives beside the voucher format because that is the one package every part installs (a
-counter device has no backend, a backend no device code), so the four commands answer the same
-mistakes the same way: with the usage of the subcommand that was typed and exit 2.
+Every part installs it (a counter device has no backend, a backend no device code), so the
+four commands answer the same mistakes the same way: with the usage of the subcommand that
+was typed and exit 2.
 """
 
 from __future__ import annotations

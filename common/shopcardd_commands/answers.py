@@ -2,8 +2,8 @@
 
 The counter (``shopcardd-device sync``) and the provisioning host (``shopcardd-provision
 enroll``) both talk to the backend with requests and both print what went wrong in one line.
-It lives beside the voucher format because both install that package; it imports no HTTP
-library itself (the objects come from the caller's requests).
+Both install this package; it imports no HTTP library itself (the objects come from the
+caller's requests).
 """
 
 from __future__ import annotations
