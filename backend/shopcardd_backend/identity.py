@@ -37,8 +37,8 @@ from typing import Any, Final
 
 import jwt
 
-from shopcardd_provision.keys import key_folder, write_private
 from shopcardd_voucher import ID_RULE, MAX_TOKEN_LENGTH, SigningKey, is_valid_id
+from shopcardd_voucher.keyfiles import key_folder, write_private
 from shopcardd_voucher.voucher import canonical_segment, parse_compact
 
 from .settings import Settings, SettingsError, load_jwks

@@ -14,8 +14,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Final
 
-from shopcardd_provision.keys import ProvisionError, add_key, key_folder
 from shopcardd_voucher import Algorithm, InvalidKeyError, KeySet, SigningKey, Voucher, sign
+from shopcardd_voucher.keyfiles import KeyFileError, add_key, key_folder
 
 log = logging.getLogger("shopcardd_backend.signing")
 
@@ -68,7 +68,7 @@ def load_signer(keys_dir: Path, alg: Algorithm = "EdDSA", kid: str | None = None
         if kid is None and not usable:
             try:
                 made = add_key(alg, new_kid({*keyset.kids, *private}), keys_dir)
-            except (ProvisionError, InvalidKeyError) as exc:
+            except (KeyFileError, InvalidKeyError) as exc:
                 raise SigningKeyError(str(exc)) from exc
             keyset.add(made.key)  # what keygen wrote to jwks.json, without reading it back
             usable = [made.key.kid]

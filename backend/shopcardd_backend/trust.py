@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from shopcardd_provision.keys import key_folder, write_atomically, write_private
 from shopcardd_voucher import InvalidKeyError, SigningKey
+from shopcardd_voucher.keyfiles import key_folder, write_atomically, write_private
 from shopcardd_voucher.trust import ANSWER_TYPE, sign_document, trust_link
 
 from .signing import SigningKeyError, new_kid

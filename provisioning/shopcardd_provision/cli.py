@@ -15,6 +15,7 @@ from pathlib import Path
 from shopcardd_commands.commandline import CommandParser
 from shopcardd_voucher import ALGORITHMS, DEFAULT_ALGORITHM, issue
 from shopcardd_voucher.device_auth import DEVICE_ID, DEVICE_ID_RULE
+from shopcardd_voucher.keyfiles import KeyFileError
 
 from .enroll import BUNDLE, DEFAULT_DATA_DIR, EnrolFailed, backend_url, enroll
 from .keys import ProvisionError, check_published, keygen, load_signing_key
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     except EnrolFailed as exc:
         print(f"shopcardd-provision {args.command}: {exc}", file=sys.stderr)
         return 1
-    except (ProvisionError, ValueError) as exc:
+    except (ProvisionError, KeyFileError, ValueError) as exc:
         print(f"shopcardd-provision {args.command}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -35,8 +35,9 @@ import requests
 from shopcardd_commands.answers import plain_http_refusal, problem_detail, transport_reason
 from shopcardd_voucher import InvalidKeyError, KeySet, SigningKey, VerificationKey
 from shopcardd_voucher.device_auth import public_jwk
+from shopcardd_voucher.keyfiles import write_atomically, write_private
 
-from .keys import ProvisionError, write_atomically, write_private
+from .keys import ProvisionError
 
 CONFIG_FILE: Final = "device.toml"
 KEY_FILE: Final = "device.private.pem"

@@ -14,9 +14,10 @@ import pytest
 import zxingcpp
 from PIL import Image
 
-import shopcardd_provision.keys
-from shopcardd_provision.keys import ProvisionError, keygen
+import shopcardd_voucher.keyfiles
+from shopcardd_provision.keys import keygen
 from shopcardd_voucher import ALGORITHMS, KeySet, Reason, verify
+from shopcardd_voucher.keyfiles import KeyFolderError
 
 PROVISION = str(Path(sys.executable).with_name("shopcardd-provision"))
 
@@ -104,7 +105,7 @@ def test_a_key_set_that_cannot_be_written_leaves_no_private_key_behind(
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(shopcardd_provision.keys, "write_atomically", disk_full)
+        patch.setattr(shopcardd_voucher.keyfiles, "write_atomically", disk_full)
         with pytest.raises(OSError, match="No space"):
             keygen("EdDSA", "k1", tmp_path)
     assert not (tmp_path / "k1.private.pem").exists()
@@ -116,7 +117,7 @@ def test_keygen_into_something_that_is_not_a_folder_says_so(tmp_path: Path) -> N
     (tmp_path / "keys").write_text("a file")
     result = provision("keygen", "--kid", "k1", "--out", tmp_path / "keys", ok=False)
     assert result.returncode == 2 and "cannot use" in result.stderr and "key folder" in result.stderr
-    with pytest.raises(ProvisionError, match="key folder"):
+    with pytest.raises(KeyFolderError, match="key folder"):
         keygen("EdDSA", "k1", tmp_path / "keys" / "sub")
 
 
