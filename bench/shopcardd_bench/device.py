@@ -79,7 +79,7 @@ def _median_p95(results: list[Stages], stage: str) -> str:
 
 
 def _frames(mint: Any, size: tuple[int, int], count: int, seed: int) -> list[Gray]:
-    from shopcardd_device.frames.synthetic import Look, render
+    from shopcardd_bench.synthetic import Look, render
 
     return [render(mint(), Look(size=size, blur=1.2, noise=6.0, seed=seed + i)) for i in range(count)]
 
@@ -87,7 +87,7 @@ def _frames(mint: Any, size: tuple[int, int], count: int, seed: int) -> list[Gra
 def _one_run(device: Runtime, decoder: Decoder, frames: list[Gray], e2e_frames: list[Gray]) -> Stages:
     import numpy as np
 
-    from shopcardd_device.frames.synthetic import ScriptedSource
+    from shopcardd_bench.synthetic import ScriptedSource
     from shopcardd_device.scanner import Scan
 
     counter = device.counter
@@ -200,9 +200,9 @@ READERS = {
 
 def _degraded(mint: Any, runs: int) -> int:
     """Read rate and decode time on the degraded set, per library alone and as the counter reads."""
+    from shopcardd_bench.synthetic import DEGRADED_KINDS, degraded_looks, render
     from shopcardd_device.decoders import open_decoder
     from shopcardd_device.errors import ConfigError
-    from shopcardd_device.frames.synthetic import DEGRADED_KINDS, degraded_looks, render
 
     looks = degraded_looks()
     tokens = [mint() for _ in looks]

@@ -93,7 +93,7 @@ def seed_corpus(target: str, folder: Path) -> None:
         for index, token in enumerate(tokens):
             (folder / f"seed-{index}").write_text(token)
         return
-    from shopcardd_device.frames.synthetic import Look, render
+    from .synthetic import Look, render
 
     for index, token in enumerate(tokens):
         frame = render(token, Look(size=(160, 160), fill=0.98, inverted=index == 1, noise=3, seed=index))

@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from jwt.utils import base64url_encode
 
+from shopcardd_bench.synthetic import Look, degraded_looks, render
 from shopcardd_device.decoders import open_decoder
 from shopcardd_device.decoders.base import Decoder
 from shopcardd_device.errors import ConfigError, DecoderError
-from shopcardd_device.frames.synthetic import Look, degraded_looks, render
 from shopcardd_voucher import SigningKey
 
 from .conftest import Mint

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from gpiozero.pins.mock import MockFactory
 
+from shopcardd_bench.synthetic import ScriptedSource
 from shopcardd_device.cli import EXIT_NOT_RECORDED
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.counter import Counter
 from shopcardd_device.feedback import FeedbackPanel
-from shopcardd_device.frames.synthetic import ScriptedSource
 from shopcardd_device.scanner import Scan, Scanner
 from shopcardd_voucher import Reason
 

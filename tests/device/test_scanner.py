@@ -12,6 +12,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 from signatures import es256_twin
 
+from shopcardd_bench.synthetic import Look, ScriptedSource, render
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.counter import Counter
 from shopcardd_device.decoders import open_decoder
@@ -21,7 +22,6 @@ from shopcardd_device.frames import open_source
 from shopcardd_device.frames.base import Frame, FrameSource
 from shopcardd_device.frames.files import FileSource
 from shopcardd_device.frames.keyboard import KeyboardSource
-from shopcardd_device.frames.synthetic import Look, ScriptedSource, render
 from shopcardd_device.scanner import Scan, Scanner
 from shopcardd_provision.keys import keygen
 from shopcardd_provision.qr import save_qr

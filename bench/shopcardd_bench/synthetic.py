@@ -4,7 +4,8 @@ Off the Pi there is no camera, so the tests, the benchmark and demos show the de
 frames made here: a real voucher's QR code (segno, level M, as the customer app shows it)
 on a phone-sized patch of a grayscale frame, with the faults of a real scan: blur, sensor
 noise, tilt (perspective), low contrast, glare, and a dark-mode phone's inverted code.
-Needs segno (the ``provision`` extra) to draw the code; numpy and Pillow do the rest.
+It lives in the bench, not the counter: it draws the code with the provisioning QR maker
+(segno), which a counter does not install. The tests import it from here too.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Final
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..closing import Closing
-from ..decoders.base import Gray
-from .base import Frame
+from shopcardd_device.closing import Closing
+from shopcardd_device.decoders.base import Gray
+from shopcardd_device.frames.base import Frame
+from shopcardd_provision.qr import make_qr
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,6 @@ def degraded_looks(count: int = 40, seed: int = 0, size: tuple[int, int] = (640,
 def qr_modules(token: str, border: int = 4) -> Gray:
     """The code's modules as a 0/1 array with its quiet zone (1 = dark), drawn as the customer app
     draws it (``shopcardd_provision.qr.make_qr``: error correction M)."""
-    from shopcardd_provision.qr import make_qr  # segno only when a code is drawn
-
     matrix = np.array(make_qr(token).matrix, dtype=np.uint8)
     return np.pad(matrix, border)
 
