@@ -55,6 +55,7 @@ from typing import Any
 from shopcardd_commands.commandline import whole_number
 
 from .pipeline import DEFAULT_AMQP_URL, rabbitmq_vhost
+from .processes import cpu_seconds, process_tree, total_cpu_seconds
 
 WRK_MISSING = "wrk is not installed: apt-get install wrk (Debian, Ubuntu), brew install wrk (macOS)"
 BARE_PATH = "/bench/bare/deals/{deal}/claims"
@@ -287,36 +288,6 @@ def _redis_of(
     return url, lambda: _redis_cpu(url)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _tree(root: int) -> list[int]:
-    """``root`` and every process below it (uvicorn's supervisor and its worker processes)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
-
-
-def _tree_cpu(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            total += cpu_seconds(pid)
-    return total
-
-
 def _redis_cpu(url: str) -> float:
     """redis-server's CPU seconds: from /proc when it runs here, else its own INFO."""
     import redis
@@ -469,13 +440,13 @@ class Session:
         url = through or url
         if kind == "cold":
             self.probe.start(deal)
-        api0, redis0, started = _tree_cpu(pids), self.redis_cpu(), time.time()
+        api0, redis0, started = total_cpu_seconds(pids), self.redis_cpu(), time.time()
         try:
             duration = self.args.duration
             result = _wrk(url, path, self.tokens, self.args, "claim", duration, cold=cold, rate=rate)
         finally:
             self.probe.stop()
-        api1, redis1 = _tree_cpu(pids), self.redis_cpu()
+        api1, redis1 = total_cpu_seconds(pids), self.redis_cpu()
         self.answers[deal] = result.statuses
         if kind == "bare":
             self.bare_deals.add(deal)
@@ -652,12 +623,12 @@ def run(args: argparse.Namespace) -> int:
         cluster = bool(args.redis_cluster)
         gate = RedisClaimGate(redis_url, prefix=args.redis_prefix, cluster=cluster, socket_timeout=30)
         stack.enter_context(gate)
-        pids = _tree(backend.process.pid)
+        pids = process_tree(backend.process.pid)
         session = Session(
             backend.url,
             pids,
             bare.url,
-            _tree(bare.process.pid),
+            process_tree(bare.process.pid),
             redis_cpu,
             api_key,
             tokens,

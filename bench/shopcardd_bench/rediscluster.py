@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .claims import cpu_seconds
+from .processes import cpu_seconds
 
 
 @dataclass
