@@ -132,8 +132,8 @@ def _percentile(values: list[float], share: float) -> float:
 
 def _gossip_delay(configs: Mapping[str, Path], mint: Iterator[str], vouchers: int) -> list[float]:
     """Seconds from A's commit to B's, per voucher."""
+    from shopcardd_bench.synthetic import ScriptedSource
     from shopcardd_device.config import DeviceConfig
-    from shopcardd_device.frames.synthetic import ScriptedSource
     from shopcardd_device.lan import SEND_GAP_SECONDS
     from shopcardd_device.runtime import open_counter
     from shopcardd_device.scanner import Scan
@@ -224,9 +224,9 @@ def _scan_loop(
 ) -> dict[str, list[list[float]]]:
     """Per-frame seconds at till-a: gossip off, on, and on under a flood, the runs interleaved;
     till-b (and the flooder) are processes of their own, on a CPU of their own."""
+    from shopcardd_bench.synthetic import ScriptedSource
     from shopcardd_device.config import DeviceConfig
     from shopcardd_device.decoders import open_decoder
-    from shopcardd_device.frames.synthetic import ScriptedSource
     from shopcardd_device.runtime import open_counter
 
     from .device import _frames

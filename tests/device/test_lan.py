@@ -21,10 +21,10 @@ import pytest
 from jwt.utils import base64url_decode, base64url_encode
 
 from shopcardd_bench.lan import free_port, make_shop, pinned_on_loopback
+from shopcardd_bench.synthetic import ScriptedSource
 from shopcardd_device import gossip
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.counter import Counter
-from shopcardd_device.frames.synthetic import ScriptedSource
 from shopcardd_device.lan import Lan, open_lan
 from shopcardd_device.ledger import LanRecord, Ledger, SyncRecord
 from shopcardd_device.runtime import open_counter
