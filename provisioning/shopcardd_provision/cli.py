@@ -1,5 +1,5 @@
-"""``shopcardd-provision``: signing keys, manually issued vouchers and their QR codes, and
-counter devices' enrolment bundles.
+"""``shopcardd-provision``: signing keys, manually issued vouchers and their QR codes,
+counter devices' enrolment bundles, and a private CA with a server certificate for the backend.
 
 Run on the backend or a provisioning host: this is where private keys live.
 """
@@ -20,6 +20,7 @@ from shopcardd_voucher.keyfiles import KeyFileError
 from .enroll import BUNDLE, DEFAULT_DATA_DIR, EnrolFailed, backend_url, enroll
 from .keys import ProvisionError, check_published, keygen, load_signing_key
 from .qr import format_list
+from .tls import DEFAULT_DAYS, make_tls
 
 API_KEY_ENV = "SHOPCARDD_API_KEY"
 
@@ -31,6 +32,7 @@ examples:
   shopcardd-provision qr "$(cat voucher.txt)" --out voucher.png
   SHOPCARDD_API_KEY=sck_... shopcardd-provision enroll --merchant cafe-42 --device till-1 \\
       --backend https://api.example.com --out bundle-till-1/
+  shopcardd-provision tls --out tls/ --host shop-server.lan --host 192.168.1.10
 """
 
 ENROLL_EXAMPLE = """The merchant's API key (from `shopcardd-backend merchant create`) is read from
@@ -179,6 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"data_dir for device.toml: the device's ledger folder (default {DEFAULT_DATA_DIR})",
     )
+
+    tls = sub.add_parser(
+        "tls",
+        help="make a private CA and a server certificate for nginx in front of the backend",
+        description="Write DIR/ca.pem (the private CA's certificate: give it to every client, such as "
+        "the counters), DIR/server.pem (the server's certificate, for every --host) and DIR/server.key "
+        "(0600; never overwritten). The CA's own key is thrown away: it signs this one certificate.",
+    )
+    tls.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the three files")
+    tls.add_argument(
+        "--host",
+        required=True,
+        action="append",
+        metavar="NAME",
+        help="a DNS name or IP address clients reach the server by (repeat for more)",
+    )
+    tls.add_argument(
+        "--days", type=int, default=DEFAULT_DAYS, help=f"validity in days (default {DEFAULT_DAYS})"
+    )
     return parser
 
 
@@ -204,6 +225,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"enrolled device {bundle.device_id!r} of merchant {bundle.merchant_id!r}; wrote "
                 f"{bundle.folder}/ ({', '.join(BUNDLE)}; voucher keys {', '.join(bundle.kids)})",
+                file=sys.stderr,
+            )
+        elif args.command == "tls":
+            made = make_tls(args.out, args.host, args.days)
+            print(
+                f"wrote {made.ca} (give it to the clients), {made.certificate} and {made.key} (0600) "
+                f"for {', '.join(made.hosts)}",
                 file=sys.stderr,
             )
         elif args.command == "keygen":
