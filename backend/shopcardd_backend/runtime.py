@@ -51,7 +51,9 @@ class Runtime(Closing):
             from .stores.mongo import MongoDocumentStore
 
             store: DocumentStore = MongoDocumentStore(
-                self.settings.mongodb_uri, self.settings.mongodb_database
+                self.settings.mongodb_uri,
+                self.settings.mongodb_database,
+                stale_reads=self.settings.mongodb_read_preference,
             )
             self._stack.callback(store.close)
             store.ensure_indexes()

@@ -165,6 +165,13 @@ class Settings(BaseSettings):
     mongodb_database: str = "shopcardd"
     """The database of the document store: this setting, else the one the URI names
     (``mongodb://host/shop``), else ``shopcardd``."""
+    mongodb_read_preference: Literal[
+        "primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest"
+    ] = "primary"
+    """Where the reads that may be a little stale go (a deal's stats, the lists of deals and of
+    conflicts): a replica set's secondaries can take them off the primary, which the persist worker
+    keeps busy in a sale. Every other read (a claim's deal, a device, a voucher) stays on the
+    primary, since what it reads was written a moment before."""
     amqp_url: str | None = None
 
     smtp_url: SecretStr | None = None

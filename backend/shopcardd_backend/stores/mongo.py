@@ -24,7 +24,9 @@ Collections (each record's id is its ``_id``, the other fields keep their names)
 The client is made in the constructor, so each worker process makes its own after the fork;
 pymongo connects lazily, and a short server selection timeout turns an outage into a prompt
 ``StoreUnavailable``. The write concern comes from the URI (``w=majority&journal=true`` on a
-replica set).
+replica set). The reads that may lag a little (a deal's stats, a merchant's deals and conflicts)
+go where ``stale_reads`` says (``SHOPCARDD_MONGODB_READ_PREFERENCE``); every other read goes to
+the primary, since it reads what was just written.
 
 Sharded layout (documented, not testable on SecantusDB): ``vouchers`` and ``redemptions`` are
 sharded on ``{merchant_id: "hashed"}``: a merchant's counters read their vouchers from one shard,
@@ -57,6 +59,13 @@ from pymongo.errors import (
     InvalidOperation,
     PyMongoError,
     WTimeoutError,
+)
+from pymongo.read_preferences import (
+    Nearest,
+    Primary,
+    PrimaryPreferred,
+    Secondary,
+    SecondaryPreferred,
 )
 
 from ..storage import Closing
@@ -106,6 +115,17 @@ def _record(kind: type[Record], id_field: str, document: Mapping[str, Any]) -> R
     return record_from_fields(kind, {**document, id_field: document["_id"]})
 
 
+ReadPreference = Primary | PrimaryPreferred | Secondary | SecondaryPreferred | Nearest
+READ_PREFERENCES: dict[str, type[ReadPreference]] = {
+    "primary": Primary,
+    "primaryPreferred": PrimaryPreferred,
+    "secondary": Secondary,
+    "secondaryPreferred": SecondaryPreferred,
+    "nearest": Nearest,
+}
+"""The read preference modes by their name in a MongoDB URI (``readPreference=...``)."""
+
+
 class MongoDocumentStore(Closing):
     """``DocumentStore`` on the MongoDB database ``database`` at ``uri``."""
 
@@ -117,6 +137,7 @@ class MongoDocumentStore(Closing):
         server_selection_timeout_ms: int = 2000,
         timeout_ms: int = 5000,
         retry_after: int = 1,
+        stale_reads: str = "primary",
     ) -> None:
         self.database_name = database
         self.retry_after = retry_after
@@ -141,6 +162,11 @@ class MongoDocumentStore(Closing):
         self._device_syncs: Collection[dict[str, Any]] = db["device_syncs"]
         self._retired_keys: Collection[dict[str, Any]] = db["retired_api_keys"]
         self._sessions: Collection[dict[str, Any]] = db["console_sessions"]
+        self.stale_reads: ReadPreference = READ_PREFERENCES[stale_reads]()
+        """Where a deal's stats and a merchant's lists of deals and conflicts are read."""
+        self._stale_deals = self._deals.with_options(read_preference=self.stale_reads)
+        self._stale_tallies = self._tallies.with_options(read_preference=self.stale_reads)
+        self._stale_redemptions = self._redemptions.with_options(read_preference=self.stale_reads)
 
     @contextmanager
     def _mapped_errors(self) -> Iterator[None]:
@@ -215,7 +241,9 @@ class MongoDocumentStore(Closing):
                 {"created_at": created_at, "_id": {"$lt": deal_id}},
             ]
         with self._mapped_errors():
-            found = list(self._deals.find(query).sort([("created_at", -1), ("_id", -1)]).limit(limit + 1))
+            found = list(
+                self._stale_deals.find(query).sort([("created_at", -1), ("_id", -1)]).limit(limit + 1)
+            )
         return deal_page([_record(DealRecord, "deal_id", document) for document in found], limit)
 
     def set_deal_status(self, deal_id: str, status: DealStatus) -> DealRecord | None:
@@ -283,7 +311,7 @@ class MongoDocumentStore(Closing):
             {"$sort": {"_id": 1}},
         ]
         with self._mapped_errors():
-            found = list(self._tallies.aggregate(pipeline))
+            found = list(self._stale_tallies.aggregate(pipeline))
         return [MinuteCounts(utc_ms(g["_id"]), *(int(g[name]) for name in CLAIM_COUNTS)) for g in found]
 
     def claim_notice(self, voucher_id: str, channel: str, deal_id: str) -> bool:
@@ -419,8 +447,8 @@ class MongoDocumentStore(Closing):
             {"$limit": limit},
         ]
         with self._mapped_errors():
-            ids = [group["_id"] for group in self._redemptions.aggregate(pipeline)]
-            found = self._redemptions.find(
+            ids = [group["_id"] for group in self._stale_redemptions.aggregate(pipeline)]
+            found = self._stale_redemptions.find(
                 {"merchant_id": merchant_id, "voucher_id": {"$in": ids}}, {"_id": 0}
             )
             records = [record_from_fields(RedemptionRecord, document) for document in found]

@@ -37,3 +37,41 @@ def test_shopcardd_mongodb_database_wins_over_the_uri_and_the_default_is_shopcar
     assert build_settings(tmp_path, mongodb_uri=named).mongodb_database == "shop"
     assert build_settings(tmp_path, mongodb_uri=named, mongodb_database="other").mongodb_database == "other"
     assert build_settings(tmp_path, mongodb_uri="mongodb://db-1/").mongodb_database == "shopcardd"
+
+
+@pytest.mark.mongo
+def test_stale_tolerant_reads_go_where_the_read_preference_says(
+    tmp_path: Path, mongodb_uri: str, mongodb_database_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica set's secondaries can take the merchant's lists and stats off the primary; a
+    single server (SecantusDB) still answers them."""
+    from shopcardd_backend.settings import Settings
+
+    monkeypatch.setenv("SHOPCARDD_MONGODB_READ_PREFERENCE", "secondaryPreferred")
+    assert Settings.from_env().mongodb_read_preference == "secondaryPreferred"
+    settings = build_settings(
+        tmp_path,
+        mongodb_uri=mongodb_uri,
+        mongodb_database=mongodb_database_name,
+        mongodb_read_preference="secondaryPreferred",
+    )
+    try:
+        with Runtime(settings) as runtime:
+            store = runtime.store
+            assert store.stale_reads.mongos_mode == "secondaryPreferred"  # type: ignore[attr-defined]
+            assert store.deals_of_merchant("m1", 10).deals == []
+            assert store.claims_by_minute("d1") == []
+            assert store.conflicts_of_merchant("m1", 10) == []
+    finally:
+        drop_database(mongodb_uri, mongodb_database_name)
+
+
+def test_the_read_preference_defaults_to_primary_and_a_misspelt_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shopcardd_backend.settings import Settings, SettingsError
+
+    assert Settings.from_env().mongodb_read_preference == "primary"
+    monkeypatch.setenv("SHOPCARDD_MONGODB_READ_PREFERENCE", "secondary_preferred")
+    with pytest.raises(SettingsError, match="SHOPCARDD_MONGODB_READ_PREFERENCE"):
+        Settings.from_env()
