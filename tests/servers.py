@@ -19,12 +19,8 @@ from typing import ClassVar
 
 import pytest
 
-
-def free_port() -> int:
-    """A TCP port on loopback that nobody listens on (yet)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from shopcardd_bench.services import RabbitNode
+from shopcardd_bench.services import free_port as free_port  # the tests take it from here
 
 
 class SpareRedis:
@@ -210,79 +206,17 @@ class BodyLimitProxy:
         self.close()
 
 
-class SpareRabbitMQ:
-    """A rabbitmq-server of a test's own: its own node name, ports, database and logs under the
-    test's folder, so a test can stop and start it under load without touching the machine's
-    broker (which other suites use). Stopped with SIGTERM to its Erlang VM (a clean shutdown, as
-    ``rabbitmqctl stop`` does); restarted on the same ports and database."""
+class SpareRabbitMQ(RabbitNode):
+    """A rabbitmq-server of a test's own (the bench's ``RabbitNode``): its own node name, ports,
+    database and logs under the test's folder, so a test can stop and start it under load without
+    touching the machine's broker (which other suites use)."""
 
     def __init__(self, exe: str, folder: Path) -> None:
-        self.exe, self.folder = exe, folder
-        self.port, self.dist_port = free_port(), free_port()
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def _env(self) -> dict[str, str]:
-        base = self.folder
-        return {
-            **os.environ,
-            "HOME": str(base),
-            "RABBITMQ_NODENAME": f"shopcardd-test-{self.port}@localhost",
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(base / "log"),
-            "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-            "RABBITMQ_FEATURE_FLAGS_FILE": str(base / "feature_flags"),
-            "RABBITMQ_PLUGINS_EXPAND_DIR": str(base / "plugins-expand"),
-            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
-        }
+        super().__init__(exe, folder)
 
     def start(self) -> None:
         """Start (or restart) and wait until it takes an AMQP connection."""
-        import pika
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "enabled_plugins").write_text("[].\n")
-        if os.geteuid() == 0:  # the rabbitmq-server script runs the broker as the rabbitmq user
-            subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(self.folder)], check=False)
-        with (self.folder / "server.out").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [self.exe], env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                pika.BlockingConnection(pika.URLParameters(self.url + "?connection_attempts=1")).close()
-                return
-            except pika.exceptions.AMQPError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"rabbitmq-server did not start; see {self.folder / 'server.out'}")
-                time.sleep(0.25)
-
-    def stop(self) -> None:
-        """A clean shutdown; returns once the broker's VM has exited."""
-        pid_file = self.folder / "rabbitmq.pid"
-        if pid_file.exists() and pid_file.read_text().strip().isdigit():
-            pid = int(pid_file.read_text())
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 60
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)  # what is left of the group this test started
-            self.proc.wait(timeout=30)
-            self.proc = None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        try:
+            super().start()
+        except RuntimeError as exc:
+            pytest.fail(str(exc))

@@ -48,7 +48,7 @@ def test_a_client_trusting_the_ca_reaches_the_server_by_each_of_its_names(tmp_pa
     assert stat.S_IMODE((folder / "server.key").stat().st_mode) == 0o600
     assert _handshake(folder, "localhost") == b"hello"
     assert _handshake(folder, "127.0.0.1") == b"hello"
-    with pytest.raises(ssl.SSLCertVerificationError, match="match|mismatch"):
+    with pytest.raises(ssl.SSLCertVerificationError, match="match"):
         _handshake(folder, "shop.example.com")
 
 
