@@ -22,10 +22,11 @@ import httpx
 import pytest
 
 from servers import free_port
-from shopcardd_bench.nginx import nginx_conf, site_with_ports
+from shopcardd_bench.nginx import nginx_conf, site_for
 from shopcardd_bench.sync import enrol_counter, fill_ledger
 from shopcardd_device.config import DeviceConfig
 from shopcardd_device.ledger import Ledger
+from shopcardd_provision.tls import make_tls
 
 from .conftest import BIN, require_tool
 
@@ -53,6 +54,8 @@ class Stack:
     url: str
     apis: list[subprocess.Popen[bytes]]
     env: dict[str, str]
+    https_url: str
+    ca: Path
 
 
 @pytest.fixture
@@ -78,7 +81,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 ]
                 procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
             wait_until_up(f"http://127.0.0.1:{api_port}/healthz", procs[-1], log)
-        (tmp_path / "site.conf").write_text(site_with_ports(api_ports, port))
+        https_port = free_port()
+        tls = make_tls(tmp_path / "tls", ["localhost"])
+        (tmp_path / "site.conf").write_text(site_for(api_ports, port, https_port, tmp_path / "tls"))
         (tmp_path / "nginx.conf").write_text(nginx_conf(tmp_path))
         checked = subprocess.run(
             [nginx, "-t", "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True
@@ -87,7 +92,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         log = tmp_path / "error.log"
         procs.append(subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf")], stderr=subprocess.DEVNULL))
         wait_until_up(f"http://127.0.0.1:{port}/healthz", procs[-1], log)
-        yield Stack(f"http://127.0.0.1:{port}", procs[:2], env)
+        yield Stack(f"http://127.0.0.1:{port}", procs[:2], env, f"https://localhost:{https_port}", tls.ca)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -207,3 +212,14 @@ def test_a_counter_syncs_600_redemptions_in_its_largest_batches_through_the_ship
         assert within.status_code == 401 and within.headers["content-type"] == "application/problem+json"
         deal = client.post("/v1/deals", headers={"X-API-Key": api_key}, content=b"x" * (16 * 1024 + 1))
         assert deal.status_code == 413 and "text/html" in deal.headers["content-type"]
+
+
+def test_the_site_answers_over_https_with_http2_on_a_provisioned_certificate(stack: Stack) -> None:
+    """The site's TLS lines, with `shopcardd-provision tls`'s files: a client that trusts ca.pem
+    gets the API over HTTP/2, one that does not refuses the server."""
+    with httpx.Client(http2=True, verify=str(stack.ca), timeout=30) as client:
+        answer = client.get(f"{stack.https_url}/.well-known/jwks.json")
+    assert (answer.status_code, answer.http_version) == (200, "HTTP/2")
+    assert answer.json()["keys"]
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{stack.https_url}/healthz", timeout=30)
