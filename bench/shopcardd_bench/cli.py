@@ -23,6 +23,7 @@ BENCHMARKS = {
     "sync": "time for a counter to sync 10,000 redemptions with a served backend over loopback",
     "lan": "gossip delay between two counters on loopback; the scan loop per frame with gossip on and off",
     "fuzz": "fuzz the counter (image bytes in), the voucher parser (text in) and the API, for --seconds each",
+    "rehearsal": "the production topology on loopback, a sale through it while parts fail: anything lost?",
 }
 
 
