@@ -191,6 +191,9 @@ class BackendClient(Closing):
                 json=body,
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=self.timeout,
+                # Given per request: requests lets REQUESTS_CA_BUNDLE (set system-wide on many
+                # machines) override the session's own CA file, and ca_file would be ignored.
+                verify=self.session.verify,
             )
         except requests.RequestException as exc:
             raise _Transient(f"cannot reach the backend at {self.url} ({transport_reason(exc)})") from None

@@ -140,7 +140,8 @@ def _enroll(
 
 def _call(http: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
     try:
-        return http.request(method, url, timeout=TIMEOUT_SECONDS, **kwargs)
+        # verify per request: requests lets REQUESTS_CA_BUNDLE override the session's --ca-file.
+        return http.request(method, url, timeout=TIMEOUT_SECONDS, verify=http.verify, **kwargs)
     except requests.RequestException as exc:
         raise EnrolFailed(f"cannot reach the backend at {url} ({transport_reason(exc)})") from None
 

@@ -7,9 +7,12 @@ import socket
 import ssl
 import stat
 import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from .test_provision_cli import provision
 
@@ -68,3 +71,54 @@ def test_a_second_run_keeps_the_first_key(tmp_path: Path) -> None:
     again = provision("tls", "--out", tmp_path, "--host", "localhost", ok=False)
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
     assert (tmp_path / "server.key").read_bytes() == key
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    """Answers every request 404: the tests below care only that the TLS handshake succeeded."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+    def _refuse(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _refuse
+
+
+@pytest.fixture
+def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An https server on loopback with a certificate of a private CA; its URL and the CA file."""
+    provision("tls", "--out", tmp_path / "tls", "--host", "localhost")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "tls" / "server.pem", tmp_path / "tls" / "server.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://localhost:{server.server_address[1]}", tmp_path / "tls" / "ca.pem"
+    server.shutdown()
+    server.server_close()
+
+
+def test_enrolment_and_sync_trust_the_ca_file_even_where_requests_ca_bundle_is_set(
+    https_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many machines set REQUESTS_CA_BUNDLE to the system's CAs, and requests lets it override a
+    session's own CA file: the private CA given by --ca-file (enrol) and ca_file (sync) must win."""
+    import certifi
+
+    from shopcardd_device.sync import BackendClient, SyncFailed
+    from shopcardd_provision.enroll import _call
+    from shopcardd_voucher import SigningKey
+
+    url, ca = https_server
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    with requests.Session() as http:
+        http.verify = str(ca)
+        assert _call(http, "GET", f"{url}/.well-known/jwks.json").status_code == 404  # reached, not refused
+    key = SigningKey.generate("till-1", "EdDSA")
+    client = BackendClient(url, key, key.verification_key(), timeout=10, ca_file=str(ca))
+    with pytest.raises(SyncFailed, match="404"):  # an answer: the handshake trusted the CA file
+        client.sync({"redemptions": []})
+    client.close()
