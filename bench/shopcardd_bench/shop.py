@@ -1,7 +1,8 @@
 """A shop of counters in a rehearsal: each enrolled through nginx over https with
-``shopcardd-provision enroll``, scanning with ``shopcardd-device run`` (a keyboard scanner fed on
-stdin, the shop LAN on with the other counters' loopback ports pinned) and synced by
-``shopcardd-device sync`` every ``sync_every`` seconds, as its systemd timer would.
+``shopcardd-provision enroll --ca-file`` (the run's private CA, which the bundle keeps), scanning
+with ``shopcardd-device run`` (a keyboard scanner fed on stdin, the shop LAN on with the other
+counters' loopback ports pinned) and synced by ``shopcardd-device sync`` every ``sync_every``
+seconds, as its systemd timer would.
 
 A counter can be cut off the backend and the LAN: its scan loop (which gossips) is stopped, it
 scans with ``shopcardd-device verify``, and its syncs go to a proxy address where nothing listens,
@@ -126,7 +127,7 @@ class Shop:
     def __init__(self, folder: Path, url: str, ca: Path, api_key: str, merchant: str, size: int = 3) -> None:
         self.folder, self.url, self.merchant = folder, url, merchant
         base = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPCARDD_", "GPIOZERO_"))}
-        self.env = {**base, "GPIOZERO_PIN_FACTORY": "mock", "REQUESTS_CA_BUNDLE": str(ca)}
+        self.env = {**base, "GPIOZERO_PIN_FACTORY": "mock"}
         self.syncs: list[SyncRun] = []
         self.scans = 0
         self._stop = threading.Event()
@@ -150,6 +151,8 @@ class Shop:
                     str(bundle),
                     "--data-dir",
                     "data",
+                    "--ca-file",
+                    str(ca),
                 ],
                 env={**self.env, "SHOPCARDD_API_KEY": api_key},
                 capture_output=True,
