@@ -88,6 +88,7 @@ class Topology:
     """What runs, and what the faults and the checks reach for."""
 
     folder: Path
+    work: Path
     url: str
     ca: Path
     env: dict[str, str]
@@ -166,13 +167,14 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
 
         rabbit_up = threading.Thread(target=start_rabbit, daemon=True)  # the slowest: under way meanwhile
         rabbit_up.start()
+        stack.callback(rabbit_up.join)  # before rabbit.stop: a node half started is stopped too
         print("  TLS: shopcardd-provision tls --host localhost", flush=True)
         subprocess.run(
             [
                 str(Path(sys.executable).with_name("shopcardd-provision")),
                 "tls",
                 "--out",
-                str(folder / "tls"),
+                str(work / "tls"),
                 "--host",
                 "localhost",
                 "--host",
@@ -182,7 +184,7 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
             capture_output=True,
             timeout=60,
         )
-        ca = folder / "tls" / "ca.pem"
+        ca = work / "tls" / "ca.pem"
         (work / "redis").mkdir()
         print("  Redis Cluster: 3 primaries, 3 replicas", flush=True)
         redis = stack.enter_context(running_cluster(work / "redis", 3, 1, node_timeout_ms=3000))
@@ -196,7 +198,7 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
         url = f"https://localhost:{https_port}"
         settings = {
             "SHOPCARDD_ENVIRONMENT": "production",
-            "SHOPCARDD_DATA_DIR": str(folder / "backend"),
+            "SHOPCARDD_DATA_DIR": str(work / "backend"),
             "SHOPCARDD_REDIS_URL": redis.url,
             "SHOPCARDD_REDIS_CLUSTER": "true",
             "SHOPCARDD_REDIS_DEAL_BUCKETS": str(args.buckets),
@@ -217,7 +219,8 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
         }
         env = _backend_env(folder, settings)
         logs = folder / "logs"
-        logs.mkdir(exist_ok=True)
+        shutil.rmtree(logs, ignore_errors=True)  # a report folder used again holds this run's only
+        logs.mkdir()
         print(f"  {args.api} API processes behind nginx (https, HTTP/2) at {url}", flush=True)
         api_ports = [free_port() for _ in range(args.api)]
         apis = []
@@ -229,7 +232,7 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
             stack.callback(api.stop)
             _wait_http(f"http://127.0.0.1:{port}/healthz", None, f"API process on port {port}", api)
             apis.append(api)  # one after the other: the first makes the signing key the others use
-        server = Nginx(nginx, folder / "nginx", site_for(api_ports, None, https_port, folder / "tls"))
+        server = Nginx(nginx, work / "nginx", site_for(api_ports, None, https_port, work / "tls"))
         server.start()
         stack.callback(server.stop)
         _wait_http(f"{url}/healthz", ca, "nginx")
@@ -253,6 +256,7 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
             stack.callback(process.stop)
         top = Topology(
             folder,
+            work,
             url,
             ca,
             env,
@@ -287,7 +291,12 @@ class Fault:
 
 
 def schedule(
-    top: Topology, shop: Any, hot_deal: str, seconds: int, doubles: Callable[[], None]
+    top: Topology,
+    shop: Any,
+    hot_deal: str,
+    seconds: int,
+    doubles: Callable[[], None],
+    doubles_done: threading.Event,
 ) -> list[Fault]:
     """The faults of a sale of ``seconds``, in order."""
     from shopcardd_backend.gates.redis import bucket_tag
@@ -342,7 +351,7 @@ def schedule(
         Fault(
             0.66 * seconds,
             f"reconnect counter {cut.name}",
-            lambda: (shop.heal(cut), top.mark(f"{cut.name} back on")),
+            lambda: (doubles_done.wait(120), shop.heal(cut), top.mark(f"{cut.name} back on")),
         ),
     ]
 
@@ -395,7 +404,7 @@ def _rehearse(args: argparse.Namespace, folder: Path) -> int:
             answer.raise_for_status()
             deals[name] = answer.json()
         print("  the shop: 3 counters enrolled through nginx over https, LAN on", flush=True)
-        shop = Shop(folder / "shop", top.url, top.ca, top.api_key, MERCHANT)
+        shop = Shop(top.work / "shop", top.url, top.ca, top.api_key, MERCHANT, folder / "logs")
         shop.start(args.sync_every)
         stack.callback(shop.close)
 
@@ -450,21 +459,26 @@ def _rehearse(args: argparse.Namespace, folder: Path) -> int:
             with scan_lock:
                 return to_scan.pop() if to_scan else None
 
-        def doubles() -> None:
-            cut, other = shop.counters[-1], shop.counters[0]
-            for _ in range(2):
-                token = take_voucher()
-                if token is None:
-                    top.mark("no voucher to redeem twice yet")
-                    return
-                cut.scan(token)
-                other.scan(token)
-                doubled.append(jwt.decode(token, options={"verify_signature": False})["jti"])
-            top.mark(
-                f"redeemed 2 vouchers at {shop.counters[-1].name} (cut off) and at {shop.counters[0].name}"
-            )
+        doubles_done = threading.Event()
 
-        faults = schedule(top, shop, deals["hot"]["deal_id"], args.seconds, doubles)
+        def doubles() -> None:
+            """Two vouchers each redeemed at the cut counter and at another: the conflicts made on
+            purpose. The cut lasts until both are done (``heal`` waits for this)."""
+            cut, other = shop.counters[-1], shop.counters[0]
+            try:
+                for _ in range(2):
+                    token = take_voucher()
+                    if token is None:
+                        top.mark("no voucher to redeem twice yet")
+                        return
+                    cut.scan(token)
+                    other.scan(token)
+                    doubled.append(jwt.decode(token, options={"verify_signature": False})["jti"])
+                top.mark(f"redeemed 2 vouchers at {cut.name} (cut off) and at {other.name}")
+            finally:
+                doubles_done.set()
+
+        faults = schedule(top, shop, deals["hot"]["deal_id"], args.seconds, doubles, doubles_done)
         print("\nfault schedule:")
         for fault in faults:
             print(f"  t+{fault.at:5.1f} s  {fault.what}")

@@ -97,7 +97,8 @@ class RabbitNode:
             except pika.exceptions.AMQPError:
                 if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
                     log = self.folder / "server.out"
-                    raise RuntimeError(f"rabbitmq-server did not start; see {log}") from None
+                    tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+                    raise RuntimeError(f"rabbitmq-server {self.node} did not start:\n{tail}") from None
                 time.sleep(0.25)
 
     def start(self) -> None:
@@ -106,8 +107,14 @@ class RabbitNode:
         self.wait_up()
 
     def stop(self) -> None:
-        """A clean shutdown; returns once the broker's VM has exited."""
+        """A clean shutdown; returns once the broker's VM has exited. A node still starting is
+        waited for (its VM, started by ``su``, is not in our process group)."""
         pid_file = self.folder / "rabbitmq.pid"
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and self.proc is not None and self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if pid_file.exists() and pid_file.read_text().strip().isdigit():
             pid = int(pid_file.read_text())
             with contextlib.suppress(ProcessLookupError):

@@ -124,7 +124,9 @@ class ShopCounter:
 class Shop:
     """``size`` counters of ``merchant``, enrolled at ``url`` (nginx, https, trusting ``ca``)."""
 
-    def __init__(self, folder: Path, url: str, ca: Path, api_key: str, merchant: str, size: int = 3) -> None:
+    def __init__(
+        self, folder: Path, url: str, ca: Path, api_key: str, merchant: str, logs: Path, size: int = 3
+    ) -> None:
         self.folder, self.url, self.merchant = folder, url, merchant
         base = {k: v for k, v in os.environ.items() if not k.startswith(("SHOPCARDD_", "GPIOZERO_"))}
         self.env = {**base, "GPIOZERO_PIN_FACTORY": "mock"}
@@ -168,7 +170,7 @@ class Shop:
                 + '\n[camera]\nsource = "keyboard"\npath = "-"\n'
                 + f"\n[lan]\nport = {port}\npeers = [{peers}]\ndiscovery = false\nhello_seconds = 2.0\n"
             )
-            self.counters.append(ShopCounter(name, toml, self.env, port, folder / f"{name}.log"))
+            self.counters.append(ShopCounter(name, toml, self.env, port, logs / f"{name}.log"))
 
     def start(self, sync_every: float) -> None:
         for counter in self.counters:
