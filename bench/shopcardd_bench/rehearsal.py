@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--connections", type=whole_number(1, 200), default=4, help="HTTP/2 connections to nginx (default 4)"
     )
     parser.add_argument(
-        "--hot-stock", type=whole_number(1), default=2000, help="stock of the hot deal (default 2000)"
+        "--hot-stock", type=whole_number(1), default=500, help="stock of the hot deal (default 500)"
     )
     parser.add_argument(
         "--buckets", type=whole_number(1, 256), default=6, help="buckets of each deal (default 6)"

@@ -97,6 +97,14 @@ def check_everything(
             f"{name} deal: no bucket below zero (stock left per bucket {left})",
         )
     redis.close()
+    sold_out = [a.at for a in tally.attempts if a.code == "sold_out"]
+    opened = next((when for when, what in top.marks if what == "sale open"), 0.0)
+    checks.figure(
+        f"hot deal sold out {min(sold_out) - opened:.1f} s after the sale opened; {len(sold_out)} claims "
+        "answered sold_out after that"
+        if sold_out
+        else "hot deal did not sell out (raise the load or lower --hot-stock)"
+    )
 
     # Every voucher answered 201 stored once, as signed.
     import jwt

@@ -46,6 +46,8 @@ _BACKEND: Final = (
 )
 _PROVISION: Final = ("segno", "requests")
 
+_BENCH: Final = ("httpx", "h2", "aiohttp", "tqdm", "matplotlib", "granian", "aiosmtpd")
+
 PARTS: Final = {
     "shopcardd-device": Part("device", "shopcardd_device.cli:main", _DEVICE),
     "shopcardd-backend": Part("backend", "shopcardd_backend.cli:main", _BACKEND),
@@ -53,7 +55,7 @@ PARTS: Final = {
     "shopcardd-bench": Part(
         "bench",
         "shopcardd_bench.cli:main",
-        (*_DEVICE, *_BACKEND, *_PROVISION, "httpx", "aiohttp", "tqdm", "matplotlib", "granian"),
+        (*_DEVICE, *_BACKEND, *_PROVISION, *_BENCH),
     ),
 }
 
