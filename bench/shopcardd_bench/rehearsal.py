@@ -297,6 +297,7 @@ def schedule(
     seconds: int,
     doubles: Callable[[], None],
     doubles_done: threading.Event,
+    lan_probe: Callable[[], None],
 ) -> list[Fault]:
     """The faults of a sale of ``seconds``, in order."""
     from shopcardd_backend.gates.redis import bucket_tag
@@ -322,6 +323,7 @@ def schedule(
     cut = shop.counters[-1]
     return [
         Fault(0.12 * seconds, "SIGKILL a Redis primary", kill_redis_primary),
+        Fault(0.16 * seconds, "a voucher redeemed at one counter is brought to the next", lan_probe),
         Fault(
             0.22 * seconds,
             "SIGKILL an API process, start it again",
@@ -478,7 +480,22 @@ def _rehearse(args: argparse.Namespace, folder: Path) -> int:
             finally:
                 doubles_done.set()
 
-        faults = schedule(top, shop, deals["hot"]["deal_id"], args.seconds, doubles, doubles_done)
+        lan_probed: list[str] = []
+
+        def lan_probe() -> None:
+            """A voucher redeemed at one till, then brought to the next: the LAN told it."""
+            first, second = shop.counters[0], shop.counters[1]
+            token = take_voucher()
+            if token is None:
+                top.mark("no voucher for the LAN probe yet")
+                return
+            first.scan(token)
+            time.sleep(3.0)  # the customer walks to the next till
+            second.scan(token)
+            lan_probed.append(jwt.decode(token, options={"verify_signature": False})["jti"])
+            top.mark(f"a voucher redeemed at {first.name} brought to {second.name}")
+
+        faults = schedule(top, shop, deals["hot"]["deal_id"], args.seconds, doubles, doubles_done, lan_probe)
         print("\nfault schedule:")
         for fault in faults:
             print(f"  t+{fault.at:5.1f} s  {fault.what}")
@@ -503,7 +520,9 @@ def _rehearse(args: argparse.Namespace, folder: Path) -> int:
         top.mark("sale closed; the shop syncs once more, the pipeline drains")
         shop.close()  # its last syncs; the timeline keeps sampling through the drain
         checks = Checks()
-        check_everything(checks, top, client, deals, sale.tally, answers, shop, doubled, timeline, args)
+        check_everything(
+            checks, top, client, deals, sale.tally, answers, shop, doubled, lan_probed, timeline, args
+        )
         timeline.stop()
         print()
         for line in checks.lines:

@@ -53,6 +53,7 @@ def check_everything(
     answers: Any,
     shop: Any,
     doubled: list[str],
+    lan_probed: list[str],
     timeline: Any,
     args: argparse.Namespace,
 ) -> None:
@@ -135,17 +136,26 @@ def check_everything(
         f"the same voucher ({len(failed)} a 5xx, counted below)",
     )
 
-    # Notices: one email or SMS per voucher.
-    _until(lambda: sum(s.notices.total for s in top.sinks.values()) >= total, 60)
-    email, sms = top.sinks["email"].notices.per_voucher, top.sinks["sms"].notices.per_voucher
+    # Notices: one email or SMS per voucher (even users gave an email address, odd ones a phone).
+    email, sms = top.sinks["email"].notices, top.sinks["sms"].notices
     users = {doc["_id"]: doc["user_id"] for doc in vouchers.find({}, {"user_id": 1})}
-    unnoticed = [v for v, user in users.items() if (email if int(user[1:]) % 2 == 0 else sms)[v] == 0]
-    twice = [v for v, n in (email + sms).items() if n > 1]
+
+    def unnoticed() -> list[str]:
+        return [
+            v for v, user in users.items() if (email if int(user[1:]) % 2 == 0 else sms).per_voucher[v] == 0
+        ]
+
+    _until(lambda: not unnoticed(), 60)
+    missing_notices = unnoticed()
+    twice = [v for v, n in (email.per_voucher + sms.per_voucher).items() if n > 1]
+    unread = email.unread + sms.unread
     checks.check(
-        not unnoticed and not twice,
-        f"notices: {sum(email.values())} emails, {sum(sms.values())} SMS for {len(users)} vouchers; "
-        f"{len(unnoticed)} vouchers without one, {len(twice)} told twice "
-        "(docs/backend-queue.md: at most once)",
+        not missing_notices and not twice and not unread,
+        f"notices: {sum(email.per_voucher.values())} emails, {sum(sms.per_voucher.values())} SMS for "
+        f"{len(users)} vouchers; {len(missing_notices)} vouchers without one, {len(twice)} told twice "
+        f"(docs/backend-queue.md: at most once), {email.unreadable + sms.unreadable} unreadable"
+        + (f"; without: {missing_notices[:3]}" if missing_notices else "")
+        + (f"; unreadable: {unread[:1]}" if unread else ""),
     )
 
     # Analytics.
@@ -175,7 +185,14 @@ def check_everything(
         not any(unsynced.values()) and stored_redemptions == sum(accepted.values()),
         f"sync: accepted {accepted}, unsynced {unsynced}, stored at the backend {stored_redemptions}",
     )
-    checks.check(not rejected, f"scans refused at the counters: {rejected or 'none'}")
+    second = shop.counters[1].name
+    expected_refusals = {second: {"already_redeemed": 1}} if lan_probed else {}
+    checks.check(
+        rejected == expected_refusals and len(lan_probed) == 1,
+        f"shop LAN: a voucher redeemed at {shop.counters[0].name} then brought to {second} is refused "
+        f"there as already_redeemed; scans refused at the counters: {rejected or 'none'} "
+        f"(expected {expected_refusals or 'the probe to run'})",
+    )
     conflicts = client.get(f"/v1/merchants/{top_merchant(shop)}/conflicts", headers=headers).json()[
         "conflicts"
     ]

@@ -20,6 +20,8 @@ class Notices:
     def __init__(self) -> None:
         self.per_voucher: Counter[str] = Counter()
         self.unreadable = 0
+        self.unread: list[str] = []
+        """The first few messages no voucher id was read from, for the report."""
         self._lock = threading.Lock()
 
     def add(self, pattern: re.Pattern[str], text: str) -> None:
@@ -27,6 +29,8 @@ class Notices:
         with self._lock:
             if found is None:
                 self.unreadable += 1
+                if len(self.unread) < 3:
+                    self.unread.append(text[:300])
             else:
                 self.per_voucher[found.group(1)] += 1
 
