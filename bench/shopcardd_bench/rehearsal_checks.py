@@ -210,6 +210,12 @@ def check_everything(
         f"{sum(s.status != 0 for s in cut_syncs)}/{len(cut_syncs)} failed during it (as they must)",
     )
 
+    protocols = dict(tally.protocols)
+    checks.check(
+        set(protocols) == {"HTTP/2"},
+        f"customers spoke HTTP/2 over TLS to nginx: answers by protocol {protocols}",
+    )
+
     # 5xx answers, each against the fault before it.
     errors = [a for a in tally.attempts if a.status >= 500 or a.status == 0]
     unexplained = [a for a in errors if (a.status, a.code) not in EXPLAINED]

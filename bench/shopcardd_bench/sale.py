@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ class Tally:
 
     attempts: list[Attempt] = field(default_factory=list)
     claims: list[Claim] = field(default_factory=list)
+    protocols: Counter[str] = field(default_factory=Counter)
+    """Answers by HTTP version (nginx speaks HTTP/2 to the customers)."""
     replays: list[Claim] = field(default_factory=list)
     """The second answers of customers who tapped again with the same key."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -120,6 +123,8 @@ class Sale:
             try:
                 answer = await client.post(f"/v1/deals/{deal}/claims", headers=headers)
                 status = answer.status_code
+                with self.tally.lock:
+                    self.tally.protocols[answer.http_version] += 1
                 wait = float(answer.headers.get("retry-after", "0.2"))
                 body = answer.json() if answer.headers.get("content-type", "").endswith("json") else {}
             except (httpx.HTTPError, ValueError) as exc:
