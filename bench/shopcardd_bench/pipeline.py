@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from shopcardd_commands.commandline import whole_number
+
+from .services import Process, secantus
 
 DEFAULT_REDIS_URL = os.environ.get("SHOPCARDD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DEFAULT_AMQP_URL = os.environ.get("SHOPCARDD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -66,32 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class Stage:
-    """A relay or worker process, started and stopped as the bench needs it."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.args, self.env, self.log = args, env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            exe = str(Path(sys.executable).with_name("shopcardd-backend"))
-            self.proc = subprocess.Popen(
-                [exe, *self.args], env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            if self.proc.wait(60) != 0:
-                raise RuntimeError(f"{' '.join(self.args)} did not stop cleanly; see {self.log}")
-
-
 @contextmanager
 def rabbitmq_vhost(amqp_url: str) -> Iterator[str]:
     """A RabbitMQ virtual host of the bench's own, when rabbitmqctl can make one."""
@@ -111,44 +85,12 @@ def rabbitmq_vhost(amqp_url: str) -> Iterator[str]:
 
 @contextmanager
 def _mongodb(given: str | None, folder: Path) -> Iterator[str]:
+    """The MongoDB given, else a SecantusDB started here."""
     if given:
         yield given
         return
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    exe = shutil.which("secantusd-py") or str(Path(sys.executable).with_name("secantusd-py"))
-    log = (folder / "secantusd.log").open("wb")
-    proc = subprocess.Popen(
-        [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(folder / "mongo")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-        _wait_for_mongo(uri, proc)
+    with secantus(folder) as uri:
         yield uri
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-
-
-def _wait_for_mongo(uri: str, proc: subprocess.Popen[bytes]) -> None:
-    import pymongo
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with pymongo.MongoClient(uri, serverSelectionTimeoutMS=500) as client:
-                client.admin.command("ping")
-                return
-        except pymongo.errors.PyMongoError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("SecantusDB did not start") from None
-            time.sleep(0.2)
 
 
 class Answers:
@@ -243,7 +185,7 @@ def _claim_all(
             pass
 
 
-def _lags(answered: list[float], samples: list[tuple[float, int]]) -> list[float]:
+def store_lags(answered: list[float], samples: list[tuple[float, int]]) -> list[float]:
     """Claim answered -> document stored, the k-th stored document standing for the k-th claim."""
     lags, k = [], 0
     for when, stored in samples:
@@ -300,8 +242,8 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
         starts_at=None,
         ends_at=None,
     ).deal
-    stages = {name: Stage(["worker", name], env, folder / f"{name}.log") for name in JOBS}
-    stages["relay"] = Stage(["relay"], env, folder / "relay.log")
+    stages = {name: Process.backend(["worker", name], env, folder / f"{name}.log") for name in JOBS}
+    stages["relay"] = Process.backend(["relay"], env, folder / "relay.log")
     for stage in stages.values():
         stage.start()
         stack.callback(stage.stop)
@@ -326,7 +268,7 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
                 lambda: bar.update(probe.stored - bar.n),
             )
     _until_counted(vouchers, args.claims)
-    lags = sorted(_lags(answers.times, sampler.samples))
+    lags = sorted(store_lags(answers.times, sampler.samples))
 
     print(f"capacity: {args.backlog:,} claims waiting, then the relay alone, then persist alone")
     for stage in stages.values():

@@ -229,7 +229,7 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
                 ["serve", "--host", "127.0.0.1", "--port", str(port)], env, logs / f"api-{port}.log"
             )
             api.start()
-            stack.callback(api.stop)
+            stack.callback(api.stop, check=False)
             _wait_http(f"http://127.0.0.1:{port}/healthz", None, f"API process on port {port}", api)
             apis.append(api)  # one after the other: the first makes the signing key the others use
         server = Nginx(nginx, work / "nginx", site_for(api_ports, None, https_port, work / "tls"))
@@ -253,7 +253,7 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
         }
         for process in [*relays, *workers.values()]:
             process.start()
-            stack.callback(process.stop)
+            stack.callback(process.stop, check=False)
         top = Topology(
             folder,
             work,

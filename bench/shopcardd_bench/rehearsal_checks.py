@@ -241,9 +241,9 @@ def check_everything(
         f"(goal {goal:g} ms: {'met' if p99 <= goal else 'missed'}); "
         f"{len(answered) / max(1, args.seconds):.0f} claims/s answered"
     )
-    from .pipeline import _lags
+    from .pipeline import store_lags
 
-    lags = _lags(answers.times, [(s[0], s[3]) for s in timeline.samples])
+    lags = store_lags(answers.times, [(s[0], s[3]) for s in timeline.samples])
     checks.figure(
         f"claim -> stored lag: p50 {percentile(lags, 0.5) * 1000:.0f} ms, "
         f"p99 {percentile(lags, 0.99) * 1000:.0f} ms"

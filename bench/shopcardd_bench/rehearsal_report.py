@@ -128,7 +128,7 @@ def plot(path: Path, timeline: Timeline, start: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .pipeline import _lags
+    from .pipeline import store_lags
 
     fig, (rate, backlog, lag) = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
     xs, per_second, p99 = _per_second(timeline.tally, start)
@@ -147,7 +147,7 @@ def plot(path: Path, timeline: Timeline, start: float) -> None:
     backlog.set_ylabel("events")
     backlog.legend(loc="upper left")
     samples = [(s[0], s[3]) for s in timeline.samples]
-    lags = _lags(timeline.answers.times, samples)
+    lags = store_lags(timeline.answers.times, samples)
     answered = [t - start for t in timeline.answers.times[: len(lags)]]
     lag.plot(answered, [x * 1000 for x in lags], ",", color="tab:green")
     lag.set_ylabel("claim -> stored ms")

@@ -261,14 +261,18 @@ class Process:
             self.proc.kill()
             self.proc.wait(30)
 
-    def stop(self, seconds: float = 60) -> int | None:
-        """SIGTERM, then wait; SIGKILL after ``seconds``. The exit status, or None if not running."""
+    def stop(self, seconds: float = 60, check: bool = True) -> None:
+        """SIGTERM, as systemd stops it, and wait (SIGKILL after ``seconds``); with ``check``,
+        ``RuntimeError`` when it did not end cleanly (exit 0)."""
         if not self.running:
-            return None
+            return
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(seconds)
+            status = self.proc.wait(seconds)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            status = self.proc.wait()
+        if check and status != 0:
+            what = " ".join(self.argv[1:])
+            raise RuntimeError(f"{what} did not stop cleanly (exit {status}); see {self.log}")
