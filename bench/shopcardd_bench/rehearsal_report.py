@@ -66,7 +66,7 @@ class Timeline:
 
     def outbox(self) -> int | None:
         try:
-            return len(self.runtime.gate.read_outbox(limit=5000))
+            return len(self.runtime.outbox.read_outbox(limit=5000))
         except Exception:  # a gate mid-failover: no sample, not a failure
             return None
 
