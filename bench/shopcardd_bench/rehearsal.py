@@ -13,7 +13,8 @@ again with the same key; one hot deal spread over buckets) while the counters sc
 they are brought. Faults, on a schedule printed at the start: a Redis primary killed (its replica
 takes over); one API process, one relay and the persist worker killed and started again; the
 RabbitMQ node leading the persist queue stopped and started again; one counter cut off the
-backend and the LAN, with two vouchers redeemed on purpose at it and at another counter.
+backend and the LAN, with two vouchers redeemed on purpose at it and at another counter; and a
+voucher redeemed at one counter brought to the next, which the shop LAN must refuse.
 
 Then each invariant is one line with its figure, `N passed, M failed`, exit 1 on any failure;
 report.md and timeline.png in --report (default: a new folder in the system's temp folder).
@@ -50,6 +51,17 @@ RESTART_AFTER = 3.0
 """Seconds a killed API process, relay or worker stays down before it is started again."""
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds from 0.1 to 3600."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} must be from 0.1 to 3600 seconds")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seconds", type=whole_number(10), default=60, help="length of the sale (default 60)"
@@ -70,10 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--buckets", type=whole_number(1, 256), default=6, help="buckets of each deal (default 6)"
     )
     parser.add_argument(
-        "--sync-every", type=float, default=20.0, help="seconds between a counter's syncs (default 20)"
+        "--sync-every", type=_seconds, default=20.0, help="seconds between a counter's syncs (default 20)"
     )
     parser.add_argument(
-        "--scan-every", type=float, default=0.5, help="seconds between scans at the shop (default 0.5)"
+        "--scan-every", type=_seconds, default=0.5, help="seconds between scans at the shop (default 0.5)"
     )
     parser.add_argument(
         "--latency-goal-ms", type=float, default=50.0, help="the claim p99 goal through nginx (default 50)"
