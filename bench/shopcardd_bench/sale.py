@@ -14,10 +14,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 RETRIED = {0, 502, 503, 504}
 """Statuses an app tries again with the same key (0: no answer at all)."""
 TRIES = 6
+REQUESTS_PER_CONNECTION = 800
 
 
 @dataclass(frozen=True)
@@ -82,30 +84,45 @@ class Sale:
         self._thread.join()
 
     async def _run(self) -> None:
+        self._clients: list[Any] = [self._connect() for _ in range(self.connections)]
+        self._uses = [0] * self.connections
+        self._retired: list[Any] = []
+        try:
+            await asyncio.gather(*(self._customer(n % self.connections) for n in range(self.in_flight)))
+        finally:
+            for client in self._clients + self._retired:
+                await client.aclose()
+
+    def _connect(self) -> Any:
         import httpx
 
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        clients = [
-            httpx.AsyncClient(http2=True, verify=self.ca_file, timeout=30, limits=limits, base_url=self.url)
-            for _ in range(self.connections)
-        ]
-        try:
-            await asyncio.gather(*(self._customer(clients[n % len(clients)]) for n in range(self.in_flight)))
-        finally:
-            for client in clients:
-                await client.aclose()
+        return httpx.AsyncClient(
+            http2=True, verify=self.ca_file, timeout=30, limits=limits, base_url=self.url
+        )
 
-    async def _customer(self, client: object) -> None:
+    def _client(self, slot: int) -> Any:
+        """The connection of ``slot``, a new one after REQUESTS_PER_CONNECTION requests: nginx closes
+        an HTTP/2 connection after 1000 (keepalive_requests) and the requests racing its GOAWAY fail.
+        A phone sends a few claims on a connection; only a load generator meets that limit."""
+        if self._uses[slot] >= REQUESTS_PER_CONNECTION:
+            self._retired.append(self._clients[slot])  # its requests in flight finish; closed at the end
+            self._clients[slot], self._uses[slot] = self._connect(), 0
+        self._uses[slot] += 1
+        return self._clients[slot]
+
+    async def _customer(self, slot: int) -> None:
         while not self.stop.is_set():
             number = self._next_user
             self._next_user += 1
             deal = self.deals[0] if number % 2 == 0 else self.deals[1 + number % (len(self.deals) - 1)]
             user, key = f"u{number}", f"claim-{number}"
+            client = self._client(slot)
             claim = await self._claim(client, deal, number, user, key)
             if claim.status == 201:
                 self.on_voucher(claim)
                 if number % 10 == 0:  # a customer who taps again gets the same voucher
-                    again = await self._claim(client, deal, number, user, key, replay=True)
+                    again = await self._claim(self._client(slot), deal, number, user, key, replay=True)
                     with self.tally.lock:
                         self.tally.replays.append(again)
 
