@@ -140,7 +140,8 @@ def _wait_http(
         time.sleep(0.2)
 
 
-def _backend_env(folder: Path, settings: dict[str, str]) -> dict[str, str]:
+def _backend_env(settings: dict[str, str]) -> dict[str, str]:
+    """This environment without any SHOPCARDD_ variable of the operator's, and the run's settings."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SHOPCARDD_")}
     return {**base, **settings}
 
@@ -229,7 +230,7 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
             "SHOPCARDD_CLAIM_RATE_PER_ADDRESS": "0",
             "SHOPCARDD_LOG_LEVEL": "WARNING",
         }
-        env = _backend_env(folder, settings)
+        env = _backend_env(settings)
         logs = folder / "logs"
         shutil.rmtree(logs, ignore_errors=True)  # a report folder used again holds this run's only
         logs.mkdir()
