@@ -225,6 +225,7 @@ def check_everything(
         checks.errors.append(
             f"- {time.strftime('%H:%M:%S', time.localtime(attempt.at))} {attempt.status} {attempt.code}: "
             f"after '{before[-1] if before else 'the start'}'"
+            + (f" ({attempt.detail})" if attempt.detail else "")
         )
     checks.check(
         not unexplained,

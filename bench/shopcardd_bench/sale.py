@@ -28,6 +28,8 @@ class Attempt:
     seconds: float
     status: int
     code: str
+    detail: str = ""
+    """What a 5xx answer said (its problem document's detail), for the report."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,10 @@ class Sale:
                 status, body = 0, {"code": type(exc).__name__}
             with self.tally.lock:
                 code = str(body.get("code", "")) if status >= 300 or status == 0 else ""
-                self.tally.attempts.append(Attempt(started, time.perf_counter() - begun, status, code))
+                detail = str(body.get("detail", ""))[:100] if status >= 500 or status == 0 else ""
+                self.tally.attempts.append(
+                    Attempt(started, time.perf_counter() - begun, status, code, detail)
+                )
             if status not in RETRIED or self.stop.is_set():
                 break
             await asyncio.sleep(min(wait, 2.0))  # as Retry-After says
