@@ -22,18 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from servers import SpareRabbitMQ, SpareRedis, free_port
+from servers import SpareRabbitMQ, SpareRedis, free_port, service_missing
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 REDIS_URL = os.environ.get("SHOPCARDD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("SHOPCARDD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-
-
-def service_missing(reason: str) -> None:
-    """Skip on a laptop without the service; fail in CI, where it must be there."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: the CI machine must provide it)", pytrace=False)
-    pytest.skip(reason)
 
 
 def _port_open(host: str, port: int) -> bool:

@@ -22,6 +22,17 @@ import pytest
 from shopcardd_bench.services import RabbitNode
 from shopcardd_bench.services import free_port as free_port  # the tests take it from here
 
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def service_missing(reason: str) -> None:
+    """Skip on a laptop without the service; fail in CI, where it must be there. (Here rather than
+    in conftest.py: a test module's ``from conftest import`` finds whichever conftest.py of a
+    folder without ``__init__.py`` pytest imported last.)"""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: the CI machine must provide it)", pytrace=False)
+    pytest.skip(reason)
+
 
 class SpareRedis:
     """A redis-server of a test's own on a free loopback port, with an append-only file fsynced

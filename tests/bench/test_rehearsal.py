@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import service_missing
+
+from servers import service_missing
 
 pytestmark = pytest.mark.slow
 
