@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shopcardd_voucher.commandline import whole_number
+from shopcardd_commands.commandline import whole_number
 
 from .rehearsal_checks import Checks, check_everything
 from .rehearsal_report import Timeline, write_report
