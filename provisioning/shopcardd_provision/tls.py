@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .keys import ProvisionError, write_atomically, write_private
+from shopcardd_voucher.keyfiles import write_atomically, write_private
+
+from .keys import ProvisionError
 
 CA_FILE: Final = "ca.pem"
 CERT_FILE: Final = "server.pem"
