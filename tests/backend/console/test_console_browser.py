@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -37,7 +38,9 @@ def follow(driver: Any, element: Any) -> None:
     """Click a link or a form's button and wait for the next page (never read the old one)."""
     old = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 10).until(ec.staleness_of(old))
+    # While the old page goes, chromedriver may answer "node does not belong to the document"
+    # instead of "stale": ask again until it says stale.
+    WebDriverWait(driver, 10, ignored_exceptions=[WebDriverException]).until(ec.staleness_of(old))
 
 
 def text_of(driver: Any, element_id: str) -> str:
