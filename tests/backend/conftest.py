@@ -2,7 +2,8 @@
 machine's real services, each test on its own files, key prefix or database.
 
 - ``gate`` / ``store``: parametrized over every adapter (``GATE_KINDS``, ``STORE_KINDS``), so
-  a test written once runs against each.
+  a test written once runs against each. ``outbox`` and ``rate_counter`` are the same adapter
+  as ``gate`` (``ports``), each handed over as the one port a test is about.
 - ``make_gate(kind)`` / ``make_store(kind)``: factories for tests that need more than one
   (two gates on one SQLite file, a gate next to a store); each call gives a new gate on
   fresh storage unless ``path`` is passed. Everything made is closed, and its Redis keys or
@@ -18,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from shopcardd_backend.gates.base import ClaimGate
+from shopcardd_backend.gates.base import ClaimGate, ClaimPorts, Outbox, RateCounter
 from shopcardd_backend.stores.base import DocumentStore
 
 GATE_KINDS = ["sqlite", "redis"]
+EVERY_GATE_KIND = [*GATE_KINDS, "redis-buckets"]
 """``make_gate`` also makes ``redis-buckets``: the Redis gate splitting every deal's stock over
 up to 3 buckets (hot deals); the gate's own suites (contract, concurrency) run it too."""
 STORE_KINDS = ["sqlite", "mongo"]
@@ -33,7 +35,7 @@ def _kind_params(kinds: list[str]) -> list[Any]:
     return [pytest.param(kind, marks=_MARKS.get(kind, [])) for kind in kinds]
 
 
-MakeGate = Callable[..., ClaimGate]
+MakeGate = Callable[..., ClaimPorts]
 MakeStore = Callable[..., DocumentStore]
 
 
@@ -86,10 +88,40 @@ def gate_kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(params=_kind_params(EVERY_GATE_KIND))
+def every_gate_kind(request: pytest.FixtureRequest) -> str:
+    """``EVERY_GATE_KIND``: a suite of the gate's own takes it as its ``gate_kind``."""
+    return str(request.param)
+
+
 @pytest.fixture
-def gate(make_gate: MakeGate, gate_kind: str) -> ClaimGate:
-    """A fresh, empty claim gate of each kind."""
+def ports(make_gate: MakeGate, gate_kind: str) -> ClaimPorts:
+    """A fresh, empty adapter of each kind: its three ports over one store."""
     return make_gate(gate_kind)
+
+
+@pytest.fixture
+def gate(ports: ClaimPorts) -> ClaimGate:
+    """A fresh, empty claim gate of each kind."""
+    return ports
+
+
+@pytest.fixture
+def outbox(ports: ClaimPorts) -> Outbox:
+    """The outbox of ``gate`` (the same adapter): the claims there write its events."""
+    return ports
+
+
+@pytest.fixture
+def rate_counter(ports: ClaimPorts) -> RateCounter:
+    """The rate counters of ``gate`` (the same adapter)."""
+    return ports
+
+
+@pytest.fixture
+def redis_gate(make_gate: MakeGate) -> Any:
+    """A Redis gate, for what only Redis has (its keys, its script cache); ``Any`` for its insides."""
+    return make_gate("redis")
 
 
 @pytest.fixture

@@ -24,13 +24,10 @@ IN_FLIGHT = 64
 STOCK, LIMIT, USERS, CLAIMS = 100, 2, 500, 5_000
 
 
-REDIS_KINDS = ("redis", "redis-buckets")
-
-
-@pytest.fixture(params=["sqlite", *(pytest.param(kind, marks=pytest.mark.redis) for kind in REDIS_KINDS)])
-def gate_kind(request: pytest.FixtureRequest) -> str:
+@pytest.fixture
+def gate_kind(every_gate_kind: str) -> str:
     """Every adapter, and the Redis gate with bucketed deals: the flood holds for them all."""
-    return str(request.param)
+    return every_gate_kind
 
 
 def load(gate: ClaimGate) -> None:

@@ -1,84 +1,43 @@
-"""The claim gate's contract: every behaviour of the port, the same on every adapter."""
+"""The claim gate's contract (``ClaimGate``): deals loaded, claims decided, sales closed, the same
+on every adapter. A claim writes its outbox event and counts its rate counters in its own step,
+so the tests of that step take those ports too (the same adapter). The outbox and the rate
+counters on their own: ``test_outbox_contract.py``, ``test_rate_counter_contract.py``."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from gate_suite import NOW, MakeGate, all_events, claim, same_decision, terms
 from shopcardd_backend.gates.base import (
     ClaimAttempt,
     ClaimDecision,
     ClaimGate,
-    DealTerms,
     GateUnavailable,
+    Outbox,
     Outcome,
     RateCount,
+    RateCounter,
 )
 from shopcardd_voucher import Voucher
 
-MakeGate = Callable[..., Any]
-NOW = 1_790_000_000
-_ids = itertools.count()
 
-
-REDIS_KINDS = ("redis", "redis-buckets")
-
-
-@pytest.fixture(params=["sqlite", *(pytest.param(kind, marks=pytest.mark.redis) for kind in REDIS_KINDS)])
-def gate_kind(request: pytest.FixtureRequest) -> str:
+@pytest.fixture
+def gate_kind(every_gate_kind: str) -> str:
     """Every adapter, and the Redis gate with bucketed deals: the contract holds for them all."""
-    return str(request.param)
+    return every_gate_kind
 
 
-def terms(deal_id: str = "d1", **changes: Any) -> DealTerms:
-    values: dict[str, Any] = {
-        "deal_id": deal_id,
-        "merchant_id": "m1",
-        "stock": 3,
-        "per_user_limit": 2,
-        "voucher_ttl_seconds": 3600,
-    }
-    return DealTerms(**(values | changes))
-
-
-def claim(
-    gate: ClaimGate, user: str = "u1", key: str | None = None, deal: str = "d1", now: int = NOW
-) -> ClaimDecision:
-    """One claim with a fresh voucher id (and a fresh idempotency key unless given)."""
-    n = next(_ids)
-    return gate.claim(ClaimAttempt(deal, user, key or f"key-{n}", f"voucher-{n}", now))
-
-
-def all_events(gate: ClaimGate) -> list[dict[str, Any]]:
-    return [event.payload for event in gate.read_outbox(limit=10_000)]
-
-
-def is_bucketed(gate: ClaimGate) -> bool:
-    """A gate that splits deals into buckets: a decision's ``stock_left`` is its bucket's, and a
-    deal's events keep their order per user (per bucket), not across the deal."""
-    return getattr(gate, "buckets", 1) > 1
-
-
-def same_decision(gate: ClaimGate, got: ClaimDecision, expected: ClaimDecision) -> None:
-    if is_bucketed(gate):
-        assert got.stock_left is not None and expected.stock_left is not None
-        assert got.stock_left <= expected.stock_left
-        got, expected = replace(got, stock_left=None), replace(expected, stock_left=None)
-    assert got == expected
-
-
-def test_a_claim_issues_a_voucher_takes_stock_and_records_an_event(gate: ClaimGate) -> None:
+def test_a_claim_issues_a_voucher_takes_stock_and_records_an_event(gate: ClaimGate, outbox: Outbox) -> None:
     gate.load_deal(terms(voucher_ttl_seconds=600))
     decision = gate.claim(ClaimAttempt("d1", "u1", "k1", "v1", NOW))
     voucher = Voucher("v1", "d1", "u1", "m1", NOW, NOW + 600)
     same_decision(gate, decision, ClaimDecision(Outcome.ISSUED, voucher, 2))
     assert gate.stock_left("d1") == 2
-    assert all_events(gate) == [
+    assert all_events(outbox) == [
         {
             "type": "claim.issued",
             "voucher_id": "v1",
@@ -92,14 +51,14 @@ def test_a_claim_issues_a_voucher_takes_stock_and_records_an_event(gate: ClaimGa
     ]
 
 
-def test_the_same_key_replays_the_same_voucher_and_changes_nothing(gate: ClaimGate) -> None:
+def test_the_same_key_replays_the_same_voucher_and_changes_nothing(gate: ClaimGate, outbox: Outbox) -> None:
     gate.load_deal(terms())
     first = gate.claim(ClaimAttempt("d1", "u1", "k1", "v1", NOW))
     again = gate.claim(ClaimAttempt("d1", "u1", "k1", "v2", NOW + 30))
     assert again.outcome is Outcome.REPLAYED
     assert again.voucher == first.voucher
     assert gate.stock_left("d1") == 2
-    assert len(all_events(gate)) == 1
+    assert len(all_events(outbox)) == 1
 
 
 def test_the_same_key_from_another_user_is_another_claim(gate: ClaimGate) -> None:
@@ -119,7 +78,7 @@ def test_a_replay_still_answers_after_the_deal_sold_out_or_closed(gate: ClaimGat
     assert claim(gate, "u1", key="k1").voucher == first.voucher
 
 
-def test_a_replay_only_attempt_answers_a_replay_and_nothing_else(gate: ClaimGate) -> None:
+def test_a_replay_only_attempt_answers_a_replay_and_nothing_else(gate: ClaimGate, outbox: Outbox) -> None:
     """Over a rate limit the API asks only for the voucher of a claim already issued."""
     gate.load_deal(terms())
     first = gate.claim(ClaimAttempt("d1", "u1", "k1", "v1", NOW))
@@ -129,27 +88,13 @@ def test_a_replay_only_attempt_answers_a_replay_and_nothing_else(gate: ClaimGate
         refused = gate.claim(ClaimAttempt(deal, user, key, "v3", NOW, replay_only=True))
         assert (refused.outcome, refused.voucher) == (Outcome.RATE_LIMITED, None), (deal, user, key)
     assert gate.stock_left("d1") == 2
-    assert len(all_events(gate)) == 1
-
-
-def test_rate_counters_count_by_name_and_window(gate: ClaimGate) -> None:
-    async def hits() -> list[list[int]]:
-        try:
-            return [
-                await gate.count_async(["u:alice", "a:192.0.2.1"], NOW, 60),
-                await gate.count_async(["u:alice"], NOW, 60),
-                await gate.count_async(["u:bob", "u:alice", "a:192.0.2.1"], NOW, 60),
-                await gate.count_async(["u:alice"], NOW + 60, 60),  # the next window starts at 1
-                await gate.count_async(["u:alice"], NOW + 60, 60),
-            ]
-        finally:
-            await gate.aclose()
-
-    assert asyncio.run(hits()) == [[1, 1], [2], [1, 3, 2], [1], [2]]
+    assert len(all_events(outbox)) == 1
 
 
 def test_a_claims_rate_counters_are_counted_with_it_and_over_a_limit_it_is_replay_only(
     gate: ClaimGate,
+    outbox: Outbox,
+    rate_counter: RateCounter,
 ) -> None:
     """The API counts a claim's rate counters in the claim's own step (Redis: the claim script):
     the same counters as ``count_async``'s, counted once whatever the answer."""
@@ -171,16 +116,16 @@ def test_a_claims_rate_counters_are_counted_with_it_and_over_a_limit_it_is_repla
 
     async def count() -> list[int]:
         try:
-            return await gate.count_async(["u:alice", "a:192.0.2.1"], NOW, 60)
+            return await rate_counter.count_async(["u:alice", "a:192.0.2.1"], NOW, 60)
         finally:
-            await gate.aclose()
+            await rate_counter.aclose()
 
     assert asyncio.run(count()) == [7, 7]
     assert gate.stock_left("d1") == 2
-    assert len(all_events(gate)) == 3
+    assert len(all_events(outbox)) == 3
 
 
-def test_sold_out_when_the_stock_is_gone(gate: ClaimGate) -> None:
+def test_sold_out_when_the_stock_is_gone(gate: ClaimGate, outbox: Outbox) -> None:
     gate.load_deal(terms(stock=2, per_user_limit=5))
     assert [claim(gate, f"u{i}").outcome for i in range(4)] == [
         Outcome.ISSUED,
@@ -189,16 +134,16 @@ def test_sold_out_when_the_stock_is_gone(gate: ClaimGate) -> None:
         Outcome.SOLD_OUT,
     ]
     assert gate.stock_left("d1") == 0
-    assert len(all_events(gate)) == 2
+    assert len(all_events(outbox)) == 2
 
 
-def test_a_deal_with_no_stock_never_goes_below_zero(gate: ClaimGate) -> None:
+def test_a_deal_with_no_stock_never_goes_below_zero(gate: ClaimGate, outbox: Outbox) -> None:
     gate.load_deal(terms(stock=0))
     decisions = [claim(gate, f"u{i}") for i in range(3)]
     assert {d.outcome for d in decisions} == {Outcome.SOLD_OUT}
     assert {d.stock_left for d in decisions} == {0}
     assert gate.stock_left("d1") == 0
-    assert all_events(gate) == []
+    assert all_events(outbox) == []
 
 
 def test_limit_reached_after_per_user_limit_vouchers(gate: ClaimGate) -> None:
@@ -292,37 +237,6 @@ def test_counters_rebuild_from_claimed_vouchers(gate: ClaimGate) -> None:
     assert claim(gate, "u8").outcome is Outcome.SOLD_OUT
 
 
-def test_the_outbox_pages_in_claim_order_and_forgets_acknowledged_events(gate: ClaimGate) -> None:
-    gate.load_deal(terms("d1", stock=10, per_user_limit=10))
-    gate.load_deal(terms("d2", stock=10, per_user_limit=10))
-    order = [claim(gate, "u1", deal=deal).voucher for deal in ["d1", "d2", "d1", "d2", "d1"]]
-    first = gate.read_outbox(limit=2)
-    rest = gate.read_outbox(after=first[-1].event_id, limit=10)
-    events = [*first, *rest]
-    assert len(first) == 2 and len(events) == 5
-    for deal in ["d1", "d2"]:
-        assert [e.payload["voucher_id"] for e in events if e.payload["deal_id"] == deal] == [
-            v.voucher_id for v in order if v is not None and v.deal == deal
-        ]
-    gate.ack_outbox([e.event_id for e in first])
-    assert [e.event_id for e in gate.read_outbox()] == [e.event_id for e in rest]
-    gate.ack_outbox([e.event_id for e in rest])
-    assert gate.read_outbox() == []
-    claim(gate, "u2", deal="d2")
-    assert [e.payload["user_id"] for e in gate.read_outbox()] == ["u2"]
-
-
-@pytest.mark.redis
-def test_outbox_payloads_are_identical_across_adapters(make_gate: MakeGate) -> None:
-    payloads = []
-    for kind in ["sqlite", "redis"]:
-        gate = make_gate(kind)
-        gate.load_deal(terms(starts_at=NOW - 10, ends_at=NOW + 10))
-        gate.claim(ClaimAttempt("d1", "u1", "k1", "v1", NOW))
-        payloads.append([(type(v), k, v) for e in gate.read_outbox() for k, v in e.payload.items()])
-    assert payloads[0] == payloads[1]
-
-
 def test_check_passes_on_a_working_gate_and_fails_on_a_closed_one(
     make_gate: MakeGate, gate_kind: str
 ) -> None:
@@ -341,12 +255,7 @@ def test_the_gate_is_a_context_manager(make_gate: MakeGate, gate_kind: str) -> N
         gate.stock_left("d1")
 
 
-# Redis only: the layout that lets the script run on Redis Cluster, and the script cache.
-
-
-@pytest.fixture
-def redis_gate(make_gate: MakeGate) -> Any:
-    return make_gate("redis")
+# Redis only: the layout that lets the script run on Redis Cluster, the script cache, an outage.
 
 
 @pytest.mark.redis
@@ -377,21 +286,6 @@ def test_the_script_survives_a_flushed_script_cache(redis_gate: Any, redis_url: 
     with redis.Redis.from_url(redis_url) as client:
         client.script_flush()
     assert claim(redis_gate).outcome is Outcome.ISSUED
-
-
-@pytest.mark.redis
-def test_a_rate_counter_is_a_key_of_its_own_that_expires(redis_gate: Any) -> None:
-    async def count() -> None:
-        try:
-            await redis_gate.count_async(["u:alice", "a:2001:db8::/64"], NOW, 60)
-        finally:
-            await redis_gate.aclose()
-
-    asyncio.run(count())
-    prefix = f"{redis_gate.prefix}:rate:{NOW}:"
-    keys = redis_gate._client.keys(f"{redis_gate.prefix}:rate:*")
-    assert sorted(keys) == [prefix + "a:2001:db8::/64", prefix + "u:alice"]
-    assert all(0 < redis_gate._client.ttl(key) <= 120 for key in keys)
 
 
 def test_an_unreachable_redis_raises_gate_unavailable(make_gate: MakeGate, unused_port: int) -> None:
@@ -427,105 +321,3 @@ def test_a_deal_whose_terms_redis_lost_is_unknown_everywhere(redis_gate: Any, re
     assert redis_gate.stock_left("d1") is None
     redis_gate.load_deal(terms(), claimed=[("k1", Voucher("v1", "d1", "u1", "m1", NOW, NOW + 60))])
     assert redis_gate.stock_left("d1") == 2
-
-
-# The outbox as relays take it: leases shared between relays, taken over from a dead one.
-
-
-def _lease_clock(gate: Any, now: list[float]) -> None:
-    """Drive the gate's lease clock by hand (a relay's lease runs out without any sleep)."""
-    gate._clock = lambda: now[0]
-
-
-def test_relays_lease_each_event_to_one_of_them_and_ack_removes_it(gate: ClaimGate) -> None:
-    for deal in ["d1", "d2"]:
-        gate.load_deal(terms(deal, stock=10, per_user_limit=10))
-    issued = {claim(gate, f"u{i}", deal=["d1", "d2"][i % 2]).voucher.voucher_id for i in range(6)}  # type: ignore[union-attr]
-    first = gate.lease_outbox("relay-a", limit=3, lease_seconds=60)
-    second = gate.lease_outbox("relay-b", limit=100, lease_seconds=60)
-    ids_a = {e.payload["voucher_id"] for e in first}
-    ids_b = {e.payload["voucher_id"] for e in second}
-    assert ids_a and not ids_a & ids_b, "an event leased to relay a is not handed to relay b"
-    assert ids_a | ids_b == issued
-    assert gate.lease_outbox("relay-c", limit=100, lease_seconds=60) == []
-    gate.ack_outbox([e.event_id for e in [*first, *second]])
-    assert gate.read_outbox() == []
-
-
-def test_a_dead_relays_lease_is_taken_over_once_it_runs_out(gate: ClaimGate) -> None:
-    now = [float(NOW)]
-    _lease_clock(gate, now)
-    gate.load_deal(terms(stock=10, per_user_limit=10))
-    vouchers = [claim(gate, f"u{i}").voucher for i in range(3)]
-    taken = gate.lease_outbox("dead-relay", limit=100, lease_seconds=30)
-    assert len(taken) == 3
-    assert gate.lease_outbox("live-relay", limit=100, lease_seconds=30) == []
-    now[0] += 31
-    _wait_for_redis_idle(gate, 31)
-    again = gate.lease_outbox("live-relay", limit=100, lease_seconds=30)
-    in_order = [v.voucher_id for v in vouchers if v is not None]
-    leased = [e.payload["voucher_id"] for e in again]
-    assert (sorted(leased) == sorted(in_order)) if is_bucketed(gate) else (leased == in_order)
-    assert {e.event_id for e in again} == {e.event_id for e in taken}
-    gate.ack_outbox([e.event_id for e in again])
-    assert gate.lease_outbox("dead-relay", limit=100, lease_seconds=30) == []
-
-
-def _wait_for_redis_idle(gate: Any, seconds: float) -> None:
-    """Redis measures a pending entry's idle time with its own clock: make the entries look
-    ``seconds`` old with XCLAIM's IDLE option (the SQLite gate reads the lease clock instead)."""
-    if not hasattr(gate, "deal_keys"):
-        return
-    client = gate._client
-    for deal in client.zrange(gate.active_key, 0, -1):
-        stream = gate.deal_keys(deal)[-1]
-        for entry in client.xpending_range(stream, "relay", "-", "+", 1000):
-            client.xclaim(
-                stream, "relay", entry["consumer"], 0, [entry["message_id"]], idle=int(seconds * 1000)
-            )
-
-
-def test_outbox_reads_one_deals_events_and_all_of_them(gate: ClaimGate) -> None:
-    for deal in ["d1", "d2"]:
-        gate.load_deal(terms(deal, stock=200, per_user_limit=200))
-    for i in range(150):
-        claim(gate, f"u{i}", deal=["d1", "d2"][i % 3 == 0])
-    d2 = gate.read_outbox(limit=None, deal_id="d2")
-    assert len(d2) == 50 and {e.payload["deal_id"] for e in d2} == {"d2"}
-    assert len(gate.read_outbox(limit=None)) == 150
-
-
-def test_an_added_event_travels_the_outbox_like_a_claim(gate: ClaimGate) -> None:
-    gate.load_deal(terms())
-    tally = {
-        "type": "claims.refused",
-        "event_id": "e1",
-        "deal_id": "d1",
-        "minute": NOW // 60 * 60,
-        "counts": {"sold_out": 3},
-    }
-    gate.add_event("d1", tally)
-    (leased,) = gate.lease_outbox("relay", limit=10)
-    assert leased.payload == tally
-
-
-@pytest.mark.redis
-def test_the_redis_relay_reads_only_deals_with_pending_events(redis_gate: Any) -> None:
-    """A deal whose events were all relayed leaves the active index once idle, so relays never
-    scan every deal ever created; a claim on it puts it back before its event is written."""
-    now = [float(NOW)]
-    _lease_clock(redis_gate, now)
-    for deal in ["busy", "quiet"]:
-        redis_gate.load_deal(terms(deal, stock=10, per_user_limit=10))
-    claim(redis_gate, deal="quiet")
-    redis_gate.ack_outbox(e.event_id for e in redis_gate.lease_outbox("relay", limit=10))
-    now[0] += 61
-    redis_gate._touched.clear()
-    claim(redis_gate, deal="busy", now=int(now[0]))
-    redis_gate.lease_outbox("relay", limit=10)  # quiet: empty and idle, so forgotten
-    active = set(redis_gate._client.zrange(redis_gate.active_key, 0, -1))
-    assert active == {"busy"}
-    redis_gate._touched.clear()
-    claim(redis_gate, deal="quiet", now=int(now[0]))
-    assert "quiet" in set(redis_gate._client.zrange(redis_gate.active_key, 0, -1))
-    assert {e.payload["deal_id"] for e in redis_gate.lease_outbox("relay", limit=10)} == {"quiet"}

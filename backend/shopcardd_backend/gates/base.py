@@ -4,7 +4,8 @@ Everything that must never be wrong under concurrency lives behind this port: st
 below zero, no user above the per-user limit, one voucher per idempotency key, and the
 claim event recorded in the same step as the decision. Adapters: ``redis.py`` (one Lua
 script, every key of a deal under the hash tag ``{deal_id}``, the outbox a stream in the
-same slot) and ``sqlite.py`` (one transaction). Both pass ``tests/backend/test_gate_contract.py``.
+same slot) and ``sqlite.py`` (one transaction). Both pass the contract suite of each port
+(``tests/backend/test_gate_contract.py``, ``test_outbox_contract.py``, ``test_rate_counter_contract.py``).
 
 Three ports, each one job: ``ClaimGate`` (load deals, decide claims, close sales), ``Outbox``
 (the events waiting for the relay) and ``RateCounter`` (the claim rate limits' counters). One
