@@ -124,13 +124,24 @@ class Revocations:
 
 
 @dataclass(frozen=True, slots=True)
+class KeySet:
+    """The voucher verification keys a counter is sent, and until when it may trust them."""
+
+    keys: list[dict[str, Any]]
+    """JWKs (RFC 7517): every key that may still have live vouchers."""
+    issued_at: datetime
+    valid_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class SyncAnswer:
+    """What one sync tells a counter, in the shape of the public answer (the API reads it as is)."""
+
     results: list[RedemptionResult]
-    keys: dict[str, Any]
-    keys_issued_at: datetime
-    keys_valid_until: datetime
+    keys: KeySet
     revocations: Revocations
     peers: list[DeviceRecord]
+    """The merchant's other active counters (each with ``device_id`` and ``public_key``)."""
     server_time: datetime
 
 
@@ -299,9 +310,7 @@ class DeviceService:
             )
         return SyncAnswer(
             results=results,
-            keys=self.keys(),
-            keys_issued_at=now,
-            keys_valid_until=now + self.keyset_valid,
+            keys=KeySet(self.keys()["keys"], now, now + self.keyset_valid),
             revocations=self._revocations(device.merchant_id, after),
             peers=[
                 peer

@@ -23,10 +23,6 @@ from ..models import (
     CounterPublic,
     DeviceCreate,
     DevicePublic,
-    KeySetDown,
-    Peer,
-    RedemptionResultPublic,
-    RevocationsDown,
     SyncRequest,
     SyncResponse,
 )
@@ -89,15 +85,7 @@ def sync_device(
     only once the device token is accepted (``SyncBody``)."""
     uploads = [Redemption(**upload.model_dump()) for upload in body.redemptions]
     answer = devices.sync(device, uploads, body.revocations_after)
-    response = SyncResponse(
-        results=[RedemptionResultPublic.model_validate(r, from_attributes=True) for r in answer.results],
-        keys=KeySetDown(
-            keys=answer.keys["keys"], issued_at=answer.keys_issued_at, valid_until=answer.keys_valid_until
-        ),
-        revocations=RevocationsDown.model_validate(answer.revocations, from_attributes=True),
-        peers=[Peer(device_id=peer.device_id, public_key=peer.public_key) for peer in answer.peers],
-        server_time=answer.server_time,
-    )
+    response = SyncResponse.model_validate(answer, from_attributes=True)
     told = {**response.model_dump(mode="json"), "nonce": body.nonce, "device_id": device.device_id}
     response.signed = runtime.trust.sign_answer(told)
     response.trust_chain = list(runtime.trust.links)
