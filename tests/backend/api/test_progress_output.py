@@ -1,14 +1,10 @@
 """Progress bars belong on a terminal: logged output (``make demo > log``) gets a summary line
-and no carriage-return clutter."""
+and no carriage-return clutter (the claims bench's own: tests/bench/test_claims.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -19,33 +15,6 @@ from shopcardd_bench.claims import running_backend
 from .conftest import backend
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.mark.redis
-@pytest.mark.parametrize(
-    "redis",
-    [
-        pytest.param([], id="one-redis"),
-        pytest.param(["--redis-cluster", "3"], id="cluster", marks=pytest.mark.slow),
-    ],
-)
-def test_the_claims_bench_logs_a_summary_without_carriage_returns(tmp_path: Path, redis: list[str]) -> None:
-    if shutil.which("wrk") is None or shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the claims bench needs wrk and redis-server (.ci/run installs wrk)")
-        pytest.skip("the claims bench needs wrk and redis-server")
-    bench = str(Path(sys.executable).with_name("shopcardd-bench"))
-    argv = [bench, "claims", "--users", "20", "--duration", "1", "--runs", "1", "--workers", "1"]
-    argv += ["--connections", "4", "--warm-passes", "1", "--sellout-stock", "5"]
-    argv += ["--plot", str(tmp_path / "p.png"), *redis]
-    # Bytes, not text: universal newlines would turn the carriage returns into line feeds.
-    proc = subprocess.run(argv, capture_output=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert b"\r" not in proc.stderr + proc.stdout
-    assert b"same-run ratio of API CPU per claim" in proc.stdout
-    assert b"5xx answers 0; nothing oversold, nobody over the limit" in proc.stdout
-    assert b"sell-out: stock 5," in proc.stdout and b" 5 issued" in proc.stdout
-    assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_the_demo_flood_logs_a_summary_without_carriage_returns(

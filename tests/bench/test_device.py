@@ -1,19 +1,8 @@
-"""``shopcardd-bench device`` prints its table (figures are not asserted: benchmarks are not tests)."""
+"""``shopcardd-bench device``, ``sync`` and ``lan`` print their tables."""
 
 from __future__ import annotations
 
-import subprocess
-
-from .conftest import BIN
-
-
-def bench(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """``shopcardd-bench ARGS``, checked to exit 0 (its stderr shown when it does not)."""
-    result = subprocess.run(
-        [str(BIN / "shopcardd-bench"), *args], capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, result.stderr
-    return result
+from .conftest import bench
 
 
 def test_the_device_benchmark_prints_a_table() -> None:

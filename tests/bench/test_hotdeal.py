@@ -4,23 +4,20 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(sys.executable).with_name("shopcardd-bench")
+from .conftest import bench
 
 
+@pytest.mark.redis  # a Redis Cluster of its own: redis-server
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server and redis-cli")
 def test_the_hotdeal_benchmark_prints_a_row_per_bucket_count_and_its_checks() -> None:
     # One claiming task: the sell-out check then sees no race between the sweeps of two claims
     # (with many, a claim can be answered sold_out while units move between buckets: see
     # docs/backend-storage.md, "Buckets").
-    argv = [str(BENCH), "hotdeal", "--seconds", "1", "--runs", "1", "--tasks", "1", "--check-stock", "40"]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    argv = ["hotdeal", "--seconds", "1", "--runs", "1", "--tasks", "1", "--check-stock", "40"]
+    result = bench(*argv, timeout=120)
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
         "buckets",

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 from shopcardd_voucher import ALGORITHMS
 
-BENCH = Path(sys.executable).with_name("shopcardd-bench")
+from .conftest import bench
 
 
 def test_voucher_bench_prints_a_row_per_algorithm() -> None:
-    result = subprocess.run([BENCH, "voucher", "--runs", "1", "--count", "5"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    result = bench("voucher", "--runs", "1", "--count", "5")
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
     for alg in ALGORITHMS:
         assert alg in rows, result.stdout
@@ -24,6 +19,6 @@ def test_voucher_bench_prints_a_row_per_algorithm() -> None:
 
 def test_voucher_bench_refuses_figures_it_cannot_measure() -> None:
     for args in (["--runs", "0"], ["--count", "0"], ["--id-length", "65"]):
-        result = subprocess.run([BENCH, "voucher", *args], capture_output=True, text=True)
-        assert result.returncode == 2 and "must be" in result.stderr, result.stderr
+        result = bench("voucher", *args, expect=2)
+        assert "must be" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
+from .conftest import bench
 
 
 def test_the_counter_and_voucher_fuzz_runs_find_nothing(tmp_path: Path) -> None:
     pytest.importorskip("atheris")
-    done = subprocess.run(
-        [BIN / "shopcardd-bench", "fuzz", "counter", "voucher", "--seconds", "4", "--artifacts", tmp_path],
-        capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = bench("fuzz", "counter", "voucher", "--seconds", "4", "--artifacts", tmp_path, timeout=240)
     rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[3:]}
     for target in ("counter", "voucher"):
         assert int(rows[target][1].replace(",", "")) > 0 and rows[target][-1] == "0"

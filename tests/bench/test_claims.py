@@ -1,0 +1,39 @@
+"""``shopcardd-bench claims`` logs a summary line and no carriage-return clutter when its output
+is not a terminal, on one Redis and on a Redis Cluster of its own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import BENCH
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "redis",
+    [
+        pytest.param([], id="one-redis"),
+        pytest.param(["--redis-cluster", "3"], id="cluster", marks=pytest.mark.slow),
+    ],
+)
+def test_the_claims_bench_logs_a_summary_without_carriage_returns(tmp_path: Path, redis: list[str]) -> None:
+    if shutil.which("wrk") is None or shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the claims bench needs wrk and redis-server (.ci/run installs wrk)")
+        pytest.skip("the claims bench needs wrk and redis-server")
+    argv = [str(BENCH), "claims", "--users", "20", "--duration", "1", "--runs", "1", "--workers", "1"]
+    argv += ["--connections", "4", "--warm-passes", "1", "--sellout-stock", "5"]
+    argv += ["--plot", str(tmp_path / "p.png"), *redis]
+    # Bytes, not text: universal newlines would turn the carriage returns into line feeds.
+    proc = subprocess.run(argv, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert b"\r" not in proc.stderr + proc.stdout
+    assert b"same-run ratio of API CPU per claim" in proc.stdout
+    assert b"5xx answers 0; nothing oversold, nobody over the limit" in proc.stdout
+    assert b"sell-out: stock 5," in proc.stdout and b" 5 issued" in proc.stdout
+    assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
