@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,45 @@ from servers import SpareRabbitMQ, SpareRedis, free_port, service_missing
 
 REDIS_URL = os.environ.get("SHOPCARDD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("SHOPCARDD_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+NEEDS: dict[str, str] = {
+    "redis_url": "redis",
+    "spare_redis": "redis",
+    "amqp_url": "rabbitmq",
+    "amqp_vhost": "rabbitmq",
+    "spare_rabbitmq": "rabbitmq",
+    "mongodb_uri": "mongo",
+    "shop_network": "netns",
+}
+"""The marker of each fixture that needs a service or a system tool: a test that uses one (even
+through another fixture, or ``request.getfixturevalue``) carries the marker, so ``-m`` selects
+exactly (``make check`` runs the tests that need none of them)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the fixtures it uses (``NEEDS``), then put the slow ones first: under
+    xdist they start at once instead of finishing last, alone, on one worker."""
+    for item in items:
+        have = {mark.name for mark in item.iter_markers()}
+        for name in sorted({NEEDS[f] for f in getattr(item, "fixturenames", ()) if f in NEEDS} - have):
+            item.add_marker(name)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: modules stay together
+
+
+@pytest.fixture(autouse=True)
+def _marked_for_what_it_used(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that reached a service its markers do not name (a fixture asked for at run time,
+    a parameter that opens Redis): ``-m 'not redis'`` would run it on a machine without Redis."""
+    yield
+    used = {NEEDS[name] for name in request.fixturenames if name in NEEDS}
+    missing = used - {mark.name for mark in request.node.iter_markers()}
+    if missing:
+        pytest.fail(
+            f"{request.node.nodeid} uses {', '.join(sorted(missing))} but is not marked so: add "
+            f"pytest.mark.{sorted(missing)[0]} to the test or to the parameter that needs it",
+            pytrace=False,
+        )
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -92,25 +132,78 @@ def amqp_url() -> str:
     return AMQP_URL
 
 
-@pytest.fixture
-def amqp_vhost(amqp_url: str) -> Iterator[str]:
-    """The URL of a RabbitMQ virtual host of this test's own (made with ``rabbitmqctl``, removed
-    after): the topology's names are fixed (docs/architecture.md), so tests keep apart by vhost."""
+class Vhosts:
+    """RabbitMQ virtual hosts for the queue tests, each used by one test only, made ``BATCH`` at a
+    time and deleted together when the session ends: every ``rabbitmqctl`` call boots an Erlang VM
+    (about a second), and three calls per test (add, permissions, delete) made the queue suites
+    mostly waiting. Where ``rabbitmqctl eval`` cannot do it (another broker version's internals),
+    each vhost is made and deleted with the plain commands instead."""
+
+    BATCH = 8
+    ACTOR = "shopcardd-tests"
+
+    def __init__(self, ctl: str, user: str) -> None:
+        self.ctl, self.user = ctl, user
+        self.ready: list[str] = []
+        self.made: list[str] = []
+        self.batched = True
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([self.ctl, "-q", *args], check=True, capture_output=True, timeout=120)
+
+    def _eval(self, names: list[str], action: str) -> None:
+        listed = ", ".join(f'<<"{name}">>' for name in names)
+        self._run("eval", f"[begin {action} end || V <- [{listed}]], ok.")
+
+    def take(self) -> str:
+        """A vhost no test has used, with every permission for the test user."""
+        if not self.ready:
+            names = [f"test-{uuid.uuid4().hex[:12]}" for _ in range(self.BATCH if self.batched else 1)]
+            actor = f'<<"{self.ACTOR}">>'
+            try:
+                self._eval(
+                    names,
+                    f"ok = rabbit_vhost:add(V, {actor}), ok = rabbit_auth_backend_internal:set_permissions("
+                    f'<<"{self.user}">>, V, <<".*">>, <<".*">>, <<".*">>, {actor})',
+                )
+            except subprocess.CalledProcessError:
+                self.batched, names = False, names[:1]
+                self._run("add_vhost", names[0])
+                self._run("set_permissions", "-p", names[0], self.user, ".*", ".*", ".*")
+            self.made += names
+            self.ready += names
+        return self.ready.pop()
+
+    def delete_all(self) -> None:
+        if self.made and self.batched:
+            self._eval(self.made, f'rabbit_vhost:delete(V, <<"{self.ACTOR}">>)')
+        else:
+            for name in self.made:
+                self._run("delete_vhost", name)
+        self.made, self.ready = [], []
+
+
+@pytest.fixture(scope="session")
+def _vhosts() -> Iterator[Vhosts | None]:
     ctl = shutil.which("rabbitmqctl")
-    if ctl is None:
+    vhosts = Vhosts(ctl, urllib.parse.urlsplit(AMQP_URL).username or "guest") if ctl else None
+    yield vhosts
+    if vhosts is not None:
+        vhosts.delete_all()
+
+
+@pytest.fixture
+def amqp_vhost(amqp_url: str, _vhosts: Vhosts | None) -> str:
+    """The URL of a RabbitMQ virtual host of this test's own (made with ``rabbitmqctl``; deleted
+    when the session ends): the topology's names are fixed (docs/architecture.md), so tests keep
+    apart by vhost."""
+    if _vhosts is None:
         service_missing("rabbitmqctl is not installed; it makes each queue test its own vhost")
-    vhost = f"test-{uuid.uuid4().hex[:12]}"
-
-    def run(*args: str) -> None:
-        subprocess.run([str(ctl), "-q", *args], check=True, capture_output=True, timeout=60)
-
     try:
-        run("add_vhost", vhost)
-        run("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        vhost = _vhosts.take()
     except (subprocess.SubprocessError, OSError) as exc:
         service_missing(f"cannot make a RabbitMQ vhost with rabbitmqctl: {exc}")
-    yield AMQP_URL.rsplit("/", 1)[0] + "/" + vhost
-    run("delete_vhost", vhost)
+    return AMQP_URL.rsplit("/", 1)[0] + "/" + vhost
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,8 @@ GitHub draws)."""
 NOT_RUN: dict[str, str] = {}
 """Guides whose blocks are not run yet, and why (their fences are still checked): none now; a
 list of long-running services is fenced as ``text``, shown and not run."""
-STAND_IN = (re.compile(r"^make test\b", re.MULTILINE), "make -n test")
-"""The one command that cannot run as written: the test suite inside itself (``-n``: make shows
+STAND_IN = (re.compile(r"^make (test|check)\b", re.MULTILINE), r"make -n \1")
+"""The commands that cannot run as written: the test suite inside itself (``-n``: make shows
 what it would run, which checks the target and its prerequisites exist)."""
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
@@ -98,6 +98,7 @@ def after_make_demo() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("docs")  # one `make demo` in the repository, not one per worker
 @pytest.mark.usefixtures("after_make_demo")
 @pytest.mark.parametrize("block", RUN, ids=str)
 def test_a_command_block_runs_as_written_in_a_fresh_shell(block: Block) -> None:

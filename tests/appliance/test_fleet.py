@@ -44,7 +44,8 @@ BACKEND_ONLY = ["fastapi", "redis", "pymongo", "pika", "uvicorn"]
 COUNTER_UNITS = ["shopcardd-verifier.service", "shopcardd-sync.service", "shopcardd-sync.timer"]
 
 # The first run bootstraps the root (minutes under qemu); each run applies the playbook twice.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+# One worker under xdist: every worker would otherwise provision a root of its own.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400), pytest.mark.xdist_group("fleet")]
 
 
 def debootstrap_version() -> str:

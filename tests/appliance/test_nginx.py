@@ -30,7 +30,7 @@ from shopcardd_provision.tls import make_tls
 
 from .conftest import BIN, require_tool
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.nginx]
 
 USERS, CLAIMS_PER_USER, IN_FLIGHT = 40, 5, 8
 KILL_AFTER = 60  # answers before one API process dies

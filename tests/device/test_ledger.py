@@ -144,6 +144,7 @@ def test_a_voucher_is_redeemed_once_and_every_rejection_is_recorded(config: Devi
         assert ledger.rejected_counts() == {"already_redeemed": 1, "bad_format": 1}
 
 
+@pytest.mark.slow
 def test_junk_scans_cannot_fill_the_disk_and_the_counts_stay_exact(
     write_config: WriteConfig, mint: Mint
 ) -> None:

@@ -28,7 +28,7 @@ from shopcardd_backend.settings import Settings
 from shopcardd_voucher import SigningKey
 from shopcardd_voucher.device_auth import make_device_token, public_jwk
 
-PROFILES = ["embedded", "scaled"]
+PROFILES = ["embedded", pytest.param("scaled", marks=[pytest.mark.redis, pytest.mark.mongo])]
 
 
 def build_settings(data_dir: Path, **overrides: Any) -> Settings:

@@ -44,6 +44,7 @@ def test_each_event_reaches_the_queues_of_its_jobs_and_declaring_twice_is_harmle
     assert gate.read_outbox() == []
 
 
+@pytest.mark.slow
 def test_two_relays_at_once_publish_every_event_once(gate: ClaimGate, amqp_vhost: str) -> None:
     open_deal(gate)
     stop = threading.Event()
