@@ -9,6 +9,7 @@ its own settings on temporary paths, its own Redis key prefix, its own database 
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import socket
@@ -51,6 +52,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for name in sorted({NEEDS[f] for f in getattr(item, "fixturenames", ()) if f in NEEDS} - have):
             item.add_marker(name)
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: modules stay together
+
+
+def _release(package: str) -> tuple[int, int]:
+    major, minor = importlib.metadata.version(package).split(".")[:2]
+    return int(major), int(minor)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest 9.2 keeps node ids in a new way, and pytest-xdist 3.8's ``--dist loadgroup`` still
+    writes the group into the old one (pytest-xdist#1386): every xdist_group is then dropped
+    without a word and split over the workers, each running the group's expensive fixture (the
+    arm64 root provisioned four times at once). Refuse that pair of versions instead."""
+    if (
+        config.getoption("dist", "no") == "loadgroup"
+        and _release("pytest") >= (9, 2)
+        and _release("pytest-xdist") <= (3, 8)
+    ):
+        raise pytest.UsageError(
+            "pytest 9.2 with pytest-xdist 3.8 ignores xdist_group (pytest-xdist#1386): "
+            "install the versions pyproject.toml pins (make .venv/.installed-stamp)"
+        )
 
 
 @pytest.fixture(autouse=True)
