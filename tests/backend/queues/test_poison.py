@@ -30,7 +30,7 @@ from waiting import until
 
 from .conftest import NOW, claim_many, drain, open_deal
 
-pytestmark = pytest.mark.mongo
+pytestmark = [pytest.mark.mongo, pytest.mark.redis]  # make_gate("redis"), make_store("mongo")
 GOOD = 20
 POISON_ID = "v-poison"
 MakeGate = Callable[..., ClaimGate]
