@@ -6,9 +6,12 @@ Every test gets its own data folder and ledger; nothing reads /etc/shopcardd.
 from __future__ import annotations
 
 import errno
+import io
 import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -144,6 +147,47 @@ def device_command(
     return subprocess.CompletedProcess(
         done.args, done.returncode, done.stdout.decode("utf-8"), done.stderr.decode("utf-8")
     )
+
+
+def device_in_process(
+    *args: str | Path, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``shopcardd-device ARGS`` answered by ``cli.main`` in this process, for the tests about what a
+    command says and records rather than about the process (its exit status as the shell sees it,
+    signals, a stream on stdin, bytes the OS hands over: ``device_command``). A process spends most
+    of its time importing; this takes milliseconds. Output is held to what a process could write:
+    stdout strict UTF-8, and an exception is not caught, so it fails the test as a traceback would.
+    The GPIO, the log handlers and the signal handlers it sets are put back after."""
+    from shopcardd_device import cli
+    from shopcardd_device.log import LOGGER_NAME
+
+    written, logged = io.BytesIO(), io.BytesIO()
+    out = io.TextIOWrapper(written, encoding="utf-8", write_through=True)
+    err = io.TextIOWrapper(logged, encoding="utf-8", errors="backslashreplace", write_through=True)
+    logger = logging.getLogger(LOGGER_NAME)
+    saved_log = logger.handlers[:], logger.level, logger.propagate
+    saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    saved_factory, Device.pin_factory = Device.pin_factory, MockFactory()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        patch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode()), encoding="utf-8"))
+        patch.setattr(sys, "stdout", out)
+        patch.setattr(sys, "stderr", err)
+        try:
+            code = cli.main([str(arg) for arg in args])
+        except SystemExit as exc:  # argparse: --help, a usage error
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        finally:
+            Device.pin_factory.close()
+            Device.pin_factory = saved_factory
+            logger.handlers[:], logger.propagate = saved_log[0], saved_log[2]
+            logger.setLevel(saved_log[1])
+            for sig, handler in saved_signals.items():
+                signal.signal(sig, handler)
+    stdout, stderr = written.getvalue().decode("utf-8"), logged.getvalue().decode("utf-8")
+    out.detach(), err.detach()  # the wrappers would close the buffers when collected
+    return subprocess.CompletedProcess([str(BIN / "shopcardd-device"), *map(str, args)], code, stdout, stderr)
 
 
 def strict_json(line: str) -> Any:

@@ -35,6 +35,7 @@ from .conftest import (
     Mint,
     WriteConfig,
     device_command,
+    device_in_process,
     read_only_folder,
     start_device,
     strict_json,
@@ -91,9 +92,9 @@ def test_verify_dry_run_records_nothing_and_reads_readable_lines(
 ) -> None:
     config, token = write_config(), mint()
     for _ in range(2):
-        dry = device_command("verify", "--config", config, "--dry-run", token)
+        dry = device_in_process("verify", "--config", config, "--dry-run", token)
         assert dry.returncode == 0 and dry.stdout.startswith("accepted")
-    status = json.loads(device_command("status", "--config", config, "--json").stdout)
+    status = json.loads(device_in_process("status", "--config", config, "--json").stdout)
     assert status["accepted"] == 0 and status["rejected"] == {}
 
 
@@ -102,7 +103,7 @@ def test_verify_dry_run_on_a_device_that_never_scanned_makes_no_ledger(
 ) -> None:
     config, token = write_config(), mint()
     for _ in range(2):  # judged against an empty ledger each time
-        dry = device_command("verify", "--config", config, "--json", "--dry-run", token, "junk")
+        dry = device_in_process("verify", "--config", config, "--json", "--dry-run", token, "junk")
         assert dry.returncode == 1, dry.stderr
         assert [a["result"] for a in answers(dry.stdout)] == ["accepted", "bad_format"]
     assert not (tmp_path / "data").exists()  # no data_dir, no ledger file
@@ -112,7 +113,7 @@ def test_verify_dry_run_leaves_an_existing_ledger_as_it_was(
     write_config: WriteConfig, mint: Mint, tmp_path: Path
 ) -> None:
     config, redeemed = write_config(), mint()
-    assert device_command("verify", "--config", config, redeemed).returncode == 0
+    assert device_in_process("verify", "--config", config, redeemed).returncode == 0
     ledger = tmp_path / "data" / "ledger.sqlite3"
     files = sorted(p.name for p in ledger.parent.iterdir())
     before = ledger.read_bytes()
@@ -120,7 +121,7 @@ def test_verify_dry_run_leaves_an_existing_ledger_as_it_was(
         floor = db.execute("SELECT value FROM state WHERE name = 'time_floor'").fetchone()
 
     ahead = mint(now=time.time() + 30)  # recorded, its iat would raise the floor
-    dry = device_command("verify", "--config", config, "--json", "--dry-run", redeemed, ahead, "junk")
+    dry = device_in_process("verify", "--config", config, "--json", "--dry-run", redeemed, ahead, "junk")
     assert dry.returncode == 1, dry.stderr
     assert [a["result"] for a in answers(dry.stdout)] == ["already_redeemed", "accepted", "bad_format"]
 
@@ -234,8 +235,8 @@ def test_verify_usage_errors_exit_2(write_config: WriteConfig, tmp_path: Path) -
 
 def test_status_reports_counts_keys_and_time(write_config: WriteConfig, mint: Mint) -> None:
     config = write_config()
-    device_command("verify", "--config", config, mint(), mint(merchant="m-else"), "junk", "junk2")
-    status = json.loads(device_command("status", "--config", config, "--json").stdout)
+    device_in_process("verify", "--config", config, mint(), mint(merchant="m-else"), "junk", "junk2")
+    status = json.loads(device_in_process("status", "--config", config, "--json").stdout)
     assert status["accepted"] == 1
     assert status["rejected"] == {"bad_format": 2, "wrong_merchant": 1}
     assert status["unsynced"] == 1  # redemptions wait for sync; rejections stay on the device
@@ -246,20 +247,20 @@ def test_status_reports_counts_keys_and_time(write_config: WriteConfig, mint: Mi
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", floor), floor
     assert datetime.fromisoformat(floor).timestamp() > 1.7e9 and status["last_sync"] is None
     assert datetime.fromisoformat(status["trusted_time"]) >= datetime.fromisoformat(floor)
-    readable = device_command("status", "--config", config)
+    readable = device_in_process("status", "--config", config)
     assert "accepted   1" in readable.stdout and "wrong_merchant 1" in readable.stdout
 
 
 def test_status_json_is_one_object_on_one_line(write_config: WriteConfig, mint: Mint) -> None:
     config = write_config()
-    device_command("verify", "--config", config, mint(), "junk")
-    result = device_command("status", "--config", config, "--json")
+    device_in_process("verify", "--config", config, mint(), "junk")
+    result = device_in_process("status", "--config", config, "--json")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 1  # a consumer reading one value per line gets the whole report
     report = strict_json(lines[0])
     assert (report["accepted"], report["rejected"]) == (1, {"bad_format": 1})
-    readable = device_command("status", "--config", config).stdout.splitlines()
+    readable = device_in_process("status", "--config", config).stdout.splitlines()
     assert len(readable) > 5 and readable[1].strip() == "accepted   1"  # the human form as it was
 
 
@@ -275,7 +276,7 @@ def test_run_reads_the_image_files_in_name_order_and_exits_0(
     shutil.copy(frames / "01-voucher.png", frames / "05-voucher-again.png")  # still in view
     shutil.copy(frames / "01-voucher.png", frames / "06-voucher-again.png")
     config = write_config(f'[camera]\nsource = "files"\npath = "{frames}"\n[decoder]\ndebounce_seconds = 60')
-    result = device_command("run", "--config", config)
+    result = device_in_process("run", "--config", config)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["accepted", "bad_signature", "wrong_merchant", "accepted"]
@@ -302,7 +303,7 @@ def test_run_reads_the_image_files_in_name_order_and_exits_0(
 
 def test_every_subcommand_explains_itself() -> None:
     for command in _subcommands():  # salvage too, and any command added later
-        result = device_command(command, "--help")
+        result = device_in_process(command, "--help")
         assert result.returncode == 0 and "--config" in result.stdout
 
 
@@ -388,21 +389,21 @@ def test_verify_cuts_a_huge_input_line_and_the_ledger_keeps_its_fingerprint(
     write_config: WriteConfig,
 ) -> None:
     config = write_config()
-    result = device_command("verify", "--config", config, "--json", "-", stdin="A" * 5_000_000 + "\n")
+    result = device_in_process("verify", "--config", config, "--json", "-", stdin="A" * 5_000_000 + "\n")
     [answer] = answers(result.stdout)
     assert len(result.stdout) < 5000 and answer["result"] == "bad_format"
     assert answer["input"] == "A" * MAX_TOKEN_LENGTH + "...[cut: 5000000 characters]"
     assert rejected_raw(config) == [("bad_format", print_of(b"A" * 5_000_000))]
-    text = device_command("verify", "--config", config, "--dry-run", "-", stdin="B" * 5_000_000 + "\n")
+    text = device_in_process("verify", "--config", config, "--dry-run", "-", stdin="B" * 5_000_000 + "\n")
     assert len(text.stdout) < 200 and text.stdout.startswith("bad_format       BBBB")
 
 
 def test_verify_a_missing_image_file_says_so_and_records_nothing(write_config: WriteConfig) -> None:
     config = write_config()
-    text = device_command("verify", "--config", config, "missing.png")
+    text = device_in_process("verify", "--config", config, "missing.png")
     assert text.returncode == 1 and "no such file: missing.png" in text.stdout
     assert "compact JWS" not in text.stdout
-    as_json = device_command("verify", "--config", config, "--json", "shots/voucher.jpg")
+    as_json = device_in_process("verify", "--config", config, "--json", "shots/voucher.jpg")
     assert answers(as_json.stdout) == [
         {
             "input": "shots/voucher.jpg",
@@ -415,7 +416,7 @@ def test_verify_a_missing_image_file_says_so_and_records_nothing(write_config: W
     ]
     assert as_json.stderr == ""  # the reason is in the answer, for the program that reads it
     assert rejected_raw(config) == []  # nothing was scanned
-    url = device_command("verify", "--config", config, "--dry-run", "https://example.com/menu")
+    url = device_in_process("verify", "--config", config, "--dry-run", "https://example.com/menu")
     assert "not a compact JWS" in url.stdout  # a URL is a code (another QR code), not a path
 
 
@@ -454,10 +455,10 @@ def test_a_read_only_ledger_folder_is_not_called_damaged_and_status_still_reads_
     write_config: WriteConfig, mint: Mint
 ) -> None:
     config = write_config()
-    assert device_command("verify", "--config", config, mint()).returncode == 0
+    assert device_in_process("verify", "--config", config, mint()).returncode == 0
     with read_only_folder(config.parent / "data"):
-        refused = device_command("verify", "--config", config, mint())
-        status = device_command("status", "--config", config, "--json")
+        refused = device_in_process("verify", "--config", config, mint())
+        status = device_in_process("status", "--config", config, "--json")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert "cannot open or write the ledger" in refused.stderr and "read-only" in refused.stderr
     assert "damaged" not in refused.stderr
@@ -489,7 +490,7 @@ def test_verify_json_says_why_each_input_was_refused(
     Image.new("L", (64, 64), 255).save(tmp_path / "blank.png")
     token = mint()
     inputs = ["gone.png", str(tmp_path / "blank.png"), "garbage", token]
-    result = device_command("verify", "--config", write_config(), "--json", *inputs)
+    result = device_in_process("verify", "--config", write_config(), "--json", *inputs)
     assert result.returncode == 1, result.stderr
     missing, blank, garbage, good = answers(result.stdout)
     assert missing["detail"] == "no such file: gone.png"
@@ -501,7 +502,7 @@ def test_verify_json_says_why_each_input_was_refused(
 
 def test_verify_with_nothing_on_stdin_is_a_usage_error_not_all_accepted(write_config: WriteConfig) -> None:
     for stdin in ("", "\n  \n"):
-        result = device_command("verify", "--config", write_config(), "-", stdin=stdin)
+        result = device_in_process("verify", "--config", write_config(), "-", stdin=stdin)
         assert result.returncode == 2 and result.stdout == ""
         assert result.stderr == f"shopcardd-device verify: {cli.NO_INPUT}\n"
 
@@ -518,8 +519,8 @@ def test_verdict_details_give_times_in_the_shops_time_zone_as_a_person_reads_the
     old = mint(now=now - 7200, ttl=3600)  # expired an hour ago
     expired_at = datetime.fromtimestamp(int(now - 3600), ZoneInfo("America/New_York"))
     token = mint()
-    assert device_command("verify", "--config", config, token).returncode == 0
-    result = device_command("verify", "--config", config, "--json", old, token)
+    assert device_in_process("verify", "--config", config, token).returncode == 0
+    result = device_in_process("verify", "--config", config, "--json", old, token)
     expired, again = answers(result.stdout)
     assert expired["result"] == "expired"
     assert expired["detail"] == f"expired at {expired_at:%Y-%m-%d %H:%M:%S} {expired_at.tzname()}"
@@ -529,7 +530,7 @@ def test_verdict_details_give_times_in_the_shops_time_zone_as_a_person_reads_the
 
 
 def test_an_unknown_time_zone_is_refused_at_start_up_in_one_line(write_config: WriteConfig) -> None:
-    result = device_command("status", "--config", write_config(top='timezone = "Europe/Berln"'))
+    result = device_in_process("status", "--config", write_config(top='timezone = "Europe/Berln"'))
     assert result.returncode == 2
     assert result.stderr.startswith("shopcardd-device status: timezone: unknown time zone 'Europe/Berln'")
     assert result.stderr.count("\n") == 1
