@@ -44,6 +44,7 @@ through another fixture, or ``request.getfixturevalue``) carries the marker, so 
 exactly (``make check`` runs the tests that need none of them)."""
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects by these markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test by the fixtures it uses (``NEEDS``), then put the slow ones first: under
     xdist they start at once instead of finishing last, alone, on one worker."""

@@ -81,6 +81,7 @@ async def recorded_voucher_ids(app: FastAPI, deal: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("floods")  # one flood at a time: side by side they starved each other
 def test_a_flood_of_claims_issues_exactly_the_stock(settings: Settings) -> None:
     tokens = user_tokens(settings)
 
@@ -116,6 +117,7 @@ def test_a_flood_of_claims_issues_exactly_the_stock(settings: Settings) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("floods")  # one flood at a time: side by side they starved each other
 def test_retried_claims_get_one_voucher_per_key(settings: Settings) -> None:
     """Every key sent RETRIES times at once, shuffled into the flood: still the stock exactly."""
     tokens = user_tokens(settings)
