@@ -9,6 +9,7 @@ the developer's environment.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -138,6 +139,29 @@ def backend(env: dict[str, str], *args: str, expect: int = 0) -> subprocess.Comp
     proc = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == expect, proc.stderr
     return proc
+
+
+def backend_in_process(env: dict[str, str], *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    """``backend(env, ARGS)`` answered by ``cli.main`` in this process, with ``env`` as the whole
+    environment: for the tests about what a command says, where a process (most of a second
+    importing FastAPI and pydantic, many times that on a busy machine) proves nothing more. An
+    exception is not caught, so it fails the test as a traceback would."""
+    from shopcardd_backend import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in os.environ:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        patch.setattr(sys, "stdout", out)
+        patch.setattr(sys, "stderr", err)
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:  # argparse: --help, a usage error
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    assert code == expect, err.getvalue()
+    return subprocess.CompletedProcess(["shopcardd-backend", *args], code, out.getvalue(), err.getvalue())
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from shopcardd_bench.claims import running_backend
 from shopcardd_voucher import KeySet, Reason, verify
 from waiting import until
 
-from .conftest import Api, assert_problem, backend, build_settings
+from .conftest import Api, assert_problem, backend, backend_in_process, build_settings
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ def test_a_bad_setting_is_one_line_naming_it_and_exit_2(
     env: dict[str, str], tmp_path: Path, variable: str, value: str, command: list[str]
 ) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    refused = backend({**env, variable: value.replace("{tmp}", str(tmp_path))}, *command, expect=2)
+    refused = backend_in_process({**env, variable: value.replace("{tmp}", str(tmp_path))}, *command, expect=2)
     _one_line_naming(refused.stderr, variable)
 
 
