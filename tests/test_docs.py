@@ -100,6 +100,9 @@ def after_make_demo() -> None:
 @pytest.mark.slow
 @pytest.mark.xdist_group("docs")  # one `make demo` in the repository, not one per worker
 @pytest.mark.usefixtures("after_make_demo")
+# The guides' longest block is the rehearsal at its defaults (about three minutes alone, more
+# beside the other suites): the block's own 600 s bound, plus `make demo` once, comes first.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("block", RUN, ids=str)
 def test_a_command_block_runs_as_written_in_a_fresh_shell(block: Block) -> None:
     before = untracked_files()
