@@ -4,7 +4,7 @@ merchants, mint development user tokens, rebuild a deal the claim gate lost, pri
 Every command reads the same ``SHOPCARDD_*`` environment, so ``merchant create`` and
 ``user-token`` act on the stores and keys that ``serve`` uses. Exit codes: 2 for a usage error
 (an argument refused as malformed or out of range, checked by argparse before anything is
-opened) or a settings error, 1 for a command that cannot do what was asked at run time (a
+opened), a settings error or ``user-token`` in a data folder without the identity key, 1 for a command that cannot do what was asked at run time (a
 store that does not answer, a merchant that exists, a deal the store does not hold, a rebuild
 refused without ``--force``, a port already in use); each says why in one line on stderr, never
 a traceback. The long-running ``relay`` and ``worker`` end cleanly (exit 0) on SIGTERM or SIGINT.
@@ -140,8 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser(
         "user-token",
         help="mint development bearer tokens, one per user, in order",
-        description="Sign a bearer token for each USER with the development identity key kept in "
-        "the data folder (refused when SHOPCARDD_USER_JWKS or SHOPCARDD_USER_SECRET is set).",
+        description="Sign a bearer token for each USER with the development identity key that "
+        "`serve` made in the data folder (SHOPCARDD_DATA_DIR, default ./data), and say on stderr "
+        "which key and folder. It never makes that key: without one in the folder it exits 2 (a "
+        "key made elsewhere signs tokens the served backend refuses). Refused when "
+        "SHOPCARDD_USER_JWKS or SHOPCARDD_USER_SECRET is set.",
     )
     token.add_argument("users", type=user_id, nargs="+", metavar="USER", help="user ids")
     token.add_argument(
@@ -343,14 +346,19 @@ def cmd_merchant_create(args: argparse.Namespace) -> int:
 
 
 def cmd_user_token(args: argparse.Namespace) -> int:
-    from .identity import dev_identity_key, mint_user_token
+    from .identity import NoIdentityKey, dev_identity_key, dev_identity_path, mint_user_token
 
     settings = _settings()
     if not settings.uses_dev_identity:
         raise CommandError(
             "user tokens come from the identity provider when SHOPCARDD_USER_JWKS/SECRET is set"
         )
-    key = dev_identity_key(settings)
+    try:
+        key = dev_identity_key(settings, create=False)
+    except NoIdentityKey as exc:
+        raise UsageError(str(exc)) from None
+    # The one hint a token refused as "signature does not verify" needs: which key signed it.
+    print(f"signing with the development identity key {key.kid} in {dev_identity_path(settings).parent}", file=sys.stderr)
     ttl = settings.user_token_ttl_seconds if args.ttl is None else args.ttl
     for user in args.users:
         print(mint_user_token(key, settings.user_issuer, user, ttl, audience=settings.user_audience))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import secrets
 import threading
@@ -33,6 +34,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import jwt
@@ -43,6 +45,8 @@ from shopcardd_voucher.voucher import canonical_segment, parse_compact
 
 from .settings import Settings, SettingsError, load_jwks
 from .stores.base import DocumentStore, MerchantRecord
+
+log = logging.getLogger("shopcardd_backend.identity")
 
 DEV_IDENTITY_KID: Final = "dev-identity"
 ASYMMETRIC_ALGORITHMS: Final = frozenset({"EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256"})
@@ -294,13 +298,33 @@ def _parse_jwks(value: str) -> dict[str, _PublicKey]:
     return keys
 
 
-def dev_identity_key(settings: Settings) -> SigningKey:
-    """The development identity key in ``DATA_DIR/identity`` (made on first use, 0600)."""
+class NoIdentityKey(LookupError):
+    """The data folder holds no development identity key; ``str(exc)`` says where and what to do."""
+
+
+def dev_identity_path(settings: Settings) -> Path:
+    """Where the development identity key is, absolute: the folder a command names to its operator."""
+    return (settings.identity_dir / f"{DEV_IDENTITY_KID}.private.pem").absolute()
+
+
+def dev_identity_key(settings: Settings, *, create: bool = True) -> SigningKey:
+    """The development identity key in ``DATA_DIR/identity``, made on first use (0600) and logged
+    where. ``create=False`` is for ``user-token``: a key it made in the wrong folder (a second shell
+    without ``SHOPCARDD_DATA_DIR``) would sign tokens the served backend refuses, with no hint why,
+    so it raises ``NoIdentityKey`` and makes nothing, not even the folder."""
+    path = dev_identity_path(settings)
+    if not create:
+        if not path.exists():
+            raise NoIdentityKey(
+                f"no development identity key in {path.parent}: `shopcardd-backend serve` makes it on "
+                "first start; or set SHOPCARDD_DATA_DIR to the data folder of the served backend"
+            )
+        return SigningKey.load(DEV_IDENTITY_KID, path)
     settings.make_data_dir()
-    path = settings.identity_dir / f"{DEV_IDENTITY_KID}.private.pem"
     with key_folder(settings.identity_dir):
         if not path.exists():
             write_private(path, SigningKey.generate(DEV_IDENTITY_KID, "EdDSA").to_pem())
+            log.info("made the development identity key", extra={"kid": DEV_IDENTITY_KID, "path": str(path)})
     return SigningKey.load(DEV_IDENTITY_KID, path)
 
 

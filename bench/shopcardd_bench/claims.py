@@ -607,11 +607,12 @@ def run(args: argparse.Namespace) -> int:
             env["SHOPCARDD_MONGODB_URI"] = args.mongodb_uri
             env["SHOPCARDD_MONGODB_DATABASE"] = f"bench_{uuid.uuid4().hex[:8]}"
         api_key = backend_command(env, "merchant", "create", "--merchant", "bench").strip().splitlines()[-1]
+        server = [sys.executable, "-m", "shopcardd_bench.claims_server", "--server", args.server]
+        backend = stack.enter_context(running_backend(env, folder / "serve.log", args.workers, server))
+        # After serve: user-token signs with the identity key serve makes, and never makes one.
         tokens = folder / "tokens.txt"
         tokens.write_text(backend_command(env, "user-token", *(f"u{i}" for i in range(args.users))))
         first_token = tokens.read_text().split("\n", 1)[0]
-        server = [sys.executable, "-m", "shopcardd_bench.claims_server", "--server", args.server]
-        backend = stack.enter_context(running_backend(env, folder / "serve.log", args.workers, server))
         # Each server's own metrics folder: serve empties the one it is given at start.
         (folder / "bare-metrics").mkdir()
         bare_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(folder / "bare-metrics")}

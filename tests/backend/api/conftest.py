@@ -133,6 +133,12 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {**clean, "SHOPCARDD_DATA_DIR": str(tmp_path / "data")}
 
 
+def make_identity_key(env: dict[str, str]) -> None:
+    """The development identity key ``serve`` makes on first start, in ``env``'s data folder, for
+    a test of ``user-token`` that needs no server (``user-token`` never makes it)."""
+    dev_identity_key(build_settings(Path(env["SHOPCARDD_DATA_DIR"])))
+
+
 def backend(env: dict[str, str], *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
     """Run ``shopcardd-backend ARGS`` as an operator would; it must exit with ``expect``."""
     exe = str(Path(sys.executable).with_name("shopcardd-backend"))

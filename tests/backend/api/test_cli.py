@@ -20,7 +20,7 @@ from shopcardd_bench.claims import running_backend
 from shopcardd_voucher import KeySet, Reason, verify
 from waiting import until
 
-from .conftest import Api, assert_problem, backend, backend_in_process, build_settings
+from .conftest import Api, assert_problem, backend, backend_in_process, build_settings, make_identity_key
 
 
 @pytest.fixture
@@ -100,6 +100,7 @@ def test_a_bad_argument_is_a_usage_error_exit_2_whatever_the_command(
 def test_user_token_prints_one_token_per_user_in_order(env: dict[str, str]) -> None:
     import jwt
 
+    make_identity_key(env)
     tokens = backend(env, "user-token", "u1", "u2", "u3").stdout.splitlines()
     assert [jwt.decode(t, options={"verify_signature": False})["sub"] for t in tokens] == ["u1", "u2", "u3"]
 
@@ -249,6 +250,7 @@ def test_a_misspelt_variable_is_refused_with_the_closest_name(env: dict[str, str
     assert "did you mean SHOPCARDD_REDIS_URL?" in refused.stderr
     # Variables of the tests, the benchmark and the counter device are not the backend's, but allowed.
     others = {"SHOPCARDD_TEST_REDIS_URL": "redis://x", "SHOPCARDD_DEVICE_CONFIG": "/etc/x.toml"}
+    make_identity_key(env)
     assert backend({**env, **others}, "user-token", "a").stdout.strip()
 
 
@@ -281,6 +283,7 @@ def test_user_token_refuses_what_the_api_would_refuse(env: dict[str, str], argv:
 def test_user_token_ttl_is_the_one_asked_for(env: dict[str, str]) -> None:
     import jwt
 
+    make_identity_key(env)
     (token,) = backend(env, "user-token", "a", "--ttl", "5").stdout.split()
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == 5
@@ -350,6 +353,7 @@ def test_stats_prints_a_deals_figures_as_a_table(env: dict[str, str], tmp_path: 
 
 def test_the_enrolment_key_variable_is_no_unknown_setting(env: dict[str, str]) -> None:
     """The enrolment docs say ``export SHOPCARDD_API_KEY=...``; the backend's commands still run."""
+    make_identity_key(env)
     proc = backend({**env, "SHOPCARDD_API_KEY": "sck_example"}, "user-token", "alice")
     assert proc.stdout.count(".") == 2  # one token
     typo = backend({**env, "SHOPCARDD_API_KEYS": "x"}, "user-token", "alice", expect=2)

@@ -19,7 +19,7 @@ from shopcardd_backend.identity import Unauthorized, User, UserTokenVerifier, _P
 from shopcardd_backend.settings import Settings, SettingsError
 from shopcardd_voucher import ID_RULE, SigningKey
 
-from .conftest import Api, assert_problem, backend, build_settings
+from .conftest import Api, assert_problem, backend, backend_in_process, build_settings, make_identity_key
 
 ISSUER = "https://id.example"
 SECRET = "s" * 40
@@ -234,6 +234,7 @@ def test_user_token_refuses_a_user_id_the_api_would_refuse_in_one_line(
 
 def test_user_token_mints_the_nfc_form_with_the_configured_audience(env: dict[str, str]) -> None:
     env = {**env, "SHOPCARDD_USER_AUDIENCE": AUDIENCE}
+    make_identity_key(env)
     (token,) = backend(env, "user-token", "jose\u0301").stdout.split()
     claims = jwt.decode(token, options={"verify_signature": False})
     assert (claims["sub"], claims["aud"]) == ("jos\u00e9", AUDIENCE)
@@ -321,3 +322,44 @@ def test_every_token_is_answered_as_pyjwt_s_decode_answered_it(audience: str | N
     ]
     for token in tokens:
         assert _told(ours, token) == _told(reference, token), token
+
+
+def test_user_token_in_a_second_shell_without_the_data_folder_makes_no_key(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second shell without SHOPCARDD_DATA_DIR: a key made there would sign tokens the served
+    backend refuses; the command says where it looked and what to do, and makes nothing."""
+    served = Path(env["SHOPCARDD_DATA_DIR"])
+    make_identity_key(env)  # what `serve` made in its folder
+    elsewhere = tmp_path / "second-shell"
+    elsewhere.mkdir()
+    second = {k: v for k, v in env.items() if k != "SHOPCARDD_DATA_DIR"}
+    monkeypatch.chdir(elsewhere)  # its ./data is the default data folder
+    refused = backend_in_process(second, "user-token", "alice", expect=2)
+    assert refused.stdout == ""
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith(f"shopcardd-backend: no development identity key in {elsewhere / 'data' / 'identity'}:")
+    assert "`shopcardd-backend serve` makes it" in line and "SHOPCARDD_DATA_DIR" in line
+    assert list(elsewhere.iterdir()) == [], "no data folder, no key made"
+    assert (served / "identity").exists()
+
+
+def test_user_token_says_which_key_and_folder_sign(env: dict[str, str]) -> None:
+    make_identity_key(env)
+    done = backend_in_process(env, "user-token", "alice")
+    folder = Path(env["SHOPCARDD_DATA_DIR"]).absolute() / "identity"
+    assert done.stderr == f"signing with the development identity key dev-identity in {folder}\n"
+    assert len(done.stdout.split()) == 1
+
+
+def test_serve_makes_the_identity_key_and_logs_where(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from shopcardd_backend.app import check_startup
+
+    settings = build_settings(tmp_path / "data")
+    with caplog.at_level("INFO", logger="shopcardd_backend.identity"):
+        check_startup(settings)  # what `serve` runs before its workers start
+        check_startup(settings)  # the second start finds it: made once, logged once
+    made = [r for r in caplog.records if r.getMessage() == "made the development identity key"]
+    assert len(made) == 1
+    path = (tmp_path / "data" / "identity" / "dev-identity.private.pem").absolute()
+    assert made[0].path == str(path) and path.exists()  # type: ignore[attr-defined]

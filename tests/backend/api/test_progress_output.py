@@ -24,8 +24,8 @@ def test_the_demo_flood_logs_a_summary_without_carriage_returns(
     demo_backend = importlib.import_module("demo_backend")
     api_key = backend(env, "merchant", "create", "--merchant", "cafe").stdout.split()[-1]
     users = ["u1", "u2"]
-    tokens = dict(zip(users, backend(env, "user-token", *users).stdout.split(), strict=True))
     with running_backend(env, tmp_path / "serve.log") as server:
+        tokens = dict(zip(users, backend(env, "user-token", *users).stdout.split(), strict=True))
         body = {"title": "tea", "stock": 3, "per_user_limit": 2, "voucher_ttl_seconds": 600}
         deal = httpx.post(f"{server.url}/v1/deals", json=body, headers={"X-API-Key": api_key}).json()
         capsys.readouterr()
