@@ -4,10 +4,10 @@ merchants, mint development user tokens, rebuild a deal the claim gate lost, pri
 Every command reads the same ``SHOPCARDD_*`` environment, so ``merchant create`` and
 ``user-token`` act on the stores and keys that ``serve`` uses. Exit codes: 2 for a usage error
 (an argument refused as malformed or out of range, checked by argparse before anything is
-opened), a settings error or ``user-token`` in a data folder without the identity key, 1 for a command that cannot do what was asked at run time (a
-store that does not answer, a merchant that exists, a deal the store does not hold, a rebuild
-refused without ``--force``, a port already in use); each says why in one line on stderr, never
-a traceback. The long-running ``relay`` and ``worker`` end cleanly (exit 0) on SIGTERM or SIGINT.
+opened), a settings error or ``user-token`` in a data folder without the identity key, 1 for
+a command that cannot do what was asked at run time (a store that does not answer, a merchant
+that exists, a deal the store does not hold, a rebuild refused without ``--force``, a port
+already in use); each says why in one line on stderr, never a traceback. The long-running ``relay`` and ``worker`` end cleanly (exit 0) on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -358,7 +358,8 @@ def cmd_user_token(args: argparse.Namespace) -> int:
     except NoIdentityKey as exc:
         raise UsageError(str(exc)) from None
     # The one hint a token refused as "signature does not verify" needs: which key signed it.
-    print(f"signing with the development identity key {key.kid} in {dev_identity_path(settings).parent}", file=sys.stderr)
+    folder = dev_identity_path(settings).parent
+    print(f"signing with the development identity key {key.kid} in {folder}", file=sys.stderr)
     ttl = settings.user_token_ttl_seconds if args.ttl is None else args.ttl
     for user in args.users:
         print(mint_user_token(key, settings.user_issuer, user, ttl, audience=settings.user_audience))

@@ -338,7 +338,8 @@ def test_user_token_in_a_second_shell_without_the_data_folder_makes_no_key(
     refused = backend_in_process(second, "user-token", "alice", expect=2)
     assert refused.stdout == ""
     (line,) = refused.stderr.splitlines()
-    assert line.startswith(f"shopcardd-backend: no development identity key in {elsewhere / 'data' / 'identity'}:")
+    folder = elsewhere / "data" / "identity"
+    assert line.startswith(f"shopcardd-backend: no development identity key in {folder}:")
     assert "`shopcardd-backend serve` makes it" in line and "SHOPCARDD_DATA_DIR" in line
     assert list(elsewhere.iterdir()) == [], "no data folder, no key made"
     assert (served / "identity").exists()
@@ -352,7 +353,9 @@ def test_user_token_says_which_key_and_folder_sign(env: dict[str, str]) -> None:
     assert len(done.stdout.split()) == 1
 
 
-def test_serve_makes_the_identity_key_and_logs_where(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_serve_makes_the_identity_key_and_logs_where(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from shopcardd_backend.app import check_startup
 
     settings = build_settings(tmp_path / "data")
