@@ -7,7 +7,8 @@ Every command reads the same ``SHOPCARDD_*`` environment, so ``merchant create``
 opened), a settings error or ``user-token`` in a data folder without the identity key, 1 for
 a command that cannot do what was asked at run time (a store that does not answer, a merchant
 that exists, a deal the store does not hold, a rebuild refused without ``--force``, a port
-already in use); each says why in one line on stderr, never a traceback. The long-running ``relay`` and ``worker`` end cleanly (exit 0) on SIGTERM or SIGINT.
+already in use); each says why in one line on stderr, never a traceback. The long-running
+``relay`` and ``worker`` end cleanly (exit 0) on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
