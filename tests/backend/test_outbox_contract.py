@@ -3,12 +3,13 @@ adapter. Claims (``ClaimGate``, the same adapter) write the events these tests r
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from gate_suite import NOW, MakeGate, claim, is_bucketed, terms
-from shopcardd_backend.gates.base import ClaimAttempt, ClaimGate, Outbox
+from shopcardd_backend.gates.base import ClaimAttempt, ClaimGate, Outbox, OutboxBacklog
 
 
 @pytest.fixture
@@ -150,3 +151,25 @@ def test_the_redis_relay_reads_only_deals_with_pending_events(redis_gate: Any) -
     claim(redis_gate, deal="quiet", now=int(now[0]))
     assert "quiet" in set(redis_gate._client.zrange(redis_gate.active_key, 0, -1))
     assert {e.payload["deal_id"] for e in redis_gate.lease_outbox("relay", limit=10)} == {"quiet"}
+
+
+def test_the_backlog_counts_the_waiting_events_and_dates_the_oldest(gate: ClaimGate, outbox: Outbox) -> None:
+    """What readiness, metrics and the console show when no relay drains the outbox."""
+    assert outbox.outbox_backlog() == OutboxBacklog(0, None)
+    gate.load_deal(terms("d1", stock=10, per_user_limit=10))
+    gate.load_deal(terms("d2", stock=10, per_user_limit=10))
+    before = time.time()
+    claim(gate, "u1", deal="d1")
+    after_first = time.time()
+    claim(gate, "u2", deal="d2")
+    outbox.add_event("d2", {"type": "claim.refusals", "deal_id": "d2"})
+    backlog = outbox.outbox_backlog()
+    assert backlog.events == 3
+    assert backlog.oldest_at is not None
+    assert before - 0.002 <= backlog.oldest_at <= after_first + 0.002  # Redis dates to the millisecond
+    assert backlog.oldest_seconds(backlog.oldest_at + 45) == 45
+    leased = outbox.lease_outbox("relay-1")
+    assert outbox.outbox_backlog().events == 3, "a leased event still waits until acknowledged"
+    outbox.ack_outbox([event.event_id for event in leased])
+    assert outbox.outbox_backlog() == OutboxBacklog(0, None)
+    assert OutboxBacklog(0, None).oldest_seconds(time.time()) == 0

@@ -139,6 +139,20 @@ class OutboxEvent:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxBacklog:
+    """How much waits in the outbox: what tells an operator that no relay drains it."""
+
+    events: int
+    """Events not yet acknowledged, leased or not."""
+    oldest_at: float | None
+    """When the oldest of them was written (epoch seconds); None when there is none."""
+
+    def oldest_seconds(self, now: float) -> float:
+        """How long the oldest event has waited at ``now``; 0 when nothing waits."""
+        return 0.0 if self.oldest_at is None else max(0.0, now - self.oldest_at)
+
+
 CHECK_DEAL_ID = "_shopcardd_check"
 """The deal ``check()`` claims against: never loaded, so the step runs and answers UNKNOWN_DEAL."""
 
@@ -234,6 +248,10 @@ class Outbox(Protocol):
 
     def add_event(self, deal_id: str, payload: dict[str, Any]) -> None:
         """Append an event that no claim step writes (a tally of refusals) to the deal's outbox."""
+
+    def outbox_backlog(self) -> OutboxBacklog:
+        """The events waiting and when the oldest was written: one cheap look (a count and the
+        head of each deal's events), for readiness, metrics and the console, never a claim."""
 
     def close(self) -> None: ...
 

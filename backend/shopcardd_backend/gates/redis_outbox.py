@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from ..events import ClaimIssued, event_payload
-from .base import OutboxEvent
+from .base import OutboxBacklog, OutboxEvent
 from .redis_client import RELAY_GROUP, RedisConnection, bucket_tag, deal_of
 
 IDLE_SECONDS = 60.0
@@ -79,6 +79,23 @@ class RedisOutbox(RedisConnection):
         ]
         events.sort(key=lambda event: _event_sort_key(event.event_id))
         return events if limit is None else events[:limit]
+
+    def outbox_backlog(self) -> OutboxBacklog:
+        # The streams of the active deals (a deal with an event is always there): each one's
+        # length and first entry, whose id is the Redis clock's milliseconds when it was written.
+        with self._mapped_errors():
+            deals = self._client.zrange(self.active_key, 0, -1)
+            if not deals:
+                return OutboxBacklog(0, None)
+            pipe = self._client.pipeline(transaction=False)
+            for deal in deals:
+                stream = self.deal_keys(deal)[-1]
+                pipe.xlen(stream)
+                pipe.xrange(stream, count=1)
+            replies = pipe.execute()
+        lengths, heads = replies[0::2], replies[1::2]
+        firsts = [int(head[0][0].split("-")[0]) / 1000 for head in heads if head]
+        return OutboxBacklog(sum(lengths), min(firsts, default=None))
 
     def lease_outbox(self, consumer: str, limit: int = 100, lease_seconds: float = 30.0) -> list[OutboxEvent]:
         with self._mapped_errors():

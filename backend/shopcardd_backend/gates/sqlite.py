@@ -9,7 +9,8 @@ constraint as a last line of defence. Schema:
 - ``user_claims``: vouchers per (deal, user), for the per-user limit;
 - ``claims``: the voucher of each (deal, user, idempotency key), replayed on retries;
 - ``outbox``: events (JSON payload), ``event_id`` an increasing integer; ``deal_id`` to find
-  one deal's; ``leased_by`` and ``lease_until`` (epoch seconds) while a relay holds the event.
+  one deal's; ``leased_by`` and ``lease_until`` (epoch seconds) while a relay holds the event;
+  ``added_at`` (epoch seconds) when it was written, for the backlog's age.
 
 The claim rate limits' counters (``count_async``, or a claim's ``rate_count``, counted just before
 its transaction) live in a file of their own beside it
@@ -36,6 +37,7 @@ from .base import (
     ClaimDecision,
     DealTerms,
     GateUnavailable,
+    OutboxBacklog,
     OutboxEvent,
     Outcome,
     check_claim_step,
@@ -75,10 +77,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload TEXT NOT NULL,
     deal_id TEXT,
     leased_by TEXT,
-    lease_until REAL
+    lease_until REAL,
+    added_at REAL
 );
 """
-OUTBOX_COLUMNS_ADDED = {"deal_id": "TEXT", "leased_by": "TEXT", "lease_until": "REAL"}
+OUTBOX_COLUMNS_ADDED = {"deal_id": "TEXT", "leased_by": "TEXT", "lease_until": "REAL", "added_at": "REAL"}
 """Columns an outbox made by an older version lacks; added at opening."""
 OUTBOX_INDEXES = """
 CREATE INDEX IF NOT EXISTS outbox_by_deal ON outbox (deal_id, event_id);
@@ -115,8 +118,9 @@ def _record_claim(tx: sqlite3.Connection, deal_id: str, idempotency_key: str, vo
     )
 
 
-def _append_event(tx: sqlite3.Connection, deal_id: str, payload: dict[str, Any]) -> None:
-    tx.execute("INSERT INTO outbox (payload, deal_id) VALUES (?, ?)", (json.dumps(payload), deal_id))
+def _append_event(tx: sqlite3.Connection, deal_id: str, payload: dict[str, Any], now: float) -> None:
+    row = (json.dumps(payload), deal_id, now)
+    tx.execute("INSERT INTO outbox (payload, deal_id, added_at) VALUES (?, ?, ?)", row)
 
 
 def _event(event_id: int, payload: str) -> OutboxEvent:
@@ -250,7 +254,7 @@ class SqliteClaimGate(Closing):
         issued = voucher(attempt.voucher_id, now, now + ttl)
         tx.execute("UPDATE deals SET stock_left = stock_left - 1 WHERE deal_id = ?", (attempt.deal_id,))
         _record_claim(tx, attempt.deal_id, attempt.idempotency_key, issued)
-        _append_event(tx, attempt.deal_id, claim_event_payload(issued, attempt))
+        _append_event(tx, attempt.deal_id, claim_event_payload(issued, attempt), self._clock())
         return ClaimDecision(Outcome.ISSUED, issued, stock_left - 1)
 
     def stock_left(self, deal_id: str) -> int | None:
@@ -297,7 +301,13 @@ class SqliteClaimGate(Closing):
 
     def add_event(self, deal_id: str, payload: dict[str, Any]) -> None:
         with self._db.transaction() as tx:
-            _append_event(tx, deal_id, payload)
+            _append_event(tx, deal_id, payload, self._clock())
+
+    def outbox_backlog(self) -> OutboxBacklog:
+        # MIN skips the events an older version wrote without added_at: they count, ageless.
+        with self._db.reading() as conn:
+            events, oldest_at = conn.execute("SELECT COUNT(*), MIN(added_at) FROM outbox").fetchone()
+        return OutboxBacklog(events, oldest_at)
 
     def check(self) -> None:
         check_claim_step(self)
