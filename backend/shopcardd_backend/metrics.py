@@ -1,4 +1,4 @@
-"""Prometheus metrics: claims by outcome and claim latency.
+"""Prometheus metrics: claims by outcome, claim latency, and the outbox's backlog.
 
 Each app gets its own registry (tests build many apps in one process). With several worker
 processes (``serve --workers N``) the ``serve`` command points ``PROMETHEUS_MULTIPROC_DIR`` at a
@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -36,6 +43,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # Set when /metrics is scraped or /readyz asked (Runtime.relay_backlog), never by a claim.
+        # Every process sees the same outbox: the most recent look of a live process is the figure.
+        self.outbox_events = Gauge(
+            "shopcardd_outbox_events",
+            "Claim events waiting in the outbox for shopcardd-backend relay (with RabbitMQ named)",
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.outbox_oldest_seconds = Gauge(
+            "shopcardd_outbox_oldest_seconds",
+            "How long the oldest event in the outbox has waited for the relay, seconds (0: none)",
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
+        )
         self._by_outcome: dict[str, Counter] = {}
         """Each outcome's child of ``claims``: ``labels()`` finds it under a lock, claim by claim."""
 
@@ -47,6 +68,10 @@ class Metrics:
         counter.inc()
         if seconds is not None:
             self.claim_seconds.observe(seconds)
+
+    def outbox_seen(self, events: int, oldest_seconds: float) -> None:
+        self.outbox_events.set(events)
+        self.outbox_oldest_seconds.set(oldest_seconds)
 
     def render(self) -> bytes:
         if os.environ.get(MULTIPROC_ENV):

@@ -14,8 +14,11 @@ its worker processes would be shared by all of them.
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
+from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .metrics import Metrics
 from .settings import Settings, SettingsError
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
     from .claims import ClaimService
     from .deals import DealService
     from .devices import DeviceService
-    from .gates.base import ClaimGate, ClaimPorts, Outbox, RateCounter
+    from .gates.base import ClaimGate, ClaimPorts, Outbox, OutboxBacklog, RateCounter
     from .identity import UserTokenVerifier
     from .merchants import MerchantService
     from .queue.base import Publisher
@@ -35,6 +38,12 @@ if TYPE_CHECKING:
     from .trust import TrustKey
     from .workers.base import EventHandler
 
+log = logging.getLogger("shopcardd_backend.runtime")
+
+RELAY_WAIT_WARNING_SECONDS: Final = 30.0
+"""An event older than this in the outbox means no relay drains it: a running relay takes each
+within about a second."""
+
 
 class Runtime(Closing):
     """The backend's parts, built from ``settings`` on first use; ``close()`` closes them all."""
@@ -42,6 +51,8 @@ class Runtime(Closing):
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.clock: Callable[[], float] = time.time
+        """What the outbox's backlog is aged against (a test moves it on instead of waiting)."""
         self._stack = contextlib.ExitStack()
 
     @cached_property
@@ -210,6 +221,28 @@ class Runtime(Closing):
         from .queue.rabbitmq import queue_depth
 
         return queue_depth(self.settings.amqp_url, "persist")
+
+    def relay_backlog(self) -> OutboxBacklog | None:
+        """With RabbitMQ named, what waits in the outbox for ``shopcardd-backend relay``, also set
+        in the metrics' gauges; None in the embedded profile (this process's own pipeline drains
+        the outbox) or when the outbox does not answer (readiness says so through the gate).
+        For readiness, metrics scrapes and the console, never a claim."""
+        if not self.settings.amqp_url:
+            return None
+        try:
+            backlog = self.outbox.outbox_backlog()
+        except ConnectionError as exc:  # GateUnavailable
+            log.warning("outbox backlog not read", extra={"error": repr(exc)})
+            return None
+        self.metrics.outbox_seen(backlog.events, backlog.oldest_seconds(self.clock()))
+        return backlog
+
+    def relay_warning(self, backlog: OutboxBacklog | None) -> str | None:
+        """The line that tells an operator no relay drains the outbox: None while the oldest event
+        is younger than ``RELAY_WAIT_WARNING_SECONDS``."""
+        if backlog is None or backlog.oldest_seconds(self.clock()) <= RELAY_WAIT_WARNING_SECONDS:
+            return None
+        return f"{backlog.events} claim events wait for the relay: is `shopcardd-backend relay` running?"
 
     def start_background(self) -> None:
         """The API process's own jobs, stopped when the runtime closes: refused-claim tallies into

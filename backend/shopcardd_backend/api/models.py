@@ -237,9 +237,19 @@ class JWKS(BaseModel):
     keys: list[dict[str, object]]
 
 
+class OutboxState(BaseModel):
+    """What waits in the outbox for ``shopcardd-backend relay`` (RabbitMQ named)."""
+
+    events: int
+    oldest_seconds: float
+
+
 class Health(BaseModel):
     status: str
     profile: str | None = None
+    outbox: OutboxState | None = None
+    detail: str | None = None
+    """A warning that leaves the process ready: no relay drains the outbox."""
 
 
 # --- Devices: enrolment, sync, conflicts, voucher revocation (device enrolment and sync) ---

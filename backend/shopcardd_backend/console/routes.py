@@ -265,9 +265,17 @@ def _deal_list(request: Request, session: SignedIn) -> list[tuple[Any, Any]]:
     return [(view, store.voucher_counts(view.deal.deal_id)) for view in views]
 
 
+def _relay_warning(request: Request) -> str | None:
+    """Why the figures stand still when RabbitMQ is named and no relay drains the outbox."""
+    runtime = _runtime(request)
+    return runtime.relay_warning(runtime.relay_backlog())
+
+
 @router.get("/deals", response_class=HTMLResponse)
 def deals_page(request: Request, session: Session) -> Response:
-    return page(request, "deals.html", session, deals=_deal_list(request, session), form={}, errors={})
+    deals = _deal_list(request, session)
+    relay = _relay_warning(request)
+    return page(request, "deals.html", session, deals=deals, form={}, errors={}, relay_warning=relay)
 
 
 def _deal_terms(form: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:

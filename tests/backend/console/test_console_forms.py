@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
-from api.conftest import build_settings
+import pytest
+from api.conftest import Api, build_settings
 from fastapi.testclient import TestClient
 
 from shopcardd_backend.app import create_app
@@ -49,3 +51,29 @@ def test_a_rotated_key_is_shown_once_and_the_old_one_lives_for_its_grace(tmp_pat
         for key in (old, new.group(1)):
             assert client.get("/v1/deals", headers={"X-API-Key": key}).status_code == 200
         assert "sck_" not in client.get("/console/keys").text  # shown once
+
+
+RELAY_LINE = "2 claim events wait for the relay: is `shopcardd-backend relay` running?"
+
+
+@pytest.mark.parametrize(
+    "rabbitmq", [pytest.param(True, marks=pytest.mark.rabbitmq), False], ids=["rabbitmq-named", "embedded"]
+)
+def test_the_deals_page_says_when_no_relay_drains_the_claim_events(
+    tmp_path: Path, request: pytest.FixtureRequest, rabbitmq: bool
+) -> None:
+    """With RabbitMQ named, claim events older than 30 s mean no relay runs (the figures stand
+    still); on the embedded profile this process drains them itself, so the page says nothing."""
+    amqp_url = request.getfixturevalue("amqp_url") if rabbitmq else None
+    settings = build_settings(tmp_path / "data", amqp_url=amqp_url)
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        key = api.merchant_key("cafe")
+        deal = api.create_deal(key)["deal_id"]
+        for user in ("alice", "bob"):
+            assert api.claim(deal, api.user_token(user), "k1").status_code == 201
+        assert _sign_in(client, key)[0] == 200
+        assert "wait for the relay" not in client.get("/console/deals").text  # just written
+        client.app.state.runtime.clock = lambda: time.time() + 31  # type: ignore[attr-defined]
+        page = client.get("/console/deals").text
+        assert (RELAY_LINE in page) is rabbitmq
