@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ from shopcardd_commands.commandline import whole_number
 
 from .pipeline import DEFAULT_AMQP_URL, rabbitmq_vhost
 from .processes import cpu_seconds, process_tree, total_cpu_seconds
+from .services import free_port
 
 WRK_MISSING = "wrk is not installed: apt-get install wrk (Debian, Ubuntu), brew install wrk (macOS)"
 BARE_PATH = "/bench/bare/deals/{deal}/claims"
@@ -199,7 +199,7 @@ def running_backend(
     free port, once ``/readyz`` answers; stopped (SIGTERM) after."""
     import httpx
 
-    port = _free_port()
+    port = free_port()
     argv = [*(server or [_backend_exe(), "serve"]), "--port", str(port), "--workers", str(workers)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -224,12 +224,6 @@ def running_backend(
             proc.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _backend_exe() -> str:
     """The ``shopcardd-backend`` command of this interpreter's environment."""
     return str(Path(sys.executable).with_name("shopcardd-backend"))
@@ -249,7 +243,7 @@ def own_redis(folder: Path) -> Iterator[str]:
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server is not installed; pass --redis-url")
-    port = _free_port()
+    port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     proc = subprocess.Popen([*argv, "--dir", str(folder)], stdout=subprocess.DEVNULL)
@@ -537,7 +531,7 @@ def _through_nginx(session: Session, api_port: int, folder: Path, cold_rate: flo
 
     rate = 0.8 * cold_rate
     runs: list[Measured] = []
-    port = _free_port()
+    port = free_port()
     with running_nginx(folder / "nginx", [api_port, api_port], port):
         through = f"http://127.0.0.1:{port}"
         for number in range(session.args.runs):
