@@ -101,7 +101,7 @@ def _one_run(url: str, api_key: str, folder: Path, args: argparse.Namespace) -> 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .claims import backend_command, running_backend
+    from .served import backend_command, running_backend
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("SHOPCARDD_")}
     with tempfile.TemporaryDirectory(prefix="shopcardd-bench-sync-") as tmp:

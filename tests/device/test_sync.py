@@ -27,7 +27,7 @@ import requests.adapters
 from logschema import log_entry
 from servers import BodyLimitProxy, DroppingProxy
 from shopcardd_backend.stores.sqlite import SqliteDocumentStore
-from shopcardd_bench.claims import backend_command, running_backend
+from shopcardd_bench.served import backend_command, running_backend
 from shopcardd_bench.sync import enrol_counter, fill_ledger
 from shopcardd_device import cli
 from shopcardd_device.config import DeviceConfig

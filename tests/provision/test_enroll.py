@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shopcardd_bench.claims import running_backend
+from shopcardd_bench.served import running_backend
 from shopcardd_device.config import DeviceConfig
 from shopcardd_voucher import KeySet, SigningKey
 from shopcardd_voucher.device_auth import make_device_token

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from logschema import log_entry
 from shopcardd_backend.app import create_app
 from shopcardd_backend.stores.base import NoticeOutcome
-from shopcardd_bench.claims import running_backend
+from shopcardd_bench.served import running_backend
 from shopcardd_voucher import KeySet, Reason, verify
 from waiting import until
 

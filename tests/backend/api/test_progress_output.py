@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shopcardd_bench.claims import running_backend
+from shopcardd_bench.served import running_backend
 
 from .conftest import backend
 

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shopcardd_bench.claims import running_backend
+from shopcardd_bench.served import running_backend
 
 
 def test_a_half_sent_body_gets_408_and_the_connection_closed(env: dict[str, str], tmp_path: Path) -> None:

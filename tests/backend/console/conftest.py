@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shopcardd_bench.claims import running_backend
+from shopcardd_bench.served import running_backend
 
 AXE = Path(__file__).parents[3] / "backend/shopcardd_backend/console/static/vendor/axe-core-4.14.1/axe.min.js"
 CHROMIUM_FLAGS = (
