@@ -1,0 +1,73 @@
+"""Claim tallies and notices in MongoDB: what the analytics and notify workers keep of a deal,
+and a deal's figures counted from them by one aggregation each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from ..base import (
+    CLAIM_COUNTS,
+    ClaimTally,
+    MinuteCounts,
+    NoticeCounts,
+    NoticeOutcome,
+    notice_counts,
+    utc_ms,
+)
+from .connection import MongoConnection, as_document
+
+
+class StatsCollections(MongoConnection):
+    """The ``claim_tallies`` and ``notices`` collections."""
+
+    def add_claim_tallies(self, tallies: Sequence[ClaimTally]) -> None:
+        if tallies:
+            with self._mapped_errors():
+                self._insert_new(self._tallies, [as_document("event_id", tally) for tally in tallies])
+
+    def claims_by_minute(self, deal_id: str) -> list[MinuteCounts]:
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"deal_id": deal_id}},
+            {"$group": {"_id": "$minute", **{name: {"$sum": f"${name}"} for name in CLAIM_COUNTS}}},
+            {"$sort": {"_id": 1}},
+        ]
+        with self._mapped_errors():
+            found = list(self._stale_tallies.aggregate(pipeline))
+        return [MinuteCounts(utc_ms(g["_id"]), *(int(g[name]) for name in CLAIM_COUNTS)) for g in found]
+
+    def claim_notice(self, voucher_id: str, channel: str, deal_id: str) -> bool:
+        notice = {
+            "_id": f"{voucher_id}/{channel}",
+            "taken_at": datetime.now(UTC),
+            "deal_id": deal_id,
+            "channel": channel,
+            "outcome": None,
+        }
+        with self._mapped_errors():
+            try:
+                self._notices.insert_one(notice)
+            except DuplicateKeyError:
+                return False
+        return True
+
+    def release_notice(self, voucher_id: str, channel: str) -> None:
+        with self._mapped_errors():
+            self._notices.delete_one({"_id": f"{voucher_id}/{channel}"})
+
+    def record_notice(self, voucher_id: str, channel: str, outcome: NoticeOutcome) -> None:
+        with self._mapped_errors():
+            self._notices.update_one({"_id": f"{voucher_id}/{channel}"}, {"$set": {"outcome": str(outcome)}})
+
+    def notices_of(self, deal_id: str) -> dict[str, NoticeCounts]:
+        outcomes = [str(outcome) for outcome in NoticeOutcome]
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"deal_id": deal_id, "outcome": {"$in": outcomes}}},
+            {"$group": {"_id": {"channel": "$channel", "outcome": "$outcome"}, "count": {"$sum": 1}}},
+        ]
+        with self._mapped_errors():
+            found = list(self._notices.aggregate(pipeline))
+        return notice_counts((g["_id"]["channel"], g["_id"]["outcome"], g["count"]) for g in found)
