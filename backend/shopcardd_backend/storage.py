@@ -1,7 +1,7 @@
 """What the storage adapters (``gates/*``, ``stores/*``) share: ``Closing``, and ``SqliteFile``.
 
 ``Closing`` makes anything with ``close()`` a context manager. Both SQLite adapters
-(``gates/sqlite.py``, ``stores/sqlite.py``) open their file through ``SqliteFile``, so the
+(``gates/sqlite.py``, ``stores/sqlite/``) open their file through ``SqliteFile``, so the
 durability and locking choices are made once: WAL (readers never block the writer),
 ``synchronous=FULL`` (a committed claim survives a power cut: in the embedded profile the
 outbox is the claim's only durable record), a busy timeout (another process holding the

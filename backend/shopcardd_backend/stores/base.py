@@ -3,7 +3,7 @@ queue workers keep (claim tallies for a deal's statistics, notices sent to custo
 
 The claim gate decides claims; this store remembers what was decided, for reads, audits
 and for rebuilding the gate's counters. Adapters: ``mongo/`` (pymongo; indexes created
-at start-up; a voucher's ``_id`` is its ``jti``) and ``sqlite.py`` (the embedded profile).
+at start-up; a voucher's ``_id`` is its ``jti``) and ``sqlite/`` (the embedded profile).
 Both pass ``tests/backend/test_store_contract.py``. Writes are idempotent: saving the same
 voucher twice (a redelivered message) changes nothing the second time.
 
