@@ -16,7 +16,7 @@ CHECK_WORKERS ?= 6
 XDIST := --dist loadgroup
 # What `make check` leaves out: the long suites and the tests that need a service or a system tool
 # (tests/conftest.py marks them by the fixtures they use).
-NEEDS_SERVICE := slow or redis or rabbitmq or mongo or nginx or netns
+NEEDS_SERVICE := slow or redis or rabbitmq or mongo or nginx or netns or chromium
 
 .PHONY: demo test check lint bench clean help system-libs appliance-tools
 

@@ -38,6 +38,7 @@ NEEDS: dict[str, str] = {
     "spare_rabbitmq": "rabbitmq",
     "mongodb_uri": "mongo",
     "shop_network": "netns",
+    "chromium": "chromium",
 }
 """The marker of each fixture that needs a service or a system tool: a test that uses one (even
 through another fixture, or ``request.getfixturevalue``) carries the marker, so ``-m`` selects
