@@ -71,6 +71,11 @@ def _wait_http(
         time.sleep(0.2)
 
 
+def _keep_log(log: Path, kept: Path) -> None:
+    if log.exists():
+        shutil.copyfile(log, kept)
+
+
 def _backend_env(settings: dict[str, str]) -> dict[str, str]:
     """This environment without any SHOPCARDD_ variable of the operator's, and the run's settings."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SHOPCARDD_")}
@@ -177,6 +182,8 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
             _wait_http(f"http://127.0.0.1:{port}/healthz", None, f"API process on port {port}", api)
             apis.append(api)  # one after the other: the first makes the signing key the others use
         server = Nginx(nginx, work / "nginx", site_for(api_ports, None, https_port, work / "tls"))
+        # Kept once nginx has stopped: its error log says why a customer got a 502.
+        stack.callback(_keep_log, work / "nginx" / "error.log", logs / "nginx-error.log")
         server.start()
         stack.callback(server.stop)
         _wait_http(f"{url}/healthz", ca, "nginx")
