@@ -167,3 +167,21 @@ def test_no_file_refers_to_a_document_outside_the_repository() -> None:
         if path.is_file() and OUTSIDE_DOCUMENTS.search(path.read_bytes().decode(errors="replace")):
             citing.append(name)
     assert not citing, f"these files refer to documents outside the repository: {', '.join(citing)}"
+
+
+NAMED_TEST = re.compile(r"`((?:[\w-]+/)*test_\w+\.py)(?:::(\w+))?`")
+"""A test the threat model names, as ``path`` or ``path::function`` under tests/."""
+
+
+def test_every_test_the_threat_model_names_exists() -> None:
+    """Its rows claim a defence by naming the test that shows it: a renamed or removed test would
+    leave a row claiming what no test checks."""
+    named = NAMED_TEST.findall((ROOT / "docs" / "threat-model.md").read_text())
+    assert len(named) > 40, "the threat model names its tests as `path::function`"
+    missing = [
+        f"{path}::{function}" if function else path
+        for path, function in named
+        if not (ROOT / "tests" / path).is_file()
+        or (function and not re.search(rf"^def {function}\(", (ROOT / "tests" / path).read_text(), re.M))
+    ]
+    assert not missing, f"docs/threat-model.md names tests that do not exist: {', '.join(missing)}"
