@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
+
 from .conftest import ANSIBLE, BIN
+
+# ansible-lint loads Ansible and every rule (about 13 s): in make test, not in make check.
+pytestmark = pytest.mark.slow
 
 
 def test_ansible_lint_passes_with_the_production_profile() -> None:

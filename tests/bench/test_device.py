@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from .conftest import bench
+
+# Each drives a benchmark end to end (4-10 s): in make test, not in the edit loop (make check).
+pytestmark = pytest.mark.slow
 
 
 def test_the_device_benchmark_prints_a_table() -> None:

@@ -8,6 +8,9 @@ import pytest
 
 from .conftest import bench
 
+# Fuzzing and schemathesis runs, 15-20 s each: in make test, not in the edit loop (make check).
+pytestmark = pytest.mark.slow
+
 
 def test_the_counter_and_voucher_fuzz_runs_find_nothing(tmp_path: Path) -> None:
     pytest.importorskip("atheris")
