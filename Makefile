@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 # The suite runs on pytest-xdist workers (0: in this process). Most tests wait on subprocesses and
 # servers, so more workers than cores pay: `make check` measured 442 s on 2 workers, 414 s on 4 and
-# 299 s on 6 on a busy 2-core machine. `make test` keeps 4: its heavy suites (claim floods, broker
+# 299 s on 6 on a busy 2-core machine (97 s on 6 on a quiet one). `make test` keeps 4: its heavy suites (claim floods, broker
 # restarts) starve each other with more, and the arm64 fleet test sets its length whatever the count.
 # --dist loadgroup keeps the tests that share an expensive module fixture (xdist_group) on one worker.
 TEST_WORKERS ?= 4
