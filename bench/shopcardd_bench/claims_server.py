@@ -100,7 +100,7 @@ def serve_with_granian(host: str, port: int, workers: int) -> int:
     uvicorn for the choice of server (docs/backend-api.md, "Throughput")."""
     from granian import Granian
 
-    from shopcardd_backend.cli import prepare_serving
+    from shopcardd_backend.cli.serve import prepare_serving
 
     prepare_serving(host, port, workers)
     target = "shopcardd_bench.claims_server:create_bench_app"
@@ -110,7 +110,8 @@ def serve_with_granian(host: str, port: int, workers: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shopcardd_backend.cli import CommandError, serve_api
+    from shopcardd_backend.cli.common import CommandError
+    from shopcardd_backend.cli.serve import serve_api
 
     parser = argparse.ArgumentParser(prog="python -m shopcardd_bench.claims_server")
     parser.add_argument("--host", default="127.0.0.1")
