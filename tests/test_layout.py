@@ -185,3 +185,24 @@ def test_every_test_the_threat_model_names_exists() -> None:
         or (function and not re.search(rf"^def {function}\(", (ROOT / "tests" / path).read_text(), re.M))
     ]
     assert not missing, f"docs/threat-model.md names tests that do not exist: {', '.join(missing)}"
+
+
+LONGEST_MODULE = 500
+"""Lines a module of the product may hold: past it, a file holds more than one idea."""
+
+
+def test_no_module_of_the_product_is_over_500_lines() -> None:
+    """Every package of every part (device, backend, provisioning, bench, common): a newcomer reads
+    one idea per file. Split a module that grows past it along its ideas, as stores/ and cli/ were."""
+    modules = [
+        path
+        for part in ("device", "backend", "provisioning", "bench", "common")
+        for path in (ROOT / part).rglob("*.py")
+    ]
+    assert len(modules) > 100, "the parts' folders moved: update this test"
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for path in modules
+        if (lines := len(path.read_text().splitlines())) > LONGEST_MODULE
+    }
+    assert not long, f"modules over {LONGEST_MODULE} lines: {long}"
