@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -20,9 +21,32 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+LOWEST_PORT = 15000
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux; else its default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
 
 def free_port() -> int:
-    """A TCP port on loopback that nobody listens on (yet)."""
+    """A TCP port on loopback that nobody listens on (yet), below the ephemeral range where one
+    can be had: a process stopped and started again on its port (a RabbitMQ node, an API process
+    in the rehearsal) must find it free, and a port of the ephemeral range may meanwhile be taken
+    by any outgoing connection's local end (a RabbitMQ node failed to start again so)."""
+    low = _ephemeral_ports()[0]
+    for _ in range(50 if low - LOWEST_PORT > 1000 else 0):
+        port = random.randrange(LOWEST_PORT, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
