@@ -290,6 +290,27 @@ def test_in_mongodb_a_voucher_id_is_its_document_id(make_store: MakeStore, mongo
         assert [("deal_id", 1), ("minute", 1)] in tally_keys
 
 
+@pytest.mark.mongo
+def test_in_mongodb_a_notice_whose_insert_the_driver_sent_twice_is_still_taken(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pymongo sends a write again when its answer was lost (a retryable write); a server that
+    does not recognise the retry answers the second with a duplicate key. The notice was taken
+    by this call all the same: taking it must say so, or the customer is never told. Another
+    delivery of the event still finds it taken."""
+    store: Any = make_store("mongo")
+    notices = store._notices
+    insert_once = notices.insert_one
+
+    def insert_whose_answer_was_lost(document: dict[str, Any]) -> Any:
+        insert_once(document)  # stored; its answer lost on the way back
+        return insert_once(document)  # the driver's retry: duplicate key
+
+    monkeypatch.setattr(notices, "insert_one", insert_whose_answer_was_lost)
+    assert store.claim_notice("v1", "email", "d1") is True
+    assert store.claim_notice("v1", "email", "d1") is False
+
+
 # --- Devices, redemptions, revocations and used device-token ids (device enrolment and sync) ---
 
 

@@ -3,6 +3,7 @@ and a deal's figures counted from them by one aggregation each."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -40,9 +41,15 @@ class StatsCollections(MongoConnection):
         return [MinuteCounts(utc_ms(g["_id"]), *(int(g[name]) for name in CLAIM_COUNTS)) for g in found]
 
     def claim_notice(self, voucher_id: str, channel: str, deal_id: str) -> bool:
+        """Taken by this call, or not. The insert carries a token of this call: when the driver
+        sends it again (a retryable write whose answer was lost, to a server that does not
+        recognise the retry) and gets a duplicate key, the notice found is ours if it holds our
+        token, and is sent; else it was taken before, and no customer is told twice."""
+        notice_id, taker = f"{voucher_id}/{channel}", secrets.token_hex(8)
         notice = {
-            "_id": f"{voucher_id}/{channel}",
+            "_id": notice_id,
             "taken_at": datetime.now(UTC),
+            "taker": taker,
             "deal_id": deal_id,
             "channel": channel,
             "outcome": None,
@@ -51,7 +58,8 @@ class StatsCollections(MongoConnection):
             try:
                 self._notices.insert_one(notice)
             except DuplicateKeyError:
-                return False
+                found = self._notices.find_one({"_id": notice_id}, {"taker": 1})
+                return found is not None and found.get("taker") == taker
         return True
 
     def release_notice(self, voucher_id: str, channel: str) -> None:
