@@ -105,6 +105,37 @@ def parse_smtp_url(url: str) -> SmtpServer:
     )
 
 
+def redis_node_urls(value: str) -> list[str]:
+    """The node URLs of ``SHOPCARDD_REDIS_URL``: one URL, or a comma-separated list of a Redis
+    Cluster's nodes, so that a process starts while any one of them is down. The first URL's
+    options (password, TLS, db) serve every node, so the list must agree on scheme and
+    credentials. ``ValueError`` says what is wrong without echoing a URL (it may hold a password)."""
+    urls = [url.strip() for url in value.split(",")]
+    if len(urls) == 1:
+        return [value]
+    if not all(urls):
+        raise ValueError("the list of node URLs holds an empty item (a comma too many?)")
+    schemes = URL_SCHEMES["redis_url"][:2]  # a cluster's nodes are reached over TCP
+    if not all(url.startswith(schemes) for url in urls):
+        raise ValueError(
+            f"each node URL of the list must start with {' or '.join(schemes)} (a comma separates "
+            "node URLs: write one in a password as %2C)"
+        )
+    parts = [urlsplit(url) for url in urls]
+    if len({(part.scheme, part.username, part.password) for part in parts}) > 1:
+        raise ValueError(
+            "the node URLs must share one scheme and one user and password (the first's serve all nodes)"
+        )
+    for part in parts:
+        try:
+            port = part.port
+        except ValueError:
+            port = -1
+        if not part.hostname or (port is not None and not 1 <= port <= 65535):
+            raise ValueError("each node URL of the list must be redis://[user:password@]HOST[:PORT]")
+    return urls
+
+
 def uri_database(uri: str) -> str:
     """The database a MongoDB URI names after its hosts (``mongodb://h1,h2/shop?...`` -> ``shop``),
     or ``""``. The hosts part never holds a ``/`` (the URI format has passwords percent-encoded)."""
@@ -154,7 +185,8 @@ class Settings(BaseSettings):
 
     redis_url: str | None = None
     redis_cluster: bool = False
-    """``SHOPCARDD_REDIS_URL`` is one node of a Redis Cluster (the client learns the others)."""
+    """``SHOPCARDD_REDIS_URL`` names a Redis Cluster: one node or, better, a comma-separated list of
+    several, since a process starts from any of them that answers (the client learns the others)."""
     redis_deal_buckets: int = Field(default=1, ge=1, le=256)
     """Buckets a new deal's stock is split into (a Redis Cluster slot each: a hot deal then uses
     every primary); fixed per deal when it is created. 1: one slot per deal."""
@@ -307,7 +339,18 @@ class Settings(BaseSettings):
         schemes = URL_SCHEMES[str(info.field_name)]
         if value is not None and not value.startswith(schemes):
             raise ValueError(f"must start with {' or '.join(schemes)}")  # no echo: URLs hold passwords
+        if value is not None and info.field_name == "redis_url":
+            redis_node_urls(value)  # each URL of a list of a cluster's nodes
         return value
+
+    @model_validator(mode="after")
+    def _node_list_on_a_cluster(self) -> Self:
+        if self.redis_url and not self.redis_cluster and len(redis_node_urls(self.redis_url)) > 1:
+            raise ValueError(
+                "SHOPCARDD_REDIS_URL names several nodes, which only a Redis Cluster has: set "
+                "SHOPCARDD_REDIS_CLUSTER=true, or give one URL"
+            )
+        return self
 
     @field_validator("smtp_url")
     @classmethod

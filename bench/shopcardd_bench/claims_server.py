@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from shopcardd_backend.app import create_app_from_env
 from shopcardd_backend.gates.base import ClaimAttempt
 from shopcardd_backend.gates.redis import claim_args, claim_script_source
+from shopcardd_backend.gates.redis_client import cluster_client
 from shopcardd_backend.identity import Unauthorized, build_verifier
 from shopcardd_voucher import Voucher, new_voucher_id
 
@@ -60,8 +61,11 @@ async def bare_claim(
         settings = runtime.settings.model_copy(update={"user_token_cache_size": 0})
         state.bare_users = build_verifier(settings)  # PyJWT on every request: no cache
         url = runtime.settings.redis_url
-        client_class = redis.asyncio.RedisCluster if runtime.settings.redis_cluster else redis.asyncio.Redis
-        client = client_class.from_url(url, decode_responses=True)
+        client: Any
+        if runtime.settings.redis_cluster:  # the URL may list several nodes: the gate's way of opening it
+            client = cluster_client(url, asynchronous=True, decode_responses=True)
+        else:
+            client = redis.asyncio.Redis.from_url(url, decode_responses=True)
         state.bare_script = client.register_script(claim_script_source())
     try:
         user = state.bare_users.user(credentials.credentials)

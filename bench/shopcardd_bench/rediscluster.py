@@ -27,7 +27,12 @@ class Cluster:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{next(iter(self.nodes))}/0"
+        return node_url(next(iter(self.nodes)))
+
+    def primary_urls(self) -> list[str]:
+        """The URL of each primary now (``CLUSTER NODES``): as ``SHOPCARDD_REDIS_URL``, a client
+        given them all still starts while one of them is down."""
+        return [node_url(self._port(node[1])) for node in self._nodes() if "master" in node[2]]
 
     def cli(self, port: int, *args: str) -> str:
         """``redis-cli -p PORT ARGS...``'s output; a failing command raises."""
@@ -74,6 +79,10 @@ class Cluster:
     @staticmethod
     def _port(address: str) -> int:
         return int(address.split(":")[1].split("@")[0])  # 127.0.0.1:PORT@BUSPORT
+
+
+def node_url(port: int) -> str:
+    return f"redis://127.0.0.1:{port}/0"
 
 
 def cluster_port(taken: Collection[int]) -> int:

@@ -8,6 +8,7 @@ tasks whose calls go out pipelined by node.
 A client retries an unavailable answer with the same Idempotency-Key, as a real one does.
 Afterwards: no deal sold more than its stock, nobody above the limit, every voucher answered
 ISSUED is in the outbox, and the relay's reads (lease, read, ack) and a rebuild work there too.
+A gate given several nodes starts while the first of them is down.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from servers import free_port
 from shopcardd_backend.gates.base import (
     ClaimAttempt,
     ClaimDecision,
@@ -211,3 +213,25 @@ def test_claims_on_a_redis_cluster_survive_a_failover(cluster: Cluster) -> None:
     replay = gate.claim(ClaimAttempt("hot", voucher.user, key, "other", int(time.time())))
     assert replay.outcome is Outcome.REPLAYED and replay.voucher == voucher
     gate.close()
+
+
+def test_a_gate_starts_from_any_node_of_the_list_when_the_first_is_down(cluster: Cluster) -> None:
+    """``SHOPCARDD_REDIS_URL`` lists several nodes: one that does not answer (a port nobody
+    listens on, first in the list, as a primary just killed) keeps neither client from starting."""
+    url = ",".join([f"redis://127.0.0.1:{free_port()}/0", *cluster.primary_urls()])
+
+    def attempt(user: str) -> ClaimAttempt:
+        return ClaimAttempt("d1", user, "k", new_voucher_id(), int(time.time()))
+
+    with RedisClaimGate(url, prefix="nodes", cluster=True) as gate:  # the sync client starts here
+        gate.load_deal(DealTerms("d1", "m1", STOCK, LIMIT, 3600))
+        assert gate.claim(attempt("alice")).outcome is Outcome.ISSUED
+
+        async def claim_async() -> ClaimDecision:
+            try:  # the asyncio client starts on its first call
+                return await gate.claim_async(attempt("bob"))
+            finally:
+                await gate.aclose()
+
+        assert asyncio.run(claim_async()).outcome is Outcome.ISSUED
+        assert gate.stock_left("d1") == STOCK - 2

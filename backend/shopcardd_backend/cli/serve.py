@@ -21,7 +21,9 @@ Run the claim API. The environment chooses the profile:
   embedded  no settings: SQLite claim gate and document store in SHOPCARDD_DATA_DIR
             (default ./data), for development, demos and one small shop
   scaled    SHOPCARDD_REDIS_URL moves the claim gate to Redis, SHOPCARDD_MONGODB_URI the
-            document store to MongoDB (each on its own; Redis is what scales)
+            document store to MongoDB (each on its own; Redis is what scales). On a Redis
+            Cluster (SHOPCARDD_REDIS_CLUSTER=true) list several nodes, comma-separated: a
+            process starts from any of them that answers
 Whatever the profile, the voucher signing keys live in SHOPCARDD_DATA_DIR/keys (one is made
 on first start). --workers runs that many processes of the same profile. Other variables:
 SHOPCARDD_USER_JWKS or SHOPCARDD_USER_SECRET (the identity provider), SHOPCARDD_ENVIRONMENT,

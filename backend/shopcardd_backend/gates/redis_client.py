@@ -33,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
@@ -42,6 +43,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..settings import redis_node_urls
 from ..storage import Closing
 from .base import GateUnavailable
 
@@ -61,6 +63,7 @@ call per key."""
 
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+ClusterClient = redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster
 Call = tuple[str, list[str], list[Any]]
 """One step of a claim: the name of a script (``_script_sources``), its KEYS and its ARGV."""
 
@@ -73,6 +76,18 @@ def bucket_tag(deal_id: str, bucket: int) -> str:
 
 def deal_of(tag: str) -> str:
     return tag.partition("/")[0]
+
+
+def cluster_client(url: str, *, asynchronous: bool = False, **options: Any) -> ClusterClient:
+    """redis-py's cluster client, sync or asyncio, of ``SHOPCARDD_REDIS_URL``: one node's URL or a
+    comma-separated list of several. It starts from any node of the list that answers, so one
+    node down (a primary just killed) does not stop a process from starting; the password, TLS
+    and other options are the first URL's (``from_url``), the other nodes its ``startup_nodes``."""
+    module = redis.asyncio.cluster if asynchronous else redis.cluster
+    first, *others = redis_node_urls(url)
+    nodes = [module.ClusterNode(node.hostname, node.port or 6379) for node in map(urlsplit, others)]
+    client: ClusterClient = module.RedisCluster.from_url(first, startup_nodes=nodes, **options)
+    return client
 
 
 class _Pipeliner:
@@ -170,7 +185,9 @@ class RedisConnection(Closing):
         if cluster:
             # Redis Cluster: the client follows MOVED and a failover (it refreshes the slot map
             # and retries a few times); a claim retried that way at worst answers REPLAYED.
-            self._client = redis.cluster.RedisCluster.from_url(url, **self._client_options)
+            self._client = cluster_client(url, **self._client_options)
+        elif len(redis_node_urls(url)) > 1:
+            raise ValueError("a list of node URLs is a Redis Cluster's: pass cluster=True")
         else:
             self._client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **self._client_options)
         self.buckets = buckets
@@ -217,8 +234,7 @@ class RedisConnection(Closing):
         if self._async_client is None:
             options = {**self._client_options, "socket_timeout": None}  # the pipeliner's timeout
             if self._cluster:
-                cluster_client = redis.asyncio.cluster.RedisCluster
-                self._async_client = cluster_client.from_url(self._url, **options)
+                self._async_client = cluster_client(self._url, asynchronous=True, **options)
             else:
                 self._async_client = redis.asyncio.Redis.from_url(
                     self._url, retry=AsyncRetry(NoBackoff(), 0), **options

@@ -1,4 +1,5 @@
-"""Settings read the way an operator writes them: a MongoDB URI's database is the one used."""
+"""Settings read the way an operator writes them: a MongoDB URI's database is the one used, a
+Redis Cluster's URL may list several nodes."""
 
 from __future__ import annotations
 
@@ -75,3 +76,58 @@ def test_the_read_preference_defaults_to_primary_and_a_misspelt_one_is_refused(
     monkeypatch.setenv("SHOPCARDD_MONGODB_READ_PREFERENCE", "secondary_preferred")
     with pytest.raises(SettingsError, match="SHOPCARDD_MONGODB_READ_PREFERENCE"):
         Settings.from_env()
+
+
+NODES = "redis://:s3cr3t@10.0.0.1:6379, redis://:s3cr3t@10.0.0.2:6379,redis://:s3cr3t@[fd00::3]:6380"
+"""A Redis Cluster's nodes, as an operator lists them (a space after a comma is allowed)."""
+
+
+def test_a_redis_cluster_url_may_list_several_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each node of the list is one a process can start from while the others are down; one URL
+    is read as before."""
+    from shopcardd_backend.settings import Settings, redis_node_urls
+
+    monkeypatch.setenv("SHOPCARDD_REDIS_URL", NODES)
+    monkeypatch.setenv("SHOPCARDD_REDIS_CLUSTER", "true")
+    assert Settings.from_env().redis_url == NODES
+    assert [(urlsplit(url).hostname, urlsplit(url).port) for url in redis_node_urls(NODES)] == [
+        ("10.0.0.1", 6379),
+        ("10.0.0.2", 6379),
+        ("fd00::3", 6380),
+    ]
+    one = "rediss://u:s3cr3t@one-node:6379/0?ssl_cert_reqs=none"
+    for cluster in ("true", "false"):
+        monkeypatch.setenv("SHOPCARDD_REDIS_URL", one)
+        monkeypatch.setenv("SHOPCARDD_REDIS_CLUSTER", cluster)
+        assert redis_node_urls(Settings.from_env().redis_url or "") == [one]
+
+
+@pytest.mark.parametrize(
+    ("value", "cluster", "says"),
+    [
+        (NODES, "false", "SHOPCARDD_REDIS_CLUSTER=true"),
+        ("redis://:s3cr3t@10.0.0.1:6379,rediss://:s3cr3t@10.0.0.2:6379", "true", "one scheme"),
+        ("redis://:s3cr3t@10.0.0.1:6379,redis://:0ther-cr3t@10.0.0.2:6379", "true", "user and password"),
+        ("redis://:s3cr3t@10.0.0.1:6379,redis://10.0.0.2:6379", "true", "one user and password"),
+        ("redis://:s3cr3t@10.0.0.1:6379,redis://cr3t:s3cr3t@10.0.0.2:6379", "true", "user and password"),
+        ("redis://:s3cr3t@10.0.0.1:6379,,redis://:s3cr3t@10.0.0.2:6379", "true", "empty item"),
+        ("redis://:s3cr3t@10.0.0.1:6379,", "true", "empty item"),
+        ("redis://:s3cr3t@10.0.0.1:6379,10.0.0.2:6379", "true", "must start with"),
+        ("redis://:s3,cr3t@10.0.0.1:6379", "true", "%2C"),
+        ("redis://:s3cr3t@10.0.0.1:6379,redis://:s3cr3t@10.0.0.2:x", "true", "HOST[:PORT]"),
+    ],
+)
+def test_a_redis_node_list_that_cannot_work_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str, cluster: str, says: str
+) -> None:
+    """Mixed schemes or credentials would quietly be the first URL's; the message never echoes a
+    URL, which holds the password."""
+    from shopcardd_backend.settings import Settings, SettingsError
+
+    monkeypatch.setenv("SHOPCARDD_REDIS_URL", value)
+    monkeypatch.setenv("SHOPCARDD_REDIS_CLUSTER", cluster)
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env()
+    message = str(refused.value)
+    assert message.startswith("SHOPCARDD_REDIS_URL") and "\n" not in message, message
+    assert says in message and "cr3t" not in message, message
