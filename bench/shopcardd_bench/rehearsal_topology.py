@@ -148,7 +148,9 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
         settings = {
             "SHOPCARDD_ENVIRONMENT": "production",
             "SHOPCARDD_DATA_DIR": str(work / "backend"),
-            "SHOPCARDD_REDIS_URL": redis.url,
+            # Every primary: an API process, relay or worker started again while one is down
+            # (the rehearsal kills one) starts from another.
+            "SHOPCARDD_REDIS_URL": ",".join(redis.primary_urls()),
             "SHOPCARDD_REDIS_CLUSTER": "true",
             "SHOPCARDD_REDIS_DEAL_BUCKETS": str(args.buckets),
             "SHOPCARDD_MONGODB_URI": mongodb_uri,
