@@ -154,6 +154,22 @@ def parse_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Ne
     return tuple(networks)
 
 
+def amqp_node_urls(value: str) -> list[str]:
+    """The node URLs of ``SHOPCARDD_AMQP_URL``: one, or a RabbitMQ cluster's nodes comma-separated,
+    so that a relay or worker whose node stops reconnects to another. ``ValueError`` for an empty
+    item, another scheme or nodes of different vhosts; no URL is echoed (they hold the password)."""
+    nodes = [item.strip() for item in value.split(",")]
+    for number, node in enumerate(nodes, 1):
+        where = f"item {number} of {len(nodes)}" if len(nodes) > 1 else "the URL"
+        if not node:
+            raise ValueError(f"{where} is empty: name the nodes' URLs separated by single commas")
+        if not node.startswith(URL_SCHEMES["amqp_url"]):
+            raise ValueError(f"{where} must start with amqp:// or amqps:// (a comma in a password is %2C)")
+    if len({unquote(urlsplit(node).path[1:].split("/")[0]) or "/" for node in nodes}) > 1:
+        raise ValueError("the nodes' URLs name different vhosts: one cluster's nodes share one vhost")
+    return nodes
+
+
 def load_jwks(value: str) -> dict[str, Any]:
     """The JWKS that ``SHOPCARDD_USER_JWKS`` gives: the JSON itself, or the path of a file holding it."""
     if value.lstrip().startswith("{"):
@@ -205,6 +221,8 @@ class Settings(BaseSettings):
     keeps busy in a sale. Every other read (a claim's deal, a device, a voucher) stays on the
     primary, since what it reads was written a moment before."""
     amqp_url: str | None = None
+    """RabbitMQ: one node's URL, or every node of a cluster comma-separated (``amqp://u:p@h1/vh,
+    amqp://u:p@h2/vh``): a relay or worker then reconnects to another node when its own stops."""
 
     smtp_url: SecretStr | None = None
     """The mail server of customer emails: ``smtp://[user:password@]host[:port]`` (port 25), or
@@ -357,6 +375,13 @@ class Settings(BaseSettings):
     def _usable_smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             parse_smtp_url(value.get_secret_value())
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_nodes(cls, value: str | None) -> str | None:
+        if value is not None:
+            amqp_node_urls(value)
         return value
 
     @field_validator("mail_from")

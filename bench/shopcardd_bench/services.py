@@ -113,10 +113,12 @@ class RabbitNode:
         """Until it takes an AMQP connection."""
         import pika
 
+        from shopcardd_backend.queue.rabbitmq import node_parameters
+
         deadline = time.monotonic() + seconds
         while True:
             try:
-                pika.BlockingConnection(pika.URLParameters(self.url + "?connection_attempts=1")).close()
+                pika.BlockingConnection(node_parameters(self.url, connection_attempts=1)).close()
                 return
             except pika.exceptions.AMQPError:
                 if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:

@@ -18,6 +18,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from ..gates.base import OutboxEvent
+from ..settings import amqp_node_urls
 from ..storage import Closing
 from .base import (
     BINDINGS,
@@ -34,23 +35,38 @@ AMQP_ERRORS = (pika.exceptions.AMQPError, OSError)
 """What pika raises when the broker is gone, refuses, or closes the channel."""
 
 
+def node_parameters(url: str, **options: Any) -> list[pika.URLParameters]:
+    """The parameters of each node ``url`` names (``SHOPCARDD_AMQP_URL``: one node, or a cluster's
+    nodes comma-separated), in its order, each with ``options`` set: pika tries them in turn, so
+    a node that stops costs a reconnection to another, not an outage until it is back."""
+    nodes = [pika.URLParameters(node) for node in amqp_node_urls(url)]
+    for params in nodes:
+        for name, value in options.items():
+            setattr(params, name, value)
+    return nodes
+
+
 def connect(url: str, heartbeat: int = 30) -> pika.BlockingConnection:
-    params = pika.URLParameters(url)
-    params.heartbeat = heartbeat
-    params.blocked_connection_timeout = 30
-    params.connection_attempts = 1
-    params.socket_timeout = 5
-    params.client_properties = {"connection_name": "shopcardd-backend"}
+    """A connection to the first node of ``url`` that answers."""
+    nodes = node_parameters(
+        url,
+        heartbeat=heartbeat,
+        blocked_connection_timeout=30,
+        connection_attempts=1,
+        socket_timeout=5,
+        client_properties={"connection_name": "shopcardd-backend"},
+    )
     try:
-        return pika.BlockingConnection(params)
+        return pika.BlockingConnection(nodes)
     except AMQP_ERRORS as exc:
         raise QueueUnavailable(f"RabbitMQ at {_where(url)} cannot be reached: {exc!r}") from exc
 
 
 def _where(url: str) -> str:
-    """The URL without its credentials, for messages and logs."""
-    params = pika.URLParameters(url)
-    return f"{params.host}:{params.port}{params.virtual_host if params.virtual_host != '/' else ''}"
+    """The nodes of the URL without their credentials, for messages and logs."""
+    nodes = node_parameters(url)
+    vhost = nodes[0].virtual_host
+    return ", ".join(f"{params.host}:{params.port}" for params in nodes) + (vhost if vhost != "/" else "")
 
 
 def declare_topology(channel: BlockingChannel, delivery_limit: int = DELIVERY_LIMIT) -> None:
@@ -137,6 +153,17 @@ class RabbitPublisher(Closing):
             declare_topology(declared.channel())
         finally:
             close_quietly(declared)
+        failures: list[str] = []
+        for params in node_parameters(self.url, heartbeat=30, connection_attempts=1):
+            failure = self._open_on(params)
+            if not failure:
+                return
+            self.close()
+            failures.append(f"{params.host}:{params.port}: {failure}")
+        raise QueueUnavailable(f"RabbitMQ at {_where(self.url)} cannot be reached: {'; '.join(failures)}")
+
+    def _open_on(self, params: pika.URLParameters) -> str:
+        """Open the publishing connection and its channel on one node; why it failed, or ``""``."""
         opened = threading.Event()
         failure: list[str] = []
 
@@ -151,10 +178,6 @@ class RabbitPublisher(Closing):
         def on_open_error(_connection: Any, error: BaseException | str) -> None:
             failure.append(repr(error))
             opened.set()
-
-        params = pika.URLParameters(self.url)
-        params.heartbeat = 30
-        params.connection_attempts = 1
 
         def on_close(conn: pika.SelectConnection, reason: BaseException) -> None:
             self._lost(conn, f"connection closed: {reason!r}")
@@ -171,10 +194,8 @@ class RabbitPublisher(Closing):
         self._thread = threading.Thread(target=connection.ioloop.start, name="amqp-publisher", daemon=True)
         self._thread.start()
         if not opened.wait(10) or failure or self._channel is None:
-            self.close()
-            raise QueueUnavailable(
-                f"RabbitMQ at {_where(self.url)} cannot be reached: {failure or 'timeout'}"
-            )
+            return failure[0] if failure else "timeout"
+        return ""
 
     def _on_confirm(self, frame: Any) -> None:
         batch, method = self._batch, frame.method

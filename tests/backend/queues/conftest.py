@@ -1,12 +1,15 @@
-"""Helpers of the queue suites: read what reached a RabbitMQ queue, make claims on a gate."""
+"""Helpers of the queue suites: read what reached a RabbitMQ queue, make claims on a gate, name a
+RabbitMQ node that is down."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pika
 
+from servers import free_port
 from shopcardd_backend.gates.base import ClaimAttempt, ClaimGate, DealTerms
 
 NOW = 1_790_000_000
@@ -50,3 +53,11 @@ def claim_many(gate: ClaimGate, count: int, deal_id: str = "d1", start: int = 0)
         assert decision.voucher is not None, decision
         ids.append(decision.voucher.voucher_id)
     return ids
+
+
+def down_node(url: str) -> str:
+    """``url`` (one node, its credentials and vhost) on a loopback port nobody listens on: a node
+    of the cluster that is down, refusing connections."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{free_port()}".lstrip("@")))

@@ -16,7 +16,7 @@ from shopcardd_backend.queue.rabbitmq import RabbitPublisher
 from shopcardd_backend.relay import Relay
 from waiting import until
 
-from .conftest import NOW, claim_many, drain, open_deal
+from .conftest import NOW, claim_many, down_node, drain, open_deal
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -41,6 +41,17 @@ def test_each_event_reaches_the_queues_of_its_jobs_and_declaring_twice_is_harmle
     assert [m["voucher_id"] for m in drain(amqp_vhost, "shopcardd.notify")] == issued
     analytics = drain(amqp_vhost, "shopcardd.analytics")
     assert sorted(m["type"] for m in analytics) == ["claim.issued"] * 4 + ["claims.refused"]
+    assert gate.read_outbox() == []
+
+
+def test_a_relay_whose_first_node_is_down_publishes_through_the_next(
+    gate: ClaimGate, amqp_vhost: str
+) -> None:
+    open_deal(gate)
+    issued = claim_many(gate, 3)
+    with RabbitPublisher(f"{down_node(amqp_vhost)},{amqp_vhost}") as publisher:
+        _relay_all(Relay(gate, publisher))
+    assert [m["voucher_id"] for m in drain(amqp_vhost, "shopcardd.persist")] == issued
     assert gate.read_outbox() == []
 
 

@@ -18,7 +18,7 @@ from shopcardd_backend.storage import TransientError
 from shopcardd_backend.workers.base import DONE, Result, Verdict
 from waiting import until
 
-from .conftest import drain, publish_raw
+from .conftest import down_node, drain, publish_raw
 
 pytestmark = pytest.mark.rabbitmq
 EVENT = (
@@ -67,6 +67,15 @@ def test_a_handled_message_is_acknowledged_and_gone(amqp_vhost: str) -> None:
         until(lambda: handler.seen == ["v1"], "the event handled")
     assert queue_depth(amqp_vhost, "persist") == 0
     assert drain(amqp_vhost, "shopcardd.persist.parked") == []
+
+
+def test_a_worker_whose_first_node_is_down_consumes_on_the_next(amqp_vhost: str) -> None:
+    handler = Recorder()
+    with running(f"{down_node(amqp_vhost)},{amqp_vhost}", handler):
+        until(lambda: queue_depth(amqp_vhost, "persist") == 0, "topology declared")
+        publish_raw(amqp_vhost, "claim.issued", EVENT)
+        until(lambda: handler.seen == ["v1"], "the event handled through the node that answers", seconds=30)
+    assert queue_depth(amqp_vhost, "persist") == 0
 
 
 def test_a_message_that_always_fails_is_parked_after_the_delivery_limit(amqp_vhost: str) -> None:
