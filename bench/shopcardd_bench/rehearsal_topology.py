@@ -82,6 +82,13 @@ def _backend_env(settings: dict[str, str]) -> dict[str, str]:
     return {**base, **settings}
 
 
+def _every_node(urls: list[str], first: int) -> str:
+    """``SHOPCARDD_AMQP_URL`` naming every node, starting at node ``first`` (modulo their number):
+    the processes spread over the nodes, and each reconnects to another when its own stops."""
+    first %= len(urls)
+    return ",".join(urls[first:] + urls[:first])
+
+
 @contextlib.contextmanager
 def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
     """Everything stood up, and stopped again whatever happens."""
@@ -195,12 +202,14 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
         print("  RabbitMQ: 3 nodes, quorum queues; 2 relays and the persist, notify and analytics workers")
         urls = rabbit.urls
         relays = [
-            Process.backend(["relay"], {**env, "SHOPCARDD_AMQP_URL": urls[n % 3]}, logs / f"relay-{n}.log")
+            Process.backend(
+                ["relay"], {**env, "SHOPCARDD_AMQP_URL": _every_node(urls, n)}, logs / f"relay-{n}.log"
+            )
             for n in range(2)
         ]
         workers = {
             job: Process.backend(
-                ["worker", job], {**env, "SHOPCARDD_AMQP_URL": urls[(n + 2) % 3]}, logs / f"{job}.log"
+                ["worker", job], {**env, "SHOPCARDD_AMQP_URL": _every_node(urls, n + 2)}, logs / f"{job}.log"
             )
             for n, job in enumerate(JOBS)
         }
