@@ -8,7 +8,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from ...devices import DeviceNotFound, NotYourDevice
-from .pages import PATH, NotFoundPage, Posted, Session, devices_of, merchants_of, page, runtime_of, see_other
+from .pages import (
+    PATH,
+    NotFoundPage,
+    Posted,
+    Session,
+    confirm_page,
+    devices_of,
+    merchants_of,
+    page,
+    runtime_of,
+    see_other,
+)
 
 router = APIRouter()
 
@@ -29,16 +40,14 @@ def counters_page(request: Request, session: Session) -> Response:
 
 @router.get("/counters/{device_id}/revoke", response_class=HTMLResponse)
 def revoke_counter_page(request: Request, session: Session, device_id: str) -> Response:
-    return page(
+    return confirm_page(
         request,
-        "confirm.html",
         session,
         question=f"Revoke the counter {device_id}?",
         explain="Its syncs are refused from now on; enrol it again under a new id to use it again.",
         action=f"{PATH}/counters/{device_id}/revoke",
         button="Revoke the counter",
         back=f"{PATH}/counters",
-        back_label="Keep it",
     )
 
 

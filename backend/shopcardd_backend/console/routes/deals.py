@@ -15,7 +15,18 @@ from ...deals import DealNotFound, NotYourDeal
 from ...stats import deal_figures
 from ...storage import TransientError
 from ..sessions import SignedIn
-from .pages import PATH, NotFoundPage, Posted, Session, deals_of, merchants_of, page, runtime_of, see_other
+from .pages import (
+    PATH,
+    NotFoundPage,
+    Posted,
+    Session,
+    confirm_page,
+    deals_of,
+    merchants_of,
+    page,
+    runtime_of,
+    see_other,
+)
 
 CHANNEL_WORDS: Final = {"email": "Emails", "sms": "SMS"}
 """A notice channel as the live page names its counts (``Emails sent``, ``SMS refused``)."""
@@ -134,9 +145,8 @@ def _figures(request: Request, session: SignedIn, deal_id: str) -> dict[str, Any
 @router.get("/deals/{deal_id}/cancel", response_class=HTMLResponse)
 def cancel_deal_page(request: Request, session: Session, deal_id: str) -> Response:
     deal = _merchant_deal(request, session, deal_id)
-    return page(
+    return confirm_page(
         request,
-        "confirm.html",
         session,
         question=f"Cancel the deal “{deal.title}”?",
         explain="Every later claim is refused, and every counter refuses its vouchers after its next sync. "
@@ -144,7 +154,6 @@ def cancel_deal_page(request: Request, session: Session, deal_id: str) -> Respon
         action=f"{PATH}/deals/{deal_id}/cancel",
         button="Cancel the deal",
         back=f"{PATH}/deals",
-        back_label="Keep it",
     )
 
 

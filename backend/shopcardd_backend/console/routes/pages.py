@@ -110,6 +110,24 @@ def page(
     return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
+def confirm_page(
+    request: Request, session: SignedIn, *, question: str, explain: str, action: str, button: str, back: str
+) -> HTMLResponse:
+    """The confirmation a change that cannot be taken back asks for first: the question, what
+    follows, the button that posts it to ``action`` and the way ``back`` that keeps things as they are."""
+    return page(
+        request,
+        "confirm.html",
+        session,
+        question=question,
+        explain=explain,
+        action=action,
+        button=button,
+        back=back,
+        back_label="Keep it",
+    )
+
+
 def see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 

@@ -9,7 +9,17 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from ...devices import NotYourVoucher, VoucherNotFound
-from .pages import PATH, NotFoundPage, Posted, Session, devices_of, merchants_of, page, see_other
+from .pages import (
+    PATH,
+    NotFoundPage,
+    Posted,
+    Session,
+    confirm_page,
+    devices_of,
+    merchants_of,
+    page,
+    see_other,
+)
 
 router = APIRouter()
 
@@ -34,16 +44,14 @@ def vouchers_page(
 
 @router.get("/vouchers/{voucher_id}/revoke", response_class=HTMLResponse)
 def revoke_voucher_page(request: Request, session: Session, voucher_id: str) -> Response:
-    return page(
+    return confirm_page(
         request,
-        "confirm.html",
         session,
         question=f"Revoke the voucher {voucher_id}?",
         explain="Every counter refuses it after its next sync. This cannot be undone.",
         action=f"{PATH}/vouchers/{voucher_id}/revoke",
         button="Revoke the voucher",
         back=f"{PATH}/vouchers?voucher_id={quote(voucher_id)}",
-        back_label="Keep it",
     )
 
 
