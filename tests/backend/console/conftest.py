@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from workers.conftest import mail_server  # noqa: F401 (the notify worker's tests' mail server, as a fixture here)
 
 from shopcardd_bench.served import running_backend
 

@@ -224,14 +224,6 @@ def test_a_session_past_its_expiry_is_sent_back_to_sign_in(browser: Any, short_s
 
 
 @pytest.fixture
-def mail_server() -> Iterator[MailServer]:
-    server = MailServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def mailing(tmp_path: Path, mail_server: MailServer) -> Iterator[Served]:
     """A served backend whose notify worker emails the customers through ``mail_server``."""
     yield from serve(
