@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from gate_suite import NOW, MakeGate, all_events, claim, same_decision, terms
+from servers import SpareRedis
 from shopcardd_backend.gates.base import (
     ClaimAttempt,
     ClaimDecision,
@@ -275,17 +276,21 @@ def test_every_key_of_a_deal_is_in_one_cluster_slot(redis_gate: Any, redis_url: 
 
 
 @pytest.mark.redis
-def test_the_script_survives_a_flushed_script_cache(redis_gate: Any, redis_url: str) -> None:
-    """NOSCRIPT after a Redis restart: the gate reloads its script; check() stays honest."""
+def test_the_script_survives_a_flushed_script_cache(make_gate: MakeGate, spare_redis: SpareRedis) -> None:
+    """NOSCRIPT after a Redis restart: the gate reloads its script; check() stays honest.
+
+    On a Redis of its own: flushing the shared one's script cache would pull the script from
+    under the other workers' gates between their reload and their call."""
     import redis
 
-    redis_gate.load_deal(terms())
-    with redis.Redis.from_url(redis_url) as client:
+    gate = make_gate("redis", url=spare_redis.url)
+    gate.load_deal(terms())
+    with redis.Redis.from_url(spare_redis.url) as client:
         client.script_flush()
-    redis_gate.check()
-    with redis.Redis.from_url(redis_url) as client:
+    gate.check()
+    with redis.Redis.from_url(spare_redis.url) as client:
         client.script_flush()
-    assert claim(redis_gate).outcome is Outcome.ISSUED
+    assert claim(gate).outcome is Outcome.ISSUED
 
 
 def test_an_unreachable_redis_raises_gate_unavailable(make_gate: MakeGate, unused_port: int) -> None:
