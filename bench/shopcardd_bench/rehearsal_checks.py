@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .rehearsal_report import percentile
@@ -37,19 +38,7 @@ class Checks:
         self.lines.append(f"      {text}")
 
 
-def _until(condition: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return True
-        except Exception:  # a store or broker still coming back: ask again
-            pass
-        time.sleep(1.0)
-    return False
-
-
-def _drain(backlog: Callable[[], int | None]) -> tuple[bool, float, str]:
+def _drain(backlog: Callable[[], int | None], what: str = "draining") -> tuple[bool, float, str]:
     """Wait until ``backlog`` is 0, showing it every 10 s: (drained, seconds, why not)."""
     start = time.monotonic()
     lowest, fell_at, shown = None, start, start
@@ -65,7 +54,7 @@ def _drain(backlog: Callable[[], int | None]) -> tuple[bool, float, str]:
         if now - fell_at > DRAIN_STALL_SECONDS:
             return False, now - start, f"the backlog stopped at {lowest} for {DRAIN_STALL_SECONDS:g} s"
         if now - shown >= 10:
-            print(f"  draining: {left if left is not None else '?'} left", flush=True)
+            print(f"  {what}: {left if left is not None else '?'} left", flush=True)
             shown = now
         time.sleep(1.0)
     return False, DRAIN_SECONDS, f"{lowest} still left after {DRAIN_SECONDS:g} s"
@@ -97,6 +86,7 @@ def check_everything(
 
     print("  draining: outbox, queues, store", flush=True)
     total_issued = lambda: sum(issued(d["deal_id"]) for d in deals.values())  # noqa: E731
+
     def backlog() -> int | None:
         """Events in the outbox and queues, and vouchers issued but not stored (None: unknown)."""
         outbox, queued = timeline.outbox(), timeline.queued()
@@ -173,7 +163,7 @@ def check_everything(
             v for v, user in users.items() if (email if int(user[1:]) % 2 == 0 else sms).per_voucher[v] == 0
         ]
 
-    _until(lambda: not unnoticed(), 60)
+    _drain(lambda: len(unnoticed()), "waiting for notices")
     missing_notices = unnoticed()
     twice = [v for v, n in (email.per_voucher + sms.per_voucher).items() if n > 1]
     unread = email.unread + sms.unread
@@ -181,9 +171,11 @@ def check_everything(
         not missing_notices and not twice and not unread,
         f"notices: {sum(email.per_voucher.values())} emails, {sum(sms.per_voucher.values())} SMS for "
         f"{len(users)} vouchers; {len(missing_notices)} vouchers without one, {len(twice)} told twice "
-        f"(docs/backend-queue.md: at most once), {email.unreadable + sms.unreadable} unreadable"
+        f"(docs/backend-queue.md: at most once), {email.unreadable + sms.unreadable} unreadable, "
+        f"{sms.cut_off} SMS requests cut off by their sender"
         + (f"; without: {missing_notices[:3]}" if missing_notices else "")
-        + (f"; unreadable: {unread[:1]}" if unread else ""),
+        + (f"; unreadable: {unread[:1]}" if unread else "")
+        + "".join(_notice_trail(v, mongo, top.folder / "logs" / "notify.log") for v in missing_notices[:3]),
     )
 
     # Analytics.
@@ -277,6 +269,20 @@ def check_everything(
         f"claim -> stored lag: p50 {percentile(lags, 0.5) * 1000:.0f} ms, "
         f"p99 {percentile(lags, 0.99) * 1000:.0f} ms"
     )
+
+
+def _notice_trail(voucher_id: str, mongo: Any, notify_log: Path) -> str:
+    """What the store and the notify worker's log say of a voucher whose customer was not told."""
+    taken = list(mongo["shopcardd"]["notices"].find({"_id": {"$regex": f"^{voucher_id}/"}}))
+    said = [line.strip() for line in _lines(notify_log) if voucher_id in line][-5:]
+    return f"; {voucher_id}: notices stored {taken or 'none'}, notify.log {said or 'says nothing'}"
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
 
 
 def top_merchant(shop: Any) -> str:

@@ -24,6 +24,8 @@ from typing import Any
 from .services import Process, RabbitCluster, free_port, secantus
 
 JOBS = ("persist", "notify", "analytics")
+JOB_ENV = {"notify": {"SHOPCARDD_LOG_LEVEL": "INFO"}}
+"""The notify worker logs each notice sent: a voucher whose customer was not told has a trail."""
 
 
 @dataclass
@@ -209,7 +211,9 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
         ]
         workers = {
             job: Process.backend(
-                ["worker", job], {**env, "SHOPCARDD_AMQP_URL": _every_node(urls, n + 2)}, logs / f"{job}.log"
+                ["worker", job],
+                {**env, "SHOPCARDD_AMQP_URL": _every_node(urls, n + 2), **JOB_ENV.get(job, {})},
+                logs / f"{job}.log",
             )
             for n, job in enumerate(JOBS)
         }
