@@ -184,9 +184,13 @@ def topology(args: argparse.Namespace, folder: Path) -> Iterator[Topology]:
         print(f"  {args.api} API processes behind nginx (https, HTTP/2) at {url}", flush=True)
         api_ports = [free_port() for _ in range(args.api)]
         apis = []
-        for port in api_ports:
+        for n, port in enumerate(api_ports):
+            # As in production, an API process names the broker: it only claims, and leaves the
+            # outbox to the relays (without it, each would run every job's handler itself).
             api = Process.backend(
-                ["serve", "--host", "127.0.0.1", "--port", str(port)], env, logs / f"api-{port}.log"
+                ["serve", "--host", "127.0.0.1", "--port", str(port)],
+                {**env, "SHOPCARDD_AMQP_URL": _every_node(rabbit.urls, n)},
+                logs / f"api-{port}.log",
             )
             api.start()
             stack.callback(api.stop, check=False)
