@@ -176,6 +176,7 @@ class BodyLimitProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # head and body in two writes: no delayed-ACK wait
 
             def log_message(self, format: str, *args: object) -> None:
                 """Quiet: the test reads ``passed`` and ``refused``."""
