@@ -18,12 +18,14 @@ voucher redeemed at one counter brought to the next, which the shop LAN must ref
 
 Then each invariant is one line with its figure, `N passed, M failed`, exit 1 on any failure;
 report.md and timeline.png in --report (default: a new folder in the system's temp folder).
-Ctrl-C stops everything it started (exit 130).
+Ctrl-C stops everything it started (exit 130), and so does SIGTERM (exit 143: a CI job's
+timeout, a service manager).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import tempfile
@@ -86,17 +88,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken as Ctrl-C is: the stack of what was started unwinds."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    raise Terminated
+
+
 def run(args: argparse.Namespace) -> int:
     folder = args.report or Path(tempfile.mkdtemp(prefix="shopcardd-rehearsal-report-"))
     folder.mkdir(parents=True, exist_ok=True)
+    before = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _rehearse(args, folder)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stopped:
         print("\ninterrupted: everything the rehearsal started is stopped", file=sys.stderr)
-        return 130
+        return 143 if isinstance(stopped, Terminated) else 130
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         print(f"shopcardd-bench rehearsal: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _rehearse(args: argparse.Namespace, folder: Path) -> int:
