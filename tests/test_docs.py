@@ -100,7 +100,7 @@ def after_make_demo() -> None:
 @pytest.mark.slow
 @pytest.mark.xdist_group("docs")  # one `make demo` in the repository, not one per worker
 @pytest.mark.usefixtures("after_make_demo")
-# The guides' longest block is the rehearsal at its defaults (five to seven minutes alone, its
+# The guides' longest block is the rehearsal at its defaults (three to four minutes alone, its
 # drain failing after 60 s without progress): the block's own 900 s bound, plus `make demo` once.
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("block", RUN, ids=str)
