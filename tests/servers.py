@@ -25,6 +25,13 @@ from shopcardd_bench.services import free_port as free_port  # the tests take it
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def ctrl_c_reaches_it() -> None:
+    """``preexec_fn`` for a child a test sends SIGINT: SIGINT back to its default, so Python in
+    the child raises KeyboardInterrupt even where the suite inherited SIGINT ignored (a shell's
+    background job, ``nohup``), as a terminal's Ctrl-C would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def service_missing(reason: str) -> None:
     """Skip on a laptop without the service; fail in CI, where it must be there. (Here rather than
     in conftest.py: a test module's ``from conftest import`` finds whichever conftest.py of a

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from servers import ctrl_c_reaches_it
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -69,6 +71,7 @@ def test_ctrl_c_stops_the_demo_in_one_line_without_a_traceback(tmp_path: Path) -
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
     try:
         assert demo.stdout is not None

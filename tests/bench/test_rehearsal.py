@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import service_missing
+from servers import ctrl_c_reaches_it, service_missing
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,12 @@ def _left_running(folder: Path) -> list[str]:
 def _rehearsal(scratch: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "TMPDIR": str(scratch)}
     return subprocess.Popen(
-        [BENCH, "rehearsal", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [BENCH, "rehearsal", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
 
 
