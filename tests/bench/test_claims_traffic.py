@@ -1,6 +1,7 @@
 """``shopcardd-bench claims`` with tiny sizes: cold, warm and bare rows side by side, the cold
-claims bringing new tokens, the run through nginx, its checks (figures are not asserted:
-benchmarks are not tests)."""
+claims bringing new tokens, the run through nginx, the sell-out, its checks, and a log without
+carriage returns when its output is not a terminal (figures are not asserted: benchmarks are
+not tests)."""
 
 from __future__ import annotations
 
@@ -27,13 +28,17 @@ def test_the_claims_benchmark_measures_cold_and_warm_claims_against_the_bare_end
 ) -> None:
     argv = [str(BENCH), "claims", "--users", "50", "--duration", "1", "--runs", "1", "--connections", "4"]
     argv += ["--sellout-stock", "20", "--cold-share", "0.8", "--nginx", "--plot", str(tmp_path / "c.png")]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    # Bytes, not text: universal newlines would turn carriage returns into line feeds.
+    result = subprocess.run(argv, capture_output=True, timeout=300)
+    out, err = result.stdout.decode(), result.stderr.decode()
+    assert result.returncode == 0, out + err
+    assert "\r" not in out + err  # its output is a log here, not a terminal's redrawn line
     rows = [line.split("  ")[0] for line in out.splitlines() if re.match(r"(claim route|bare)", line)]
     assert rows == ["claim route, cold", "claim route, warm", "bare FastAPI endpoint"]
     assert "claim route cold / bare endpoint: " in out and "claim route warm / bare endpoint: " in out
     share = re.search(r"answers \(claim route, cold, measured runs\): .*; (\d+)% with a new token", out)
     assert share is not None and 70 <= int(share[1]) <= 90, out
     assert re.search(r"through nginx .* at 80 % of .* p99 [\d.]+ ms", out), out
-    assert "nothing oversold, nobody over the limit" in out and (tmp_path / "c.png").exists()
+    assert "5xx answers 0; nothing oversold, nobody over the limit" in out
+    assert "sell-out: stock 20," in out and " 20 issued" in out
+    assert (tmp_path / "c.png").read_bytes().startswith(b"\x89PNG")
