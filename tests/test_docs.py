@@ -23,9 +23,10 @@ GitHub draws)."""
 NOT_RUN: dict[str, str] = {}
 """Guides whose blocks are not run yet, and why (their fences are still checked): none now; a
 list of long-running services is fenced as ``text``, shown and not run."""
-STAND_IN = (re.compile(r"^make (test|check)\b", re.MULTILINE), r"make -n \1")
-"""The commands that cannot run as written: the test suite inside itself (``-n``: make shows
-what it would run, which checks the target and its prerequisites exist)."""
+STAND_IN = (re.compile(r"^make (test|check|demo)\b", re.MULTILINE), r"make -n \1")
+"""The commands not run as written here (``-n``: make shows what it would run, which checks the
+target and its prerequisites exist): the test suite, which cannot run inside itself, and
+``make demo``, which ``after_make_demo`` has just run as written in the same fresh shell."""
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
