@@ -32,6 +32,14 @@ def ctrl_c_reaches_it() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def yields_to_the_suite() -> None:
+    """``preexec_fn`` for a child that runs as fast as the machine lets it for a set time (the
+    rehearsal's sale): at a lower priority it takes the CPU the other tests leave, instead of
+    a share that stretches them, on a 2-core machine, past the suite's ten minutes. What it
+    checks does not depend on its rate."""
+    os.nice(10)
+
+
 def service_missing(reason: str) -> None:
     """Skip on a laptop without the service; fail in CI, where it must be there. (Here rather than
     in conftest.py: a test module's ``from conftest import`` finds whichever conftest.py of a

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from servers import yields_to_the_suite
+
 ROOT = Path(__file__).resolve().parent.parent
 GUIDES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = {"sh", "text", "toml", "json", "mermaid"}
@@ -116,6 +118,7 @@ def test_a_command_block_runs_as_written_in_a_fresh_shell(block: Block) -> None:
         capture_output=True,
         text=True,
         timeout=900,
+        preexec_fn=yields_to_the_suite,  # the rehearsal block's 60 s sale
     )
     assert result.returncode == 0, f"{block} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     assert untracked_files() == before, f"{block} left files in the repository"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import ctrl_c_reaches_it, service_missing
+from servers import ctrl_c_reaches_it, service_missing, yields_to_the_suite
 
 pytestmark = pytest.mark.slow
 
@@ -76,8 +76,13 @@ def _rehearsal(scratch: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=ctrl_c_reaches_it,
+        preexec_fn=_as_in_the_suite,
     )
+
+
+def _as_in_the_suite() -> None:
+    ctrl_c_reaches_it()
+    yields_to_the_suite()
 
 
 def test_a_short_rehearsal_runs_every_fault_and_loses_nothing(scratch: Path) -> None:
