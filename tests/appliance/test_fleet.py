@@ -1,8 +1,9 @@
 """The fleet playbook applied to a real Debian bookworm root for arm64, the Pi's architecture.
 
-debootstrap builds the root once (qemu-user-static runs its arm64 binaries through binfmt_misc)
-and keeps it under /var/cache/shopcardd-tests/, keyed by what built it; each run copies it, so
-every run provisions a fresh machine. The playbook reaches the root with ansible/'s chroot
+debootstrap builds the root once (qemu-user-static runs its arm64 binaries through binfmt_misc),
+a minimal Debian with what every Raspberry Pi OS Lite image has (systemd, its time sync, the CA
+certificates), and keeps it under /var/cache/shopcardd-tests/, keyed by what built it; each run
+copies it, so every run provisions a fresh machine. The playbook reaches the root with ansible/'s chroot
 connection, the one an operator uses to prepare an SD card: real apt, real pip (aarch64 wheels
 from PyPI), real files and users. It runs twice (the second run must change nothing), then
 `shopcardd-device verify` runs inside the root, as the counter's user, on a voucher.
@@ -35,7 +36,9 @@ DEBOOTSTRAP = {
     "suite": "bookworm",
     "arch": "arm64",
     "variant": "minbase",
-    "include": ["python3", "python3-apt"],  # what Ansible needs to reach the root at all
+    # What Ansible needs to reach the root at all, and what every Raspberry Pi OS Lite image has:
+    # the root stands in for one, and the playbook installs the rest (libzbar0, python3-venv, ...).
+    "include": ["python3", "python3-apt", "systemd", "systemd-timesyncd", "ca-certificates"],
     "mirror": "http://deb.debian.org/debian",
 }
 BINFMT = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
@@ -55,6 +58,13 @@ def debootstrap_version() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def ahead_of_the_suite() -> None:
+    """``preexec_fn`` of the emulated work: a higher priority (nice -5; the fixture runs as root).
+    The fixture is make test's longest path, one process at a time under qemu: at an equal share
+    of two cores beside the other tests it took 590 to 630 s, 345 s alone."""
+    os.nice(-5)
+
+
 def cached_root() -> tuple[Path, str]:
     """The bootstrapped root, built when no run has built it with the same inputs yet."""
     key = hashlib.sha256(json.dumps({**DEBOOTSTRAP, "debootstrap": debootstrap_version()}).encode())
@@ -70,7 +80,9 @@ def cached_root() -> tuple[Path, str]:
         argv = [require_tool("debootstrap", "debootstrap"), f"--arch={DEBOOTSTRAP['arch']}"]
         argv += [f"--variant={DEBOOTSTRAP['variant']}", f"--include={','.join(DEBOOTSTRAP['include'])}"]
         argv += [str(DEBOOTSTRAP["suite"]), str(partial), str(DEBOOTSTRAP["mirror"])]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=1800, preexec_fn=ahead_of_the_suite
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         (partial / ".complete").write_text(" ".join(argv) + "\n")
         partial.rename(cached)
@@ -160,6 +172,7 @@ def apply_playbook(inventory: Path) -> Run:
         capture_output=True,
         text=True,
         timeout=1800,
+        preexec_fn=ahead_of_the_suite,
     )
     return Run(done.returncode, done.stdout + done.stderr, time.monotonic() - started)
 
