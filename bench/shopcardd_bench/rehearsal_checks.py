@@ -279,7 +279,8 @@ def check_everything(
 
 def _notice_trail(voucher_id: str, mongo: Any, notify_log: Path) -> str:
     """What the store and the notify worker's log say of a voucher whose customer was not told."""
-    taken = list(mongo["shopcardd"]["notices"].find({"_id": {"$regex": f"^{voucher_id}/"}}))
+    ids = [f"{voucher_id}/{channel}" for channel in ("email", "sms")]
+    taken = list(mongo["shopcardd"]["notices"].find({"_id": {"$in": ids}}))
     said = [line.strip() for line in _lines(notify_log) if voucher_id in line][-5:]
     return f"; {voucher_id}: notices stored {taken or 'none'}, notify.log {said or 'says nothing'}"
 
