@@ -5,14 +5,16 @@ when ``SHOPCARDD_USER_AUDIENCE`` is set (production needs it), that ``aud``, che
 provider's public keys (``SHOPCARDD_USER_JWKS``) or an HS256 secret
 (``SHOPCARDD_USER_SECRET``). Without either, the development identity key in
 ``DATA_DIR/identity`` signs and checks them (``shopcardd-backend user-token``); production
-refuses that. An asymmetric check costs 150-190 us, most of a claim's budget, so a verified
+refuses that. A signature check costs more than the rest of a claim (Ed25519: 54 us through
+libsodium on the bench machine, twice that through OpenSSL), so a verified
 token is remembered per process until it expires, in a bounded cache.
 
 Most customers of a flash sale claim once, so most tokens are checked, not remembered. A token
 of the usual shape (canonical base64url, a header of ``alg``, ``kid`` and ``typ`` only, the
 standard claims of the standard types) is parsed once and its signature checked with the
-configured key's own algorithm (PyJWT's wrapper of ``cryptography``, the key prepared once):
-PyJWT's ``decode`` parsed the token twice and rebuilt its checks on every call. Any other token
+configured key's own algorithm, the check prepared once (libsodium for an Ed25519 key, see
+``ed25519``; PyJWT's wrapper of ``cryptography`` for the others): PyJWT's ``decode`` parsed the
+token twice and rebuilt its checks on every call. Any other token
 goes through ``jwt.decode`` as before, so every refusal keeps its reason.
 
 Merchant API keys are 256 random bits, shown once; the store keeps only their SHA-256. A slow
@@ -43,6 +45,7 @@ from shopcardd_voucher import ID_RULE, MAX_TOKEN_LENGTH, SigningKey, is_valid_id
 from shopcardd_voucher.keyfiles import key_folder, write_private
 from shopcardd_voucher.voucher import canonical_segment, parse_compact
 
+from .ed25519 import Verifies, verifier_of
 from .settings import Settings, SettingsError, load_jwks
 from .stores.base import DocumentStore, MerchantRecord
 
@@ -114,6 +117,17 @@ class _PublicKey:
 _USUAL_HEADER: Final = frozenset({"alg", "kid", "typ"})
 
 
+def _verifies(alg: str, key: Any) -> Verifies:
+    """The signature check of ``alg`` with ``key``, prepared once: libsodium's for an Ed25519
+    key (``ed25519``: twice OpenSSL's speed), PyJWT's algorithm object for any other."""
+    fast = verifier_of(key) if alg == "EdDSA" else None
+    if fast is not None:
+        return fast
+    algorithm = jwt.get_algorithm_by_name(alg)
+    prepared = algorithm.prepare_key(key)
+    return lambda message, signature: bool(algorithm.verify(message, prepared, signature))
+
+
 def _whole_number(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -137,15 +151,13 @@ class UserTokenVerifier:
         self.audience = audience
         self._keys = public_keys or {}
         self._secret = secret
-        self._checks: dict[str | None, tuple[str, Any, Any]] = {
-            kid: (found.alg, jwt.get_algorithm_by_name(found.alg), found.key)
-            for kid, found in self._keys.items()
+        self._checks: dict[str | None, tuple[str, Verifies]] = {
+            kid: (found.alg, _verifies(found.alg, found.key)) for kid, found in self._keys.items()
         }
-        """kid -> (alg, its algorithm, the key prepared for it); None -> the HS256 secret."""
+        """kid -> (alg, the check of a signature with its key); None -> the HS256 secret."""
         if secret is not None:
-            hs256 = jwt.get_algorithm_by_name("HS256")
             with contextlib.suppress(jwt.InvalidKeyError):  # a PEM key as secret: refused per token
-                self._checks[None] = ("HS256", hs256, hs256.prepare_key(secret))
+                self._checks[None] = ("HS256", _verifies("HS256", secret))
         self._cache: dict[str, tuple[User, int]] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -205,12 +217,12 @@ class UserTokenVerifier:
             check = self._checks.get(None if self._secret is not None else jws.kid)
             if check is None or check[0] != jws.alg:
                 return None
-            algorithm, key = check[1], check[2]
+            verifies = check[1]
             claims_json = canonical_segment(jws.payload_segment)
         except (ValueError, UnicodeError):
             return None
         try:
-            verified = algorithm.verify(jws.signing_input, key, jws.signature)
+            verified = verifies(jws.signing_input, jws.signature)
         except (ValueError, TypeError):
             return None
         if not verified:

@@ -17,6 +17,8 @@ from typing import Any, Final
 from shopcardd_voucher import Algorithm, InvalidKeyError, KeySet, SigningKey, Voucher, sign
 from shopcardd_voucher.keyfiles import KeyFileError, add_key, key_folder
 
+from .ed25519 import signer_of
+
 log = logging.getLogger("shopcardd_backend.signing")
 
 
@@ -35,10 +37,12 @@ class VoucherSigner:
             raise SigningKeyError(f"signing key {key.kid!r} does not match its published public key")
         self.key = key
         self.jwks: dict[str, Any] = keyset.to_jwks()
+        self._signs = signer_of(key.private_key)
+        """libsodium's Ed25519 for an Ed25519 key (twice OpenSSL's speed), else None."""
 
     def sign(self, voucher: Voucher) -> str:
         """The voucher's token; the key's own kid goes into the header (whatever ``voucher.kid``)."""
-        return sign(self.key, voucher)
+        return sign(self.key, voucher, self._signs)
 
 
 KID_ALPHABET: Final = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford's base32, lower case

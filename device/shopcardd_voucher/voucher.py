@@ -19,6 +19,7 @@ import json
 import secrets
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from functools import cache
@@ -137,6 +138,11 @@ def _compact_json(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+@cache
+def _header_segment(alg: str, kid: str) -> bytes:
+    return base64url_encode(_compact_json({"alg": alg, "kid": kid}))
+
+
 def issue(
     key: SigningKey,
     *,
@@ -167,17 +173,22 @@ def issue(
     return sign(key, voucher)
 
 
-def sign(key: SigningKey, voucher: Voucher) -> str:
+def sign(key: SigningKey, voucher: Voucher, signs: Callable[[bytes], bytes] | None = None) -> str:
     """Sign already-built voucher claims (the backend builds them inside its claim step)."""
-    return sign_compact(key, voucher.to_claims())
+    return sign_compact(key, voucher.to_claims(), signs)
 
 
-def sign_compact(key: SigningKey, payload: dict[str, Any]) -> str:
+def sign_compact(
+    key: SigningKey, payload: dict[str, Any], signs: Callable[[bytes], bytes] | None = None
+) -> str:
     """A compact JWS of ``payload`` with the header ``{"alg", "kid"}`` of ``key``: a voucher, and
-    the shop LAN's messages (``shopcardd_device.gossip``)."""
-    header = base64url_encode(_compact_json({"alg": key.alg, "kid": key.kid}))
-    signing_input = header + b"." + base64url_encode(_compact_json(payload))
-    signature = _algorithm(key.alg).sign(signing_input, key.private_key)
+    the shop LAN's messages (``shopcardd_device.gossip``). ``signs``: another implementation of
+    the key's own signature (the backend's libsodium Ed25519), else PyJWT's algorithm object."""
+    signing_input = _header_segment(key.alg, key.kid) + b"." + base64url_encode(_compact_json(payload))
+    if signs is None:
+        signature = _algorithm(key.alg).sign(signing_input, key.private_key)
+    else:
+        signature = signs(signing_input)
     if key.alg == "ES256":
         signature = low_s(signature)  # one spelling of our own; the verifier takes both
     return (signing_input + b"." + base64url_encode(signature)).decode("ascii")
