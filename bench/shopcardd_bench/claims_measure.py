@@ -50,6 +50,9 @@ class Measured:
         return self.redis_cpu / max(self.issued, 1) * 1e6
 
 
+MINTED_PER_COMMAND = 20_000
+"""Users per ``user-token`` command: a cold run at 7,000 claims/s needs 95,000 new tokens, more
+user ids than one command line holds."""
 KINDS: dict[str, str] = {
     "cold": "claim route, cold",
     "warm": "claim route, warm",
@@ -91,7 +94,8 @@ class Session:
         users = [f"n{self.minted + i}" for i in range(count)]
         self.minted += count
         path = self.folder / "cold-tokens.txt"
-        path.write_text(backend_command(self.env, "user-token", *users))
+        chunks = (users[i : i + MINTED_PER_COMMAND] for i in range(0, count, MINTED_PER_COMMAND))
+        path.write_text("".join(backend_command(self.env, "user-token", *chunk) for chunk in chunks))
         return path
 
     def measure(self, kind: str, through: str | None = None, rate: float = 0) -> Measured:
