@@ -144,29 +144,32 @@ class ClaimService:
     async def claim(self, deal_id: str, token: str, idempotency_key: str, address: str | None) -> ClaimResult:
         """One claim request of the API: the user's bearer ``token``, from client ``address``.
 
-        A token this process has verified before is known at once: its address and user are
-        counted with the claim, in the gate's one step. Any other token is counted by address
-        first, in a step of its own, so that a flood over its limit is refused before its
-        signature is checked; then it is verified, and its user is counted with the claim. Over
-        a limit, only a claim already issued is answered (a lost answer's retry still gets its
-        voucher); anything else is RATE_LIMITED. The gate's step is awaited, no thread hop
+        Every request counts once against its address's limit, and a request whose user is
+        known against the user's: counted with the claim, in the gate's one step. A token this
+        process has not verified yet is verified first, unless its address is already known to
+        be over its limit here: so a flood's requests are refused before their signatures are
+        checked, as soon as the process has seen its counter over (under the limit, each would
+        be checked anyway). A token that fails its check is counted by address in a step of its
+        own, and over the limit is RATE_LIMITED, as the same request counted first would be.
+        Over a limit, only a claim already issued is answered (a lost answer's retry still gets
+        its voucher); anything else is RATE_LIMITED. The gate's step is awaited, no thread hop
         (only a deal the gate does not know asks the store, in a thread)."""
         limits = self.rate_limits
         user = self.users.cached_user(token)
-        if user is not None:
-            standing = limits.standing(address, user.user_id)
-        else:
-            over = await limits.check(address)
-            if over is not None:
+        if user is None:
+            over = limits.standing(address)
+            if isinstance(over, OverLimit):
                 self.metrics.claim_done("rate_limited", None)
                 return ClaimResult(ClaimOutcome.RATE_LIMITED, over=over)
-            if token.startswith(API_KEY_PREFIX):
-                return ClaimResult(ClaimOutcome.UNAUTHORIZED, reason=API_KEY_AS_TOKEN)
             try:
-                user = self.users.user(token)
+                user = self._verified(token)
             except Unauthorized as exc:
+                over = await limits.check(address)
+                if over is not None:
+                    self.metrics.claim_done("rate_limited", None)
+                    return ClaimResult(ClaimOutcome.RATE_LIMITED, over=over)
                 return ClaimResult(ClaimOutcome.UNAUTHORIZED, reason=str(exc))
-            standing = limits.standing(user_id=user.user_id)
+        standing = limits.standing(address, user.user_id)
         started = time.perf_counter()
         try:
             decision = await self.gate.claim_async(self._attempt(deal_id, user, idempotency_key, standing))
@@ -193,6 +196,12 @@ class ClaimService:
             self.metrics.claim_done("unavailable", time.perf_counter() - started)
             raise
         return self._answer(decision, deal_id, standing, started)
+
+    def _verified(self, token: str) -> User:
+        """The user of a token not cached yet; ``Unauthorized`` (an API key said so plainly)."""
+        if token.startswith(API_KEY_PREFIX):
+            raise Unauthorized(API_KEY_AS_TOKEN)
+        return self.users.user(token)
 
     def _attempt(self, deal_id: str, user: User, idempotency_key: str, standing: Standing) -> ClaimAttempt:
         """The gate's attempt: ``replay_only`` when over a limit already, else counting the

@@ -10,10 +10,11 @@ a flood's further requests are refused without asking the store again.
 
 Where a request is counted: ``standing`` gives its counters, and the claim's own step counts
 them (``ClaimAttempt.rate_count``; on Redis in the claim script, saving the claim a round trip),
-then ``verdict`` reads the counts. A request whose token is not verified yet has its address
-counted first, in a step of its own (``check``), so that a flood is refused before its
-signature is checked. Over a limit, only a replay of a claim already issued is answered
-(``ClaimAttempt.replay_only``), else ``rate_limited`` (``claims.ClaimService`` keeps this order).
+then ``verdict`` reads the counts. A request whose token fails its check has its address
+counted in a step of its own (``check``). A request of an address remembered over its limit is
+refused before its token's signature is checked. Over a limit, only a replay of a claim already
+issued is answered (``ClaimAttempt.replay_only``), else ``rate_limited`` (``claims.ClaimService``
+keeps this order).
 A limit of 0 is off.
 """
 

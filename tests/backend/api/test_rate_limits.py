@@ -151,6 +151,24 @@ def test_a_flooding_address_is_refused_while_other_addresses_claim_on(settings: 
     assert_problem(forged_elsewhere, 401, "unauthorized")
 
 
+def test_a_flood_of_forged_tokens_goes_over_the_limit_and_is_then_refused_unchecked(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forged token counts against its address like any claim request: 401 while under the
+    limit, 429 over it; once the process knows the address is over, no signature is checked."""
+    with limited(settings, **{**OFF, "claim_rate_per_address": 3}) as api:
+        deal = new_deal(api)
+        forged = api.user_token("mallory")[:-6] + "AAAAAA"
+        users = api.client.app.state.runtime.claims.users  # type: ignore[attr-defined]
+        checked: list[str] = []
+        verify = users.user
+        monkeypatch.setattr(users, "user", lambda token: checked.append(token) or verify(token))
+        statuses = [api.claim(deal, forged, f"k{n}").status_code for n in range(8)]
+        assert statuses == [401, 401, 401, 429, 429, 429, 429, 429]
+        assert len(checked) == 4, "the request that went over was checked; none after it"
+        assert api.claim(deal, api.user_token("alice"), "a").status_code == 429, "the address is over"
+
+
 def test_x_forwarded_for_is_ignored_from_an_untrusted_peer(settings: Settings) -> None:
     with limited(settings, **{**OFF, "claim_rate_per_address": 2}, trusted_proxies="10.0.0.0/8") as api:
         deal = new_deal(api)
