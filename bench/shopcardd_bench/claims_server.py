@@ -5,7 +5,8 @@ path as ``shopcardd-backend serve`` (``serve_api``), the app of ``create_app_fro
 one more route, ``POST /bench/bare/deals/{deal_id}/claims``: the yardstick of issue 14, "a
 naive async FastAPI endpoint doing the same work", written the way the framework's
 documentation teaches, over plain library calls: a bearer dependency and a header parameter,
-the user's token decoded and checked by PyJWT on every request, redis.asyncio with its defaults
+the user's token decoded and checked by PyJWT's ``jwt.decode`` on every request (with the
+development identity key that ``user-token`` signs with), redis.asyncio with its defaults
 (its cluster client on a Redis Cluster) evaluating the gate's own ``claim.lua``, the voucher
 signed by ``jwt.encode``, a pydantic response model, FastAPI's routing, and served as such an
 app is deployed: ``--server plain-uvicorn``, uvicorn as it comes, in processes of its own (the
@@ -32,7 +33,7 @@ from shopcardd_backend.app import create_app_from_env
 from shopcardd_backend.gates.base import ClaimAttempt
 from shopcardd_backend.gates.redis import claim_args, claim_script_source
 from shopcardd_backend.gates.redis_client import cluster_client
-from shopcardd_backend.identity import Unauthorized, build_verifier
+from shopcardd_backend.identity import dev_identity_key
 from shopcardd_voucher import Voucher, new_voucher_id
 
 BARE_PATH = "/bench/bare/deals/{deal_id}/claims"
@@ -57,9 +58,10 @@ async def bare_claim(
 ) -> BareVoucher:
     runtime: Any = request.app.state.runtime
     state = request.app.state
+    settings = runtime.settings
     if not hasattr(state, "bare_script"):
-        settings = runtime.settings.model_copy(update={"user_token_cache_size": 0})
-        state.bare_users = build_verifier(settings)  # PyJWT on every request: no cache
+        identity = dev_identity_key(settings, create=False)  # the key user-token signs with
+        state.bare_identity = (identity.private_key.public_key(), identity.alg)
         url = runtime.settings.redis_url
         client: Any
         if runtime.settings.redis_cluster:  # the URL may list several nodes: the gate's way of opening it
@@ -67,18 +69,27 @@ async def bare_claim(
         else:
             client = redis.asyncio.Redis.from_url(url, decode_responses=True)
         state.bare_script = client.register_script(claim_script_source())
+    public_key, alg = state.bare_identity
     try:
-        user = state.bare_users.user(credentials.credentials)
-    except Unauthorized as exc:
+        claims = jwt.decode(
+            credentials.credentials,
+            public_key,
+            algorithms=[alg],
+            issuer=settings.user_issuer,
+            audience=settings.user_audience or None,
+            options={"require": ["exp", "sub", "iss"]},
+        )
+    except jwt.PyJWTError as exc:
         raise HTTPException(401, str(exc)) from None
-    attempt = ClaimAttempt(deal_id, user.user_id, idempotency_key, new_voucher_id(), int(time.time()))
+    user_id = str(claims["sub"])
+    attempt = ClaimAttempt(deal_id, user_id, idempotency_key, new_voucher_id(), int(time.time()))
     outcome, record, _, merchant_id = await state.bare_script(
         keys=runtime.gate.deal_keys(deal_id), args=claim_args(attempt)
     )
     if outcome not in ("issued", "replayed"):
         raise HTTPException(409, outcome)
     issued_at, expires_at, voucher_id = record.split(" ", 2)
-    voucher = Voucher(voucher_id, deal_id, user.user_id, merchant_id, int(issued_at), int(expires_at))
+    voucher = Voucher(voucher_id, deal_id, user_id, merchant_id, int(issued_at), int(expires_at))
     key = runtime.signer.key
     token = jwt.encode(voucher.to_claims(), key.private_key, algorithm=key.alg, headers={"kid": key.kid})
     if outcome == "replayed":
