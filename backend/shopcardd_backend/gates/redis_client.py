@@ -30,11 +30,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import hiredis
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
@@ -147,6 +148,31 @@ class _Pipeliner:
         return replies
 
 
+class _HiredisPacking:
+    """A connection that packs a pipeline's commands with hiredis, one C call each: redis-py
+    encodes every argument in Python first, 15 us a claim's script call against 2 us (the
+    same bytes). A command it cannot pack so (a name of two words, a memoryview) is packed by
+    redis-py as before."""
+
+    def pack_commands(self, commands: Iterable[Sequence[Any]]) -> list[bytes]:
+        commands = list(commands)
+        try:
+            if not any(" " in str(command[0]) for command in commands):
+                return [b"".join([hiredis.pack_command(tuple(command)) for command in commands])]
+        except TypeError:
+            pass
+        return super().pack_commands(commands)  # type: ignore[misc]
+
+
+def _packing_with_hiredis(client: redis.asyncio.Redis) -> redis.asyncio.Redis:
+    """``client`` whose new connections pack pipelines with ``_HiredisPacking``: a mixin over the
+    connection class ``from_url`` chose (TCP, TLS or a Unix socket)."""
+    pool = client.connection_pool
+    base = pool.connection_class
+    pool.connection_class = type(f"HiredisPacking{base.__name__}", (_HiredisPacking, base), {})
+    return client
+
+
 def _is_noscript(reply: object) -> bool:
     return isinstance(reply, redis.exceptions.NoScriptError)
 
@@ -236,8 +262,8 @@ class RedisConnection(Closing):
             if self._cluster:
                 self._async_client = cluster_client(self._url, asynchronous=True, **options)
             else:
-                self._async_client = redis.asyncio.Redis.from_url(
-                    self._url, retry=AsyncRetry(NoBackoff(), 0), **options
+                self._async_client = _packing_with_hiredis(
+                    redis.asyncio.Redis.from_url(self._url, retry=AsyncRetry(NoBackoff(), 0), **options)
                 )
             timeout = self._client_options["socket_timeout"]
             pipeliner = _Pipeliner(self._async_client, timeout, self._script_sources())
