@@ -134,8 +134,12 @@ def low_s(signature: bytes) -> bytes:
     return signature if s <= P256_ORDER // 2 else signature[:32] + (P256_ORDER - s).to_bytes(32, "big")
 
 
+_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+"""Made once: ``json.dumps`` with options builds an encoder on every call."""
+
+
 def _compact_json(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=True).encode()
+    return _COMPACT_JSON.encode(value).encode()
 
 
 @cache

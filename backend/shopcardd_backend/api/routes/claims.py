@@ -111,6 +111,8 @@ SUFFIX: Final = "/claims"
 IDEMPOTENCY_KEY: Final = re.compile(rb"[\x21-\x7e]{1,128}")
 """What ``IdempotencyKey`` accepts (1 to 128 visible ASCII characters), on the raw header."""
 JSON_HEADERS: Final = (b"content-type", b"application/json")
+VOUCHER_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""Made once: ``json.dumps`` with options builds an encoder on every call."""
 
 
 class ClaimFastPath:
@@ -140,7 +142,7 @@ class ClaimFastPath:
         except Exception:
             await unexpected_answer(scope["path"])(scope, receive, send)
             raise  # as the app's own error middleware does: the server logs it and goes on
-        body = json.dumps(
+        body = VOUCHER_JSON.encode(
             {
                 "voucher_id": issued.voucher_id,
                 "token": issued.token,
@@ -148,8 +150,6 @@ class ClaimFastPath:
                 "merchant_id": issued.merchant_id,
                 "expires_at": issued.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             },
-            ensure_ascii=False,
-            separators=(",", ":"),
         ).encode()
         headers = [(b"content-length", str(len(body)).encode()), JSON_HEADERS]
         status = 200 if issued.replayed else 201
