@@ -102,9 +102,15 @@ def test_a_verified_token_is_remembered_until_it_expires() -> None:
     assert len(checks) == 1
     with pytest.raises(Unauthorized):
         verifier.user_id(token, now=time.time() + 120)
-    for user in ("u1", "u2", "u3"):  # the cache stays within its bound
-        verifier.user_id(jwt.encode(_claims(user), SECRET, algorithm="HS256"))
+    tokens = {user: jwt.encode(_claims(user), SECRET, algorithm="HS256") for user in ("u1", "u2", "u3")}
+    for user_token in tokens.values():  # the cache stays within its bound
+        verifier.user_id(user_token)
     assert len(verifier._cache) <= 2
+    checks.clear()
+    verifier.user_id(tokens["u3"])
+    assert checks == [], "the newest stays"
+    verifier.user_id(tokens["u1"])
+    assert checks == [tokens["u1"]], "the oldest went first"
 
 
 def test_a_token_whose_user_id_cannot_go_in_a_voucher_is_refused() -> None:
