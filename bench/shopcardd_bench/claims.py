@@ -92,8 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--nginx",
         action="store_true",
         help="then send cold claims through nginx with the repository's site "
-        "(systemd/nginx/shopcardd-api.conf) at 80 %% of the cold claim rate, on a schedule, and "
-        "print the latency (nginx must be installed)",
+        "(systemd/nginx/shopcardd-api.conf): once as fast as they go (the rate the API sustains "
+        "behind nginx, whose work shares the cores), then at 80 %% of that rate, on a schedule, "
+        "and print the latency (nginx must be installed)",
     )
     parser.add_argument(
         "--amqp-url",
