@@ -26,6 +26,7 @@ started here on a free port). Every key, queue and database is the bench's own.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -41,6 +42,7 @@ from typing import Any
 
 from shopcardd_commands.commandline import whole_number
 
+from .pipeline_report import SaleLag, print_sales, write_lag_plot
 from .services import Process, secantus
 
 DEFAULT_REDIS_URL = os.environ.get("SHOPCARDD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -59,11 +61,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="claims left waiting for the capacity measures (default 20000)",
     )
     parser.add_argument("--threads", type=whole_number(1, 64), default=8, help="claiming threads (default 8)")
+    parser.add_argument(
+        "--rates",
+        type=rate_list,
+        default=None,
+        metavar="R1,R2,...",
+        help="instead of the soak and the capacity measures: one sale of --seconds at each of these "
+        "claim rates (claims/s on a schedule), the lag of each (claim answered -> stored), and a "
+        "plot of the lag against the rate (--plot)",
+    )
+    parser.add_argument(
+        "--seconds", type=whole_number(1), default=60, help="length of each sale of --rates (default 60)"
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("pipeline-lag.png"),
+        help="the PNG of --rates (default pipeline-lag.png)",
+    )
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="the Redis of the claim gate")
     parser.add_argument("--amqp-url", default=DEFAULT_AMQP_URL, help="the RabbitMQ (a vhost is made in it)")
     parser.add_argument(
         "--mongodb-uri", default=None, help="the MongoDB (default: a SecantusDB started here)"
     )
+
+
+def rate_list(text: str) -> list[int]:
+    """``500,1000,2000``: claim rates, each a whole number of claims per second above 0."""
+    try:
+        rates = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give claims/s as whole numbers, comma-separated"
+        ) from None
+    if not rates or min(rates) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every rate must be 1 claim/s or more")
+    return rates
 
 
 @contextmanager
@@ -170,11 +203,23 @@ def _until(condition: Any, what: str, seconds: float, progress: Any = None, ever
 
 
 def _claim_all(
-    runtime: Any, deal_id: str, count: int, threads: int, start: int, bar: Any, answers: Answers
+    runtime: Any,
+    deal_id: str,
+    count: int,
+    threads: int,
+    start: int,
+    bar: Any,
+    answers: Answers,
+    rate: float = 0,
 ) -> None:
-    """``count`` claims by distinct users, each noted in ``answers`` as it is answered."""
+    """``count`` claims by distinct users, each noted in ``answers`` as it is answered; with
+    ``rate``, the n-th claim is made no sooner than n / rate seconds after the first (as fast as
+    the threads go when they fall behind)."""
+    began = time.monotonic()
 
     def one(n: int) -> None:
+        if rate:
+            time.sleep(max(0.0, began + n / rate - time.monotonic()))
         result = runtime.claims.claim_as(deal_id, f"user{start + n}", "k")
         assert result.voucher is not None, f"claim {n}: {result.outcome}"
         answers.add(result.voucher.voucher_id)
@@ -213,7 +258,9 @@ def run(args: argparse.Namespace) -> int:
             "SHOPCARDD_MONGODB_DATABASE": f"bench_{run_id}",
             "SHOPCARDD_LOG_LEVEL": "WARNING",
         }
-        return _measure(args, env, folder, stack, tqdm)
+        # A bar on a terminal; in a log, no bar (its redrawn line is carriage returns there): the
+        # phases' own lines say where the run is.
+        return _measure(args, env, folder, stack, functools.partial(tqdm, disable=None))
 
 
 def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack: ExitStack, tqdm: Any) -> int:
@@ -232,7 +279,10 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
     runtime = stack.enter_context(Runtime(settings))
     client = stack.enter_context(pymongo.MongoClient(settings.mongodb_uri))
     vouchers = client[settings.mongodb_database]["vouchers"]
-    total = args.claims + args.backlog
+    if args.rates:  # the sales and the warm-up's second
+        total = sum(rate * args.seconds for rate in args.rates) + args.rates[0]
+    else:
+        total = args.claims + args.backlog
     deal = runtime.deals.create(
         "bench",
         title="pipeline bench",
@@ -247,6 +297,13 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
     for stage in stages.values():
         stage.start()
         stack.callback(stage.stop)
+    if args.rates:
+        sales = _sweep(args, runtime, deal.deal_id, vouchers, stages, tqdm)
+        problems = _check(runtime, vouchers, deal.deal_id, total, env["SHOPCARDD_AMQP_URL"])
+        print_sales(sales, args)
+        write_lag_plot(args.plot, sales)
+        print(f"plot: {args.plot}")
+        return _verdict(problems, total)
 
     print(f"soak: {args.claims:,} claims, relay and three workers running; persist killed halfway")
     half = args.claims // 2
@@ -277,12 +334,16 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
     with tqdm(total=args.backlog, unit="claim", desc="backlog") as bar:
         _claim_all(runtime, deal.deal_id, args.backlog, args.threads, args.claims, bar, answers)
     stages["relay"].start()
+    relay_cpu = stages["relay"].cpu_seconds()
     relay_seconds = _until(lambda: not gate.read_outbox(limit=1), "the relay drained the backlog", 600)
+    relay_cpu = stages["relay"].cpu_seconds() - relay_cpu
     stages["persist"].start()
     ready = _ready_messages(env["SHOPCARDD_AMQP_URL"], "persist", stack)
     # The store is probed only once the queue holds nothing more to hand over (at most a
     # prefetch window in the worker's hands): the probe's lookups are the server's work too.
+    persist_cpu = stages["persist"].cpu_seconds()
     persist_seconds = _until(lambda: ready() == 0 and probe() >= total, "persist stored the backlog", 600)
+    persist_cpu = stages["persist"].cpu_seconds() - persist_cpu
     _until_counted(vouchers, total)  # a check, not timed: the count walks the collection
     stored_backlog = args.backlog
     bare_rate = _bare_insert(
@@ -291,24 +352,7 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
 
     for name in ("notify", "analytics"):  # stopped for the capacity measures: the backlog waits
         stages[name].start()
-    print("checks: store = vouchers issued, each once; analytics adds up; nothing parked")
-    issued = {f"user{n}" for n in range(total)}
-    stored_users = [doc["user_id"] for doc in vouchers.find({"deal_id": deal.deal_id}, {"user_id": 1})]
-    problems = []
-    if len(stored_users) != total or set(stored_users) != issued:
-        problems.append(
-            f"store holds {len(stored_users)} vouchers ({len(set(stored_users))} users), issued {total}"
-        )
-    if gate.read_outbox(limit=1):
-        problems.append("the outbox is not empty")
-    counted = _until_analytics(runtime, deal.deal_id, total)
-    if counted != total:
-        problems.append(f"analytics counted {counted} claims issued, not {total}")
-    from shopcardd_backend.queue.rabbitmq import queue_depth
-
-    parked = {job: queue_depth(env["SHOPCARDD_AMQP_URL"], f"{job}.parked") for job in JOBS}
-    if any(parked.values()):
-        problems.append(f"parked messages: {parked}")
+    problems = _check(runtime, vouchers, deal.deal_id, total, env["SHOPCARDD_AMQP_URL"])
 
     def pct(fraction: float) -> float:
         return lags[min(len(lags) - 1, int(fraction * len(lags)))] * 1000 if lags else float("nan")
@@ -323,7 +367,12 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
         ("end-to-end lag p50 ms (claim answered -> stored)", f"{pct(0.5):,.0f}"),
         ("end-to-end lag p99 ms", f"{pct(0.99):,.0f}"),
         (f"relay events/s (alone, {args.backlog:,} waiting)", f"{relay_rate:,.0f}"),
+        ("relay events per CPU second (alone)", f"{args.backlog / relay_cpu:,.0f}"),
         ("persist documents/s (alone)", f"{persist_rate:,.0f}"),
+        (
+            "persist documents per CPU second (alone; the store's own CPU apart)",
+            f"{stored_backlog / persist_cpu:,.0f}",
+        ),
         ("bare insert_many documents/s (same server, same batches)", f"{bare_rate:,.0f}"),
         ("persist / bare insert_many", f"{persist_rate / bare_rate:.2f}"),
     ]
@@ -331,11 +380,84 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
     for label, figure in rows:
         print(f"| {label} | {figure} |")
     print()
+    return _verdict(problems, total)
+
+
+def _sweep(
+    args: argparse.Namespace, runtime: Any, deal_id: str, vouchers: Any, stages: dict[str, Process], tqdm: Any
+) -> list[SaleLag]:
+    """One sale of ``args.seconds`` at each of ``args.rates``, every stage running, after a
+    warm-up sale of a second at the first rate, not counted: the stages' first batches (their
+    connections, the store's first writes) belong to no rate."""
+    warm_up = _sale(args, runtime, deal_id, vouchers, stages, tqdm, args.rates[0], 0, seconds=1)
+    sales, start = [], warm_up.claims
+    for rate in args.rates:
+        sale = _sale(args, runtime, deal_id, vouchers, stages, tqdm, rate, start)
+        print(f"sale at {rate:,}/s: lag p99 {sale.lag(0.99):,.1f} s, all stored {sale.drained:,.1f} s after")
+        sales.append(sale)
+        start += sale.claims
+    return sales
+
+
+def _sale(
+    args: argparse.Namespace,
+    runtime: Any,
+    deal_id: str,
+    vouchers: Any,
+    stages: dict[str, Process],
+    tqdm: Any,
+    rate: int,
+    start: int,
+    seconds: int | None = None,
+) -> SaleLag:
+    """A sale at ``rate`` claims/s for ``seconds`` (``args.seconds``), users from ``start`` on,
+    waited out until its last voucher is stored: its lag, and the CPU its relay and persist
+    worker took."""
+    count = rate * (seconds or args.seconds)
+    answers = Answers()
+    probe = StoredProbe(vouchers, answers)
+    cpu = {name: stages[name].cpu_seconds() for name in ("relay", "persist")}
+    with Sampler(probe) as sampler:
+        with tqdm(total=count, unit="claim", desc=f"sale at {rate:,}/s") as bar:
+            began = time.monotonic()
+            _claim_all(runtime, deal_id, count, args.threads, start, bar, answers, rate)
+            seconds = time.monotonic() - began
+        drained = _until(lambda: probe.stored >= count, f"the sale at {rate}/s stored", 900)
+    used = {name: stages[name].cpu_seconds() - before for name, before in cpu.items()}
+    lags = sorted(store_lags(answers.times, sampler.samples))
+    return SaleLag(rate, count / seconds, lags, drained, used["relay"], used["persist"], count)
+
+
+def _check(runtime: Any, vouchers: Any, deal_id: str, total: int, amqp_url: str) -> list[str]:
+    """What is wrong once every stage has caught up: the store holds exactly the ``total``
+    vouchers issued, each once; the outbox is empty; analytics counted them; nothing parked."""
+    from shopcardd_backend.queue.rabbitmq import queue_depth
+
+    print("checks: store = vouchers issued, each once; analytics adds up; nothing parked")
+    issued = {f"user{n}" for n in range(total)}
+    stored_users = [doc["user_id"] for doc in vouchers.find({"deal_id": deal_id}, {"user_id": 1})]
+    problems = []
+    if len(stored_users) != total or set(stored_users) != issued:
+        problems.append(
+            f"store holds {len(stored_users)} vouchers ({len(set(stored_users))} users), issued {total}"
+        )
+    if runtime.gate.read_outbox(limit=1):
+        problems.append("the outbox is not empty")
+    counted = _until_analytics(runtime.settings, deal_id, total)
+    if counted != total:
+        problems.append(f"analytics counted {counted} claims issued, not {total}")
+    parked = {job: queue_depth(amqp_url, f"{job}.parked") for job in JOBS}
+    if any(parked.values()):
+        problems.append(f"parked messages: {parked}")
+    return problems
+
+
+def _verdict(problems: list[str], total: int) -> int:
     if problems:
         for problem in problems:
             print(f"FAILED: {problem}")
         return 1
-    print(f"all {total:,} vouchers stored exactly once; analytics counted {counted:,}; nothing parked")
+    print(f"all {total:,} vouchers stored exactly once; analytics counted them all; nothing parked")
     return 0
 
 
@@ -371,19 +493,23 @@ def _until_counted(vouchers: Any, total: int) -> float:
     return _until(lambda: vouchers.count_documents({}) >= total, "every voucher stored", 600, every=1.0)
 
 
-def _until_analytics(runtime: Any, deal_id: str, total: int) -> int:
+def _until_analytics(settings: Any, deal_id: str, total: int) -> int:
     """The analytics worker's count of claims issued on the deal, once it reached ``total``.
 
-    Asked once a second: the count is an aggregation over every tally, which SecantusDB walks
-    (on a busy machine one can outlast the store's 5 s socket timeout: asked again)."""
-    from shopcardd_backend.stores.base import StoreUnavailable
+    The count is an aggregation over a tally per claim, which SecantusDB walks: 180,000 took it
+    longer than the store's 5 s socket timeout, and a query given up on by the client still runs
+    on the server, so asking again each second piled them up. So it is asked one at a time, on a
+    client of its own that waits for the answer."""
+    from shopcardd_backend.stores.mongo import MongoDocumentStore
 
-    def counted() -> int:
-        try:
-            return sum(minute.issued for minute in runtime.store.claims_by_minute(deal_id))
-        except StoreUnavailable:
-            return -1
+    store = MongoDocumentStore(settings.mongodb_uri, settings.mongodb_database, timeout_ms=600_000)
+    try:
 
-    with suppress(RuntimeError):  # a shortfall is reported by the caller, with the count
-        _until(lambda: counted() >= total, "analytics caught up", 300, every=1.0)
-    return counted()
+        def counted() -> int:
+            return sum(minute.issued for minute in store.claims_by_minute(deal_id))
+
+        with suppress(RuntimeError):  # a shortfall is reported by the caller, with the count
+            _until(lambda: counted() >= total, "analytics caught up", 600, every=1.0)
+        return counted()
+    finally:
+        store.close()

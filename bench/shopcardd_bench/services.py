@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .processes import process_tree, total_cpu_seconds
+
 LOWEST_PORT = 15000
 
 
@@ -280,6 +282,10 @@ class Process:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds it (and any process it started) has used so far; 0 when not running."""
+        return total_cpu_seconds(process_tree(self.proc.pid)) if self.running and self.proc else 0.0
 
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to finish anything."""

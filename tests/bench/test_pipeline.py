@@ -1,0 +1,29 @@
+"""``shopcardd-bench pipeline --rates``: a sale at each claim rate through every stage, the lag
+of each, its plot and the store's checks (figures are not asserted: benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .conftest import bench
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.rabbitmq]
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl (a vhost of its own)")
+def test_the_sweep_prints_the_lag_of_each_rate_plots_it_and_stores_every_voucher_once(tmp_path: Path) -> None:
+    plot = tmp_path / "lag.png"
+    result = bench("pipeline", "--rates", "100,300", "--seconds", "2", "--plot", plot, timeout=300)
+    out = result.stdout
+    assert "\r" not in out + result.stderr, "a log, not a terminal's redrawn bar"
+    assert "| claims/s asked | made | lag p50 s | p99 s |" in out
+    rows = [line for line in out.splitlines() if re.match(r"\| \d", line)]
+    assert [row.split("|")[1].strip() for row in rows] == ["100", "300"], out
+    assert re.search(r"sale at 300/s: lag p99 [\d.]+ s, all stored [\d.]+ s after", out), out
+    # 100 and 300 claims/s for 2 s, and the warm-up's second at the first rate:
+    assert "all 900 vouchers stored exactly once; analytics counted them all; nothing parked" in out, out
+    assert plot.read_bytes().startswith(b"\x89PNG")
