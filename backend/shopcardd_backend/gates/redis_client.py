@@ -151,8 +151,8 @@ class _Pipeliner:
 class _HiredisPacking:
     """A connection that packs a pipeline's commands with hiredis, one C call each: redis-py
     encodes every argument in Python first, 15 us a claim's script call against 2 us (the
-    same bytes). A command it cannot pack so (a name of two words, a memoryview) is packed by
-    redis-py as before."""
+    same bytes). A command whose name is two words, or with an argument hiredis refuses, is
+    packed by redis-py as before."""
 
     def pack_commands(self, commands: Iterable[Sequence[Any]]) -> list[bytes]:
         commands = list(commands)
