@@ -37,6 +37,7 @@ _BACKEND: Final = (
     "pydantic",
     "pydantic_settings",
     "redis",
+    "nacl",
     "pymongo",
     "pika",
     "prometheus_client",
