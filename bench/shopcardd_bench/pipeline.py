@@ -10,13 +10,21 @@ A soak, then a measure of each stage's capacity:
    answered, from the first, have their voucher stored (looked up by id; the stages keep order
    closely, not exactly).
 2. Capacity: every stage is stopped, --backlog more claims wait in the outbox; then the relay
-   alone drains them (relay events/s), then the persist worker alone stores them (persist
-   documents/s, nothing else writing to the store), then the same documents are written with a bare
-   ``insert_many`` in batches of the worker's size to another collection of the same server:
-   the ratio of the two, in the same run, is the worker's own overhead.
+   alone drains them (relay events/s, and per second of its own CPU), then the persist worker
+   alone stores them (persist documents/s, and per CPU second; nothing else writing to the
+   store), then the same documents are written with a bare ``insert_many`` in batches of the
+   worker's size to another collection of the same server: the ratio of the two, in the same
+   run, is the worker's own overhead.
 3. Checks (notify and analytics started again to take their share of the backlog): the store
    holds exactly the vouchers issued, each once; the analytics counters add up to the claims;
    the outbox is empty; nothing was parked.
+
+With --rates R1,R2,... it runs sales instead of the soak and the capacity measures: after a
+warm-up second, a sale of --seconds at each rate, the claims made on a schedule, every stage
+running, each waited out until its last voucher is stored; then the same checks. It prints,
+per rate, the lag (p50, p99, max), how long the store took to catch up after the sale, the
+relay's events and the persist worker's documents per second of their own CPU, the highest
+rate whose lag p99 is within 5 s, and plots the lag against the rate (--plot).
 
 Services: Redis (--redis-url), RabbitMQ (--amqp-url; a virtual host of its own is made with
 rabbitmqctl when it can be, and removed after), MongoDB (--mongodb-uri, else a SecantusDB
