@@ -40,6 +40,8 @@ from shopcardd_commands.commandline import whole_number
 from shopcardd_voucher import KeySet, SigningKey, issue
 from shopcardd_voucher.device_auth import public_jwk
 
+from .figures import percentile
+
 if TYPE_CHECKING:
     from shopcardd_device.decoders.base import Gray
     from shopcardd_device.scanner import Scanner
@@ -123,11 +125,6 @@ def pinned_on_loopback(ports: Mapping[str, int], hello_seconds: float = 0.5) -> 
         + "]"
         for device, port in ports.items()
     }
-
-
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def _gossip_delay(configs: Mapping[str, Path], mint: Iterator[str], vouchers: int) -> list[float]:
@@ -298,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     ms = [d * 1000 for d in delays]
     print(f"shopcardd-bench lan: two counters on loopback, EdDSA device keys, {len(ms)} vouchers gossiped")
     print(f"{'gossip delay (A committed -> B committed)':<44} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    print(f"{'':<44} {_percentile(ms, 0.5):>8.2f} {_percentile(ms, 0.99):>8.2f} {max(ms):>8.2f}")
+    print(f"{'':<44} {percentile(ms, 0.5):>8.2f} {percentile(ms, 0.99):>8.2f} {max(ms):>8.2f}")
     print()
     medians = {mode: statistics.median(t for run in runs for t in run) * 1000 for mode, runs in loop.items()}
     frames = sum(len(run) for run in loop["on"])

@@ -49,6 +49,7 @@ from typing import Any
 
 from shopcardd_commands.commandline import whole_number
 
+from .figures import percentile
 from .pipeline_lag import Answers, Sampler, StoredProbe, store_lags
 from .pipeline_report import SaleLag, print_sales, write_lag_plot
 from .services import Process, secantus
@@ -259,7 +260,7 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
                 lambda: bar.update(probe.stored - bar.n),
             )
     _until_counted(vouchers, args.claims)
-    lags = sorted(store_lags(answers.times, sampler.samples))
+    lags = store_lags(answers.times, sampler.samples)
 
     print(f"capacity: {args.backlog:,} claims waiting, then the relay alone, then persist alone")
     for stage in stages.values():
@@ -288,9 +289,6 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
         stages[name].start()
     problems = _check(runtime, vouchers, deal.deal_id, total, env["SHOPCARDD_AMQP_URL"])
 
-    def pct(fraction: float) -> float:
-        return lags[min(len(lags) - 1, int(fraction * len(lags)))] * 1000 if lags else float("nan")
-
     relay_rate = args.backlog / relay_seconds
     persist_rate = stored_backlog / persist_seconds
     rows = [
@@ -298,8 +296,8 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
             f"soak claims/s (claim service, {args.threads} threads, Redis gate)",
             f"{args.claims / claim_seconds:,.0f}",
         ),
-        ("end-to-end lag p50 ms (claim answered -> stored)", f"{pct(0.5):,.0f}"),
-        ("end-to-end lag p99 ms", f"{pct(0.99):,.0f}"),
+        ("end-to-end lag p50 ms (claim answered -> stored)", f"{percentile(lags, 0.5) * 1000:,.0f}"),
+        ("end-to-end lag p99 ms", f"{percentile(lags, 0.99) * 1000:,.0f}"),
         (f"relay events/s (alone, {args.backlog:,} waiting)", f"{relay_rate:,.0f}"),
         ("relay events per CPU second (alone)", f"{args.backlog / relay_cpu:,.0f}"),
         ("persist documents/s (alone)", f"{persist_rate:,.0f}"),
@@ -358,7 +356,7 @@ def _sale(
             seconds = time.monotonic() - began
         drained = _until(lambda: probe.stored >= count, f"the sale at {rate}/s stored", 900)
     used = {name: stages[name].cpu_seconds() - before for name, before in cpu.items()}
-    lags = sorted(store_lags(answers.times, sampler.samples))
+    lags = store_lags(answers.times, sampler.samples)
     return SaleLag(rate, count / seconds, lags, drained, used["relay"], used["persist"], count)
 
 

@@ -6,6 +6,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from .figures import percentile
+
 LAG_BUDGET_SECONDS = 5.0
 """The goal: a voucher is stored within 5 s of its claim's answer, at the 99th percentile."""
 
@@ -18,7 +20,7 @@ class SaleLag:
     made: float
     """Claims/s made: below ``rate`` when the claiming threads could not keep up."""
     lags: list[float]
-    """Seconds from each claim's answer to its voucher stored, sorted."""
+    """Seconds from each claim's answer to its voucher stored."""
     drained: float
     """Seconds from the sale's last claim until every voucher of it was stored."""
     relay_cpu: float
@@ -26,8 +28,7 @@ class SaleLag:
     claims: int
 
     def lag(self, fraction: float) -> float:
-        lags = self.lags
-        return lags[min(len(lags) - 1, int(fraction * len(lags)))] if lags else float("nan")
+        return percentile(self.lags, fraction)
 
 
 def print_sales(sales: list[SaleLag], args: argparse.Namespace) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .rehearsal_report import percentile
+from .figures import percentile
 
 DRAIN_STALL_SECONDS = 60.0
 """The drain fails once its backlog has not fallen for this long: the pipeline stopped."""

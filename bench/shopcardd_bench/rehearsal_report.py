@@ -12,12 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+from .figures import percentile
 
 
 def runtime_of(env: dict[str, str]) -> Any:
