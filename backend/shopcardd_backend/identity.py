@@ -176,10 +176,10 @@ class UserTokenVerifier:
     def user(self, token: str, now: float | None = None) -> User:
         """The verified user of ``token``; ``Unauthorized`` when it is not a valid token."""
         now = time.time() if now is None else now
-        hit = self._cache.get(token)
-        if hit is not None:
-            if now < hit[3] + self._leeway:
-                return User(hit[0], hit[1], hit[2])
+        cached = self.cached_user(token, now)
+        if cached is not None:
+            return cached
+        if token in self._cache:  # verified before, expired since
             with self._lock:
                 self._cache.pop(token, None)
             raise Unauthorized(EXPIRED)
