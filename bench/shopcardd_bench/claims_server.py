@@ -62,9 +62,9 @@ async def bare_claim(
     if not hasattr(state, "bare_script"):
         identity = dev_identity_key(settings, create=False)  # the key user-token signs with
         state.bare_identity = (identity.private_key.public_key(), identity.alg)
-        url = runtime.settings.redis_url
+        url = settings.redis_url
         client: Any
-        if runtime.settings.redis_cluster:  # the URL may list several nodes: the gate's way of opening it
+        if settings.redis_cluster:  # the URL may list several nodes: the gate's way of opening it
             client = cluster_client(url, asynchronous=True, decode_responses=True)
         else:
             client = redis.asyncio.Redis.from_url(url, decode_responses=True)
