@@ -24,7 +24,10 @@ warm-up second, a sale of --seconds at each rate, the claims made on a schedule,
 running, each waited out until its last voucher is stored; then the same checks. It prints,
 per rate, the lag (p50, p99, max), how long the store took to catch up after the sale, the
 relay's events and the persist worker's documents per second of their own CPU, the highest
-rate whose lag p99 is within 5 s, and plots the lag against the rate (--plot).
+rate whose lag p99 is within 5 s, and plots the lag against the rate (--plot); and the CPU
+each stage took per claim (this bench's claims, the relay, the workers, and Redis, RabbitMQ and
+the store when they run on this machine), with the claims/s all of them together could carry
+on its cores.
 
 Services: Redis (--redis-url), RabbitMQ (--amqp-url; a virtual host of its own is made with
 rabbitmqctl when it can be, and removed after), MongoDB (--mongodb-uri, else a SecantusDB
@@ -41,7 +44,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
@@ -50,6 +53,7 @@ from typing import Any
 from shopcardd_commands.commandline import whole_number
 
 from .figures import percentile
+from .pipeline_cpu import stage_meters
 from .pipeline_lag import Answers, Sampler, StoredProbe, store_lags
 from .pipeline_report import SaleLag, print_sales, write_lag_plot
 from .services import Process, secantus
@@ -233,7 +237,10 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
         stage.start()
         stack.callback(stage.stop)
     if args.rates:
-        sales = _sweep(args, runtime, deal.deal_id, vouchers, stages, tqdm)
+        meters = stage_meters(stages, args.redis_url, env["SHOPCARDD_AMQP_URL"], settings.mongodb_uri)
+        waiting = functools.partial(_messages_waiting, env["SHOPCARDD_AMQP_URL"])
+        sale = functools.partial(_sale, args, runtime, deal.deal_id, vouchers, tqdm, meters, waiting)
+        sales = _sweep(args, sale)
         problems = _check(runtime, vouchers, deal.deal_id, total, env["SHOPCARDD_AMQP_URL"])
         print_sales(sales, args)
         write_lag_plot(args.plot, sales)
@@ -315,19 +322,17 @@ def _measure(args: argparse.Namespace, env: dict[str, str], folder: Path, stack:
     return _verdict(problems, total)
 
 
-def _sweep(
-    args: argparse.Namespace, runtime: Any, deal_id: str, vouchers: Any, stages: dict[str, Process], tqdm: Any
-) -> list[SaleLag]:
+def _sweep(args: argparse.Namespace, sale: Callable[..., SaleLag]) -> list[SaleLag]:
     """One sale of ``args.seconds`` at each of ``args.rates``, every stage running, after a
     warm-up sale of a second at the first rate, not counted: the stages' first batches (their
     connections, the store's first writes) belong to no rate."""
-    warm_up = _sale(args, runtime, deal_id, vouchers, stages, tqdm, args.rates[0], 0, seconds=1)
+    warm_up = sale(args.rates[0], 0, seconds=1)
     sales, start = [], warm_up.claims
     for rate in args.rates:
-        sale = _sale(args, runtime, deal_id, vouchers, stages, tqdm, rate, start)
-        print(f"sale at {rate:,}/s: lag p99 {sale.lag(0.99):,.1f} s, all stored {sale.drained:,.1f} s after")
-        sales.append(sale)
-        start += sale.claims
+        done = sale(rate, start)
+        print(f"sale at {rate:,}/s: lag p99 {done.lag(0.99):,.1f} s, all stored {done.drained:,.1f} s after")
+        sales.append(done)
+        start += done.claims
     return sales
 
 
@@ -336,28 +341,30 @@ def _sale(
     runtime: Any,
     deal_id: str,
     vouchers: Any,
-    stages: dict[str, Process],
     tqdm: Any,
+    meters: dict[str, Callable[[], float]],
+    waiting: Callable[[], int],
     rate: int,
     start: int,
     seconds: int | None = None,
 ) -> SaleLag:
     """A sale at ``rate`` claims/s for ``seconds`` (``args.seconds``), users from ``start`` on,
-    waited out until its last voucher is stored: its lag, and the CPU its relay and persist
-    worker took."""
+    waited out until its last voucher is stored: its lag; and, once every queue is empty, the
+    CPU each stage took for it (``meters``)."""
     count = rate * (seconds or args.seconds)
     answers = Answers()
     probe = StoredProbe(vouchers, answers)
-    cpu = {name: stages[name].cpu_seconds() for name in ("relay", "persist")}
+    cpu = {name: meter() for name, meter in meters.items()}
     with Sampler(probe) as sampler:
         with tqdm(total=count, unit="claim", desc=f"sale at {rate:,}/s") as bar:
             began = time.monotonic()
             _claim_all(runtime, deal_id, count, args.threads, start, bar, answers, rate)
             seconds = time.monotonic() - began
         drained = _until(lambda: probe.stored >= count, f"the sale at {rate}/s stored", 900)
-    used = {name: stages[name].cpu_seconds() - before for name, before in cpu.items()}
+    _until(lambda: waiting() == 0, f"the sale at {rate}/s out of every queue", 900, every=0.5)
+    used = {name: meters[name]() - before for name, before in cpu.items()}
     lags = store_lags(answers.times, sampler.samples)
-    return SaleLag(rate, count / seconds, lags, drained, used["relay"], used["persist"], count)
+    return SaleLag(rate, count / seconds, lags, drained, used, count)
 
 
 def _check(runtime: Any, vouchers: Any, deal_id: str, total: int, amqp_url: str) -> list[str]:
@@ -418,6 +425,20 @@ def _ready_messages(amqp_url: str, job: str, stack: ExitStack) -> Any:
     stack.callback(close_quietly, connection)
     channel = connection.channel()
     return lambda: channel.queue_declare(queue_name(job), passive=True).method.message_count
+
+
+def _messages_waiting(amqp_url: str) -> int:
+    """The messages ready in the three jobs' queues together, asked on a connection of its own
+    (one held open through a sale would miss its heartbeats)."""
+    from shopcardd_backend.queue.base import queue_name
+    from shopcardd_backend.queue.rabbitmq import close_quietly, connect
+
+    connection = connect(amqp_url)
+    try:
+        channel = connection.channel()
+        return sum(channel.queue_declare(queue_name(job), passive=True).method.message_count for job in JOBS)
+    finally:
+        close_quietly(connection)
 
 
 def _until_counted(vouchers: Any, total: int) -> float:

@@ -21,8 +21,16 @@ def test_the_sweep_prints_the_lag_of_each_rate_plots_it_and_stores_every_voucher
     out = result.stdout
     assert "\r" not in out + result.stderr, "a log, not a terminal's redrawn bar"
     assert "| claims/s asked | made | lag p50 s | p99 s |" in out
-    rows = [line for line in out.splitlines() if re.match(r"\| \d", line)]
+    lags, _, cpu = out.partition("CPU us per claim")
+    rows = [line for line in lags.splitlines() if re.match(r"\| \d", line)]
     assert [row.split("|")[1].strip() for row in rows] == ["100", "300"], out
+    # Every stage's CPU per claim, the servers' too (all of them run on this machine here):
+    stages = "claims | relay | persist | notify | analytics | Redis | RabbitMQ | store"
+    assert f"| claims/s asked | {stages} | all |" in cpu, out
+    for row in (line for line in cpu.splitlines() if re.match(r"\| \d", line)):
+        cells = [cell.strip().replace(",", "") for cell in row.strip("|").split("|")]
+        each, together = [float(cell) for cell in cells[1:9]], float(cells[9])
+        assert all(figure > 0 for figure in each) and abs(together - sum(each)) <= 4, row  # rounding
     assert re.search(r"sale at 300/s: lag p99 [\d.]+ s, all stored [\d.]+ s after", out), out
     # 100 and 300 claims/s for 2 s, and the warm-up's second at the first rate:
     assert "all 900 vouchers stored exactly once; analytics counted them all; nothing parked" in out, out
