@@ -2,9 +2,10 @@
 and the notices its customers were sent (and those refused) per channel.
 
 The use case behind ``GET /v1/deals/{deal_id}/stats``, the console's live page and
-``shopcardd-backend stats``; the claim counts are the analytics worker's
-(``workers/analytics.py``) and the notice counts the notify worker's (``workers/notify.py``),
-so a claim shows here once its event has been through the queue.
+``shopcardd-backend stats``; the claims issued are the vouchers the persist worker stored,
+the refusals the analytics worker's tallies (``workers/analytics.py``), and the notice counts
+the notify worker's (``workers/notify.py``), so a claim shows here once its event has been
+through the queue.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ A soak, then a measure of each stage's capacity:
    worker's size to another collection of the same server: the ratio of the two, in the same
    run, is the worker's own overhead.
 3. Checks (notify and analytics started again to take their share of the backlog): the store
-   holds exactly the vouchers issued, each once; the analytics counters add up to the claims;
+   holds exactly the vouchers issued, each once; the deal's statistics count them all;
    the outbox is empty; nothing was parked.
 
 With --rates R1,R2,... it runs sales instead of the soak and the capacity measures: after a
@@ -369,10 +369,11 @@ def _sale(
 
 def _check(runtime: Any, vouchers: Any, deal_id: str, total: int, amqp_url: str) -> list[str]:
     """What is wrong once every stage has caught up: the store holds exactly the ``total``
-    vouchers issued, each once; the outbox is empty; analytics counted them; nothing parked."""
+    vouchers issued, each once; the outbox is empty; the deal's statistics count them; nothing
+    parked."""
     from shopcardd_backend.queue.rabbitmq import queue_depth
 
-    print("checks: store = vouchers issued, each once; analytics adds up; nothing parked")
+    print("checks: store = vouchers issued, each once; the stats add up; nothing parked")
     issued = {f"user{n}" for n in range(total)}
     stored_users = [doc["user_id"] for doc in vouchers.find({"deal_id": deal_id}, {"user_id": 1})]
     problems = []
@@ -382,9 +383,9 @@ def _check(runtime: Any, vouchers: Any, deal_id: str, total: int, amqp_url: str)
         )
     if runtime.gate.read_outbox(limit=1):
         problems.append("the outbox is not empty")
-    counted = _until_analytics(runtime.settings, deal_id, total)
+    counted = _until_counted_in_stats(runtime.settings, deal_id, total)
     if counted != total:
-        problems.append(f"analytics counted {counted} claims issued, not {total}")
+        problems.append(f"the deal's statistics count {counted} claims issued, not {total}")
     parked = {job: queue_depth(amqp_url, f"{job}.parked") for job in JOBS}
     if any(parked.values()):
         problems.append(f"parked messages: {parked}")
@@ -396,7 +397,7 @@ def _verdict(problems: list[str], total: int) -> int:
         for problem in problems:
             print(f"FAILED: {problem}")
         return 1
-    print(f"all {total:,} vouchers stored exactly once; analytics counted them all; nothing parked")
+    print(f"all {total:,} vouchers stored exactly once; the stats count them all; nothing parked")
     return 0
 
 
@@ -446,10 +447,10 @@ def _until_counted(vouchers: Any, total: int) -> float:
     return _until(lambda: vouchers.count_documents({}) >= total, "every voucher stored", 600, every=1.0)
 
 
-def _until_analytics(settings: Any, deal_id: str, total: int) -> int:
-    """The analytics worker's count of claims issued on the deal, once it reached ``total``.
+def _until_counted_in_stats(settings: Any, deal_id: str, total: int) -> int:
+    """The deal's statistics' count of claims issued, once it reached ``total``.
 
-    The count is an aggregation over a tally per claim, which SecantusDB walks: 180,000 took it
+    The count is an aggregation over the deal's vouchers, which SecantusDB walks: 180,000 took it
     longer than the store's 5 s socket timeout, and a query given up on by the client still runs
     on the server, so asking again each second piled them up. So it is asked one at a time, on a
     client of its own that waits for the answer."""
@@ -462,7 +463,7 @@ def _until_analytics(settings: Any, deal_id: str, total: int) -> int:
             return sum(minute.issued for minute in store.claims_by_minute(deal_id))
 
         with suppress(RuntimeError):  # a shortfall is reported by the caller, with the count
-            _until(lambda: counted() >= total, "analytics caught up", 600, every=1.0)
+            _until(lambda: counted() >= total, "the stats caught up", 600, every=1.0)
         return counted()
     finally:
         store.close()

@@ -1,5 +1,5 @@
 """The rehearsal's invariants, each a line with its figure: nothing oversold, every voucher
-answered 201 stored once and as signed, one notice per voucher, analytics adding up, queues
+answered 201 stored once and as signed, one notice per voucher, the stats adding up, queues
 empty, every redemption synced and exactly the conflicts made on purpose, the 5xx answers,
 latency and lag. Checked once the pipeline has drained (or a deadline passed)."""
 
@@ -178,7 +178,7 @@ def check_everything(
         + "".join(_notice_trail(v, mongo, top.folder / "logs" / "notify.log") for v in missing_notices[:3]),
     )
 
-    # Analytics (the worker may still hold its last messages: the drain counts only those waiting).
+    # The stats: the claims issued per minute, counted from the vouchers stored, add up to them.
     expected = {name: vouchers.count_documents({"deal_id": d["deal_id"]}) for name, d in deals.items()}
 
     def counted() -> dict[str, int]:
@@ -187,9 +187,9 @@ def check_everything(
             for name, deal in deals.items()
         }
 
-    _drain(lambda: sum(abs(expected[name] - n) for name, n in counted().items()), "waiting for analytics")
+    _drain(lambda: sum(abs(expected[name] - n) for name, n in counted().items()), "waiting for the stats")
     tallied = counted()
-    checks.check(tallied == expected, f"analytics: issued {tallied}, vouchers {expected}")
+    checks.check(tallied == expected, f"stats: issued {tallied}, vouchers {expected}")
 
     # Queues.
     from shopcardd_backend.queue.rabbitmq import queue_depth

@@ -141,32 +141,45 @@ def tally(event_id: str, deal_id: str = "d1", minute: int = 0, **counts: int) ->
     return ClaimTally(event_id, deal_id, MINUTE + timedelta(minutes=minute), **counts)
 
 
-def test_claim_tallies_sum_per_minute_oldest_first(store: DocumentStore) -> None:
+def test_claims_by_minute_count_the_vouchers_issued_and_sum_the_refusals_oldest_first(
+    store: DocumentStore,
+) -> None:
+    at = MINUTE + timedelta(seconds=59, milliseconds=999)
+    store.save_vouchers(
+        [
+            voucher("v2", issued_at=MINUTE + timedelta(minutes=1)),
+            voucher("v1", issued_at=at),
+            voucher("v3", issued_at=MINUTE + timedelta(minutes=3, seconds=1)),
+            voucher("x1", deal_id="d2"),
+        ]
+    )
     store.add_claim_tallies(
         [
-            tally("v2", minute=1, issued=1),
-            tally("v1", issued=1),
             tally("r1", sold_out=3, limit_reached=1),
             tally("r2", minute=1, sold_out=2, sale_not_open=4),
             tally("r3", minute=1, sold_out=1),
-            tally("x1", deal_id="d2", issued=1),
+            tally("r4", minute=2, sold_out=5),  # a minute with refusals only
+            tally("old", minute=2, issued=1),  # an earlier version's tally of an issued claim
         ]
     )
     assert store.claims_by_minute("d1") == [
         MinuteCounts(MINUTE, issued=1, sold_out=3, limit_reached=1, sale_not_open=0),
         MinuteCounts(MINUTE + timedelta(minutes=1), issued=1, sold_out=3, limit_reached=0, sale_not_open=4),
+        MinuteCounts(MINUTE + timedelta(minutes=2), issued=0, sold_out=5, limit_reached=0, sale_not_open=0),
+        MinuteCounts(MINUTE + timedelta(minutes=3), issued=1, sold_out=0, limit_reached=0, sale_not_open=0),
     ]
+    assert store.claims_by_minute("d2") == [MinuteCounts(T0.replace(second=0, microsecond=0), 1, 0, 0, 0)]
     assert store.claims_by_minute("nope") == []
 
 
 def test_a_tally_recorded_again_counts_once(store: DocumentStore) -> None:
-    first = [tally("v1", issued=1), tally("r1", sold_out=2)]
+    first = [tally("r1", sold_out=2), tally("r2", limit_reached=1)]
     store.add_claim_tallies(first)
-    store.add_claim_tallies([*first, tally("v2", issued=1)])
+    store.add_claim_tallies([*first, tally("r3", sold_out=1)])
     store.add_claim_tallies(first[:1])
     store.add_claim_tallies([])
     assert store.claims_by_minute("d1") == [
-        MinuteCounts(MINUTE, issued=2, sold_out=2, limit_reached=0, sale_not_open=0)
+        MinuteCounts(MINUTE, issued=0, sold_out=3, limit_reached=1, sale_not_open=0)
     ]
 
 
@@ -232,14 +245,14 @@ def test_records_survive_reopening(make_store: MakeStore, store_kind: str, tmp_p
         first.add_merchant(merchant())
         first.add_deal(deal())
         first.save_voucher(voucher())
-        first.add_claim_tallies([tally("v1", issued=1)])
+        first.add_claim_tallies([tally("r1", sold_out=1)])
         first.claim_notice("v1", "email", "d1")
         first.record_notice("v1", "email", NoticeOutcome.REFUSED)
     again = make_store(store_kind, **where)
     assert again.merchant_for_key_hash("hash-1") == "m1"
     assert again.get_deal("d1") == deal()
     assert again.vouchers_of_deal("d1") == [voucher()]
-    assert again.claims_by_minute("d1") == [MinuteCounts(MINUTE, 1, 0, 0, 0)]
+    assert again.claims_by_minute("d1") == [MinuteCounts(MINUTE, 1, 1, 0, 0)]
     assert again.claim_notice("v1", "email", "d1") is False
     assert again.notices_of("d1") == {"email": NoticeCounts(refused=1)}
 

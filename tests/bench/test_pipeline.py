@@ -33,5 +33,5 @@ def test_the_sweep_prints_the_lag_of_each_rate_plots_it_and_stores_every_voucher
         assert all(figure > 0 for figure in each) and abs(together - sum(each)) <= 4, row  # rounding
     assert re.search(r"sale at 300/s: lag p99 [\d.]+ s, all stored [\d.]+ s after", out), out
     # 100 and 300 claims/s for 2 s, and the warm-up's second at the first rate:
-    assert "all 900 vouchers stored exactly once; analytics counted them all; nothing parked" in out, out
+    assert "all 900 vouchers stored exactly once; the stats count them all; nothing parked" in out, out
     assert plot.read_bytes().startswith(b"\x89PNG")

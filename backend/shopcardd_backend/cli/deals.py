@@ -40,8 +40,9 @@ def add_commands(sub: argparse._SubParsersAction[CommandParser]) -> None:
         description="A deal's figures for the terminal: its status and stock left, vouchers issued "
         "and redeemed, the notices sent to its customers (and refused) per channel, and per minute "
         "(UTC) the claims issued and refused by reason with the stock left after that minute. The "
-        "per-minute counts are the analytics worker's and the notices the notify worker's: a claim "
-        "shows once its event has been through the queue.",
+        "per-minute claims issued are the vouchers the persist worker stored, the refusals the analytics "
+        "worker's counts and the notices the notify worker's: a claim shows once its event has been "
+        "through the queue.",
     )
     stats.add_argument("deal_id", type=deal_id, metavar="DEAL", help="the deal's id")
 

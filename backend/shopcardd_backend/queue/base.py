@@ -25,9 +25,12 @@ PARKED_EXCHANGE: Final = "shopcardd.parked"
 BINDINGS: Final[dict[str, tuple[str, ...]]] = {
     "persist": (CLAIM_ISSUED,),
     "notify": (CLAIM_ISSUED,),
-    "analytics": (CLAIM_ISSUED, CLAIMS_REFUSED),
+    "analytics": (CLAIMS_REFUSED,),
 }
 """Each job's queue and the event types (routing keys) it receives."""
+RETIRED_BINDINGS: Final[dict[str, tuple[str, ...]]] = {"analytics": (CLAIM_ISSUED,)}
+"""Bindings earlier versions declared, removed where found: the analytics worker counted each
+issued claim; the vouchers stored count them now (``workers/analytics.py``)."""
 DELIVERY_LIMIT: Final = 5
 """Deliveries of one message after which it is parked instead of retried again."""
 

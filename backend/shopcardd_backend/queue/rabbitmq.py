@@ -25,6 +25,7 @@ from .base import (
     DELIVERY_LIMIT,
     EXCHANGE,
     PARKED_EXCHANGE,
+    RETIRED_BINDINGS,
     QueueUnavailable,
     parked_queue_name,
     queue_name,
@@ -70,7 +71,8 @@ def _where(url: str) -> str:
 
 
 def declare_topology(channel: BlockingChannel, delivery_limit: int = DELIVERY_LIMIT) -> None:
-    """Declare the exchanges, queues, parking queues and bindings; harmless when they exist."""
+    """Declare the exchanges, queues, parking queues and bindings; harmless when they exist.
+    Bindings of earlier versions (``RETIRED_BINDINGS``) are removed."""
     channel.exchange_declare(EXCHANGE, exchange_type="topic", durable=True)
     channel.exchange_declare(PARKED_EXCHANGE, exchange_type="direct", durable=True)
     for job, routing_keys in BINDINGS.items():
@@ -89,6 +91,8 @@ def declare_topology(channel: BlockingChannel, delivery_limit: int = DELIVERY_LI
         )
         for key in routing_keys:
             channel.queue_bind(queue, EXCHANGE, routing_key=key)
+        for key in RETIRED_BINDINGS.get(job, ()):
+            channel.queue_unbind(queue, EXCHANGE, routing_key=key)  # harmless when not bound
 
 
 def queue_depth(url: str, job: str) -> int:

@@ -78,11 +78,13 @@ class VoucherRecord:
 
 CLAIM_COUNTS: Final = ("issued", "sold_out", "limit_reached", "sale_not_open")
 """What a deal's statistics count, per minute: claims issued, and refused by outcome."""
+REFUSAL_COUNTS: Final = CLAIM_COUNTS[1:]
+"""The counts the claim tallies carry: issued claims are counted from the vouchers stored."""
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimTally:
-    """One event's share of a deal's statistics: claims issued or refused in one minute.
+    """One ``claims.refused`` event's share of a deal's statistics: claims refused in one minute.
 
     Stored once per ``event_id`` (a redelivered event adds nothing), so the counts are exact."""
 
@@ -91,6 +93,8 @@ class ClaimTally:
     minute: datetime
     """The minute's start."""
     issued: int = 0
+    """Always 0 now: the vouchers stored count the claims issued (``claims_by_minute``). The
+    tallies earlier versions wrote, one per issued claim, keep theirs; it is not summed."""
     sold_out: int = 0
     limit_reached: int = 0
     sale_not_open: int = 0
@@ -98,13 +102,23 @@ class ClaimTally:
 
 @dataclass(frozen=True, slots=True)
 class MinuteCounts:
-    """A deal's claims in one minute: the sum of that minute's tallies."""
+    """A deal's claims in one minute: its vouchers issued, and its tallies' refusals summed."""
 
     minute: datetime
     issued: int
     sold_out: int
     limit_reached: int
     sale_not_open: int
+
+
+def minute_counts(issued: dict[datetime, int], refused: dict[datetime, Sequence[int]]) -> list[MinuteCounts]:
+    """The minutes with any claim, oldest first: vouchers issued per minute (UTC), and refusals
+    per minute in the order of ``REFUSAL_COUNTS``."""
+    nothing = (0,) * len(REFUSAL_COUNTS)
+    return [
+        MinuteCounts(minute, issued.get(minute, 0), *refused.get(minute, nothing))
+        for minute in sorted(issued.keys() | refused.keys())
+    ]
 
 
 NOTICE_CHANNELS: Final = ("email", "sms")
@@ -381,7 +395,10 @@ class DocumentStore(DeviceRecords, MerchantViews, Protocol):
         recorded changes nothing (the analytics worker's redelivered events)."""
 
     def claims_by_minute(self, deal_id: str) -> list[MinuteCounts]:
-        """The deal's tallies summed per minute, oldest first (minutes without any left out)."""
+        """The deal's claims per minute (UTC), oldest first, minutes without any left out: its
+        vouchers stored, counted by the minute of ``issued_at``, and its tallies' refusals.
+        The vouchers are the ledger of what was issued, so a claim is counted once it is
+        stored, exactly once, with no document of its own for the count."""
 
     def claim_notice(self, voucher_id: str, channel: str, deal_id: str) -> bool:
         """Take the right to send a voucher's notice on ``channel`` (``email``, ``sms``): True

@@ -13,6 +13,7 @@ from shopcardd_backend.queue.inprocess import InProcessPipeline
 from shopcardd_backend.runtime import Runtime
 from shopcardd_backend.stores.base import NoticeOutcome
 from shopcardd_backend.workers.analytics import AnalyticsHandler
+from shopcardd_backend.workers.persist import PersistHandler
 
 from .conftest import Api, assert_problem
 
@@ -21,14 +22,15 @@ NO_NOTICES = {"email": {"sent": 0, "refused": 0}, "sms": {"sent": 0, "refused": 
 
 
 def count_claims(api: Api) -> None:
-    """The refusal tallies written and every outbox event through the analytics worker, twice
-    (as a worker that died before its acks would see them again)."""
+    """The refusal tallies written and every outbox event through the persist and analytics
+    workers, twice (as workers that died before their acks would see them again)."""
     runtime: Runtime = api.client.app.state.runtime  # type: ignore[attr-defined]
     runtime.claims.refusals.flush(runtime.outbox)
-    events = runtime.gate.read_outbox(limit=None)
-    handler = AnalyticsHandler(runtime.store)
-    handler.handle([parse_event(item.payload) for item in events])
-    pipeline = InProcessPipeline(runtime.outbox, [handler], "stats-test")
+    events = [parse_event(item.payload) for item in runtime.gate.read_outbox(limit=None)]
+    handlers = [PersistHandler(runtime.store), AnalyticsHandler(runtime.store)]
+    for handler in handlers:
+        handler.handle([event for event in events if event.type in handler.event_types])
+    pipeline = InProcessPipeline(runtime.outbox, handlers, "stats-test")
     while pipeline.run_once():
         pass
 

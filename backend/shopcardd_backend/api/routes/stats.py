@@ -15,6 +15,7 @@ router = APIRouter(prefix="/v1/deals", tags=["deals"])
 @router.get("/{deal_id}/stats", responses={401: {}, 403: {}, 404: {}, 503: {}})
 def read_deal_stats(deal_id: DealId, merchant: CurrentMerchant, store: StoreDep) -> DealStatsPublic:
     """Claims issued and refused (by outcome) on the merchant's own deal, per minute in UTC, oldest
-    first, and in total. Counted from the claim events by the analytics worker: a claim shows
-    here shortly after it was decided, not in the same instant."""
+    first, and in total. The claims issued are the deal's vouchers the persist worker stored, the
+    refusals the analytics worker's counts: a claim shows here shortly after it was decided (its
+    event through the queue), not in the same instant."""
     return DealStatsPublic.of(deal_stats(store, deal_id, merchant))

@@ -5,10 +5,11 @@ Collections (each record's id is its ``_id``, the other fields keep their names)
 - ``merchants``: ``_id`` merchant id; unique index ``api_key_hash``.
 - ``deals``: ``_id`` deal id; index ``(merchant_id, created_at, _id)`` for a merchant's list.
 - ``vouchers``: ``_id`` the voucher id, i.e. the token's ``jti``; index ``(deal_id, issued_at)``
-  for rebuilding the gate, unique index ``(deal_id, user_id, idempotency_key)``: one voucher
-  per claim, whatever the relay redelivers.
-- ``claim_tallies``: ``_id`` the event's id (one record per event: a redelivery inserts
-  nothing); index ``(deal_id, minute)``: a deal's statistics are one aggregation over it.
+  for rebuilding the gate and counting a deal's claims issued per minute, unique index
+  ``(deal_id, user_id, idempotency_key)``: one voucher per claim, whatever the relay redelivers.
+- ``claim_tallies``: ``_id`` the event's id (one record per ``claims.refused`` event: a
+  redelivery inserts nothing); index ``(deal_id, minute)``: a deal's refusals are one
+  aggregation over it (its claims issued, one over its vouchers).
 - ``notices``: ``_id`` ``"<voucher id>/<channel>"``: a notice taken for sending, with its
   ``deal_id``, ``channel`` and ``outcome`` (``sent``, ``refused``; none while being sent);
   index ``(deal_id, channel, outcome)``: a deal's notice counts are one aggregation over it.
@@ -38,7 +39,8 @@ guarantee is the same). ``merchants`` and ``deals`` are small and stay unsharded
 shard. ``claim_tallies`` is sharded on ``{deal_id: "hashed"}``: a deal's statistics read one
 shard, and a redelivered event (same deal, same shard) still meets its ``_id`` there.
 ``notices`` is sharded on ``{_id: "hashed"}`` (a deal's notice counts then ask every shard,
-each on its own index). Lookups by ``_id`` alone (a voucher by its ``jti``)
+each on its own index; so do its claims issued, counted on the vouchers' ``(deal_id, issued_at)``
+index of each shard). Lookups by ``_id`` alone (a voucher by its ``jti``)
 are scatter-gather there; the device sync path always knows the merchant and includes it.
 
 The adapter is one class made of one module per idea: ``connection.py`` (the client, the

@@ -103,6 +103,7 @@ class MongoConnection(Closing):
         """Where a deal's stats and a merchant's lists of deals and conflicts are read."""
         self._stale_deals = self._deals.with_options(read_preference=self.stale_reads)
         self._stale_tallies = self._tallies.with_options(read_preference=self.stale_reads)
+        self._stale_vouchers = self._vouchers.with_options(read_preference=self.stale_reads)
         self._stale_redemptions = self._redemptions.with_options(read_preference=self.stale_reads)
 
     @contextmanager

@@ -1,5 +1,5 @@
 """Claim tallies and notices in MongoDB: what the analytics and notify workers keep of a deal,
-and a deal's figures counted from them by one aggregation each."""
+and a deal's figures counted from them (and its claims issued from its vouchers) by aggregations."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from ..base import (
-    CLAIM_COUNTS,
+    REFUSAL_COUNTS,
     ClaimTally,
     MinuteCounts,
     NoticeCounts,
     NoticeOutcome,
+    minute_counts,
     notice_counts,
     utc_ms,
 )
@@ -31,14 +32,24 @@ class StatsCollections(MongoConnection):
                 self._insert_new(self._tallies, [as_document("event_id", tally) for tally in tallies])
 
     def claims_by_minute(self, deal_id: str) -> list[MinuteCounts]:
-        pipeline: list[dict[str, Any]] = [
+        by_minute = {"$dateTrunc": {"date": "$issued_at", "unit": "minute"}}
+        issued_pipeline: list[dict[str, Any]] = [
+            {"$match": {"deal_id": deal_id}},  # the index by (deal_id, issued_at)
+            {"$group": {"_id": by_minute, "issued": {"$sum": 1}}},
+        ]
+        refused_pipeline: list[dict[str, Any]] = [
             {"$match": {"deal_id": deal_id}},
-            {"$group": {"_id": "$minute", **{name: {"$sum": f"${name}"} for name in CLAIM_COUNTS}}},
-            {"$sort": {"_id": 1}},
+            {"$group": {"_id": "$minute", **{name: {"$sum": f"${name}"} for name in REFUSAL_COUNTS}}},
         ]
         with self._mapped_errors():
-            found = list(self._stale_tallies.aggregate(pipeline))
-        return [MinuteCounts(utc_ms(g["_id"]), *(int(g[name]) for name in CLAIM_COUNTS)) for g in found]
+            issued = {
+                utc_ms(g["_id"]): int(g["issued"]) for g in self._stale_vouchers.aggregate(issued_pipeline)
+            }
+            refused = {
+                utc_ms(g["_id"]): [int(g[name]) for name in REFUSAL_COUNTS]
+                for g in self._stale_tallies.aggregate(refused_pipeline)
+            }
+        return minute_counts(issued, refused)
 
     def claim_notice(self, voucher_id: str, channel: str, deal_id: str) -> bool:
         """Taken by this call, or not. The insert carries a token of this call: when the driver

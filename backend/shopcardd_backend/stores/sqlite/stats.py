@@ -1,5 +1,5 @@
 """Claim tallies and notices in SQLite: what the analytics and notify workers keep of a deal,
-and a deal's figures counted from them by one query each."""
+and a deal's figures counted from them (and its claims issued from its vouchers) by queries."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from ..base import (
-    CLAIM_COUNTS,
+    REFUSAL_COUNTS,
     ClaimTally,
     MinuteCounts,
     NoticeCounts,
     NoticeOutcome,
+    minute_counts,
     notice_counts,
 )
 from .connection import SqliteConnection, as_stamp
@@ -24,13 +25,18 @@ class StatsTables(SqliteConnection):
         self._add_new("claim_tallies", tallies)
 
     def claims_by_minute(self, deal_id: str) -> list[MinuteCounts]:
-        sums = ", ".join(f"SUM({name})" for name in CLAIM_COUNTS)
-        with self._db.reading() as conn:
-            rows = conn.execute(
-                f"SELECT minute, {sums} FROM claim_tallies WHERE deal_id = ? GROUP BY minute ORDER BY minute",
+        sums = ", ".join(f"SUM({name})" for name in REFUSAL_COUNTS)
+        with self._db.reading() as conn:  # issued_at is ISO text: its first 16 characters, the minute
+            issued_rows = conn.execute(
+                "SELECT substr(issued_at, 1, 16), COUNT(*) FROM vouchers WHERE deal_id = ? GROUP BY 1",
                 (deal_id,),
             ).fetchall()
-        return [MinuteCounts(datetime.fromisoformat(minute), *counts) for minute, *counts in rows]
+            refused_rows = conn.execute(
+                f"SELECT minute, {sums} FROM claim_tallies WHERE deal_id = ? GROUP BY minute", (deal_id,)
+            ).fetchall()
+        issued = {datetime.fromisoformat(f"{minute}:00+00:00"): n for minute, n in issued_rows}
+        refused = {datetime.fromisoformat(minute): counts for minute, *counts in refused_rows}
+        return minute_counts(issued, refused)
 
     def claim_notice(self, voucher_id: str, channel: str, deal_id: str) -> bool:
         with self._db.transaction() as tx:
