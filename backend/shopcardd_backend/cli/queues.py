@@ -46,8 +46,8 @@ def add_commands(sub: argparse._SubParsersAction[CommandParser]) -> None:
         "issued voucher in the document store; notify emails (SHOPCARDD_SMTP_URL) and texts "
         "(SHOPCARDD_SMS_URL) the customer, once per voucher; analytics counts the claims refused "
         "per deal and minute (GET /v1/deals/{deal_id}/stats; the claims issued are counted from the "
-        "vouchers stored). Acknowledges a message only "
-        "once its work is durable; a message that cannot be read, or fails for good, is parked in "
+        "vouchers stored). Acknowledges a message only once its work is durable; a message that "
+        "cannot be read, or fails for good, is parked in "
         "the job's .parked queue; one that keeps failing is parked after a few deliveries. A lost "
         "broker is reconnected with backoff. SIGTERM or SIGINT finishes the batch in hand, exit 0.",
     )

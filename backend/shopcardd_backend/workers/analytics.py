@@ -7,7 +7,7 @@ the counts are exact, not approximate.
 
 Claims issued are not counted here: each is a voucher the persist worker stores, and the
 store counts those by minute. A document and a queue message of their own per issued claim
-cost the pipeline a fifth of its CPU in a flash sale (``shopcardd-bench pipeline --rates``,
+held the whole pipeline back in a flash sale (``shopcardd-bench pipeline --rates``:
 docs/performance.md). ``claim.issued`` events left in this worker's queue by a version that
 counted them here are taken and dropped, not parked.
 """
