@@ -335,30 +335,37 @@ class DeviceService:
         moment ago may not be there yet, so the merchant may name its deal instead (which must
         be the merchant's), and the claim gate's outbox of that deal is searched for it. A
         voucher neither holds was not issued here (a typo): ``VoucherNotFound``, nothing revoked.
-        A known voucher's deal must match the one named."""
+        A known voucher's deal must match the one named.
+
+        The store is read again after the outbox: where the workers run in the API process, an
+        event leaves the outbox only once its voucher is stored, so a voucher stored between
+        the first two reads is found then. (With RabbitMQ it may be in the broker's queue
+        between the two; the 404 says to retry shortly.)"""
         voucher = self.store.get_voucher(voucher_id)
-        if voucher is not None:
-            if voucher.merchant_id != merchant_id:
-                raise NotYourVoucher(f"voucher {voucher_id!r} belongs to another merchant")
-            if deal_id is not None and deal_id != voucher.deal_id:
-                raise NotYourVoucher(f"voucher {voucher_id!r} is not of deal {deal_id[:64]!r}")
-            deal_id = voucher.deal_id
-        elif deal_id is None:
+        if voucher is None and deal_id is None:
             raise VoucherNotFound(
                 f"no voucher {voucher_id[:64]!r} is stored (yet): if it was issued moments ago, "
                 'name its deal in the body: {"deal_id": "..."}'
             )
-        else:
+        if voucher is None and deal_id is not None:
             deal = self.store.get_deal(deal_id)
             if deal is None:
                 raise VoucherNotFound(f"no deal {deal_id[:64]!r}")
             if deal.merchant_id != merchant_id:
                 raise NotYourVoucher(f"deal {deal_id!r} belongs to another merchant")
             if not self._in_outbox(deal_id, voucher_id):
-                raise VoucherNotFound(
-                    f"no voucher {voucher_id[:64]!r} of deal {deal_id!r} was issued here (check the id; "
-                    "one issued in the last seconds may still be on its way to the store: retry shortly)"
-                )
+                voucher = self.store.get_voucher(voucher_id)
+                if voucher is None:
+                    raise VoucherNotFound(
+                        f"no voucher {voucher_id[:64]!r} of deal {deal_id!r} was issued here (check the id; "
+                        "one issued in the last seconds may still be on its way to the store: retry shortly)"
+                    )
+        if voucher is not None:
+            if voucher.merchant_id != merchant_id:
+                raise NotYourVoucher(f"voucher {voucher_id!r} belongs to another merchant")
+            if deal_id is not None and deal_id != voucher.deal_id:
+                raise NotYourVoucher(f"voucher {voucher_id!r} is not of deal {deal_id[:64]!r}")
+            deal_id = voucher.deal_id
         record = self.store.add_revocation(merchant_id, RevocationKind.VOUCHER, voucher_id, self.now())
         log.info("voucher revoked", extra={"voucher_id": voucher_id, "merchant_id": merchant_id})
         return VoucherRevocation(voucher_id, deal_id, merchant_id, record.revoked_at)

@@ -20,9 +20,11 @@ from jwt.utils import base64url_encode
 from shopcardd_backend.app import create_app
 from shopcardd_backend.deals import DealService
 from shopcardd_backend.devices import DeviceService, VoucherNotFound
+from shopcardd_backend.events import parse_event
 from shopcardd_backend.gates.base import ClaimAttempt, ClaimGate, Outcome
 from shopcardd_backend.settings import Settings, SettingsError
 from shopcardd_backend.stores.base import DocumentStore, VoucherRecord
+from shopcardd_backend.workers.persist import PersistHandler
 from shopcardd_provision.keys import keygen
 from shopcardd_voucher import KeySet, Reason, SigningKey, new_voucher_id, verify
 from shopcardd_voucher.device_auth import make_device_token, public_jwk
@@ -492,4 +494,36 @@ def test_a_voucher_still_in_the_outbox_is_revoked_by_its_deal(
     assert devices.revoke_voucher("m1", voucher_id, deal.deal.deal_id).voucher_id == voucher_id
     with pytest.raises(VoucherNotFound):
         devices.revoke_voucher("m1", new_voucher_id(), deal.deal.deal_id)
+    assert [r.target_id for r in store.revocations_after("m1", 0, 10)] == [voucher_id]
+
+
+def test_a_voucher_stored_while_the_outbox_is_searched_is_revoked(
+    make_gate: Callable[..., ClaimGate],
+    make_store: Callable[..., DocumentStore],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The persist step moves the voucher from the outbox into the store between the
+    revocation's look in the store and its look in the outbox: still found, not a 404."""
+    gate, store = make_gate("sqlite"), make_store("sqlite")
+    deals = DealService(gate, gate, store)
+    deal = deals.create(
+        "m1", title="t", stock=3, per_user_limit=1, voucher_ttl_seconds=60, starts_at=None, ends_at=None
+    )
+    deal_id, voucher_id = deal.deal.deal_id, new_voucher_id()
+    assert (
+        gate.claim(ClaimAttempt(deal_id, "u1", "k1", voucher_id, int(time.time()))).outcome is Outcome.ISSUED
+    )
+    looks = store.get_voucher
+
+    def first_look_then_persisted(voucher: str) -> VoucherRecord | None:
+        found = looks(voucher)
+        monkeypatch.setattr(store, "get_voucher", looks)
+        [event] = gate.read_outbox(deal_id=deal_id)
+        PersistHandler(store).handle([parse_event(event.payload)])
+        gate.ack_outbox([event.event_id])
+        return found
+
+    monkeypatch.setattr(store, "get_voucher", first_look_then_persisted)
+    devices = DeviceService(store, lambda: {"keys": []}, 60, outbox=gate)
+    assert devices.revoke_voucher("m1", voucher_id, deal_id).deal_id == deal_id
     assert [r.target_id for r in store.revocations_after("m1", 0, 10)] == [voucher_id]
