@@ -29,8 +29,12 @@ def test_the_sweep_prints_the_lag_of_each_rate_plots_it_and_stores_every_voucher
     assert f"| claims/s asked | {stages} | all |" in cpu, out
     for row in (line for line in cpu.splitlines() if re.match(r"\| \d", line)):
         cells = [cell.strip().replace(",", "") for cell in row.strip("|").split("|")]
-        each, together = [float(cell) for cell in cells[1:9]], float(cells[9])
-        assert all(figure > 0 for figure in each) and abs(together - sum(each)) <= 4, row  # rounding
+        each = dict(zip(stages.split(" | "), (float(cell) for cell in cells[1:9]), strict=True))
+        # The voucher's path costs CPU at every stage; notify (no contacts here) and analytics (no
+        # refusals here) may use less than /proc's 10 ms tick in a 2 s sale.
+        voucher_path = ("claims", "relay", "persist", "Redis", "RabbitMQ", "store")
+        assert all(each[name] > 0 for name in voucher_path) and min(each.values()) >= 0, row
+        assert abs(float(cells[9]) - sum(each.values())) <= 4, row  # rounding
     assert re.search(r"sale at 300/s: lag p99 [\d.]+ s, all stored [\d.]+ s after", out), out
     # 100 and 300 claims/s for 2 s, and the warm-up's second at the first rate:
     assert "all 900 vouchers stored exactly once; the stats count them all; nothing parked" in out, out
