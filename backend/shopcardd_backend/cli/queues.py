@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import signal
 import threading
 from typing import TYPE_CHECKING
@@ -60,15 +61,24 @@ def add_commands(sub: argparse._SubParsersAction[CommandParser]) -> None:
     )
 
 
-def _stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT: a long-running command finishes what it holds, then exits 0."""
-    stop = threading.Event()
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: a long-running command finishes what it holds, then exits 0.
 
-    def handle(signum: int, frame: object) -> None:
+    The handler does not set the event itself. A handler runs in the main thread between two
+    steps of whatever it was doing, and that may be inside ``stop.wait()``, holding the event's
+    own lock: ``set()`` there would wait for that lock forever, and the process would never end.
+    The handler only puts the signal in a ``SimpleQueue`` (safe to call from a handler), and a
+    thread of its own sets the event."""
+    stop = threading.Event()
+    received: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def set_stop() -> None:
+        received.get()
         stop.set()
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
+    threading.Thread(target=set_stop, name="stop-on-signal", daemon=True).start()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, _frame: received.put(signum))
     return stop
 
 
@@ -92,7 +102,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from ..runtime import Runtime
 
     settings = _queue_settings("the relay publishes to")
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     with Runtime(settings) as runtime:
         Relay(runtime.outbox, runtime.publisher, batch_size=args.batch, lease_seconds=args.lease).run(stop)
     return 0
@@ -103,7 +113,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..runtime import Runtime
 
     settings = _queue_settings("workers consume")
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     with Runtime(settings) as runtime:
         handler = runtime.handler(args.name)
         try:
