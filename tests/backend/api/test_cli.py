@@ -111,6 +111,23 @@ def test_queue_commands_without_rabbitmq_say_what_to_set(env: dict[str, str]) ->
         assert "SHOPCARDD_AMQP_URL is not set" in refused and len(refused.splitlines()) == 1
 
 
+STOP_WHILE_WAITING = """
+import signal, sys
+from shopcardd_backend.cli.queues import stop_on_signals
+stop = stop_on_signals()
+with stop._cond:  # as inside stop.wait(): the main thread holds the event's lock
+    signal.raise_signal(signal.SIGTERM)  # the handler runs now, in this thread
+sys.exit(0 if stop.wait(10) else 3)
+"""
+
+
+def test_sigterm_during_the_wait_for_work_still_stops_the_command() -> None:
+    """The relay's loop waits on its stop event 20 times a second; a SIGTERM whose handler ran
+    while that wait held the event's lock once hung the relay for good (seen in CI)."""
+    proc = subprocess.run([sys.executable, "-c", STOP_WHILE_WAITING], timeout=30, capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+
+
 def test_production_refuses_the_development_identity(env: dict[str, str]) -> None:
     env = {**env, "SHOPCARDD_ENVIRONMENT": "production"}
     refused = backend(env, "user-token", "alice", expect=2)
