@@ -42,6 +42,7 @@ from .stores.base import (
     RedemptionRecord,
     RevocationKind,
     RevocationRecord,
+    VoucherRecord,
 )
 
 log = logging.getLogger("shopcardd_backend.devices")
@@ -341,25 +342,7 @@ class DeviceService:
         event leaves the outbox only once its voucher is stored, so a voucher stored between
         the first two reads is found then. (With RabbitMQ it may be in the broker's queue
         between the two; the 404 says to retry shortly.)"""
-        voucher = self.store.get_voucher(voucher_id)
-        if voucher is None and deal_id is None:
-            raise VoucherNotFound(
-                f"no voucher {voucher_id[:64]!r} is stored (yet): if it was issued moments ago, "
-                'name its deal in the body: {"deal_id": "..."}'
-            )
-        if voucher is None and deal_id is not None:
-            deal = self.store.get_deal(deal_id)
-            if deal is None:
-                raise VoucherNotFound(f"no deal {deal_id[:64]!r}")
-            if deal.merchant_id != merchant_id:
-                raise NotYourVoucher(f"deal {deal_id!r} belongs to another merchant")
-            if not self._in_outbox(deal_id, voucher_id):
-                voucher = self.store.get_voucher(voucher_id)
-                if voucher is None:
-                    raise VoucherNotFound(
-                        f"no voucher {voucher_id[:64]!r} of deal {deal_id!r} was issued here (check the id; "
-                        "one issued in the last seconds may still be on its way to the store: retry shortly)"
-                    )
+        voucher = self.store.get_voucher(voucher_id) or self._on_its_way(merchant_id, voucher_id, deal_id)
         if voucher is not None:
             if voucher.merchant_id != merchant_id:
                 raise NotYourVoucher(f"voucher {voucher_id!r} belongs to another merchant")
@@ -369,6 +352,30 @@ class DeviceService:
         record = self.store.add_revocation(merchant_id, RevocationKind.VOUCHER, voucher_id, self.now())
         log.info("voucher revoked", extra={"voucher_id": voucher_id, "merchant_id": merchant_id})
         return VoucherRevocation(voucher_id, deal_id, merchant_id, record.revoked_at)
+
+    def _on_its_way(self, merchant_id: str, voucher_id: str, deal_id: str | None) -> VoucherRecord | None:
+        """A voucher the store did not hold at the first read: None while its claim event is in
+        the outbox of the merchant's deal ``deal_id``, the voucher if the store holds it by now;
+        ``VoucherNotFound`` (or ``NotYourVoucher`` for another merchant's deal) otherwise."""
+        if deal_id is None:
+            raise VoucherNotFound(
+                f"no voucher {voucher_id[:64]!r} is stored (yet): if it was issued moments ago, "
+                'name its deal in the body: {"deal_id": "..."}'
+            )
+        deal = self.store.get_deal(deal_id)
+        if deal is None:
+            raise VoucherNotFound(f"no deal {deal_id[:64]!r}")
+        if deal.merchant_id != merchant_id:
+            raise NotYourVoucher(f"deal {deal_id!r} belongs to another merchant")
+        if self._in_outbox(deal_id, voucher_id):
+            return None
+        voucher = self.store.get_voucher(voucher_id)
+        if voucher is None:
+            raise VoucherNotFound(
+                f"no voucher {voucher_id[:64]!r} of deal {deal_id!r} was issued here (check the id; "
+                "one issued in the last seconds may still be on its way to the store: retry shortly)"
+            )
+        return voucher
 
     def _in_outbox(self, deal_id: str, voucher_id: str) -> bool:
         """Whether the gate's outbox of the deal holds the claim event of the voucher (not yet
